@@ -1,0 +1,2 @@
+//! The `enclave` binary; all logic lives in the library.
+fn main() {}
