@@ -5,5 +5,11 @@
 //! derived identifier) → [`builders`] (pure desired state) → [`plan`] (offline
 //! view of what tenants imply) → [`cli`].
 
+pub mod builders;
+pub mod cli;
+pub mod config;
 pub mod crd;
 pub mod names;
+pub mod plan;
+pub mod posix_ids;
+pub mod validation;

@@ -1,2 +1,5 @@
 //! The `enclave` binary; all logic lives in the library.
-fn main() {}
+
+fn main() -> std::process::ExitCode {
+    enclave::cli::main()
+}

@@ -370,4 +370,10 @@ pub struct StorageStatus {
     /// Company root directory on the file system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_path: Option<String>,
+    /// DNS name clients mount the file system by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    /// Lustre mount name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_name: Option<String>,
 }

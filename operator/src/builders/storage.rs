@@ -1,0 +1,355 @@
+//! Volume objects and the storage-prep Job. A developer pod only ever
+//! mounts a volume whose root is its own directory: never a subPath of a
+//! company-wide volume (a subPath is no isolation boundary).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec},
+        core::v1::{
+            CSIPersistentVolumeSource, Capabilities, Container, NFSVolumeSource, ObjectReference,
+            PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSecurityContext, PodSpec,
+            PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+            VolumeMount, VolumeResourceRequirements,
+        },
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+use kube::api::ObjectMeta;
+
+use super::{CompanyContext, DeveloperContext, StorageKind, labels};
+use crate::crd::FsxType;
+
+/// Shown where a value exists only once the file system was created.
+pub const PENDING_DNS_NAME: &str = "pending-fsx-dns-name.invalid";
+const PENDING_FILE_SYSTEM: &str = "fs-pending";
+const PENDING_MOUNT_NAME: &str = "pending";
+const COMPANY_ROOT_MOUNT: &str = "/mnt/company-root";
+
+/// What the company's file system is known as, from status or placeholders.
+struct FileSystem {
+    id: String,
+    dns_name: String,
+    mount_name: String,
+}
+
+fn file_system(ctx: &CompanyContext<'_>) -> FileSystem {
+    let status = ctx.company.status.as_ref().and_then(|s| s.storage.as_ref());
+    let existing = match &ctx.settings.storage {
+        StorageKind::Fsx {
+            existing_file_system_id,
+            ..
+        } => existing_file_system_id.clone(),
+        StorageKind::Volume { .. } => None,
+    };
+    FileSystem {
+        id: status
+            .and_then(|s| s.file_system_id.clone())
+            .or(existing)
+            .unwrap_or_else(|| PENDING_FILE_SYSTEM.into()),
+        dns_name: status
+            .and_then(|s| s.dns_name.clone())
+            .unwrap_or_else(|| PENDING_DNS_NAME.into()),
+        mount_name: status
+            .and_then(|s| s.mount_name.clone())
+            .unwrap_or_else(|| PENDING_MOUNT_NAME.into()),
+    }
+}
+
+/// Volume source of `path` (absolute, below the file system root).
+fn fsx_source(ctx: &CompanyContext<'_>, fsx_type: FsxType, path: &str) -> PersistentVolumeSpec {
+    let fs = file_system(ctx);
+    match fsx_type {
+        FsxType::OpenZfs => PersistentVolumeSpec {
+            // OpenZFS exports the root volume as /fsx.
+            nfs: Some(NFSVolumeSource {
+                server: fs.dns_name,
+                path: format!("/fsx{path}"),
+                read_only: None,
+            }),
+            mount_options: Some(vec!["nfsvers=4.1".into()]),
+            ..PersistentVolumeSpec::default()
+        },
+        FsxType::Lustre => PersistentVolumeSpec {
+            csi: Some(CSIPersistentVolumeSource {
+                driver: "fsx.csi.aws.com".into(),
+                volume_handle: format!("{}:{path}", fs.id),
+                volume_attributes: Some(BTreeMap::from([
+                    ("dnsname".to_owned(), fs.dns_name),
+                    // Lustre mounts a subdirectory as <mountname>/<path>.
+                    ("mountname".to_owned(), format!("{}{path}", fs.mount_name)),
+                ])),
+                ..CSIPersistentVolumeSource::default()
+            }),
+            ..PersistentVolumeSpec::default()
+        },
+    }
+}
+
+fn claim_ref(namespace: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        namespace: Some(namespace.to_owned()),
+        name: Some(name.to_owned()),
+        ..ObjectReference::default()
+    }
+}
+
+fn claim(
+    namespace: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    size: &str,
+    class: &str,
+    volume: Option<String>,
+    access: &str,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![access.to_owned()]),
+            storage_class_name: Some(class.to_owned()),
+            volume_name: volume,
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(size.to_owned()),
+                )])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// The company root, mounted only by storage-prep Jobs in the operator
+/// namespace (FSx only). Retained: it holds data.
+pub fn company_root(ctx: &CompanyContext<'_>) -> Option<(PersistentVolume, PersistentVolumeClaim)> {
+    let StorageKind::Fsx {
+        fsx_type,
+        capacity_gib,
+        ..
+    } = &ctx.settings.storage
+    else {
+        return None;
+    };
+    let name = ctx.names.storage_root_volume();
+    let operator_ns = &ctx.config.operator_namespace;
+    let size = format!("{capacity_gib}Gi");
+    let labels = labels::with_component(labels::company(ctx.names.company()), "company-root");
+    let pv = PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            capacity: Some(BTreeMap::from([(
+                "storage".to_owned(),
+                Quantity(size.clone()),
+            )])),
+            access_modes: Some(vec!["ReadWriteMany".into()]),
+            persistent_volume_reclaim_policy: Some("Retain".into()),
+            storage_class_name: Some(String::new()),
+            claim_ref: Some(claim_ref(operator_ns, &name)),
+            ..fsx_source(ctx, *fsx_type, &ctx.names.storage_root())
+        }),
+        ..PersistentVolume::default()
+    };
+    let pvc = claim(
+        operator_ns,
+        &name,
+        labels,
+        &size,
+        "",
+        Some(name.clone()),
+        "ReadWriteMany",
+    );
+    Some((pv, pvc))
+}
+
+/// The developer's private volume: a PersistentVolume rooted at their
+/// directory plus its claim (FSx), or a claim from the StorageClass (volume).
+pub fn home_volume(
+    ctx: &DeveloperContext<'_>,
+) -> (Option<PersistentVolume>, PersistentVolumeClaim) {
+    let company = ctx.company;
+    let ns = company.names.namespace();
+    let claim_name = ctx.names.home_claim();
+    let labels = labels::with_component(
+        labels::developer(company.names.company(), ctx.names.name()),
+        "home",
+    );
+    let size = &ctx.settings.quota;
+    match &company.settings.storage {
+        StorageKind::Fsx { fsx_type, .. } => {
+            let pv_name = ctx.names.home_volume();
+            let pv = PersistentVolume {
+                metadata: ObjectMeta {
+                    name: Some(pv_name.clone()),
+                    labels: Some(labels.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeSpec {
+                    capacity: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(size.clone()),
+                    )])),
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    persistent_volume_reclaim_policy: Some("Retain".into()),
+                    storage_class_name: Some(String::new()),
+                    claim_ref: Some(claim_ref(ns, &claim_name)),
+                    ..fsx_source(company, *fsx_type, &ctx.names.storage_path())
+                }),
+                ..PersistentVolume::default()
+            };
+            let mut pvc = claim(
+                ns,
+                &claim_name,
+                labels,
+                size,
+                "",
+                Some(pv_name),
+                "ReadWriteOnce",
+            );
+            pvc.metadata.owner_references = ctx.owner().map(|o| vec![o]);
+            (Some(pv), pvc)
+        }
+        StorageKind::Volume { storage_class } => {
+            // No owner reference: with a dynamically provisioned volume the
+            // claim is the data; it goes only through the deletion policy.
+            (
+                None,
+                claim(
+                    ns,
+                    &claim_name,
+                    labels,
+                    size,
+                    storage_class,
+                    None,
+                    "ReadWriteOnce",
+                ),
+            )
+        }
+    }
+}
+
+/// The Job that creates the developer's directory, owned by their uid/gid
+/// with mode 0700 (FSx only; a per-developer volume needs no preparation).
+/// It runs in the operator namespace, so no tenant can see or change it.
+pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
+    if !matches!(ctx.company.settings.storage, StorageKind::Fsx { .. }) {
+        return None;
+    }
+    let company = ctx.company;
+    let id = ctx.settings.posix_id.to_string();
+    let path = ctx.names.storage_path();
+    let labels = labels::with_component(
+        labels::developer(company.names.company(), ctx.names.name()),
+        "storage-prep",
+    );
+    let limits = BTreeMap::from([
+        ("cpu".to_owned(), Quantity("200m".into())),
+        ("memory".to_owned(), Quantity("64Mi".into())),
+    ]);
+    let container = Container {
+        name: "storage-prep".into(),
+        image: Some(company.config.operator_image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(vec![
+            "storage-prep".into(),
+            "--root".into(),
+            COMPANY_ROOT_MOUNT.into(),
+            "--path".into(),
+            format!("developers/{}", ctx.names.key()),
+            "--uid".into(),
+            id.clone(),
+            "--gid".into(),
+            id,
+            "--mode".into(),
+            "0700".into(),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(limits.clone()),
+            limits: Some(limits),
+            ..ResourceRequirements::default()
+        }),
+        // Root only to chown; every other capability dropped.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["CHOWN".into(), "FOWNER".into(), "DAC_OVERRIDE".into()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "company-root".into(),
+            mount_path: COMPANY_ROOT_MOUNT.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Some(Job {
+        metadata: ObjectMeta {
+            name: Some(ctx.names.storage_prep_job()),
+            namespace: Some(company.config.operator_namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                "enclave.dev/storage-path".to_owned(),
+                path,
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(4),
+            active_deadline_seconds: Some(600),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    service_account_name: Some("enclave-storage-prep".into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "company-root".into(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: company.names.storage_root_volume(),
+                            read_only: Some(false),
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    })
+}

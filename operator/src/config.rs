@@ -1,0 +1,383 @@
+//! Operator configuration: the defaults a Company does not state, and where
+//! the platform's shared services are. Loaded from YAML (`--config`); every
+//! field has a default so `enclave plan` works without one.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read operator configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("invalid operator configuration {path}: {message} (see the README for the fields)")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid operator configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything the operator needs to know beyond the custom resources.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperatorConfig {
+    /// Namespace the operator runs in; storage-prep Jobs run here too.
+    pub operator_namespace: String,
+    /// Identifies this cluster in AWS tags, so two clusters never adopt each other's resources.
+    pub cluster_id: String,
+    /// Image of the operator itself (workspace init step, storage-prep Job).
+    pub operator_image: String,
+    /// Vault settings.
+    pub vault: VaultConfig,
+    /// Namespace defaults.
+    pub tenant: TenantDefaults,
+    /// Workspace defaults.
+    pub workspace: WorkspaceConfig,
+    /// Network defaults.
+    pub network: NetworkConfig,
+    /// Database defaults.
+    pub database: DatabaseConfig,
+    /// Storage defaults.
+    pub storage: StorageConfig,
+    /// How people are named in RBAC.
+    pub rbac: RbacConfig,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            operator_namespace: "enclave-system".into(),
+            cluster_id: "default".into(),
+            operator_image: "ghcr.io/enclave-dev/enclave:0.1.0".into(),
+            vault: VaultConfig::default(),
+            tenant: TenantDefaults::default(),
+            workspace: WorkspaceConfig::default(),
+            network: NetworkConfig::default(),
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            rbac: RbacConfig::default(),
+        }
+    }
+}
+
+impl OperatorConfig {
+    /// Reads and checks a YAML configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: Self = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let ids = &self.workspace.posix_ids;
+        if ids.first < 1000 || ids.first > ids.last {
+            return Err(ConfigError::Invalid(format!(
+                "workspace.posixIds must satisfy 1000 <= first <= last, got {}..{}",
+                ids.first, ids.last
+            )));
+        }
+        if !(60..=86_400).contains(&self.vault.token_ttl_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "vault.tokenTtlSeconds must be between 60 and 86400, got {}",
+                self.vault.token_ttl_seconds
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Vault settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Address workspaces use to reach Vault.
+    pub address: String,
+    /// KV v2 mount holding all tenant secrets.
+    pub kv_mount: String,
+    /// Kubernetes auth mount.
+    pub auth_mount: String,
+    /// Audience of the projected token workspaces log in with.
+    pub audience: String,
+    /// TTL of tokens issued to workspaces (at most one hour is recommended).
+    pub token_ttl_seconds: u32,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            address: "https://vault.vault.svc:8200".into(),
+            kv_mount: "secret".into(),
+            auth_mount: "kubernetes".into(),
+            audience: "vault".into(),
+            token_ttl_seconds: 3600,
+        }
+    }
+}
+
+/// Defaults for a company namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TenantDefaults {
+    /// Total CPU of a company.
+    pub cpu: String,
+    /// Total memory of a company.
+    pub memory: String,
+    /// Most pods of a company.
+    pub pods: i32,
+    /// Total persistent storage of a company.
+    pub storage: String,
+    /// Pod Security Admission level enforced on company namespaces.
+    pub pod_security: String,
+}
+
+impl Default for TenantDefaults {
+    fn default() -> Self {
+        Self {
+            cpu: "32".into(),
+            memory: "128Gi".into(),
+            pods: 50,
+            storage: "2Ti".into(),
+            pod_security: "restricted".into(),
+        }
+    }
+}
+
+/// Range of POSIX ids given to developers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PosixIdRange {
+    /// First id.
+    pub first: i64,
+    /// Last id.
+    pub last: i64,
+}
+
+/// Workspace defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct WorkspaceConfig {
+    /// Image used when neither Company nor Developer names one.
+    pub image: String,
+    /// Port the workspace serves (the platform's ingress connects here).
+    pub port: i32,
+    /// CPU request of a workspace.
+    pub cpu_request: String,
+    /// CPU limit of a workspace.
+    pub cpu_limit: String,
+    /// Memory request of a workspace.
+    pub memory_request: String,
+    /// Memory limit of a workspace.
+    pub memory_limit: String,
+    /// Range developer uids/gids are allocated from.
+    pub posix_ids: PosixIdRange,
+}
+
+impl Default for WorkspaceConfig {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/enclave-dev/workspace:0.1.0".into(),
+            port: 8080,
+            cpu_request: "500m".into(),
+            cpu_limit: "2".into(),
+            memory_request: "1Gi".into(),
+            memory_limit: "4Gi".into(),
+            posix_ids: PosixIdRange {
+                first: 200_000,
+                last: 299_999,
+            },
+        }
+    }
+}
+
+/// A destination every tenant may reach (Vault, the database network).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlatformEgress {
+    /// Why this egress exists, shown in the plan.
+    pub name: String,
+    /// Destination CIDR.
+    pub cidr: String,
+    /// Destination TCP ports.
+    pub ports: Vec<i32>,
+}
+
+/// Network defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Namespaces that may reach workspaces when a Company names none.
+    pub ingress_namespaces: Vec<String>,
+    /// Namespace of the cluster DNS.
+    pub dns_namespace: String,
+    /// Label selector (key=value) of the cluster DNS pods.
+    pub dns_pod_label: (String, String),
+    /// Destinations every tenant needs: Vault, the database subnets.
+    pub platform_egress: Vec<PlatformEgress>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            ingress_namespaces: vec!["ingress-nginx".into()],
+            dns_namespace: "kube-system".into(),
+            dns_pod_label: ("k8s-app".into(), "kube-dns".into()),
+            platform_egress: vec![
+                PlatformEgress {
+                    name: "vault".into(),
+                    cidr: "10.0.0.0/16".into(),
+                    ports: vec![8200],
+                },
+                PlatformEgress {
+                    name: "database".into(),
+                    cidr: "10.0.0.0/16".into(),
+                    ports: vec![5432],
+                },
+            ],
+        }
+    }
+}
+
+/// Database defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Instance class of dedicated instances.
+    pub instance_class: String,
+    /// PostgreSQL version of dedicated instances.
+    pub engine_version: String,
+    /// Allocated storage of dedicated instances, GiB.
+    pub allocated_storage_gib: i32,
+    /// Backup retention of dedicated instances, days.
+    pub backup_retention_days: i32,
+    /// KMS key used when a Company names none (empty: the AWS-managed key).
+    pub kms_key_id: String,
+    /// DB subnet group of dedicated instances.
+    pub subnet_group: String,
+    /// Security groups of dedicated instances.
+    pub security_group_ids: Vec<String>,
+    /// The shared PostgreSQL instance (Shared mode).
+    pub shared: SharedDatabase,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            instance_class: "db.t4g.medium".into(),
+            engine_version: "16".into(),
+            allocated_storage_gib: 20,
+            backup_retention_days: 7,
+            kms_key_id: String::new(),
+            subnet_group: "enclave-databases".into(),
+            security_group_ids: vec![],
+            shared: SharedDatabase::default(),
+        }
+    }
+}
+
+/// The shared PostgreSQL instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SharedDatabase {
+    /// Name used in status and plans.
+    pub name: String,
+    /// Host name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// KV path (below the mount) of the admin credentials.
+    pub admin_credentials_path: String,
+}
+
+impl Default for SharedDatabase {
+    fn default() -> Self {
+        Self {
+            name: "shared".into(),
+            host: "postgres.enclave-system.svc".into(),
+            port: 5432,
+            admin_credentials_path: "enclave/shared-postgres-admin".into(),
+        }
+    }
+}
+
+/// Which storage backend a Company without `storage.fsx`/`storage.volume` gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DefaultStorage {
+    /// An FSx file system per company.
+    #[default]
+    Fsx,
+    /// A volume per developer from a StorageClass.
+    Volume,
+}
+
+/// Storage defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Backend of Companies that name none.
+    pub default_backend: DefaultStorage,
+    /// Capacity of created file systems, GiB.
+    pub fsx_capacity_gib: i32,
+    /// Subnets of created file systems.
+    pub fsx_subnet_ids: Vec<String>,
+    /// Security groups of created file systems.
+    pub fsx_security_group_ids: Vec<String>,
+    /// StorageClass of developer volumes (volume backend).
+    pub storage_class: String,
+    /// Size of a developer directory when the Developer names none.
+    pub developer_quota: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            default_backend: DefaultStorage::Fsx,
+            fsx_capacity_gib: 64,
+            fsx_subnet_ids: vec!["subnet-0123456789abcdef0".into()],
+            fsx_security_group_ids: vec!["sg-0123456789abcdef0".into()],
+            storage_class: "gp3".into(),
+            developer_quota: "50Gi".into(),
+        }
+    }
+}
+
+/// How the cluster's authenticator names people and groups.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RbacConfig {
+    /// Prefix the API server's OIDC authenticator puts before a subject
+    /// (`--oidc-username-prefix`); an Admin developer is bound as `<prefix><subject>`.
+    pub user_prefix: String,
+    /// Group `<prefix><company>-admins` is bound to the company-admin Role.
+    pub admin_group_prefix: String,
+}
+
+impl Default for RbacConfig {
+    fn default() -> Self {
+        Self {
+            user_prefix: "oidc:".into(),
+            admin_group_prefix: "oidc:enclave-".into(),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Renders a plan: a readable tree (`summary`), the exact Kubernetes
+//! objects (`yaml`), or everything as data (`json`).
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::{Plan, TenantPlan};
+use crate::builders::{ExternalAction, KubeObject, KubernetesAuthRole, StorageKind, VaultPolicy};
+
+fn objects(out: &mut String, indent: &str, list: &[KubeObject]) {
+    let _ = writeln!(out, "{indent}Kubernetes objects ({})", list.len());
+    for o in list {
+        let _ = writeln!(out, "{indent}  {:<22} {}", o.kind(), o.display_name());
+    }
+}
+
+fn vault(out: &mut String, indent: &str, policies: &[VaultPolicy], roles: &[KubernetesAuthRole]) {
+    let _ = writeln!(out, "{indent}Vault");
+    for p in policies {
+        let _ = writeln!(out, "{indent}  policy {}", p.name);
+        for r in &p.rules {
+            let _ = writeln!(
+                out,
+                "{indent}    {:<38} {}",
+                r.capabilities.join(", "),
+                r.path
+            );
+        }
+    }
+    for r in roles {
+        let _ = writeln!(
+            out,
+            "{indent}  role   {} <- serviceaccount {}/{} (audience {}, ttl {}s, policies {})",
+            r.name,
+            r.bound_service_account_namespaces.join(","),
+            r.bound_service_account_names.join(","),
+            r.audience,
+            r.token_ttl,
+            r.token_policies.join(",")
+        );
+    }
+}
+
+fn actions(out: &mut String, indent: &str, list: &[ExternalAction]) {
+    if list.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{indent}External actions");
+    for a in list {
+        let system = serde_json::to_value(a.system)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = writeln!(out, "{indent}  {system:<10} {} {}", a.operation, a.target);
+        for (k, v) in &a.parameters {
+            let _ = writeln!(out, "{indent}               {k}: {v}");
+        }
+        let _ = writeln!(out, "{indent}               ({})", a.note);
+    }
+}
+
+fn tenant(out: &mut String, t: &TenantPlan) {
+    let s = &t.company.settings;
+    let _ = writeln!(out, "Company {} -> namespace {}", t.name, s.namespace);
+    let db = &s.database;
+    let _ = writeln!(
+        out,
+        "  database: {:?}, engine postgres {}, deletion policy {:?}",
+        db.mode, db.engine_version, db.deletion_policy
+    );
+    let storage = match &s.storage {
+        StorageKind::Fsx {
+            fsx_type,
+            existing_file_system_id: Some(id),
+            ..
+        } => format!("FSx {fsx_type:?}, existing file system {id}"),
+        StorageKind::Fsx {
+            fsx_type,
+            capacity_gib,
+            ..
+        } => format!("FSx {fsx_type:?}, {capacity_gib} GiB, created for the company"),
+        StorageKind::Volume { storage_class } => {
+            format!("one volume per developer from StorageClass {storage_class}")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "  storage: {storage}, deletion policy {:?}",
+        s.storage_deletion_policy
+    );
+    let _ = writeln!(
+        out,
+        "  quota: cpu {}, memory {}, pods {}, storage {}; ingress from namespaces {}",
+        s.cpu,
+        s.memory,
+        s.pods,
+        s.storage_quota,
+        s.ingress_namespaces.join(", ")
+    );
+    objects(out, "  ", &t.company.objects);
+    vault(out, "  ", &t.company.policies, &t.company.roles);
+    actions(out, "  ", &t.company.actions);
+    for d in &t.developers {
+        let ds = &d.settings;
+        let _ = writeln!(
+            out,
+            "  Developer {} (role {:?}, uid/gid {}{})",
+            ds.name,
+            ds.role,
+            ds.posix_id,
+            if ds.suspended { ", suspended" } else { "" }
+        );
+        objects(out, "    ", &d.objects);
+        vault(out, "    ", &d.policies, &d.roles);
+        actions(out, "    ", &d.actions);
+    }
+    out.push('\n');
+}
+
+/// The readable tree.
+pub fn render_summary(plan: &Plan) -> String {
+    let mut out = String::new();
+    for t in &plan.tenants {
+        tenant(&mut out, t);
+    }
+    let developers: usize = plan.tenants.iter().map(|t| t.developers.len()).sum();
+    let count = |f: &dyn Fn(&TenantPlan) -> usize| plan.tenants.iter().map(f).sum::<usize>();
+    let _ = writeln!(
+        out,
+        "Plan: {} companies, {developers} developers, {} Kubernetes objects, {} Vault policies, {} Vault roles, {} external actions.\nDeveloper uid/gid are allocated by the operator and recorded in Developer status; names derived from a Company's uid (final snapshot, FSx request token) use a placeholder uid here.",
+        plan.tenants.len(),
+        count(&|t| t.company.objects.len()
+            + t.developers.iter().map(|d| d.objects.len()).sum::<usize>()),
+        count(&|t| t.company.policies.len()
+            + t.developers.iter().map(|d| d.policies.len()).sum::<usize>()),
+        count(
+            &|t| t.company.roles.len() + t.developers.iter().map(|d| d.roles.len()).sum::<usize>()
+        ),
+        count(&|t| t.company.actions.len()
+            + t.developers.iter().map(|d| d.actions.len()).sum::<usize>()),
+    );
+    out
+}
+
+/// Every Kubernetes object, in apply order.
+pub fn all_objects(plan: &Plan) -> Vec<&KubeObject> {
+    plan.tenants
+        .iter()
+        .flat_map(|t| {
+            t.company
+                .objects
+                .iter()
+                .chain(t.developers.iter().flat_map(|d| d.objects.iter()))
+        })
+        .collect()
+}
+
+/// The exact Kubernetes objects as multi-document YAML.
+pub fn render_yaml(plan: &Plan) -> Result<String, String> {
+    let values: Vec<Value> = all_objects(plan)
+        .into_iter()
+        .map(KubeObject::to_json)
+        .collect();
+    serde_saphyr::to_string_multiple(&values).map_err(|e| e.to_string())
+}
+
+/// Everything as one JSON document, for tools.
+pub fn render_json(plan: &Plan) -> Result<String, String> {
+    let tenants: Vec<Value> = plan
+        .tenants
+        .iter()
+        .map(|t| {
+            json!({
+                "company": t.name,
+                "settings": t.company.settings,
+                "objects": t.company.objects.iter().map(KubeObject::to_json).collect::<Vec<_>>(),
+                "vaultPolicies": t.company.policies,
+                "vaultRoles": t.company.roles,
+                "actions": t.company.actions,
+                "developers": t.developers.iter().map(|d| json!({
+                    "settings": d.settings,
+                    "objects": d.objects.iter().map(KubeObject::to_json).collect::<Vec<_>>(),
+                    "vaultPolicies": d.policies,
+                    "vaultRoles": d.roles,
+                    "actions": d.actions,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&json!({ "tenants": tenants })).map_err(|e| e.to_string())
+}

@@ -1,0 +1,209 @@
+//! Validates custom resources as the API server would, without one: the
+//! CRD's structural schema (types, formats, ranges, enums, unknown fields
+//! rejected as `kubectl --validate=strict` does) and its CEL rules, using
+//! the same Kubernetes CEL libraries (kube's `cel` feature).
+
+mod schema;
+
+pub use schema::without_nulls;
+
+use std::fmt;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::cel::{CompiledSchema, Validator, compile_schema};
+use serde_json::Value;
+
+/// One problem with one object, at one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// Dotted path, e.g. `spec.network.egress[0].cidr`; empty for the object.
+    pub path: String,
+    /// What is wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+impl fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl FieldProblem {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Metadata fields a client may send; anything else is unknown.
+const METADATA_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "finalizers",
+    "ownerReferences",
+    "managedFields",
+    "selfLink",
+];
+
+/// A validator for the objects of one CRD (schema and CEL compiled once).
+pub struct CrdValidator {
+    kind: String,
+    namespaced: bool,
+    structural: jsonschema::Validator,
+    cel_schema: CompiledSchema,
+    cel: Validator,
+}
+
+impl CrdValidator {
+    /// Compiles `crd`'s first version. Fails only for a broken CRD, which is
+    /// a bug in Enclave, never a user error.
+    pub fn new(crd: &CustomResourceDefinition) -> Result<Self, String> {
+        let openapi = crd
+            .spec
+            .versions
+            .first()
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .ok_or("CRD has no openAPIV3Schema")?;
+        let openapi = serde_json::to_value(openapi).map_err(|e| e.to_string())?;
+        let structural = jsonschema::validator_for(&schema::root_json_schema(&openapi))
+            .map_err(|e| format!("CRD schema does not compile: {e}"))?;
+        let cel_schema = compile_schema(&openapi);
+        if cel_schema.has_errors() {
+            let errors: Vec<String> = cel_schema
+                .compilation_errors()
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
+            return Err(format!(
+                "CRD CEL rules do not compile: {}",
+                errors.join("; ")
+            ));
+        }
+        Ok(Self {
+            kind: crd.spec.names.kind.clone(),
+            namespaced: crd.spec.scope == "Namespaced",
+            structural,
+            cel_schema,
+            cel: Validator::new(),
+        })
+    }
+
+    /// Every problem of `object` (a create when `old` is `None`, else an update).
+    pub fn validate(&self, object: &Value, old: Option<&Value>) -> Vec<FieldProblem> {
+        let object = schema::without_nulls(object);
+        let mut problems = self.metadata_problems(&object);
+        for error in self.structural.iter_errors(&object) {
+            problems.extend(schema::describe(&error));
+        }
+        // CEL runs only on a structurally valid object, as in the API server.
+        if problems.is_empty()
+            && let Err(errors) = self.cel.validate_compiled(&self.cel_schema, &object, old)
+        {
+            problems.extend(
+                errors
+                    .iter()
+                    .map(|e| FieldProblem::new(e.field_path.clone(), e.message.clone())),
+            );
+        }
+        problems
+    }
+
+    fn metadata_problems(&self, object: &Value) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        let Some(meta) = object.get("metadata").and_then(Value::as_object) else {
+            return vec![FieldProblem::new(
+                "metadata",
+                "required: every object needs metadata.name",
+            )];
+        };
+        for key in meta.keys() {
+            if !METADATA_FIELDS.contains(&key.as_str()) {
+                problems.push(FieldProblem::new(
+                    format!("metadata.{key}"),
+                    "unknown field (not part of ObjectMeta)",
+                ));
+            }
+        }
+        match meta.get("name").and_then(Value::as_str) {
+            None => problems.push(FieldProblem::new("metadata.name", format!("required: a {} needs a name", self.kind))),
+            Some(name) if !is_dns_subdomain(name) => problems.push(FieldProblem::new(
+                "metadata.name",
+                "must be lowercase letters, digits, '-' and '.', start and end alphanumeric, at most 253 characters",
+            )),
+            Some(_) => {}
+        }
+        match (self.namespaced, meta.get("namespace")) {
+            (true, None) => problems.push(FieldProblem::new(
+                "metadata.namespace",
+                format!("required: a {} lives in its company's namespace", self.kind),
+            )),
+            (true, Some(ns)) if !ns.as_str().is_some_and(is_dns_label) => {
+                problems.push(FieldProblem::new(
+                    "metadata.namespace",
+                    "must be a DNS-1123 label (lowercase letters, digits, '-', at most 63)",
+                ))
+            }
+            (false, Some(_)) => problems.push(FieldProblem::new(
+                "metadata.namespace",
+                format!(
+                    "a {} is cluster-scoped: remove metadata.namespace",
+                    self.kind
+                ),
+            )),
+            _ => {}
+        }
+        for map in ["labels", "annotations"] {
+            if let Some(value) = meta.get(map)
+                && !value
+                    .as_object()
+                    .is_some_and(|m| m.values().all(Value::is_string))
+            {
+                problems.push(FieldProblem::new(
+                    format!("metadata.{map}"),
+                    "must map strings to strings",
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// A DNS-1123 label.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS-1123 subdomain.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
