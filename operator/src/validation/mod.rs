@@ -116,11 +116,16 @@ impl CrdValidator {
         if problems.is_empty()
             && let Err(errors) = self.cel.validate_compiled(&self.cel_schema, &object, old)
         {
-            problems.extend(
-                errors
-                    .iter()
-                    .map(|e| FieldProblem::new(e.field_path.clone(), e.message.clone())),
-            );
+            problems.extend(errors.iter().map(|e| {
+                // Root rules can only check the name (metadata has no schema
+                // to attach a fieldPath to); point the user at it.
+                let path = if e.field_path.is_empty() && e.rule.contains("self.metadata.name") {
+                    "metadata.name".to_owned()
+                } else {
+                    e.field_path.clone()
+                };
+                FieldProblem::new(path, e.message.clone())
+            }));
         }
         problems
     }
