@@ -7,6 +7,8 @@
 //! name contains, and where a name must be shortened, a hash of the full name
 //! is appended so two tenants never share it.
 
+use std::fmt::Write as _;
+
 use sha2::{Digest, Sha256};
 
 /// Longest Kubernetes label value, namespace and most object names (DNS-1123 label).
@@ -41,7 +43,12 @@ pub fn short_hash(parts: &[&str]) -> String {
         hasher.update([0]);
     }
     let digest = hasher.finalize();
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    digest[..4]
+        .iter()
+        .fold(String::with_capacity(8), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// `name` if it fits in `max` bytes; otherwise its first bytes, cut back to a
@@ -176,6 +183,14 @@ impl CompanyNames {
     /// company root that the storage-prep Jobs mount.
     pub fn storage_root_volume(&self) -> String {
         fit(&format!("enclave-{}--root", self.company), DNS_LABEL_MAX)
+    }
+
+    /// Deny-all NetworkPolicy of the company's storage-prep pods (operator namespace).
+    pub fn storage_prep_policy(&self) -> String {
+        fit(
+            &format!("enclave-{}--storage-prep", self.company),
+            DNS_LABEL_MAX,
+        )
     }
 
     /// Names of developer `developer` (the resource name) whose person is `subject`.
@@ -352,7 +367,7 @@ mod tests {
             let co = CompanyNames::new(&company, None);
             let d = co.developer(&dev, &subject);
             for label in [
-                co.namespace().to_owned(), co.vault_controller(), co.storage_root_volume(),
+                co.namespace().to_owned(), co.vault_controller(), co.storage_root_volume(), co.storage_prep_policy(),
                 d.key().to_owned(), d.service_account(), d.workspace(), d.workspace_pod(),
                 d.admin_binding(), d.home_claim(), d.home_volume(), d.storage_prep_job(), d.vault_role(),
             ] {

@@ -146,6 +146,9 @@ pub fn build_company(ctx: &CompanyContext<'_>) -> CompanyPlan {
     objects.push(KubeObject::ServiceAccount(
         rbac::controller_service_account(ctx),
     ));
+    if let Some(policy) = storage::prep_network_policy(ctx) {
+        objects.push(KubeObject::NetworkPolicy(policy));
+    }
     if let Some((pv, pvc)) = storage::company_root(ctx) {
         objects.push(KubeObject::PersistentVolume(pv));
         objects.push(KubeObject::PersistentVolumeClaim(pvc));

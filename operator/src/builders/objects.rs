@@ -54,7 +54,7 @@ impl KubeObject {
         each_kind!(self, o => &o.metadata)
     }
 
-    /// The object's kind, e.g. `StatefulSet`.
+    /// The object's kind, e.g. StatefulSet.
     pub fn kind(&self) -> &'static str {
         fn kind_of<K: k8s_openapi::Resource>(_: &K) -> &'static str {
             K::KIND

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
+    api::networking::v1::{NetworkPolicy, NetworkPolicySpec},
     api::{
         batch::v1::{Job, JobSpec},
         core::v1::{
@@ -15,7 +16,7 @@ use k8s_openapi::{
             VolumeMount, VolumeResourceRequirements,
         },
     },
-    apimachinery::pkg::api::resource::Quantity,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::LabelSelector},
 };
 use kube::api::ObjectMeta;
 
@@ -175,6 +176,31 @@ pub fn company_root(ctx: &CompanyContext<'_>) -> Option<(PersistentVolume, Persi
     Some((pv, pvc))
 }
 
+/// Denies all traffic to and from the company's storage-prep pods in the
+/// operator namespace: they only touch a volume the kubelet mounts.
+pub fn prep_network_policy(ctx: &CompanyContext<'_>) -> Option<NetworkPolicy> {
+    if !matches!(ctx.settings.storage, StorageKind::Fsx { .. }) {
+        return None;
+    }
+    let selector = labels::with_component(labels::company(ctx.names.company()), "storage-prep");
+    Some(NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(ctx.names.storage_prep_policy()),
+            namespace: Some(ctx.config.operator_namespace.clone()),
+            labels: Some(labels::company(ctx.names.company())),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
 /// The developer's private volume: a PersistentVolume rooted at their
 /// directory plus its claim (FSx), or a claim from the StorageClass (volume).
 pub fn home_volume(
@@ -262,7 +288,7 @@ pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
     let container = Container {
         name: "storage-prep".into(),
         image: Some(company.config.operator_image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
+        image_pull_policy: Some("Always".into()),
         args: Some(vec![
             "storage-prep".into(),
             "--root".into(),

@@ -166,7 +166,7 @@ fn init_container(ctx: &DeveloperContext<'_>) -> Container {
     Container {
         name: "workspace-init".into(),
         image: Some(company.config.operator_image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
+        image_pull_policy: Some("Always".into()),
         args: Some(args),
         resources: Some(resources(&small)),
         security_context: Some(hardened()),
@@ -194,7 +194,7 @@ fn workspace_container(ctx: &DeveloperContext<'_>) -> Container {
     Container {
         name: "workspace".into(),
         image: Some(ctx.settings.image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
+        image_pull_policy: Some("Always".into()),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.into()),
             container_port: port,
@@ -276,7 +276,8 @@ pub fn stateful_set(ctx: &DeveloperContext<'_>) -> StatefulSet {
     StatefulSet {
         metadata: meta(ctx, ctx.names.workspace(), "workspace"),
         spec: StatefulSetSpec {
-            replicas: Some(if ctx.settings.suspended { 0 } else { 1 }),
+            // One pod, or none while suspended (data stays).
+            replicas: Some(i32::from(!ctx.settings.suspended)),
             service_name: Some(ctx.names.workspace()),
             selector: LabelSelector {
                 match_labels: Some(selector.clone()),

@@ -71,10 +71,10 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn crdgen(out_dir: Option<PathBuf>) -> Result<(), String> {
+fn crdgen(out_dir: Option<&PathBuf>) -> Result<(), String> {
     for crd in crds() {
         let yaml = crd_yaml(&crd)?;
-        match &out_dir {
+        match out_dir {
             Some(dir) => {
                 let name = crd.metadata.name.unwrap_or_default();
                 let path = dir.join(format!("{name}.yaml"));
@@ -134,7 +134,7 @@ pub fn main() -> ExitCode {
             output,
             config,
         } => run_plan(&files, output, config),
-        Command::Crdgen { out_dir } => match crdgen(out_dir) {
+        Command::Crdgen { out_dir } => match crdgen(out_dir.as_ref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -101,7 +101,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, Vec<Problem>> {
     let mut documents = Vec::new();
     let mut problems = Vec::new();
     for file in files(paths)? {
-        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::metadata(&file).map_or(0, |m| m.len());
         if size > MAX_FILE_BYTES {
             problems.push(Problem::file(
                 &file,

@@ -100,6 +100,7 @@ struct Located<T> {
     object: T,
 }
 
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(internal)`
 fn internal(message: String) -> Vec<Problem> {
     vec![Problem {
         source: "enclave".into(),
@@ -185,8 +186,8 @@ pub fn plan_documents(
     if !problems.is_empty() {
         return Err(problems);
     }
-    let plan = resolve(companies, developers, config);
-    plan
+
+    resolve(companies, developers, config)
 }
 
 fn resolve(
@@ -283,9 +284,10 @@ fn resolve(
                 .get_or_insert_with(|| PLACEHOLDER_UID.to_owned());
             let id = match dev.status.as_ref().and_then(|s| s.uid) {
                 Some(id) => id,
-                None => match posix_ids::allocate(&config.workspace.posix_ids, &used) {
-                    Some(id) => id,
-                    None => {
+                None => {
+                    if let Some(id) = posix_ids::allocate(&config.workspace.posix_ids, &used) {
+                        id
+                    } else {
                         problems.push(Problem::at(
                             &located.doc,
                             "",
@@ -293,7 +295,7 @@ fn resolve(
                         ));
                         continue;
                     }
-                },
+                }
             };
             used.insert(id);
             let dctx = DeveloperContext::new(&ctx, dev, id);

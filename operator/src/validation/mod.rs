@@ -89,7 +89,7 @@ impl CrdValidator {
             let errors: Vec<String> = cel_schema
                 .compilation_errors()
                 .iter()
-                .map(|e| e.to_string())
+                .map(std::string::ToString::to_string)
                 .collect();
             return Err(format!(
                 "CRD CEL rules do not compile: {}",
@@ -163,7 +163,7 @@ impl CrdValidator {
                 problems.push(FieldProblem::new(
                     "metadata.namespace",
                     "must be a DNS-1123 label (lowercase letters, digits, '-', at most 63)",
-                ))
+                ));
             }
             (false, Some(_)) => problems.push(FieldProblem::new(
                 "metadata.namespace",

