@@ -89,6 +89,41 @@ fn fsx_source(ctx: &CompanyContext<'_>, fsx_type: FsxType, path: &str) -> Persis
     }
 }
 
+fn meta(name: &str, labels: &BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some(labels.clone()),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A retained, pre-bound PersistentVolume rooted at `path` of the file system.
+fn static_volume(
+    ctx: &CompanyContext<'_>,
+    fsx_type: FsxType,
+    path: &str,
+    metadata: ObjectMeta,
+    size: &str,
+    access: &str,
+    claim: ObjectReference,
+) -> PersistentVolume {
+    PersistentVolume {
+        metadata,
+        spec: Some(PersistentVolumeSpec {
+            capacity: Some(BTreeMap::from([(
+                "storage".to_owned(),
+                Quantity(size.to_owned()),
+            )])),
+            access_modes: Some(vec![access.to_owned()]),
+            persistent_volume_reclaim_policy: Some("Retain".into()),
+            storage_class_name: Some(String::new()),
+            claim_ref: Some(claim),
+            ..fsx_source(ctx, fsx_type, path)
+        }),
+        ..PersistentVolume::default()
+    }
+}
+
 fn claim_ref(namespace: &str, name: &str) -> ObjectReference {
     ObjectReference {
         namespace: Some(namespace.to_owned()),
@@ -145,25 +180,15 @@ pub fn company_root(ctx: &CompanyContext<'_>) -> Option<(PersistentVolume, Persi
     let operator_ns = &ctx.config.operator_namespace;
     let size = format!("{capacity_gib}Gi");
     let labels = labels::with_component(labels::company(ctx.names.company()), "company-root");
-    let pv = PersistentVolume {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            labels: Some(labels.clone()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PersistentVolumeSpec {
-            capacity: Some(BTreeMap::from([(
-                "storage".to_owned(),
-                Quantity(size.clone()),
-            )])),
-            access_modes: Some(vec!["ReadWriteMany".into()]),
-            persistent_volume_reclaim_policy: Some("Retain".into()),
-            storage_class_name: Some(String::new()),
-            claim_ref: Some(claim_ref(operator_ns, &name)),
-            ..fsx_source(ctx, *fsx_type, &ctx.names.storage_root())
-        }),
-        ..PersistentVolume::default()
-    };
+    let pv = static_volume(
+        ctx,
+        *fsx_type,
+        &ctx.names.storage_root(),
+        meta(&name, &labels),
+        &size,
+        "ReadWriteMany",
+        claim_ref(operator_ns, &name),
+    );
     let pvc = claim(
         operator_ns,
         &name,
@@ -217,25 +242,15 @@ pub fn home_volume(
     match &company.settings.storage {
         StorageKind::Fsx { fsx_type, .. } => {
             let pv_name = ctx.names.home_volume();
-            let pv = PersistentVolume {
-                metadata: ObjectMeta {
-                    name: Some(pv_name.clone()),
-                    labels: Some(labels.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(PersistentVolumeSpec {
-                    capacity: Some(BTreeMap::from([(
-                        "storage".to_owned(),
-                        Quantity(size.clone()),
-                    )])),
-                    access_modes: Some(vec!["ReadWriteOnce".into()]),
-                    persistent_volume_reclaim_policy: Some("Retain".into()),
-                    storage_class_name: Some(String::new()),
-                    claim_ref: Some(claim_ref(ns, &claim_name)),
-                    ..fsx_source(company, *fsx_type, &ctx.names.storage_path())
-                }),
-                ..PersistentVolume::default()
-            };
+            let pv = static_volume(
+                company,
+                *fsx_type,
+                &ctx.names.storage_path(),
+                meta(&pv_name, &labels),
+                size,
+                "ReadWriteOnce",
+                claim_ref(ns, &claim_name),
+            );
             let mut pvc = claim(
                 ns,
                 &claim_name,

@@ -17,20 +17,25 @@ fn definition_name(o: &KubeObject) -> String {
     format!("io.k8s.api.{group}.{version}.{}", o.kind())
 }
 
-#[test]
-fn planned_objects_match_the_official_kubernetes_schemas() {
-    let Some(path) = service(
+/// The official definitions, or `None` when the run opted out of services.
+fn definitions() -> Option<Value> {
+    let path = service(
         "ENCLAVE_TEST_K8S_SCHEMAS",
         "the Kubernetes JSON schemas of the kubernetes-validate package",
-    ) else {
-        return;
-    };
+    )?;
     // The files use `$defs`; a draft-7 validator wants `definitions`.
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("#/$defs/", "#/definitions/");
     let mut doc: Value = serde_json::from_str(&text).unwrap();
-    let definitions = doc.as_object_mut().unwrap().remove("$defs").unwrap();
+    doc.as_object_mut().unwrap().remove("$defs")
+}
+
+#[test]
+fn planned_objects_match_the_official_kubernetes_schemas() {
+    let Some(definitions) = definitions() else {
+        return;
+    };
     let plan = examples_plan();
     let mut checked = 0;
     for o in all_objects(&plan) {
@@ -56,17 +61,9 @@ fn planned_objects_match_the_official_kubernetes_schemas() {
 
 #[test]
 fn the_schema_check_rejects_a_broken_object() {
-    let Some(path) = service(
-        "ENCLAVE_TEST_K8S_SCHEMAS",
-        "the Kubernetes JSON schemas of the kubernetes-validate package",
-    ) else {
+    let Some(definitions) = definitions() else {
         return;
     };
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("#/$defs/", "#/definitions/");
-    let mut doc: Value = serde_json::from_str(&text).unwrap();
-    let definitions = doc.as_object_mut().unwrap().remove("$defs").unwrap();
     let schema =
         json!({"definitions": definitions, "$ref": "#/definitions/io.k8s.api.core.v1.Namespace"});
     let validator = jsonschema::draft7::new(&schema).unwrap();
