@@ -98,6 +98,33 @@ impl OperatorConfig {
                 ids.first, ids.last
             )));
         }
+        // These end up in Vault policies, names and tags: keep them plain.
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.split('/').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        };
+        for (field, value) in [
+            ("vault.kvMount", &self.vault.kv_mount),
+            ("vault.authMount", &self.vault.auth_mount),
+            ("clusterId", &self.cluster_id),
+        ] {
+            if !plain(value) || value.len() > 64 {
+                return Err(ConfigError::Invalid(format!(
+                    "{field} must be letters, digits, '-', '_' (and '/' between parts), at most 64, got {value:?}"
+                )));
+            }
+        }
+        if !crate::validation::is_dns_label(&self.operator_namespace) {
+            return Err(ConfigError::Invalid(format!(
+                "operatorNamespace must be a DNS-1123 label, got {:?}",
+                self.operator_namespace
+            )));
+        }
         if !(60..=86_400).contains(&self.vault.token_ttl_seconds) {
             return Err(ConfigError::Invalid(format!(
                 "vault.tokenTtlSeconds must be between 60 and 86400, got {}",
@@ -379,5 +406,46 @@ impl Default for RbacConfig {
             user_prefix: "oidc:".into(),
             admin_group_prefix: "oidc:enclave-".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<OperatorConfig, ConfigError> {
+        let path = std::env::temp_dir().join(format!(
+            "enclave-config-{}-{}.yaml",
+            std::process::id(),
+            yaml.len()
+        ));
+        std::fs::write(&path, yaml).unwrap();
+        let result = OperatorConfig::load(&path);
+        std::fs::remove_file(&path).unwrap();
+        result
+    }
+
+    #[test]
+    fn defaults_are_valid_and_partial_files_keep_them() {
+        OperatorConfig::default().check().unwrap();
+        let config = load("clusterId: prod-eu\nvault:\n  kvMount: tenants\n").unwrap();
+        assert_eq!(config.cluster_id, "prod-eu");
+        assert_eq!(config.vault.kv_mount, "tenants");
+        assert_eq!(config.vault.auth_mount, "kubernetes");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_field_name() {
+        let err =
+            load("vault:\n  kvMount: 'secret\" { capabilities = [\"sudo\"] }'\n").unwrap_err();
+        assert!(err.to_string().contains("vault.kvMount"), "{err}");
+        let err = load("operatorNamespace: Not_A_Label\n").unwrap_err();
+        assert!(err.to_string().contains("operatorNamespace"), "{err}");
+        let err = load("vault:\n  tokenTtlSeconds: 5\n").unwrap_err();
+        assert!(err.to_string().contains("tokenTtlSeconds"), "{err}");
+        let err = load("vualt: {}\n").unwrap_err();
+        assert!(err.to_string().contains("vualt"), "{err}");
+        let err = load("workspace:\n  posixIds: {first: 10, last: 5}\n").unwrap_err();
+        assert!(err.to_string().contains("posixIds"), "{err}");
     }
 }

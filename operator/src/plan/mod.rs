@@ -198,6 +198,13 @@ fn resolve(
     let mut problems = Vec::new();
     companies.sort_by(|a, b| a.object.metadata.name.cmp(&b.object.metadata.name));
     developers.sort_by(|a, b| a.object.metadata.name.cmp(&b.object.metadata.name));
+    for meta in companies
+        .iter_mut()
+        .map(|c| &mut c.object.metadata)
+        .chain(developers.iter_mut().map(|d| &mut d.object.metadata))
+    {
+        meta.uid.get_or_insert_with(|| PLACEHOLDER_UID.to_owned());
+    }
 
     // Company name and namespace are each claimed once.
     let mut by_name: BTreeMap<String, &Document> = BTreeMap::new();
@@ -259,46 +266,31 @@ fn resolve(
     }
 
     let mut plan = Plan::default();
-    for c in &mut companies {
-        c.object
-            .metadata
-            .uid
-            .get_or_insert_with(|| PLACEHOLDER_UID.to_owned());
-    }
     for c in &companies {
         let name = c.object.metadata.name.clone().unwrap_or_default();
         let ctx = CompanyContext::new(&c.object, config);
         let company_plan = builders::build_company(&ctx);
-        let mut devs: Vec<Developer> = members
-            .get(&name)
-            .map(|m| m.iter().map(|d| d.object.clone()).collect())
-            .unwrap_or_default();
-        let mut used: BTreeSet<i64> = devs.iter().filter_map(|d| d.status.as_ref()?.uid).collect();
+        let devs = members.get(&name).map(Vec::as_slice).unwrap_or_default();
+        // Ids recorded in status (a plan of `kubectl get -o yaml` output) are kept.
+        let mut used: BTreeSet<i64> = devs
+            .iter()
+            .filter_map(|d| d.object.status.as_ref()?.uid)
+            .collect();
         let mut developer_plans = Vec::new();
-        for (dev, located) in devs
-            .iter_mut()
-            .zip(members.get(&name).into_iter().flatten())
-        {
-            dev.metadata
-                .uid
-                .get_or_insert_with(|| PLACEHOLDER_UID.to_owned());
-            let id = match dev.status.as_ref().and_then(|s| s.uid) {
-                Some(id) => id,
-                None => {
-                    if let Some(id) = posix_ids::allocate(&config.workspace.posix_ids, &used) {
-                        id
-                    } else {
-                        problems.push(Problem::at(
-                            &located.doc,
-                            "",
-                            "no free uid left in the configured range (workspace.posixIds)",
-                        ));
-                        continue;
-                    }
-                }
+        for d in devs {
+            let recorded = d.object.status.as_ref().and_then(|s| s.uid);
+            let Some(id) =
+                recorded.or_else(|| posix_ids::allocate(&config.workspace.posix_ids, &used))
+            else {
+                problems.push(Problem::at(
+                    &d.doc,
+                    "",
+                    "no free uid left in the configured range (workspace.posixIds)",
+                ));
+                continue;
             };
             used.insert(id);
-            let dctx = DeveloperContext::new(&ctx, dev, id);
+            let dctx = DeveloperContext::new(&ctx, &d.object, id);
             developer_plans.push(builders::build_developer(&dctx));
         }
         plan.tenants.push(TenantPlan {

@@ -212,3 +212,109 @@ pub fn is_dns_subdomain(s: &str) -> bool {
                 && !part.ends_with('-')
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::crd::{Company, Developer};
+
+    fn company(spec: &Value) -> Value {
+        json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "acme"}, "spec": spec})
+    }
+
+    fn paths(problems: &[FieldProblem]) -> Vec<&str> {
+        problems.iter().map(|p| p.path.as_str()).collect()
+    }
+
+    #[test]
+    fn quantities_accept_ints_and_strings_and_refuse_garbage() {
+        let v = CrdValidator::new(&Company::crd()).unwrap();
+        assert!(
+            v.validate(
+                &company(&json!({"quota": {"cpu": 4, "memory": "16Gi"}})),
+                None
+            )
+            .is_empty()
+        );
+        let problems = v.validate(&company(&json!({"quota": {"cpu": true}})), None);
+        assert_eq!(paths(&problems), ["spec.quota.cpu"], "{problems:?}");
+        let problems = v.validate(&company(&json!({"quota": {"memory": "0"}})), None);
+        assert_eq!(paths(&problems), ["spec.quota.memory"], "{problems:?}");
+    }
+
+    #[test]
+    fn explicit_nulls_mean_unset() {
+        let v = CrdValidator::new(&Company::crd()).unwrap();
+        assert!(
+            v.validate(&company(&json!({"namespace": null, "quota": null})), None)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn immutable_fields_are_refused_on_update() {
+        let v = CrdValidator::new(&Company::crd()).unwrap();
+        let old = company(
+            &json!({"namespace": "tenant-a", "database": {"mode": "Dedicated"}, "storage": {"fsx": {"type": "OpenZfs"}}}),
+        );
+        let cases = [
+            (
+                json!({"namespace": "tenant-b", "database": {"mode": "Dedicated"}, "storage": {"fsx": {"type": "OpenZfs"}}}),
+                "spec",
+                "namespace is immutable",
+            ),
+            (
+                json!({"database": {"mode": "Dedicated"}, "storage": {"fsx": {"type": "OpenZfs"}}}),
+                "spec",
+                "namespace is immutable",
+            ),
+            (
+                json!({"namespace": "tenant-a", "database": {"mode": "Shared"}, "storage": {"fsx": {"type": "OpenZfs"}}}),
+                "spec.database",
+                "database.mode is immutable",
+            ),
+            (
+                json!({"namespace": "tenant-a", "database": {"mode": "Dedicated"}, "storage": {"volume": {}}}),
+                "spec.storage",
+                "storage kind",
+            ),
+            (
+                json!({"namespace": "tenant-a", "database": {"mode": "Dedicated"}, "storage": {"fsx": {"type": "Lustre", "storageCapacityGiB": 1200}}}),
+                "spec.storage.fsx",
+                "type is immutable",
+            ),
+        ];
+        for (spec, path, message) in cases {
+            let problems = v.validate(&company(&spec), Some(&old));
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.path == path && p.message.contains(message)),
+                "{spec}: {problems:?}"
+            );
+            assert!(
+                v.validate(&company(&spec), None).is_empty(),
+                "{spec} is a valid create"
+            );
+        }
+        assert!(
+            v.validate(&old, Some(&old)).is_empty(),
+            "an unchanged update is valid"
+        );
+    }
+
+    #[test]
+    fn developer_subject_is_immutable() {
+        let v = CrdValidator::new(&Developer::crd()).unwrap();
+        let dev = |subject: &str| {
+            json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+                   "metadata": {"name": "alice", "namespace": "company-acme"}, "spec": {"subject": subject}})
+        };
+        let problems = v.validate(&dev("u-2"), Some(&dev("u-1")));
+        assert_eq!(paths(&problems), ["spec.subject"], "{problems:?}");
+        assert!(v.validate(&dev("u-1"), Some(&dev("u-1"))).is_empty());
+    }
+}
