@@ -5,6 +5,7 @@
 //! derived identifier) → [`builders`] (pure desired state) → [`plan`] (offline
 //! view of what tenants imply) → [`cli`].
 
+pub mod backends;
 pub mod builders;
 pub mod cli;
 pub mod config;

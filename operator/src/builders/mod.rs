@@ -19,7 +19,9 @@ use kube::Resource;
 pub use cloud::{ExternalAction, System};
 pub use objects::KubeObject;
 pub use settings::{CompanySettings, DeveloperSettings, StorageKind};
-pub use vault::{KubernetesAuthRole, OWNERSHIP_MARKER, VaultPolicy, VaultRule};
+pub use vault::{
+    KubernetesAuthRole, OWNERSHIP_MARKER, VaultPolicy, VaultRule, operator_policy, render_hcl,
+};
 
 use crate::{
     config::OperatorConfig,

@@ -18,6 +18,8 @@ pub const OWNERSHIP_MARKER: &str = "# managed-by: enclave";
 pub struct VaultPolicy {
     /// Policy name.
     pub name: String,
+    /// One line saying whose policy this is.
+    pub description: String,
     /// Its rules, as written into `hcl`.
     pub rules: Vec<VaultRule>,
     /// Policy body (HCL).
@@ -52,38 +54,60 @@ pub struct KubernetesAuthRole {
     pub token_max_ttl: u32,
 }
 
+/// Renders `rules` as HCL under the ownership marker and a one-line
+/// description. The Vault backend re-renders a policy from its rules before
+/// writing it, so the HCL can never hold more than the rules say.
+pub fn render_hcl(description: &str, rules: &[VaultRule]) -> String {
+    let mut hcl = format!("{OWNERSHIP_MARKER}\n# {description}\n");
+    for rule in rules {
+        let caps = rule
+            .capabilities
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            hcl,
+            "\npath \"{}\" {{\n  capabilities = [{caps}]\n}}",
+            rule.path
+        );
+    }
+    hcl
+}
+
+/// Collects rules on the KV v2 paths of one mount.
 struct PolicyWriter {
     mount: String,
+    description: String,
     rules: Vec<VaultRule>,
-    hcl: String,
 }
 
 impl PolicyWriter {
-    fn new(mount: &str, description: &str) -> Self {
+    fn new(mount: &str, description: String) -> Self {
         Self {
             mount: mount.to_owned(),
+            description,
             rules: Vec::new(),
-            hcl: format!("{OWNERSHIP_MARKER}\n# {description}\n"),
         }
     }
 
     /// Grants on the KV v2 data and metadata of everything below `prefix`.
     fn kv(&mut self, prefix: &str, data: &[&str], metadata: &[&str]) {
         for (kind, caps) in [("data", data), ("metadata", metadata)] {
-            let path = format!("{}/{kind}/{prefix}/*", self.mount);
-            let quoted = caps
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(
-                self.hcl,
-                "\npath \"{path}\" {{\n  capabilities = [{quoted}]\n}}"
-            );
             self.rules.push(VaultRule {
-                path,
+                path: format!("{}/{kind}/{prefix}/*", self.mount),
                 capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
             });
+        }
+    }
+
+    fn finish(self, name: String) -> VaultPolicy {
+        let hcl = render_hcl(&self.description, &self.rules);
+        VaultPolicy {
+            name,
+            description: self.description,
+            rules: self.rules,
+            hcl,
         }
     }
 }
@@ -99,24 +123,23 @@ pub fn developer_policy(ctx: &DeveloperContext<'_>) -> VaultPolicy {
     let root = company.names.kv_company_root();
     let mut w = PolicyWriter::new(
         &company.config.vault.kv_mount,
-        &format!(
+        format!(
             "developer {} (key {}) of company {}",
             ctx.names.name(),
             ctx.names.key(),
             company.names.company()
         ),
     );
-    w.kv(&format!("{root}/shared/dev"), READ, READ_LIST);
+    // Vault applies the most specific matching path, not the union of all
+    // matches: an Admin's write on shared/* must not sit next to a narrower
+    // read-only rule on shared/dev/*, or that rule wins there.
+    match ctx.settings.role {
+        DeveloperRole::Developer => w.kv(&format!("{root}/shared/dev"), READ, READ_LIST),
+        // Writes every shared secret, reads dev and prod ones.
+        DeveloperRole::Admin => w.kv(&format!("{root}/shared"), WRITE, WRITE_META),
+    }
     w.kv(&ctx.names.kv_developer(), WRITE, WRITE_META);
-    if ctx.settings.role == DeveloperRole::Admin {
-        w.kv(&format!("{root}/shared"), WRITE, WRITE_META);
-        w.kv(&format!("{root}/shared/prod"), READ, READ_LIST);
-    }
-    VaultPolicy {
-        name: ctx.names.vault_role(),
-        rules: w.rules,
-        hcl: w.hcl,
-    }
+    w.finish(ctx.names.vault_role())
 }
 
 /// Policy of the company-specific controller: the company's shared and
@@ -125,15 +148,11 @@ pub fn controller_policy(ctx: &CompanyContext<'_>) -> VaultPolicy {
     let root = ctx.names.kv_company_root();
     let mut w = PolicyWriter::new(
         &ctx.config.vault.kv_mount,
-        &format!("company controller of company {}", ctx.names.company()),
+        format!("company controller of company {}", ctx.names.company()),
     );
     w.kv(&format!("{root}/shared"), READ, READ_LIST);
     w.kv(&format!("{root}/platform"), READ, READ_LIST);
-    VaultPolicy {
-        name: ctx.names.vault_controller(),
-        rules: w.rules,
-        hcl: w.hcl,
-    }
+    w.finish(ctx.names.vault_controller())
 }
 
 fn role(ctx: &CompanyContext<'_>, name: String, service_account: String) -> KubernetesAuthRole {
@@ -164,5 +183,42 @@ pub fn controller_role(ctx: &CompanyContext<'_>) -> KubernetesAuthRole {
         ctx,
         ctx.names.vault_controller(),
         ctx.names.controller_service_account().to_owned(),
+    )
+}
+
+/// Enclave's own Vault policy: tenant policies and roles named `enclave-*`
+/// and the tenants' KV paths, nothing else. Shipped in the chart
+/// (`charts/enclave/files/vault-policy.hcl`) and printed by
+/// `enclave vault-policy`.
+pub fn operator_policy(kv_mount: &str, auth_mount: &str) -> String {
+    format!(
+        r#"{OWNERSHIP_MARKER}
+# The Enclave operator: tenant ACL policies and Kubernetes-auth roles named
+# enclave-*, and the tenants' secrets below companies/. Nothing else.
+
+path "sys/policies/acl/enclave-*" {{
+  capabilities = ["create", "read", "update", "delete"]
+}}
+
+path "auth/{auth_mount}/role/enclave-*" {{
+  capabilities = ["create", "read", "update", "delete"]
+}}
+
+path "{kv_mount}/data/companies/*" {{
+  capabilities = ["create", "read", "update", "delete"]
+}}
+
+path "{kv_mount}/metadata/companies/*" {{
+  capabilities = ["read", "list", "delete"]
+}}
+
+path "auth/token/lookup-self" {{
+  capabilities = ["read"]
+}}
+
+path "auth/token/renew-self" {{
+  capabilities = ["update"]
+}}
+"#
     )
 }

@@ -41,6 +41,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print Enclave's own Vault policy (what the operator's Vault role needs).
+    VaultPolicy {
+        /// KV v2 mount of tenant secrets.
+        #[arg(long, default_value = "secret")]
+        kv_mount: String,
+        /// Kubernetes auth mount of tenant roles.
+        #[arg(long, default_value = "kubernetes")]
+        auth_mount: String,
+    },
     /// Print the CustomResourceDefinitions, or write them into a directory.
     Crdgen {
         /// Write one file per CRD into this directory instead of printing.
@@ -134,6 +143,16 @@ pub fn main() -> ExitCode {
             output,
             config,
         } => run_plan(&files, output, config),
+        Command::VaultPolicy {
+            kv_mount,
+            auth_mount,
+        } => {
+            print!(
+                "{}",
+                crate::builders::operator_policy(&kv_mount, &auth_mount)
+            );
+            ExitCode::SUCCESS
+        }
         Command::Crdgen { out_dir } => match crdgen(out_dir.as_ref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -10,3 +10,4 @@ mod plan_examples;
 mod pod_security;
 mod services;
 mod support;
+mod vault;

@@ -1,0 +1,5 @@
+//! Side effects outside the cluster, each behind a small trait so every
+//! reconcile step can be tested against the real service and its failures
+//! injected.
+
+pub mod vault;

@@ -1,0 +1,602 @@
+//! The Vault backend on `vaultrs`.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use rustify::{
+    Endpoint,
+    enums::{RequestMethod, RequestType, ResponseType},
+};
+use serde_json::Value;
+use vaultrs::{
+    api::kv2::requests::SetSecretRequestOptions,
+    client::{VaultClient, VaultClientSettingsBuilder},
+    error::ClientError,
+};
+
+use super::{
+    Change, Password, StoredCredentials, VaultBackend, VaultError, check_kv_path, check_policy,
+    check_role, generate_password,
+};
+use crate::builders::{KubernetesAuthRole, OWNERSHIP_MARKER, VaultPolicy};
+
+/// How the operator authenticates to Vault.
+#[derive(Clone, Debug)]
+pub enum VaultAuth {
+    /// A token given directly (development).
+    Token(String),
+    /// A token read from a file, re-read on refresh (e.g. written by an agent).
+    TokenFile(PathBuf),
+    /// Kubernetes auth with the operator's own ServiceAccount token.
+    Kubernetes {
+        /// Auth mount, e.g. `kubernetes`.
+        mount: String,
+        /// The operator's role.
+        role: String,
+        /// Projected ServiceAccount token.
+        jwt_path: PathBuf,
+    },
+}
+
+/// Where Vault is and how to use it.
+#[derive(Clone, Debug)]
+pub struct VaultSettings {
+    /// e.g. `https://vault.vault.svc:8200`.
+    pub address: String,
+    /// KV v2 mount of tenant secrets.
+    pub kv_mount: String,
+    /// Kubernetes auth mount that holds the tenants' roles.
+    pub auth_mount: String,
+    /// PEM CA bundle that signs Vault's certificate (system roots otherwise).
+    pub ca_cert: Option<PathBuf>,
+    /// How to authenticate.
+    pub auth: VaultAuth,
+}
+
+/// [`VaultBackend`] on a real Vault (or OpenBao) server.
+pub struct VaultClientBackend {
+    settings: VaultSettings,
+    client: RwLock<Arc<VaultClient>>,
+    writes: AtomicU64,
+}
+
+/// GET of any Vault path, for the fields `vaultrs`'s typed responses drop.
+struct RawRead {
+    path: String,
+}
+
+impl Endpoint for RawRead {
+    type Response = Value;
+    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
+    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
+
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+
+    fn method(&self) -> RequestMethod {
+        RequestMethod::GET
+    }
+}
+
+/// PUT or DELETE of any Vault path with a JSON body, for the modern
+/// `sys/policies/acl` API (`vaultrs` speaks the legacy `sys/policy`).
+struct RawWrite {
+    path: String,
+    method: RequestMethod,
+    body: Option<Value>,
+}
+
+impl Endpoint for RawWrite {
+    type Response = ();
+    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
+    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
+
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+
+    fn method(&self) -> RequestMethod {
+        self.method.clone()
+    }
+
+    fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
+        Ok(self.body.as_ref().map(|b| b.to_string().into_bytes()))
+    }
+}
+
+fn is_not_found(e: &ClientError) -> bool {
+    matches!(e, ClientError::APIError { code: 404, .. })
+}
+
+fn request(operation: &'static str, path: &str) -> impl FnOnce(ClientError) -> VaultError {
+    let path = path.to_owned();
+    move |source| VaultError::Request {
+        operation,
+        path,
+        source: Box::new(source),
+    }
+}
+
+/// Data Enclave writes next to a role it owns.
+fn ownership_record(mount: &str, role: &str) -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("managed-by", "enclave".to_owned()),
+        ("mount", mount.to_owned()),
+        ("role", role.to_owned()),
+    ])
+}
+
+impl VaultClientBackend {
+    /// Connects and authenticates.
+    pub async fn connect(settings: VaultSettings) -> Result<Self, VaultError> {
+        // One crypto stack for the whole process (kube and the AWS SDK use it too).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let client = Self::login(&settings).await?;
+        Ok(Self {
+            settings,
+            client: RwLock::new(Arc::new(client)),
+            writes: AtomicU64::new(0),
+        })
+    }
+
+    fn build(settings: &VaultSettings, token: &str) -> Result<VaultClient, VaultError> {
+        let mut builder = VaultClientSettingsBuilder::default();
+        builder.address(&settings.address).token(token);
+        if let Some(ca) = &settings.ca_cert {
+            builder.ca_certs(vec![ca.display().to_string()]);
+        }
+        let built = builder
+            .build()
+            .map_err(|e| VaultError::Login(format!("invalid Vault settings: {e}")))?;
+        VaultClient::new(built)
+            .map_err(|e| VaultError::Login(format!("cannot create the Vault client: {e}")))
+    }
+
+    async fn login(settings: &VaultSettings) -> Result<VaultClient, VaultError> {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| VaultError::Login(format!("cannot read {}: {e}", path.display())))
+        };
+        match &settings.auth {
+            VaultAuth::Token(token) => Self::build(settings, token),
+            VaultAuth::TokenFile(path) => Self::build(settings, &read(path)?),
+            VaultAuth::Kubernetes {
+                mount,
+                role,
+                jwt_path,
+            } => {
+                let anonymous = Self::build(settings, "")?;
+                let jwt = read(jwt_path)?;
+                let auth = vaultrs::auth::kubernetes::login(&anonymous, mount, role, &jwt).await.map_err(|e| {
+                    VaultError::Login(format!(
+                        "Kubernetes auth at auth/{mount} with role {role} was refused: {e}; check that the role binds the operator's ServiceAccount"
+                    ))
+                })?;
+                Self::build(settings, &auth.client_token)
+            }
+        }
+    }
+
+    fn client(&self) -> Arc<VaultClient> {
+        match self.client.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Renews the token (token auth) or logs in again (Kubernetes auth, or a
+    /// token file an agent rewrote). Call before the token's TTL runs out.
+    pub async fn refresh(&self) -> Result<(), VaultError> {
+        let fresh = match &self.settings.auth {
+            VaultAuth::Token(_) => {
+                vaultrs::token::renew_self(&*self.client(), None)
+                    .await
+                    .map_err(|e| VaultError::Login(format!("token renewal failed: {e}")))?;
+                return Ok(());
+            }
+            VaultAuth::TokenFile(_) | VaultAuth::Kubernetes { .. } => {
+                Self::login(&self.settings).await?
+            }
+        };
+        match self.client.write() {
+            Ok(mut guard) => *guard = Arc::new(fresh),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
+        }
+        Ok(())
+    }
+
+    /// Seconds the current token has left.
+    pub async fn token_ttl(&self) -> Result<u64, VaultError> {
+        let info = vaultrs::token::lookup_self(&*self.client())
+            .await
+            .map_err(request("look up", "auth/token/lookup-self"))?;
+        Ok(info.ttl)
+    }
+
+    /// Mutating requests sent so far (what "zero writes at steady state" counts).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn read_raw(&self, path: &str) -> Result<Option<Value>, VaultError> {
+        match vaultrs::api::exec_with_result(
+            &*self.client(),
+            RawRead {
+                path: path.to_owned(),
+            },
+        )
+        .await
+        {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(request("read", path)(e)),
+        }
+    }
+
+    async fn read_policy(&self, name: &str) -> Result<Option<String>, VaultError> {
+        let Some(value) = self.read_raw(&format!("sys/policies/acl/{name}")).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            value["policy"].as_str().unwrap_or_default().to_owned(),
+        ))
+    }
+
+    async fn write_raw(
+        &self,
+        operation: &'static str,
+        path: String,
+        method: RequestMethod,
+        body: Option<Value>,
+    ) -> Result<(), VaultError> {
+        self.wrote();
+        vaultrs::api::exec_with_empty(
+            &*self.client(),
+            RawWrite {
+                path: path.clone(),
+                method,
+                body,
+            },
+        )
+        .await
+        .map_err(request(operation, &path))
+    }
+
+    fn role_path(&self, name: &str) -> String {
+        format!("auth/{}/role/{name}", self.settings.auth_mount)
+    }
+
+    fn record_path(company: &str, name: &str) -> String {
+        format!("companies/{company}/platform/vault-roles/{name}")
+    }
+
+    /// `(data, version)` of the latest version at `path`, if readable.
+    async fn read_kv(
+        &self,
+        path: &str,
+    ) -> Result<Option<(HashMap<String, String>, u64)>, VaultError> {
+        let full = format!("{}/data/{path}", self.settings.kv_mount);
+        let Some(value) = self.read_raw(&full).await? else {
+            return Ok(None);
+        };
+        if value.get("data").is_none_or(Value::is_null) {
+            return Ok(None); // latest version deleted
+        }
+        let data =
+            serde_json::from_value(value["data"].clone()).map_err(|e| VaultError::Malformed {
+                path: path.to_owned(),
+                reason: format!("not a map of strings: {e}"),
+            })?;
+        let version = value["metadata"]["version"].as_u64().unwrap_or(0);
+        Ok(Some((data, version)))
+    }
+
+    /// Writes `data` at `path` if its current version is `cas` (0: absent).
+    /// `Ok(None)` when another writer got there first.
+    async fn write_kv(
+        &self,
+        path: &str,
+        data: &HashMap<&str, String>,
+        cas: u64,
+    ) -> Result<Option<u64>, VaultError> {
+        self.wrote();
+        let cas = u32::try_from(cas).unwrap_or(u32::MAX);
+        match vaultrs::kv2::set_with_options(
+            &*self.client(),
+            &self.settings.kv_mount,
+            path,
+            data,
+            SetSecretRequestOptions { cas },
+        )
+        .await
+        {
+            Ok(meta) => Ok(Some(meta.version)),
+            Err(ClientError::APIError { code: 400, errors })
+                if errors.iter().any(|e| e.contains("check-and-set")) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(request("write secret", path)(e)),
+        }
+    }
+
+    fn credentials(
+        path: &str,
+        data: &HashMap<String, String>,
+        version: u64,
+    ) -> Result<StoredCredentials, VaultError> {
+        let field = |key: &str| {
+            data.get(key)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or_else(|| VaultError::Malformed {
+                    path: path.to_owned(),
+                    reason: format!("{key} is missing or empty"),
+                })
+        };
+        Ok(StoredCredentials {
+            username: field("username")?,
+            password: Password::new(field("password")?),
+            version,
+        })
+    }
+}
+
+impl VaultBackend for VaultClientBackend {
+    async fn ensure_policy(&self, policy: &VaultPolicy) -> Result<Change, VaultError> {
+        check_policy(&self.settings.kv_mount, policy)?;
+        let change = match self.read_policy(&policy.name).await? {
+            Some(current) if current == policy.hcl => return Ok(Change::Unchanged),
+            Some(current) if !current.starts_with(OWNERSHIP_MARKER) => {
+                return Err(VaultError::NotOwned {
+                    what: "policy",
+                    name: policy.name.clone(),
+                });
+            }
+            Some(_) => Change::Updated,
+            None => Change::Created,
+        };
+        let body = serde_json::json!({ "policy": policy.hcl });
+        self.write_raw(
+            "write policy",
+            format!("sys/policies/acl/{}", policy.name),
+            RequestMethod::PUT,
+            Some(body),
+        )
+        .await?;
+        Ok(change)
+    }
+
+    async fn delete_policy(&self, name: &str) -> Result<Change, VaultError> {
+        match self.read_policy(name).await? {
+            None => Ok(Change::Unchanged),
+            Some(current) if !current.starts_with(OWNERSHIP_MARKER) => Err(VaultError::NotOwned {
+                what: "policy",
+                name: name.to_owned(),
+            }),
+            Some(_) => {
+                self.write_raw(
+                    "delete policy",
+                    format!("sys/policies/acl/{name}"),
+                    RequestMethod::DELETE,
+                    None,
+                )
+                .await?;
+                Ok(Change::Deleted)
+            }
+        }
+    }
+
+    async fn ensure_role(
+        &self,
+        company: &str,
+        role: &KubernetesAuthRole,
+    ) -> Result<Change, VaultError> {
+        check_role(role)?;
+        let record_path = Self::record_path(company, &role.name);
+        check_kv_path(&record_path)?;
+        let path = self.role_path(&role.name);
+        let current = self.read_raw(&path).await?;
+        let owned = self.read_kv(&record_path).await?.is_some();
+        if current.is_some() && !owned {
+            return Err(VaultError::NotOwned {
+                what: "role",
+                name: role.name.clone(),
+            });
+        }
+        if !owned {
+            // Write ahead: the record exists before the role it vouches for.
+            self.write_kv(
+                &record_path,
+                &ownership_record(&self.settings.auth_mount, &role.name),
+                0,
+            )
+            .await?;
+        }
+        let matches = current.as_ref().is_some_and(|c| {
+            let list = |key: &str| -> Vec<String> {
+                let mut v: Vec<String> = c[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect();
+                v.sort();
+                v
+            };
+            list("bound_service_account_names") == role.bound_service_account_names
+                && list("bound_service_account_namespaces") == role.bound_service_account_namespaces
+                && list("token_policies") == role.token_policies
+                && c["audience"].as_str() == Some(role.audience.as_str())
+                && c["token_ttl"].as_u64() == Some(u64::from(role.token_ttl))
+                && c["token_max_ttl"].as_u64() == Some(u64::from(role.token_max_ttl))
+        });
+        if matches {
+            return Ok(Change::Unchanged);
+        }
+        self.wrote();
+        let mut request_builder =
+            vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder();
+        request_builder
+            .bound_service_account_names(role.bound_service_account_names.clone())
+            .bound_service_account_namespaces(role.bound_service_account_namespaces.clone())
+            .audience(role.audience.clone())
+            .token_ttl(role.token_ttl.to_string())
+            .token_max_ttl(role.token_max_ttl.to_string())
+            .token_policies(role.token_policies.clone());
+        vaultrs::auth::kubernetes::role::create(
+            &*self.client(),
+            &self.settings.auth_mount,
+            &role.name,
+            Some(&mut request_builder),
+        )
+        .await
+        .map_err(request("write role", &path))?;
+        Ok(if current.is_some() {
+            Change::Updated
+        } else {
+            Change::Created
+        })
+    }
+
+    async fn delete_role(&self, company: &str, name: &str) -> Result<Change, VaultError> {
+        let record_path = Self::record_path(company, name);
+        check_kv_path(&record_path)?;
+        let path = self.role_path(name);
+        let exists = self.read_raw(&path).await?.is_some();
+        let owned = self.read_kv(&record_path).await?.is_some();
+        if exists && !owned {
+            return Err(VaultError::NotOwned {
+                what: "role",
+                name: name.to_owned(),
+            });
+        }
+        if exists {
+            self.wrote();
+            vaultrs::auth::kubernetes::role::delete(
+                &*self.client(),
+                &self.settings.auth_mount,
+                name,
+            )
+            .await
+            .map_err(request("delete role", &path))?;
+        }
+        if owned {
+            // The record goes last: a crash in between leaves it, and the
+            // next delete finds an absent role and removes it.
+            self.delete_secrets(&record_path).await?;
+        }
+        Ok(if exists || owned {
+            Change::Deleted
+        } else {
+            Change::Unchanged
+        })
+    }
+
+    async fn ensure_credentials(
+        &self,
+        path: &str,
+        username: &str,
+    ) -> Result<StoredCredentials, VaultError> {
+        check_kv_path(path)?;
+        if let Some((data, version)) = self.read_kv(path).await? {
+            return Self::credentials(path, &data, version);
+        }
+        let password = generate_password().map_err(|reason| VaultError::Malformed {
+            path: path.to_owned(),
+            reason,
+        })?;
+        let data = HashMap::from([
+            ("username", username.to_owned()),
+            ("password", password.expose().to_owned()),
+        ]);
+        if let Some(version) = self.write_kv(path, &data, 0).await? {
+            return Ok(StoredCredentials {
+                username: username.to_owned(),
+                password,
+                version,
+            });
+        }
+        // Someone wrote first (a concurrent reconcile): theirs is the credential.
+        match self.read_kv(path).await? {
+            Some((data, version)) => Self::credentials(path, &data, version),
+            None => Err(VaultError::Malformed {
+                path: path.to_owned(),
+                reason: "its latest version is deleted; undelete it, or delete its metadata to start over".into(),
+            }),
+        }
+    }
+
+    async fn rotate_credentials(&self, path: &str) -> Result<StoredCredentials, VaultError> {
+        check_kv_path(path)?;
+        let Some((data, version)) = self.read_kv(path).await? else {
+            return Err(VaultError::Malformed {
+                path: path.to_owned(),
+                reason: "there are no credentials to rotate".into(),
+            });
+        };
+        let current = Self::credentials(path, &data, version)?;
+        let password = generate_password().map_err(|reason| VaultError::Malformed {
+            path: path.to_owned(),
+            reason,
+        })?;
+        let new = HashMap::from([
+            ("username", current.username.clone()),
+            ("password", password.expose().to_owned()),
+        ]);
+        match self.write_kv(path, &new, version).await? {
+            Some(version) => Ok(StoredCredentials {
+                username: current.username,
+                password,
+                version,
+            }),
+            None => Err(VaultError::Request {
+                operation: "rotate",
+                path: path.to_owned(),
+                source: Box::new(ClientError::ResponseDataEmptyError),
+            }),
+        }
+    }
+
+    async fn delete_secrets(&self, prefix: &str) -> Result<usize, VaultError> {
+        check_kv_path(prefix)?;
+        let mount = &self.settings.kv_mount;
+        let mut deleted = 0;
+        // The prefix itself may be a secret, a folder, or both.
+        let mut pending = vec![prefix.to_owned()];
+        while let Some(path) = pending.pop() {
+            match vaultrs::kv2::list(&*self.client(), mount, &path).await {
+                Ok(keys) => pending.extend(
+                    keys.into_iter()
+                        .map(|k| format!("{path}/{}", k.trim_end_matches('/'))),
+                ),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(request("list secrets", &path)(e)),
+            }
+            if self
+                .read_raw(&format!("{mount}/metadata/{path}"))
+                .await?
+                .is_some()
+            {
+                self.wrote();
+                vaultrs::kv2::delete_metadata(&*self.client(), mount, &path)
+                    .await
+                    .map_err(request("delete secret", &path))?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}

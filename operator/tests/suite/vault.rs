@@ -1,0 +1,681 @@
+//! The Vault backend against a real OpenBao server: the access matrix,
+//! idempotency, drift, ownership, write-ahead credentials, deletion
+//! isolation, hostile names, and running with only Enclave's own policy.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use enclave::{
+    backends::vault::{
+        Change, VaultAuth, VaultBackend, VaultClientBackend, VaultError, VaultSettings,
+        delete_developer, delete_tenant, ensure_company, ensure_developer,
+    },
+    builders::{self, CompanyContext, operator_policy},
+    config::OperatorConfig,
+    crd::Company,
+    names::CompanyNames,
+    plan::{Document, Plan, plan_documents},
+};
+use serde_json::{Value, json};
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+
+use crate::support::service;
+
+const KV: &str = "secret";
+
+struct Env {
+    addr: String,
+    token: String,
+    root: VaultClient,
+    /// A Kubernetes auth mount of this test's own.
+    mount: String,
+    /// Unique per test, so tests share one server without meeting.
+    tag: String,
+}
+
+fn tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t{:x}",
+        (nanos ^ u128::from(std::process::id()) << 20) & 0xff_ffff_ffff
+    )
+}
+
+async fn env() -> Option<Env> {
+    let addr = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server")?;
+    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")?;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let root = client(&addr, &token);
+    let tag = tag();
+    let mount = format!("k8s-{tag}");
+    vaultrs::sys::auth::enable(&root, &mount, "kubernetes", None)
+        .await
+        .unwrap();
+    Some(Env {
+        addr,
+        token,
+        root,
+        mount,
+        tag,
+    })
+}
+
+fn client(addr: &str, token: &str) -> VaultClient {
+    VaultClient::new(
+        VaultClientSettingsBuilder::default()
+            .address(addr)
+            .token(token)
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+async fn backend(env: &Env, token: &str) -> VaultClientBackend {
+    VaultClientBackend::connect(VaultSettings {
+        address: env.addr.clone(),
+        kv_mount: KV.into(),
+        auth_mount: env.mount.clone(),
+        ca_cert: None,
+        auth: VaultAuth::Token(token.to_owned()),
+    })
+    .await
+    .unwrap()
+}
+
+/// Companies named `names`, each with an Admin `dev-x` and a Developer `dev`.
+fn tenants(names: &[String]) -> Plan {
+    let mut docs = Vec::new();
+    for (i, co) in names.iter().enumerate() {
+        docs.push(json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": co}, "spec": {}}));
+        for (dev, role) in [("dev-x", "Admin"), ("dev", "Developer")] {
+            docs.push(
+                json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+                "metadata": {"name": dev, "namespace": format!("company-{co}")},
+                "spec": {"subject": format!("subject-{i}-{dev}"), "role": role}}),
+            );
+        }
+    }
+    let docs = docs
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| Document {
+            source: "test".into(),
+            index: i + 1,
+            value,
+        })
+        .collect();
+    plan_documents(docs, &OperatorConfig::default()).unwrap()
+}
+
+async fn ensure_all(vault: &VaultClientBackend, plan: &Plan) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for t in &plan.tenants {
+        changes.extend(ensure_company(vault, &t.company).await.unwrap());
+        for d in &t.developers {
+            changes.extend(ensure_developer(vault, &t.name, d).await.unwrap());
+        }
+    }
+    changes
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Who {
+    Controller,
+    Admin(String),
+    Developer(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Area {
+    SharedDev,
+    SharedProd,
+    Platform,
+    Personal(String),
+}
+
+/// What the security model promises, written independently of the builders.
+/// One arm per promise, even where two give the same answer.
+#[allow(clippy::match_same_arms)]
+fn promised(who: &(String, Who), what: &(String, Area)) -> (bool, bool) {
+    if who.0 != what.0 {
+        return (false, false);
+    }
+    match (&who.1, &what.1) {
+        (Who::Controller, Area::SharedDev | Area::SharedProd | Area::Platform) => (true, false),
+        (Who::Admin(me) | Who::Developer(me), Area::Personal(owner)) if me == owner => (true, true),
+        (Who::Admin(_), Area::SharedDev | Area::SharedProd) => (true, true),
+        (Who::Developer(_), Area::SharedDev) => (true, false),
+        _ => (false, false),
+    }
+}
+
+fn area_path(company: &str, area: &Area) -> String {
+    match area {
+        Area::SharedDev => format!("companies/{company}/shared/dev"),
+        Area::SharedProd => format!("companies/{company}/shared/prod"),
+        Area::Platform => format!("companies/{company}/platform"),
+        Area::Personal(key) => format!("companies/{company}/developers/{key}"),
+    }
+}
+
+#[tokio::test]
+async fn access_matrix_matches_the_security_model() {
+    let Some(env) = env().await else { return };
+    // `x` and `x-a` share a prefix: a policy one glob too broad shows here.
+    let names = [env.tag.clone(), format!("{}-a", env.tag)];
+    let plan = tenants(&names);
+    let vault = backend(&env, &env.token).await;
+    ensure_all(&vault, &plan).await;
+
+    let mut principals: Vec<((String, Who), Vec<String>)> = Vec::new();
+    let mut areas: Vec<(String, Area)> = Vec::new();
+    for t in &plan.tenants {
+        principals.push((
+            (t.name.clone(), Who::Controller),
+            t.company.roles[0].token_policies.clone(),
+        ));
+        for area in [Area::SharedDev, Area::SharedProd, Area::Platform] {
+            areas.push((t.name.clone(), area));
+        }
+        for d in &t.developers {
+            let key = d.roles[0].name.split("--").nth(1).unwrap().to_owned();
+            let who = match d.settings.role {
+                enclave::crd::DeveloperRole::Admin => Who::Admin(key.clone()),
+                enclave::crd::DeveloperRole::Developer => Who::Developer(key.clone()),
+            };
+            principals.push(((t.name.clone(), who), d.roles[0].token_policies.clone()));
+            areas.push((t.name.clone(), Area::Personal(key)));
+        }
+    }
+    let seed = BTreeMap::from([("value".to_owned(), "seed".to_owned())]);
+    for (company, area) in &areas {
+        vaultrs::kv2::set(
+            &env.root,
+            KV,
+            &format!("{}/probe", area_path(company, area)),
+            &seed,
+        )
+        .await
+        .unwrap();
+    }
+
+    let mut table =
+        String::from("principal \\ path (r = read, w = write, ! = differs from the model)\n");
+    let mut wrong = 0;
+    for (who, policies) in &principals {
+        let mut opts = vaultrs::api::token::requests::CreateTokenRequest::builder();
+        opts.policies(policies.clone())
+            .no_default_policy(true)
+            .ttl("5m");
+        let token = vaultrs::token::new(&env.root, Some(&mut opts))
+            .await
+            .unwrap()
+            .client_token;
+        let as_who = client(&env.addr, &token);
+        let _ = write!(table, "{:<44}", format!("{}/{:?}", who.0, who.1));
+        for what in &areas {
+            let base = area_path(&what.0, &what.1);
+            let read = vaultrs::kv2::read::<BTreeMap<String, String>>(
+                &as_who,
+                KV,
+                &format!("{base}/probe"),
+            )
+            .await
+            .is_ok();
+            let write = vaultrs::kv2::set(&as_who, KV, &format!("{base}/written"), &seed)
+                .await
+                .is_ok();
+            let ok = (read, write) == promised(who, what);
+            wrong += usize::from(!ok);
+            let _ = write!(
+                table,
+                " {}{}{}",
+                if read { 'r' } else { '-' },
+                if write { 'w' } else { '-' },
+                if ok { ' ' } else { '!' }
+            );
+        }
+        table.push('\n');
+    }
+    let _ = writeln!(
+        table,
+        "columns: {}",
+        areas
+            .iter()
+            .map(|(c, a)| format!("{c}/{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("{table}");
+    assert_eq!(principals.len(), 6);
+    assert_eq!(areas.len(), 10);
+    assert_eq!(
+        wrong, 0,
+        "{wrong} cells differ from the security model:\n{table}"
+    );
+}
+
+#[tokio::test]
+async fn ensure_is_idempotent_and_corrects_drift() {
+    let Some(env) = env().await else { return };
+    let plan = tenants(std::slice::from_ref(&env.tag));
+    let vault = backend(&env, &env.token).await;
+    let first = ensure_all(&vault, &plan).await;
+    assert!(first.iter().all(|c| *c == Change::Created), "{first:?}");
+    let writes = vault.writes();
+    let second = ensure_all(&vault, &plan).await;
+    assert!(second.iter().all(|c| *c == Change::Unchanged), "{second:?}");
+    assert_eq!(
+        vault.writes(),
+        writes,
+        "an unchanged tenant costs no writes"
+    );
+
+    // Someone widens a developer's policy and rebinds its role in Vault.
+    let dev = &plan.tenants[0].developers[1];
+    let policy = &dev.policies[0];
+    let widened = format!(
+        "{}\npath \"secret/data/*\" {{ capabilities = [\"read\"] }}\n",
+        policy.hcl
+    );
+    vaultrs::sys::policy::set(&env.root, &policy.name, &widened)
+        .await
+        .unwrap();
+    let role = &dev.roles[0];
+    let mut opts = vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder();
+    opts.bound_service_account_names(vec!["*".to_owned()])
+        .bound_service_account_namespaces(vec!["*".to_owned()]);
+    vaultrs::auth::kubernetes::role::create(&env.root, &env.mount, &role.name, Some(&mut opts))
+        .await
+        .unwrap();
+
+    assert_eq!(vault.ensure_policy(policy).await.unwrap(), Change::Updated);
+    assert_eq!(
+        vault
+            .ensure_role(&plan.tenants[0].name, role)
+            .await
+            .unwrap(),
+        Change::Updated
+    );
+    let stored = vaultrs::sys::policy::read(&env.root, &policy.name)
+        .await
+        .unwrap()
+        .rules;
+    assert_eq!(stored, policy.hcl);
+    let stored = vaultrs::auth::kubernetes::role::read(&env.root, &env.mount, &role.name)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.bound_service_account_names,
+        role.bound_service_account_names
+    );
+    assert_eq!(
+        stored.bound_service_account_namespaces,
+        role.bound_service_account_namespaces
+    );
+    assert!(
+        ensure_all(&vault, &plan)
+            .await
+            .iter()
+            .all(|c| *c == Change::Unchanged)
+    );
+}
+
+#[tokio::test]
+async fn what_enclave_did_not_create_is_never_overwritten() {
+    let Some(env) = env().await else { return };
+    let plan = tenants(std::slice::from_ref(&env.tag));
+    let vault = backend(&env, &env.token).await;
+    let dev = &plan.tenants[0].developers[0];
+    let foreign = "path \"secret/data/elsewhere/*\" { capabilities = [\"read\"] }\n";
+    vaultrs::sys::policy::set(&env.root, &dev.policies[0].name, foreign)
+        .await
+        .unwrap();
+    let err = vault.ensure_policy(&dev.policies[0]).await.unwrap_err();
+    assert!(
+        matches!(err, VaultError::NotOwned { what: "policy", .. }),
+        "{err}"
+    );
+    assert!(vault.delete_policy(&dev.policies[0].name).await.is_err());
+    assert_eq!(
+        vaultrs::sys::policy::read(&env.root, &dev.policies[0].name)
+            .await
+            .unwrap()
+            .rules,
+        foreign
+    );
+
+    let role = &dev.roles[0];
+    let mut opts = vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder();
+    opts.bound_service_account_names(vec!["someone".to_owned()])
+        .bound_service_account_namespaces(vec!["elsewhere".to_owned()]);
+    vaultrs::auth::kubernetes::role::create(&env.root, &env.mount, &role.name, Some(&mut opts))
+        .await
+        .unwrap();
+    let err = vault
+        .ensure_role(&plan.tenants[0].name, role)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VaultError::NotOwned { what: "role", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("will not overwrite"));
+    let stored = vaultrs::auth::kubernetes::role::read(&env.root, &env.mount, &role.name)
+        .await
+        .unwrap();
+    assert_eq!(stored.bound_service_account_names, ["someone"]);
+}
+
+#[tokio::test]
+async fn credentials_are_written_ahead_reused_after_a_crash_and_rotated_as_new_versions() {
+    let Some(env) = env().await else { return };
+    let path = format!("companies/{}/platform/database", env.tag);
+    let first = backend(&env, &env.token).await;
+    let written = first
+        .ensure_credentials(&path, "enclave_admin")
+        .await
+        .unwrap();
+    assert_eq!(written.version, 1);
+    // Crash: the process dies before the database was created with them.
+    drop(first);
+    let restarted = backend(&env, &env.token).await;
+    let reread = restarted
+        .ensure_credentials(&path, "enclave_admin")
+        .await
+        .unwrap();
+    assert_eq!(reread, written, "the same credential, never regenerated");
+
+    // Two reconciles racing on a fresh path agree on one credential.
+    let path2 = format!("companies/{}/platform/racing", env.tag);
+    let (a, b) = (
+        backend(&env, &env.token).await,
+        backend(&env, &env.token).await,
+    );
+    let (x, y) = tokio::join!(
+        a.ensure_credentials(&path2, "u"),
+        b.ensure_credentials(&path2, "u")
+    );
+    assert_eq!(x.unwrap(), y.unwrap());
+
+    let rotated = restarted.rotate_credentials(&path).await.unwrap();
+    assert_eq!(rotated.version, 2);
+    assert_ne!(rotated.password, written.password);
+    assert_eq!(rotated.username, "enclave_admin");
+    assert_eq!(
+        restarted
+            .ensure_credentials(&path, "enclave_admin")
+            .await
+            .unwrap(),
+        rotated
+    );
+    let old: BTreeMap<String, String> = vaultrs::kv2::read_version(&env.root, KV, &path, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        old["password"],
+        written.password.expose(),
+        "the previous version stays readable"
+    );
+}
+
+async fn snapshot(env: &Env, plan: &Plan, company: &str) -> Value {
+    let t = plan.tenants.iter().find(|t| t.name == company).unwrap();
+    let mut out = serde_json::Map::new();
+    for p in t
+        .company
+        .policies
+        .iter()
+        .chain(t.developers.iter().flat_map(|d| d.policies.iter()))
+    {
+        out.insert(
+            format!("policy {}", p.name),
+            json!(
+                vaultrs::sys::policy::read(&env.root, &p.name)
+                    .await
+                    .unwrap()
+                    .rules
+            ),
+        );
+    }
+    for r in t
+        .company
+        .roles
+        .iter()
+        .chain(t.developers.iter().flat_map(|d| d.roles.iter()))
+    {
+        let role = vaultrs::auth::kubernetes::role::read(&env.root, &env.mount, &r.name)
+            .await
+            .unwrap();
+        out.insert(format!("role {}", r.name), json!(format!("{role:?}")));
+    }
+    let mut pending = vec![format!("companies/{company}")];
+    while let Some(path) = pending.pop() {
+        for key in vaultrs::kv2::list(&env.root, KV, &path)
+            .await
+            .unwrap_or_default()
+        {
+            let child = format!("{path}/{}", key.trim_end_matches('/'));
+            if key.ends_with('/') {
+                pending.push(child);
+            } else {
+                let data: Value = vaultrs::kv2::read(&env.root, KV, &child).await.unwrap();
+                let meta = vaultrs::kv2::read_metadata(&env.root, KV, &child)
+                    .await
+                    .unwrap();
+                out.insert(
+                    format!("secret {child}"),
+                    json!({"data": data, "version": meta.current_version}),
+                );
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+#[tokio::test]
+async fn deleting_one_tenant_leaves_every_other_tenant_unchanged() {
+    let Some(env) = env().await else { return };
+    let (gone, kept) = (env.tag.clone(), format!("{}-a", env.tag));
+    let plan = tenants(&[gone.clone(), kept.clone()]);
+    let vault = backend(&env, &env.token).await;
+    ensure_all(&vault, &plan).await;
+    for co in [&gone, &kept] {
+        vault
+            .ensure_credentials(
+                &format!("companies/{co}/platform/database"),
+                "enclave_admin",
+            )
+            .await
+            .unwrap();
+        let data = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+        vaultrs::kv2::set(
+            &env.root,
+            KV,
+            &format!("companies/{co}/shared/dev/warehouse"),
+            &data,
+        )
+        .await
+        .unwrap();
+    }
+    let before = snapshot(&env, &plan, &kept).await;
+    assert!(before.as_object().unwrap().len() >= 10);
+
+    let t = plan.tenants.iter().find(|t| t.name == gone).unwrap();
+    let names = CompanyNames::new(&gone, None);
+    for d in &t.developers {
+        let key = d.roles[0].name.split("--").nth(1).unwrap().to_owned();
+        delete_developer(
+            &vault,
+            &gone,
+            d,
+            &format!("companies/{gone}/developers/{key}"),
+            true,
+        )
+        .await
+        .unwrap();
+    }
+    delete_tenant(&vault, &t.company, &names.kv_company_root(), true)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        snapshot(&env, &plan, &kept).await,
+        before,
+        "the other tenant is byte-for-byte unchanged"
+    );
+    for p in t
+        .company
+        .policies
+        .iter()
+        .chain(t.developers.iter().flat_map(|d| d.policies.iter()))
+    {
+        assert!(
+            vaultrs::sys::policy::read(&env.root, &p.name)
+                .await
+                .is_err(),
+            "{} remains",
+            p.name
+        );
+    }
+    for r in t
+        .company
+        .roles
+        .iter()
+        .chain(t.developers.iter().flat_map(|d| d.roles.iter()))
+    {
+        assert!(
+            vaultrs::auth::kubernetes::role::read(&env.root, &env.mount, &r.name)
+                .await
+                .is_err(),
+            "{} remains",
+            r.name
+        );
+    }
+    assert!(
+        vaultrs::kv2::list(&env.root, KV, &format!("companies/{gone}"))
+            .await
+            .is_err(),
+        "no secret of {gone} remains"
+    );
+    // Deleting again is a no-op.
+    delete_tenant(&vault, &t.company, &names.kv_company_root(), true)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn hostile_names_never_reach_vault() {
+    let Some(env) = env().await else { return };
+    let vault = backend(&env, &env.token).await;
+    let config = OperatorConfig::default();
+    let hostile = [
+        "*", "a*", "a+b", "..", "a/../b", "a\"b", "a}b{", "a\nb", "A", "", "a b", "a/b",
+    ];
+    for name in hostile {
+        // Bypass the CRD schema on purpose: the backend is the last line.
+        let company = Company::new(name, serde_json::from_value(json!({})).unwrap());
+        let ctx = CompanyContext::new(&company, &config);
+        let plan = builders::build_company(&ctx);
+        let writes = vault.writes();
+        let err = vault.ensure_policy(&plan.policies[0]).await.unwrap_err();
+        assert!(matches!(err, VaultError::Unsafe { .. }), "{name:?}: {err}");
+        let err = vault.ensure_role(name, &plan.roles[0]).await.unwrap_err();
+        assert!(matches!(err, VaultError::Unsafe { .. }), "{name:?}: {err}");
+        assert!(
+            vault
+                .ensure_credentials(&format!("companies/{name}/platform/database"), "u")
+                .await
+                .is_err(),
+            "{name:?}"
+        );
+        assert!(
+            vault
+                .delete_secrets(&format!("companies/{name}"))
+                .await
+                .is_err(),
+            "{name:?}"
+        );
+        assert_eq!(vault.writes(), writes, "{name:?} caused a write");
+    }
+}
+
+#[tokio::test]
+async fn the_backend_works_with_only_enclaves_own_policy() {
+    let Some(env) = env().await else { return };
+    // Not named enclave-*: the operator must not be able to rewrite its own policy.
+    let own = format!("enclave{}", env.tag);
+    vaultrs::sys::policy::set(&env.root, &own, &operator_policy(KV, &env.mount))
+        .await
+        .unwrap();
+    let mut opts = vaultrs::api::token::requests::CreateTokenRequest::builder();
+    opts.policies(vec![own.clone()])
+        .no_default_policy(true)
+        .ttl("10m")
+        .renewable(true);
+    let token = vaultrs::token::new(&env.root, Some(&mut opts))
+        .await
+        .unwrap()
+        .client_token;
+    let vault = backend(&env, &token).await;
+
+    let plan = tenants(std::slice::from_ref(&env.tag));
+    assert!(
+        ensure_all(&vault, &plan)
+            .await
+            .iter()
+            .all(|c| *c == Change::Created)
+    );
+    let path = format!("companies/{}/platform/database", env.tag);
+    let creds = vault
+        .ensure_credentials(&path, "enclave_admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        vault.rotate_credentials(&path).await.unwrap().version,
+        creds.version + 1
+    );
+    vault.refresh().await.unwrap();
+    assert!(vault.token_ttl().await.unwrap() > 0);
+    let t = &plan.tenants[0];
+    for d in &t.developers {
+        let key = d.roles[0].name.split("--").nth(1).unwrap().to_owned();
+        delete_developer(
+            &vault,
+            &t.name,
+            d,
+            &format!("companies/{}/developers/{key}", t.name),
+            true,
+        )
+        .await
+        .unwrap();
+    }
+    delete_tenant(&vault, &t.company, &format!("companies/{}", t.name), true)
+        .await
+        .unwrap();
+
+    // And nothing beyond it: not its own policy, not other mounts or paths.
+    let operator = client(&env.addr, &token);
+    let mut opts = vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder();
+    opts.bound_service_account_names(vec!["x".to_owned()])
+        .bound_service_account_namespaces(vec!["y".to_owned()]);
+    assert!(
+        vaultrs::auth::kubernetes::role::create(
+            &operator,
+            &env.mount,
+            "not-enclaves",
+            Some(&mut opts)
+        )
+        .await
+        .is_err()
+    );
+    let data = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+    assert!(
+        vaultrs::kv2::set(&operator, KV, "elsewhere/x", &data)
+            .await
+            .is_err()
+    );
+}
