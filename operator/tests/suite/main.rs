@@ -10,4 +10,5 @@ mod plan_examples;
 mod pod_security;
 mod services;
 mod support;
+mod token_review;
 mod vault;

@@ -679,3 +679,137 @@ async fn the_backend_works_with_only_enclaves_own_policy() {
             .is_err()
     );
 }
+
+/// Points this test's auth mount at the TokenReview stand-in.
+async fn configure_kubernetes_auth(env: &Env) {
+    let host = crate::token_review::serve().await;
+    let ca =
+        std::fs::read_to_string(crate::support::root().join("operator/tests/fixtures/test-ca.pem"))
+            .unwrap();
+    let mut opts =
+        vaultrs::api::auth::kubernetes::requests::ConfigureKubernetesAuthRequest::builder();
+    opts.kubernetes_ca_cert(ca).disable_local_ca_jwt(true);
+    vaultrs::auth::kubernetes::configure(&env.root, &env.mount, &host, Some(&mut opts))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn workspaces_log_in_with_their_own_service_account_only() {
+    use crate::token_review::service_account_token;
+    let Some(env) = env().await else { return };
+    configure_kubernetes_auth(&env).await;
+    let plan = tenants(std::slice::from_ref(&env.tag));
+    let vault = backend(&env, &env.token).await;
+    ensure_all(&vault, &plan).await;
+    let (ns, dev) = (
+        &plan.tenants[0].company.settings.namespace,
+        &plan.tenants[0].developers[1],
+    );
+    let role = &dev.roles[0];
+    let sa = &role.bound_service_account_names[0];
+    let anonymous = client(&env.addr, "");
+    let login = |ns: &str, sa: &str, aud: &str| {
+        let jwt = service_account_token(ns, sa, aud);
+        let (anonymous, mount, role) = (&anonymous, env.mount.clone(), role.name.clone());
+        async move { vaultrs::auth::kubernetes::login(anonymous, &mount, &role, &jwt).await }
+    };
+    let auth = login(ns, sa, "vault")
+        .await
+        .expect("the bound ServiceAccount logs in");
+    assert_eq!(
+        auth.policies
+            .iter()
+            .filter(|p| *p != "default")
+            .collect::<Vec<_>>(),
+        [&role.name]
+    );
+    assert!(auth.lease_duration <= 3600);
+    let err = login(ns, "developer-someone-else", "vault")
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+        .unwrap_err();
+    assert!(err.contains("not authorized"), "{err}");
+    let err = login("company-other", sa, "vault")
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+        .unwrap_err();
+    assert!(err.contains("not authorized"), "{err}");
+    assert!(
+        login(ns, sa, "not-vault").await.is_err(),
+        "a token for another audience is refused"
+    );
+}
+
+#[tokio::test]
+async fn the_operator_logs_in_with_kubernetes_auth_and_refreshes() {
+    use crate::token_review::service_account_token;
+    let Some(env) = env().await else { return };
+    configure_kubernetes_auth(&env).await;
+    let own = format!("enclave{}", env.tag);
+    vaultrs::sys::policy::set(&env.root, &own, &operator_policy(KV, &env.mount))
+        .await
+        .unwrap();
+    let mut opts = vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder();
+    opts.bound_service_account_names(vec!["enclave".to_owned()])
+        .bound_service_account_namespaces(vec!["enclave-system".to_owned()])
+        .audience("vault")
+        .token_policies(vec![own])
+        .token_ttl("600");
+    vaultrs::auth::kubernetes::role::create(&env.root, &env.mount, "operator", Some(&mut opts))
+        .await
+        .unwrap();
+    let jwt_path = std::env::temp_dir().join(format!("enclave-jwt-{}", env.tag));
+    std::fs::write(
+        &jwt_path,
+        service_account_token("enclave-system", "enclave", "vault"),
+    )
+    .unwrap();
+    let settings = VaultSettings {
+        address: env.addr.clone(),
+        kv_mount: KV.into(),
+        auth_mount: env.mount.clone(),
+        ca_cert: None,
+        auth: VaultAuth::Kubernetes {
+            mount: env.mount.clone(),
+            role: "operator".into(),
+            jwt_path: jwt_path.clone(),
+        },
+    };
+    let vault = VaultClientBackend::connect(settings.clone()).await.unwrap();
+    let plan = tenants(std::slice::from_ref(&env.tag));
+    assert!(
+        ensure_all(&vault, &plan)
+            .await
+            .iter()
+            .all(|c| *c == Change::Created)
+    );
+    let ttl = vault.token_ttl().await.unwrap();
+    assert!(ttl > 0 && ttl <= 600, "{ttl}");
+    vault.refresh().await.unwrap();
+    assert!(
+        ensure_all(&vault, &plan)
+            .await
+            .iter()
+            .all(|c| *c == Change::Unchanged)
+    );
+
+    // A token for another ServiceAccount is refused with a message saying what to check.
+    std::fs::write(
+        &jwt_path,
+        service_account_token("enclave-system", "intruder", "vault"),
+    )
+    .unwrap();
+    let err = VaultClientBackend::connect(settings)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("binds the operator's ServiceAccount"),
+        "{err}"
+    );
+    std::fs::remove_file(&jwt_path).unwrap();
+}
