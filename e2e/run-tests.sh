@@ -71,7 +71,17 @@ start_services() {
 
   local bao_port moto_port pg_port
   bao_port=$(free_port)
-  "$SERVICES_VENV/bin/bao" server -dev -dev-root-token-id=root \
+  # OpenBao only takes audit devices from configuration; tests read this log
+  # to count the requests Enclave really sent.
+  cat >"$STATE/openbao-audit.hcl" <<HCL
+audit "file" "enclave-tests" {
+  options {
+    file_path = "$STATE/openbao-audit.log"
+    hmac_accessor = "false"
+  }
+}
+HCL
+  "$SERVICES_VENV/bin/bao" server -dev -dev-root-token-id=root -config="$STATE/openbao-audit.hcl" \
     -dev-listen-address="127.0.0.1:$bao_port" >"$STATE/openbao.log" 2>&1 &
   PIDS+=($!)
 
@@ -93,6 +103,7 @@ start_services() {
 
   export ENCLAVE_TEST_VAULT_ADDR="http://127.0.0.1:$bao_port"
   export ENCLAVE_TEST_VAULT_TOKEN=root
+  export ENCLAVE_TEST_VAULT_AUDIT_LOG="$STATE/openbao-audit.log"
   export ENCLAVE_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
   export ENCLAVE_TEST_POSTGRES="host=127.0.0.1 port=$pg_port user=postgres password=postgres dbname=postgres"
   ENCLAVE_TEST_K8S_SCHEMAS="$("$SERVICES_VENV/bin/python" -c 'import kubernetes_validate, os; print(os.path.dirname(kubernetes_validate.__file__))')/kubernetes-json-schema/v1.37.0-local-strict/_definitions.json"

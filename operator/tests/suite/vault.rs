@@ -258,20 +258,56 @@ async fn access_matrix_matches_the_security_model() {
     );
 }
 
+/// Create, update and delete requests OpenBao's audit log records for the
+/// token with `accessor`.
+fn audited_writes(log: &str, accessor: &str) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap();
+    let count = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| {
+            entry["type"] == "request"
+                && entry["auth"]["accessor"] == accessor
+                && matches!(
+                    entry["request"]["operation"].as_str(),
+                    Some("create" | "update" | "delete")
+                )
+        })
+        .count();
+    u64::try_from(count).unwrap()
+}
+
 #[tokio::test]
 async fn ensure_is_idempotent_and_corrects_drift() {
     let Some(env) = env().await else { return };
+    let audit_log = service("ENCLAVE_TEST_VAULT_AUDIT_LOG", "OpenBao's audit log").unwrap();
     let plan = tenants(std::slice::from_ref(&env.tag));
-    let vault = backend(&env, &env.token).await;
+    // A token of its own, so the audit log tells this backend's requests apart.
+    let mut opts = vaultrs::api::token::requests::CreateTokenRequest::builder();
+    opts.policies(vec!["root".to_owned()]).ttl("10m");
+    let auth = vaultrs::token::new(&env.root, Some(&mut opts))
+        .await
+        .unwrap();
+    let vault = backend(&env, &auth.client_token).await;
     let first = ensure_all(&vault, &plan).await;
     assert!(first.iter().all(|c| *c == Change::Created), "{first:?}");
     let writes = vault.writes();
+    assert_eq!(
+        audited_writes(&audit_log, &auth.accessor),
+        writes,
+        "the counter matches what OpenBao saw"
+    );
     let second = ensure_all(&vault, &plan).await;
     assert!(second.iter().all(|c| *c == Change::Unchanged), "{second:?}");
     assert_eq!(
         vault.writes(),
         writes,
         "an unchanged tenant costs no writes"
+    );
+    assert_eq!(
+        audited_writes(&audit_log, &auth.accessor),
+        writes,
+        "OpenBao saw no write either"
     );
 
     // Someone widens a developer's policy and rebinds its role in Vault.
