@@ -514,10 +514,7 @@ impl VaultBackend for VaultClientBackend {
         if let Some((data, version)) = self.read_kv(path).await? {
             return Self::credentials(path, &data, version);
         }
-        let password = generate_password().map_err(|reason| VaultError::Malformed {
-            path: path.to_owned(),
-            reason,
-        })?;
+        let password = generate_password().map_err(VaultError::Entropy)?;
         let data = HashMap::from([
             ("username", username.to_owned()),
             ("password", password.expose().to_owned()),
@@ -548,10 +545,7 @@ impl VaultBackend for VaultClientBackend {
             });
         };
         let current = Self::credentials(path, &data, version)?;
-        let password = generate_password().map_err(|reason| VaultError::Malformed {
-            path: path.to_owned(),
-            reason,
-        })?;
+        let password = generate_password().map_err(VaultError::Entropy)?;
         let new = HashMap::from([
             ("username", current.username.clone()),
             ("password", password.expose().to_owned()),
@@ -562,10 +556,8 @@ impl VaultBackend for VaultClientBackend {
                 password,
                 version,
             }),
-            None => Err(VaultError::Request {
-                operation: "rotate",
+            None => Err(VaultError::Conflict {
                 path: path.to_owned(),
-                source: Box::new(ClientError::ResponseDataEmptyError),
             }),
         }
     }

@@ -73,6 +73,15 @@ pub enum VaultError {
         #[source]
         source: Box<vaultrs::error::ClientError>,
     },
+    /// Someone else wrote the same secret between our read and our write.
+    #[error("{path} changed while Enclave was writing it; the next reconcile retries")]
+    Conflict {
+        /// The KV path.
+        path: String,
+    },
+    /// The operating system's random source failed.
+    #[error("cannot generate a credential: {0}")]
+    Entropy(String),
     /// The operator could not authenticate.
     #[error("Vault login failed: {0}")]
     Login(String),
@@ -92,7 +101,10 @@ impl VaultError {
     /// Whether retrying later may succeed (network, 5xx, a concurrent write),
     /// as opposed to a state a person must fix.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Request { .. } | Self::Login(_))
+        matches!(
+            self,
+            Self::Request { .. } | Self::Login(_) | Self::Conflict { .. } | Self::Entropy(_)
+        )
     }
 }
 
