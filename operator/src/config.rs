@@ -333,8 +333,14 @@ pub struct SharedDatabase {
     pub host: String,
     /// Port.
     pub port: u16,
-    /// KV path (below the mount) of the admin credentials.
+    /// KV path (below the mount, under `enclave/`) of the admin credentials
+    /// (`username`, `password`).
     pub admin_credentials_path: String,
+    /// Require TLS to the instance (turn off only for loopback tests).
+    pub tls: bool,
+    /// PEM bundle of the CAs that sign the instance's certificate (e.g. the
+    /// RDS CA bundle); the system's roots when empty.
+    pub ca_file: String,
 }
 
 impl Default for SharedDatabase {
@@ -344,6 +350,8 @@ impl Default for SharedDatabase {
             host: "postgres.enclave-system.svc".into(),
             port: 5432,
             admin_credentials_path: "enclave/shared-postgres-admin".into(),
+            tls: true,
+            ca_file: String::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 # managed-by: enclave
 # The Enclave operator: tenant ACL policies and Kubernetes-auth roles named
-# enclave-*, and the tenants' secrets below companies/. Nothing else.
+# enclave-*, the tenants' secrets below companies/, and read access to its
+# own platform secrets below enclave/. Nothing else.
 
 path "sys/policies/acl/enclave-*" {
   capabilities = ["create", "read", "update", "delete"]
@@ -16,6 +17,11 @@ path "secret/data/companies/*" {
 
 path "secret/metadata/companies/*" {
   capabilities = ["read", "list", "delete"]
+}
+
+# Platform secrets the operator reads, e.g. the shared PostgreSQL admin.
+path "secret/data/enclave/*" {
+  capabilities = ["read"]
 }
 
 path "auth/token/lookup-self" {

@@ -2,4 +2,5 @@
 //! reconcile step can be tested against the real service and its failures
 //! injected.
 
+pub mod database;
 pub mod vault;

@@ -95,59 +95,56 @@ fn deletion(policy: DeletionPolicy, snapshot: &str) -> String {
 
 /// The database's credentials, then the database itself.
 pub fn database_actions(ctx: &CompanyContext<'_>) -> Vec<ExternalAction> {
-    let db = &ctx.settings.database;
-    let creds = ctx.names.kv_database_credentials();
-    let password = vault_ref(ctx, &creds);
+    let req = super::database_request(ctx);
+    let password = vault_ref(ctx, &req.credentials_path);
     let mut out = vec![action(
         System::Vault,
         "EnsureGeneratedSecret",
-        format!("{}/data/{creds}", ctx.config.vault.kv_mount),
-        json!({"keys": ["username", "password"], "source": "OS CSPRNG, 32+ characters"}),
+        format!(
+            "{}/data/{}",
+            ctx.config.vault.kv_mount, req.credentials_path
+        ),
+        json!({"keys": ["username", "password"], "source": "OS CSPRNG, 40 characters"}),
         "written before the database exists; read back on every later reconcile, never regenerated",
     )];
-    match db.mode {
+    match req.mode {
         DatabaseMode::Dedicated => {
-            let dbc = &ctx.config.database;
+            let i = &req.instance;
             out.push(action(
                 System::Rds,
                 "CreateDBInstance",
-                ctx.names.rds_instance(),
+                i.identifier.clone(),
                 json!({
-                    "DBInstanceIdentifier": ctx.names.rds_instance(),
+                    "DBInstanceIdentifier": i.identifier,
                     "Engine": "postgres",
-                    "EngineVersion": db.engine_version,
-                    "DBInstanceClass": db.instance_class,
-                    "AllocatedStorage": db.allocated_storage_gib,
-                    "DBName": ctx.names.postgres_database(),
-                    "MasterUsername": ctx.names.rds_master_user(),
+                    "EngineVersion": i.engine_version,
+                    "DBInstanceClass": i.instance_class,
+                    "AllocatedStorage": i.allocated_storage_gib,
+                    "DBName": req.database_name,
+                    "MasterUsername": req.username,
                     "MasterUserPassword": password,
                     "StorageEncrypted": true,
-                    "KmsKeyId": db.kms_key_id,
-                    "BackupRetentionPeriod": db.backup_retention_days,
+                    "KmsKeyId": i.kms_key_id,
+                    "BackupRetentionPeriod": i.backup_retention_days,
                     "PubliclyAccessible": false,
-                    "DBSubnetGroupName": dbc.subnet_group,
-                    "VpcSecurityGroupIds": dbc.security_group_ids,
-                    "Tags": aws_tags(ctx),
+                    "DBSubnetGroupName": i.subnet_group,
+                    "VpcSecurityGroupIds": i.security_group_ids,
+                    "Tags": req.tags,
                 }),
                 &format!(
                     "only when no instance with this identifier exists; one with it is adopted only if its tags match; {}",
-                    deletion(db.deletion_policy, &format!("final snapshot {}, then delete", ctx.names.rds_final_snapshot(ctx.uid())))
+                    deletion(req.deletion_policy, &format!("final snapshot {}, then delete", i.final_snapshot))
                 ),
             ));
         }
         DatabaseMode::Shared => {
             let shared = &ctx.config.database.shared;
-            let role = quote_ident(&ctx.names.postgres_role());
-            let database = quote_ident(&ctx.names.postgres_database());
+            let role = quote_ident(&req.username);
+            let database = quote_ident(&req.database_name);
             out.push(action(
                 System::Postgres,
                 "CreateDatabase",
-                format!(
-                    "{}:{}/{}",
-                    shared.host,
-                    shared.port,
-                    ctx.names.postgres_database()
-                ),
+                format!("{}:{}/{}", shared.host, shared.port, req.database_name),
                 json!({"statements": [
                     format!("CREATE ROLE {role} LOGIN PASSWORD '<{password}>'"),
                     format!("CREATE DATABASE {database} OWNER {role}"),
@@ -155,8 +152,8 @@ pub fn database_actions(ctx: &CompanyContext<'_>) -> Vec<ExternalAction> {
                     format!("GRANT CONNECT ON DATABASE {database} TO {role}"),
                 ]}),
                 &deletion(
-                    db.deletion_policy,
-                    "keep the database and drop the login role",
+                    req.deletion_policy,
+                    "keep the database, drop the login role",
                 ),
             ));
         }

@@ -3,6 +3,7 @@
 //! the controllers apply what these return, `enclave plan` prints it.
 
 mod cloud;
+mod database;
 mod labels;
 mod namespace;
 mod network;
@@ -16,7 +17,8 @@ mod workspace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
-pub use cloud::{ExternalAction, System};
+pub use cloud::{ExternalAction, System, aws_tags, quote_ident};
+pub use database::{DatabaseRequest, InstanceSettings, database_request};
 pub use objects::KubeObject;
 pub use settings::{CompanySettings, DeveloperSettings, StorageKind};
 pub use vault::{

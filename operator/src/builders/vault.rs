@@ -194,7 +194,8 @@ pub fn operator_policy(kv_mount: &str, auth_mount: &str) -> String {
     format!(
         r#"{OWNERSHIP_MARKER}
 # The Enclave operator: tenant ACL policies and Kubernetes-auth roles named
-# enclave-*, and the tenants' secrets below companies/. Nothing else.
+# enclave-*, the tenants' secrets below companies/, and read access to its
+# own platform secrets below enclave/. Nothing else.
 
 path "sys/policies/acl/enclave-*" {{
   capabilities = ["create", "read", "update", "delete"]
@@ -210,6 +211,11 @@ path "{kv_mount}/data/companies/*" {{
 
 path "{kv_mount}/metadata/companies/*" {{
   capabilities = ["read", "list", "delete"]
+}}
+
+# Platform secrets the operator reads, e.g. the shared PostgreSQL admin.
+path "{kv_mount}/data/enclave/*" {{
+  capabilities = ["read"]
 }}
 
 path "auth/token/lookup-self" {{

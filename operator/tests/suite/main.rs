@@ -2,9 +2,11 @@
 //! harness (`e2e/run-tests.sh`) starts on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod aws_proxy;
 mod bad_input;
 mod checkov;
 mod crds;
+mod database;
 mod kubernetes_schemas;
 mod plan_examples;
 mod pod_security;

@@ -21,8 +21,8 @@ use vaultrs::{
 };
 
 use super::{
-    Change, Password, StoredCredentials, VaultBackend, VaultError, check_kv_path, check_policy,
-    check_role, generate_password,
+    Change, Password, StoredCredentials, VaultBackend, VaultError, check_kv_path,
+    check_platform_path, check_policy, check_role, generate_password,
 };
 use crate::builders::{KubernetesAuthRole, OWNERSHIP_MARKER, VaultPolicy};
 
@@ -558,6 +558,19 @@ impl VaultBackend for VaultClientBackend {
             }),
             None => Err(VaultError::Conflict {
                 path: path.to_owned(),
+            }),
+        }
+    }
+
+    async fn read_platform_secret(
+        &self,
+        path: &str,
+    ) -> Result<HashMap<String, String>, VaultError> {
+        check_platform_path(path)?;
+        match self.read_kv(path).await? {
+            Some((data, _)) => Ok(data),
+            None => Err(VaultError::Missing {
+                path: format!("{}/data/{path}", self.settings.kv_mount),
             }),
         }
     }

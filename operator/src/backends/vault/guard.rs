@@ -56,6 +56,23 @@ pub fn check_kv_path(path: &str) -> Result<(), VaultError> {
     }
 }
 
+/// A platform secret's path: `enclave/<segment>(/<segment>)*`.
+pub fn check_platform_path(path: &str) -> Result<(), VaultError> {
+    let mut segments = path.split('/');
+    if segments.next() == Some("enclave")
+        && segments.clone().next().is_some()
+        && segments.all(is_segment)
+    {
+        Ok(())
+    } else {
+        Err(unsafe_(
+            "path",
+            path,
+            "platform secrets live below enclave/, in lowercase segments",
+        ))
+    }
+}
+
 /// `policy` grants only below `<kv_mount>/(data|metadata)/companies/`, with
 /// known capabilities, and its HCL is exactly the rendering of its rules.
 pub fn check_policy(kv_mount: &str, policy: &VaultPolicy) -> Result<(), VaultError> {

@@ -17,7 +17,7 @@ pub use client::{VaultAuth, VaultClientBackend, VaultSettings};
 pub use credentials::{
     PASSWORD_ALPHABET, PASSWORD_LENGTH, Password, StoredCredentials, generate_password,
 };
-pub use guard::{check_kv_path, check_policy, check_role};
+pub use guard::{check_kv_path, check_platform_path, check_policy, check_role};
 pub use tenant::{delete_developer, delete_tenant, ensure_company, ensure_developer};
 use thiserror::Error;
 
@@ -85,6 +85,14 @@ pub enum VaultError {
     /// The operator could not authenticate.
     #[error("Vault login failed: {0}")]
     Login(String),
+    /// A platform secret the operator needs is not there.
+    #[error(
+        "Vault has no secret at {path}; write it (see the README's operator configuration) and the tenant converges"
+    )]
+    Missing {
+        /// The KV path.
+        path: String,
+    },
     /// Stored credentials are not what Enclave writes.
     #[error(
         "credentials at {path} are malformed ({reason}); fix the secret, or delete its metadata so Enclave generates new ones"
@@ -141,6 +149,12 @@ pub trait VaultBackend: Send + Sync {
         &self,
         path: &str,
     ) -> impl Future<Output = Result<StoredCredentials, VaultError>> + Send;
+    /// Reads a platform secret the operator needs (e.g. the shared Postgres
+    /// admin credentials), below `enclave/`.
+    fn read_platform_secret(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<std::collections::HashMap<String, String>, VaultError>> + Send;
     /// Permanently deletes every secret below `prefix`; returns how many.
     fn delete_secrets(
         &self,
