@@ -13,4 +13,5 @@ pub mod crd;
 pub mod names;
 pub mod plan;
 pub mod posix_ids;
+pub mod storage_prep;
 pub mod validation;

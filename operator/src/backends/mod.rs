@@ -2,5 +2,7 @@
 //! reconcile step can be tested against the real service and its failures
 //! injected.
 
+pub mod aws_calls;
 pub mod database;
+pub mod storage;
 pub mod vault;

@@ -21,6 +21,7 @@ pub use cloud::{ExternalAction, System, aws_tags, quote_ident};
 pub use database::{DatabaseRequest, InstanceSettings, database_request};
 pub use objects::KubeObject;
 pub use settings::{CompanySettings, DeveloperSettings, StorageKind};
+pub use storage::{FileSystemRequest, file_system_request};
 pub use vault::{
     KubernetesAuthRole, OWNERSHIP_MARKER, VaultPolicy, VaultRule, operator_policy, render_hcl,
 };

@@ -316,6 +316,8 @@ pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
             id,
             "--mode".into(),
             "0700".into(),
+            "--action".into(),
+            "create".into(),
         ]),
         resources: Some(ResourceRequirements {
             requests: Some(limits.clone()),
@@ -392,5 +394,66 @@ pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
             ..JobSpec::default()
         }),
         ..Job::default()
+    })
+}
+
+/// Everything the FSx backend needs for one company.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileSystemRequest {
+    /// Company name.
+    pub company: String,
+    /// OpenZFS or Lustre.
+    pub fsx_type: FsxType,
+    /// An existing file system the company uses (Enclave owns only its root directory there).
+    pub existing_file_system_id: Option<String>,
+    /// GiB.
+    pub capacity_gib: i32,
+    /// Deployment type.
+    pub deployment_type: String,
+    /// OpenZFS MB/s, or Lustre MB/s per TiB.
+    pub throughput_capacity: i32,
+    /// Subnets.
+    pub subnet_ids: Vec<String>,
+    /// Security groups.
+    pub security_group_ids: Vec<String>,
+    /// KMS key.
+    pub kms_key_id: Option<String>,
+    /// Idempotency token of CreateFileSystem.
+    pub request_token: String,
+    /// Tags on the file system and its final backup; adoption requires all.
+    pub tags: BTreeMap<String, String>,
+    /// On deletion.
+    pub deletion_policy: crate::crd::DeletionPolicy,
+}
+
+/// The file system `ctx`'s Company implies; `None` in volume mode.
+pub fn file_system_request(ctx: &CompanyContext<'_>) -> Option<FileSystemRequest> {
+    let StorageKind::Fsx {
+        fsx_type,
+        existing_file_system_id,
+        capacity_gib,
+        deployment_type,
+        throughput_capacity,
+        subnet_ids,
+        security_group_ids,
+        kms_key_id,
+    } = &ctx.settings.storage
+    else {
+        return None;
+    };
+    Some(FileSystemRequest {
+        company: ctx.names.company().to_owned(),
+        fsx_type: *fsx_type,
+        existing_file_system_id: existing_file_system_id.clone(),
+        capacity_gib: *capacity_gib,
+        deployment_type: deployment_type.clone(),
+        throughput_capacity: *throughput_capacity,
+        subnet_ids: subnet_ids.clone(),
+        security_group_ids: security_group_ids.clone(),
+        kms_key_id: kms_key_id.clone(),
+        request_token: ctx.names.fsx_request_token(ctx.uid()),
+        tags: super::aws_tags(ctx),
+        deletion_policy: ctx.settings.storage_deletion_policy,
     })
 }

@@ -41,6 +41,28 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Create, archive or remove one developer's directory below a company
+    /// root (run by the operator's storage-prep Job, not by users).
+    StoragePrep {
+        /// The company root, as mounted in the Job.
+        #[arg(long)]
+        root: PathBuf,
+        /// The directory below the root, e.g. `developers/<key>`.
+        #[arg(long)]
+        path: String,
+        /// Owner of the directory.
+        #[arg(long)]
+        uid: u32,
+        /// Group of the directory.
+        #[arg(long)]
+        gid: u32,
+        /// Mode, in octal.
+        #[arg(long, default_value = "0700")]
+        mode: String,
+        /// What to do.
+        #[arg(long, value_enum, default_value_t = PrepAction::Create)]
+        action: PrepAction,
+    },
     /// Print Enclave's own Vault policy (what the operator's Vault role needs).
     VaultPolicy {
         /// KV v2 mount of tenant secrets.
@@ -66,6 +88,46 @@ enum Output {
     Yaml,
     /// Everything (objects, Vault, actions) as JSON.
     Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PrepAction {
+    /// Create the directory (or check it).
+    Create,
+    /// Move it below archived/ (deletion policy Snapshot).
+    Archive,
+    /// Remove it (deletion policy Delete).
+    Delete,
+}
+
+fn storage_prep(
+    root: &std::path::Path,
+    path: &str,
+    uid: u32,
+    gid: u32,
+    mode: &str,
+    action: PrepAction,
+) -> ExitCode {
+    use crate::storage_prep::{Action, run};
+    let Ok(mode) = u32::from_str_radix(mode.trim_start_matches("0o"), 8) else {
+        eprintln!("error: --mode {mode:?} is not an octal mode such as 0700");
+        return ExitCode::from(EXIT_INVALID);
+    };
+    let action = match action {
+        PrepAction::Create => Action::Create,
+        PrepAction::Archive => Action::Archive,
+        PrepAction::Delete => Action::Delete,
+    };
+    match run(root, path, uid, gid, mode, action) {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// Every CRD Enclave serves.
@@ -143,6 +205,14 @@ pub fn main() -> ExitCode {
             output,
             config,
         } => run_plan(&files, output, config),
+        Command::StoragePrep {
+            root,
+            path,
+            uid,
+            gid,
+            mode,
+            action,
+        } => storage_prep(&root, &path, uid, gid, &mode, action),
         Command::VaultPolicy {
             kv_mount,
             auth_mount,

@@ -15,6 +15,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+const THROTTLED_JSON: &str = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+const INTERNAL_JSON: &str = r#"{"__type":"InternalServerError","message":"injected: the request was processed, the answer lost"}"#;
 const THROTTLED: &str = "<ErrorResponse xmlns=\"http://rds.amazonaws.com/doc/2014-10-31/\"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>enclave-test</RequestId></ErrorResponse>";
 
 /// One request that reached the proxy.
@@ -26,6 +28,8 @@ pub struct Seen {
     pub action: String,
     /// Whether the proxy answered it with throttling.
     pub throttled: bool,
+    /// The request body.
+    pub body: String,
 }
 
 /// See the module documentation.
@@ -35,6 +39,7 @@ pub struct AwsProxy {
     pub url: String,
     log: Arc<Mutex<Vec<Seen>>>,
     throttle_every: Arc<AtomicU64>,
+    lose_answer_of: Arc<Mutex<Option<String>>>,
 }
 
 impl AwsProxy {
@@ -49,6 +54,20 @@ impl AwsProxy {
             .into_iter()
             .skip(from)
             .map(|s| s.action)
+            .collect()
+    }
+
+    /// Forward the next request with `action` but answer it with a 500, as
+    /// if the answer was lost after AWS processed it.
+    pub fn lose_next_answer_of(&self, action: &str) {
+        *self.lose_answer_of.lock().unwrap() = Some(action.to_owned());
+    }
+
+    /// Requests with `action`, in order.
+    pub fn requests(&self, action: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.action == action)
             .collect()
     }
 
@@ -111,6 +130,7 @@ pub async fn start(upstream: &str) -> AwsProxy {
         url: format!("http://{}", listener.local_addr().unwrap()),
         log: Arc::default(),
         throttle_every: Arc::new(AtomicU64::new(0)),
+        lose_answer_of: Arc::default(),
     };
     let upstream = upstream.trim_start_matches("http://").to_owned();
     let state = proxy.clone();
@@ -119,12 +139,35 @@ pub async fn start(upstream: &str) -> AwsProxy {
             let (state, upstream) = (state.clone(), upstream.clone());
             tokio::spawn(async move {
                 while let Some(request) = read_request(&mut socket).await {
-                    let text = String::from_utf8_lossy(&request);
-                    let action = text
-                        .split(['&', '\n'])
-                        .find_map(|p| p.trim().strip_prefix("Action="))
-                        .unwrap_or("?")
-                        .to_owned();
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let end = request
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .unwrap_or(0);
+                    let body = String::from_utf8_lossy(&request[(end + 4).min(request.len())..])
+                        .into_owned();
+                    // Query protocol (RDS): Action= in the body; JSON protocol (FSx): X-Amz-Target.
+                    let target = text.split("\r\n").find_map(|l| {
+                        l.to_lowercase()
+                            .starts_with("x-amz-target:")
+                            .then(|| l.rsplit('.').next().unwrap_or("?").trim().to_owned())
+                    });
+                    let json = target.is_some();
+                    let action = target
+                        .or_else(|| {
+                            body.split('&')
+                                .find_map(|p| p.strip_prefix("Action="))
+                                .map(str::to_owned)
+                        })
+                        .unwrap_or_else(|| "?".into());
+                    let lose = {
+                        let mut lose = state.lose_answer_of.lock().unwrap();
+                        if lose.as_deref() == Some(action.as_str()) {
+                            lose.take().is_some()
+                        } else {
+                            false
+                        }
+                    };
                     let throttled = {
                         let mut log = state.log.lock().unwrap();
                         let every = state.throttle_every.load(Ordering::SeqCst);
@@ -133,11 +176,24 @@ pub async fn start(upstream: &str) -> AwsProxy {
                             at: Instant::now(),
                             action,
                             throttled,
+                            body,
                         });
                         throttled
                     };
+                    let error = |status: &str, body: &str, json: bool| {
+                        let kind = if json {
+                            "application/x-amz-json-1.1"
+                        } else {
+                            "text/xml"
+                        };
+                        format!("HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
+                    };
                     let response = if throttled {
-                        format!("HTTP/1.1 400 Bad Request\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{THROTTLED}", THROTTLED.len()).into_bytes()
+                        if json {
+                            error("400 Bad Request", THROTTLED_JSON, true)
+                        } else {
+                            error("400 Bad Request", THROTTLED, false)
+                        }
                     } else {
                         let Ok(mut up) = TcpStream::connect(&upstream).await else {
                             return;
@@ -171,7 +227,11 @@ pub async fn start(upstream: &str) -> AwsProxy {
                         let mut out = lines.join("\r\n").into_bytes();
                         out.extend_from_slice(b"\r\n\r\n");
                         out.extend_from_slice(body);
-                        out
+                        if lose {
+                            error("500 Internal Server Error", INTERNAL_JSON, true)
+                        } else {
+                            out
+                        }
                     };
                     if socket.write_all(&response).await.is_err() {
                         return;

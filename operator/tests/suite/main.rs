@@ -7,6 +7,7 @@ mod bad_input;
 mod checkov;
 mod crds;
 mod database;
+mod fsx;
 mod kubernetes_schemas;
 mod plan_examples;
 mod pod_security;

@@ -3,14 +3,13 @@
 //! ([`SharedPostgres`]), with credentials from the Vault credential store
 //! written before anything uses them.
 
-mod calls;
 mod rds;
 mod shared;
 mod sql;
 
 use std::{fmt, future::Future, sync::Arc};
 
-pub use calls::{CallGate, CallLimits, CallStats};
+pub use crate::backends::aws_calls::{CallGate, CallLimits, CallStats};
 pub use rds::RdsDatabase;
 pub use shared::SharedPostgres;
 pub use sql::{quote_ident, quote_literal};

@@ -10,9 +10,16 @@ use aws_sdk_rds::{
 
 use super::{
     CallGate, CallLimits, CrashHook, DatabaseBackend, DatabaseError, DatabaseState, Deletion,
-    Phase, Step, calls::describe, checkpoint,
+    Phase, Step, checkpoint,
 };
-use crate::{backends::vault::VaultBackend, builders::DatabaseRequest, crd::DeletionPolicy};
+use crate::{
+    backends::{
+        aws_calls::{CallStats, describe, is_retryable},
+        vault::VaultBackend,
+    },
+    builders::DatabaseRequest,
+    crd::DeletionPolicy,
+};
 
 /// [`DatabaseBackend`] for `Dedicated` companies.
 pub struct RdsDatabase<V> {
@@ -27,7 +34,7 @@ fn aws_error<E: aws_sdk_rds::error::ProvideErrorMetadata + std::fmt::Debug>(
 ) -> impl FnOnce(SdkError<E>) -> DatabaseError {
     move |e| DatabaseError::Aws {
         operation,
-        transient: super::calls::is_retryable(&e),
+        transient: is_retryable(&e),
         message: describe(&e),
     }
 }
@@ -56,7 +63,7 @@ impl<V: VaultBackend> RdsDatabase<V> {
     }
 
     /// The gate's counters.
-    pub fn calls(&self) -> super::CallStats {
+    pub fn calls(&self) -> CallStats {
         self.gate.stats()
     }
 

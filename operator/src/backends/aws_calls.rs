@@ -1,4 +1,4 @@
-//! Every AWS call goes through a [`CallGate`]: bounded concurrency, a
+//! Every AWS call (RDS, FSx) goes through a [`CallGate`]: bounded concurrency, a
 //! maximum call rate (retries included), and retries of throttling and
 //! server errors with full-jitter exponential backoff. The SDK's own retries
 //! are off so that every attempt passes the gate.
@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use aws_sdk_rds::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use rand::{TryRng, rngs::SysRng};
 use tokio::{
     sync::{Mutex, Semaphore},
@@ -120,13 +122,44 @@ impl CallGate {
         cap.mul_f64(fraction)
     }
 
-    /// Runs `call` (one attempt per invocation) under the gate's limits.
-    pub async fn call<T, E, F, Fut>(&self, mut call: F) -> Result<T, SdkError<E>>
+    /// Runs `call` (one attempt per invocation) under the gate's limits,
+    /// retrying throttling, 5xx, timeouts and broken connections.
+    pub async fn call<T, E, F, Fut>(&self, call: F) -> Result<T, SdkError<E, HttpResponse>>
     where
         E: ProvideErrorMetadata,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, SdkError<E>>>,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
     {
+        self.attempts(call, is_retryable).await
+    }
+
+    /// Runs a call that is not idempotent: retried only when AWS throttled
+    /// it (a throttled request was not processed). After a 5xx or a lost
+    /// answer it may have taken effect, so its retry is the next reconcile,
+    /// which looks before it creates.
+    pub async fn call_not_idempotent<T, E, F, Fut>(
+        &self,
+        call: F,
+    ) -> Result<T, SdkError<E, HttpResponse>>
+    where
+        E: ProvideErrorMetadata,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        self.attempts(call, is_throttling).await
+    }
+
+    async fn attempts<T, E, F, Fut>(
+        &self,
+        mut call: F,
+        retry: fn(&SdkError<E, HttpResponse>) -> bool,
+    ) -> Result<T, SdkError<E, HttpResponse>>
+    where
+        E: ProvideErrorMetadata,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        let max_attempts = self.limits.max_attempts;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -137,7 +170,7 @@ impl CallGate {
                 call().await
             };
             match result {
-                Err(e) if attempt < self.limits.max_attempts && is_retryable(&e) => {
+                Err(e) if attempt < max_attempts && retry(&e) => {
                     self.retried.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
@@ -147,8 +180,13 @@ impl CallGate {
     }
 }
 
+/// AWS refused the request for its rate (it was not processed).
+pub fn is_throttling<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    matches!(e, SdkError::ServiceError(ctx) if ctx.err().code().is_some_and(|c| THROTTLING.contains(&c)))
+}
+
 /// Throttling, a 5xx answer, a timeout or a broken connection.
-pub fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+pub fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
     match e {
         SdkError::ServiceError(ctx) => {
             ctx.err().code().is_some_and(|c| THROTTLING.contains(&c))
@@ -162,7 +200,9 @@ pub fn is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
 }
 
 /// A short message for an SDK error.
-pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(e: &SdkError<E>) -> String {
+pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
+    e: &SdkError<E, HttpResponse>,
+) -> String {
     match e {
         SdkError::ServiceError(ctx) => format!(
             "{}: {}",

@@ -1,0 +1,308 @@
+//! The FSx backend on `aws-sdk-fsx`.
+
+use aws_sdk_fsx::{
+    config::retry::RetryConfig,
+    error::SdkError,
+    types::{
+        CreateFileSystemLustreConfiguration, CreateFileSystemOpenZfsConfiguration,
+        DeleteFileSystemLustreConfiguration, DeleteFileSystemOpenZfsConfiguration, FileSystem,
+        FileSystemLifecycle, FileSystemType, LustreDeploymentType, OpenZfsDeploymentType, Tag,
+    },
+};
+
+use super::{FileSystemBackend, FileSystemState, FsDeletion, FsPhase, StorageError};
+use crate::{
+    backends::aws_calls::{CallGate, CallLimits, CallStats, describe, is_retryable},
+    builders::FileSystemRequest,
+    crd::{DeletionPolicy, FsxType},
+    names::LABEL_COMPANY,
+};
+
+/// [`FileSystemBackend`] on FSx.
+pub struct FsxFileSystems {
+    fsx: aws_sdk_fsx::Client,
+    gate: CallGate,
+    crash_after_create: bool,
+}
+
+fn aws<E: aws_sdk_fsx::error::ProvideErrorMetadata + std::fmt::Debug>(
+    operation: &'static str,
+) -> impl FnOnce(SdkError<E>) -> StorageError {
+    move |e| StorageError::Aws {
+        operation,
+        transient: is_retryable(&e),
+        message: describe(&e),
+    }
+}
+
+fn tags(req: &FileSystemRequest) -> Vec<Tag> {
+    req.tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn state(fs: &FileSystem, owned: bool) -> FileSystemState {
+    let phase = match fs.lifecycle() {
+        Some(FileSystemLifecycle::Available) => FsPhase::Available,
+        Some(
+            FileSystemLifecycle::Creating
+            | FileSystemLifecycle::Updating
+            | FileSystemLifecycle::Misconfigured,
+        ) => FsPhase::Creating,
+        Some(FileSystemLifecycle::Deleting) => FsPhase::Deleting,
+        Some(FileSystemLifecycle::Failed) => FsPhase::Failed(
+            fs.failure_details()
+                .and_then(|d| d.message())
+                .unwrap_or("FSx reports FAILED")
+                .to_owned(),
+        ),
+        Some(other) => FsPhase::Failed(format!("FSx reports {}", other.as_str())),
+        None => FsPhase::Unknown,
+    };
+    FileSystemState {
+        file_system_id: fs.file_system_id().unwrap_or_default().to_owned(),
+        dns_name: fs.dns_name().map(str::to_owned),
+        mount_name: fs
+            .lustre_configuration()
+            .and_then(|l| l.mount_name())
+            .map(str::to_owned),
+        phase,
+        owned,
+    }
+}
+
+impl FsxFileSystems {
+    /// A backend on the FSx API configured by `config` (its own retries are
+    /// replaced by the gate's).
+    pub fn new(config: &aws_sdk_fsx::Config, limits: CallLimits) -> Self {
+        let config = config
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .build();
+        Self {
+            fsx: aws_sdk_fsx::Client::from_conf(config),
+            gate: CallGate::new(limits),
+            crash_after_create: false,
+        }
+    }
+
+    /// Simulates a crash right after CreateFileSystem (tests).
+    #[must_use]
+    pub fn crashing_after_create(mut self) -> Self {
+        self.crash_after_create = true;
+        self
+    }
+
+    /// The gate's counters.
+    pub fn calls(&self) -> CallStats {
+        self.gate.stats()
+    }
+
+    /// Every file system tagged for this company (by name), paging through all.
+    async fn tagged_for_company(&self, company: &str) -> Result<Vec<FileSystem>, StorageError> {
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .gate
+                .call(|| {
+                    self.fsx
+                        .describe_file_systems()
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await
+                .map_err(aws("DescribeFileSystems"))?;
+            found.extend(
+                page.file_systems()
+                    .iter()
+                    .filter(|fs| {
+                        fs.tags()
+                            .iter()
+                            .any(|t| t.key() == Some(LABEL_COMPANY) && t.value() == Some(company))
+                    })
+                    .cloned(),
+            );
+            match page.next_token() {
+                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// This Company's file system: the one carrying all its tags. A file
+    /// system tagged for the company name without the rest is a conflict.
+    async fn find_ours(&self, req: &FileSystemRequest) -> Result<Option<FileSystem>, StorageError> {
+        let candidates = self.tagged_for_company(&req.company).await?;
+        let (ours, others): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|fs| {
+            req.tags.iter().all(|(k, v)| {
+                fs.tags()
+                    .iter()
+                    .any(|t| t.key() == Some(k) && t.value() == Some(v))
+            })
+        });
+        let live = |fs: &FileSystem| fs.lifecycle() != Some(&FileSystemLifecycle::Deleting);
+        let mut ours: Vec<_> = ours.into_iter().filter(live).collect();
+        if ours.len() > 1 {
+            return Err(StorageError::Duplicate {
+                ids: ours
+                    .iter()
+                    .filter_map(|f| f.file_system_id().map(str::to_owned))
+                    .collect(),
+            });
+        }
+        if ours.is_empty()
+            && let Some(other) = others.iter().find(|fs| live(fs))
+        {
+            let have: Vec<String> = other
+                .tags()
+                .iter()
+                .filter_map(|t| Some(format!("{}={}", t.key()?, t.value()?)))
+                .collect();
+            return Err(StorageError::Conflict {
+                id: other.file_system_id().unwrap_or_default().to_owned(),
+                company: req.company.clone(),
+                reason: format!("its tags are {have:?}"),
+            });
+        }
+        Ok(ours.pop())
+    }
+
+    async fn describe_existing(&self, id: &str) -> Result<FileSystem, StorageError> {
+        let result = self
+            .gate
+            .call(|| self.fsx.describe_file_systems().file_system_ids(id).send())
+            .await;
+        match result {
+            Ok(out) => out
+                .file_systems()
+                .first()
+                .cloned()
+                .ok_or_else(|| StorageError::NotFound(id.to_owned())),
+            Err(SdkError::ServiceError(e)) if e.err().is_file_system_not_found() => {
+                Err(StorageError::NotFound(id.to_owned()))
+            }
+            Err(e) => Err(aws("DescribeFileSystems")(e)),
+        }
+    }
+
+    async fn create(&self, req: &FileSystemRequest) -> Result<FileSystem, StorageError> {
+        let request = self
+            .fsx
+            .create_file_system()
+            .client_request_token(&req.request_token)
+            .storage_capacity(req.capacity_gib)
+            .set_subnet_ids(Some(req.subnet_ids.clone()))
+            .set_security_group_ids(
+                (!req.security_group_ids.is_empty()).then(|| req.security_group_ids.clone()),
+            )
+            .set_kms_key_id(req.kms_key_id.clone())
+            .set_tags(Some(tags(req)));
+        let request = match req.fsx_type {
+            FsxType::OpenZfs => request
+                .file_system_type(FileSystemType::Openzfs)
+                .open_zfs_configuration(
+                    CreateFileSystemOpenZfsConfiguration::builder()
+                        .deployment_type(OpenZfsDeploymentType::from(req.deployment_type.as_str()))
+                        .throughput_capacity(req.throughput_capacity)
+                        .build(),
+                ),
+            FsxType::Lustre => request
+                .file_system_type(FileSystemType::Lustre)
+                .lustre_configuration(
+                    CreateFileSystemLustreConfiguration::builder()
+                        .deployment_type(LustreDeploymentType::from(req.deployment_type.as_str()))
+                        .per_unit_storage_throughput(req.throughput_capacity)
+                        .build(),
+                ),
+        };
+        // Retried only when throttled: an answer lost after FSx created the
+        // file system must not make a second one. The next reconcile looks up
+        // by tags first (the request token alone expires, see
+        // aws-fsx-csi-driver #453).
+        let out = self
+            .gate
+            .call_not_idempotent(|| request.clone().send())
+            .await
+            .map_err(aws("CreateFileSystem"))?;
+        out.file_system.ok_or_else(|| StorageError::Aws {
+            operation: "CreateFileSystem",
+            message: "the answer had no file system".into(),
+            transient: true,
+        })
+    }
+}
+
+impl FileSystemBackend for FsxFileSystems {
+    async fn ensure(&self, req: &FileSystemRequest) -> Result<FileSystemState, StorageError> {
+        if let Some(id) = &req.existing_file_system_id {
+            return Ok(state(&self.describe_existing(id).await?, false));
+        }
+        if let Some(fs) = self.find_ours(req).await? {
+            return Ok(state(&fs, true));
+        }
+        let created = self.create(req).await?;
+        if self.crash_after_create {
+            return Err(StorageError::Interrupted);
+        }
+        Ok(state(&created, true))
+    }
+
+    async fn delete(&self, req: &FileSystemRequest) -> Result<FsDeletion, StorageError> {
+        if req.existing_file_system_id.is_some() || req.deletion_policy == DeletionPolicy::Retain {
+            return Ok(FsDeletion::Retained);
+        }
+        let Some(fs) = self.find_ours(req).await? else {
+            return Ok(FsDeletion::Deleted {
+                final_backup: req.deletion_policy == DeletionPolicy::Snapshot,
+            });
+        };
+        let id = fs.file_system_id().unwrap_or_default().to_owned();
+        let skip = req.deletion_policy != DeletionPolicy::Snapshot;
+        let mut backup_tags = tags(req);
+        backup_tags.push(
+            Tag::builder()
+                .key("enclave.dev/final-backup")
+                .value("true")
+                .build(),
+        );
+        let request = self
+            .fsx
+            .delete_file_system()
+            .file_system_id(&id)
+            .client_request_token(format!("{}-delete", req.request_token));
+        let request = match req.fsx_type {
+            FsxType::OpenZfs => request.open_zfs_configuration(
+                DeleteFileSystemOpenZfsConfiguration::builder()
+                    .skip_final_backup(skip)
+                    .set_final_backup_tags((!skip).then(|| backup_tags.clone()))
+                    .build(),
+            ),
+            FsxType::Lustre => request.lustre_configuration(
+                DeleteFileSystemLustreConfiguration::builder()
+                    .skip_final_backup(skip)
+                    .set_final_backup_tags((!skip).then(|| backup_tags.clone()))
+                    .build(),
+            ),
+        };
+        match self.gate.call(|| request.clone().send()).await {
+            Ok(_) => {}
+            Err(SdkError::ServiceError(e)) if e.err().is_file_system_not_found() => {}
+            Err(e) => return Err(aws("DeleteFileSystem")(e)),
+        }
+        let remaining = self.tagged_for_company(&req.company).await?;
+        Ok(
+            if remaining
+                .iter()
+                .any(|fs| fs.file_system_id() == Some(id.as_str()))
+            {
+                FsDeletion::InProgress
+            } else {
+                FsDeletion::Deleted {
+                    final_backup: !skip,
+                }
+            },
+        )
+    }
+}
