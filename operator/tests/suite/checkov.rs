@@ -7,7 +7,7 @@ use std::path::Path;
 use enclave::{builders::KubeObject, config::OperatorConfig};
 use serde_json::Value;
 
-use crate::support::{examples_plan, root, service};
+use crate::support::{all_plans, root, service};
 
 fn scan(checkov: &str, config: &Path, objects: &[&KubeObject]) -> Vec<String> {
     let values: Vec<Value> = objects.iter().map(|o| o.to_json()).collect();
@@ -62,8 +62,11 @@ fn checkov_finds_no_unjustified_failures() {
     let Some(checkov) = service("ENCLAVE_TEST_CHECKOV", "the checkov scanner") else {
         return;
     };
-    let plan = examples_plan();
-    let all = enclave::plan::all_objects(&plan);
+    let plans = all_plans();
+    let all: Vec<&KubeObject> = plans
+        .iter()
+        .flat_map(|(_, plan)| enclave::plan::all_objects(plan))
+        .collect();
     // The operator namespace holds the storage-prep Jobs (and the policy
     // isolating them); they get their own, justified, skips.
     let operator_ns = OperatorConfig::default().operator_namespace;

@@ -12,6 +12,8 @@ mod kubernetes_schemas;
 mod plan_examples;
 mod pod_security;
 mod services;
+mod storage_objects;
+mod storage_prep;
 mod support;
 mod token_review;
 mod vault;

@@ -15,6 +15,24 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Plans of every tenant set the tests render: `examples/` and one company
+/// per storage mode (`operator/tests/fixtures/storage/`).
+pub fn all_plans() -> Vec<(&'static str, Plan)> {
+    vec![
+        ("examples", examples_plan()),
+        ("storage fixtures", storage_plan()),
+    ]
+}
+
+/// The plan of the storage fixtures (Lustre, OpenZFS, volume).
+pub fn storage_plan() -> Plan {
+    plan_paths(
+        &[root().join("operator/tests/fixtures/storage")],
+        &OperatorConfig::default(),
+    )
+    .expect("storage fixtures are valid")
+}
+
 /// The plan of `examples/` with the default configuration.
 pub fn examples_plan() -> Plan {
     plan_paths(&[root().join("examples")], &OperatorConfig::default()).expect("examples are valid")
