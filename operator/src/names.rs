@@ -180,7 +180,7 @@ impl CompanyNames {
     }
 
     /// PersistentVolume (cluster-scoped) and PVC (operator namespace) of the
-    /// company root that the storage-prep Jobs mount.
+    /// file system root that the company's storage-prep Jobs mount.
     pub fn storage_root_volume(&self) -> String {
         fit(&format!("enclave-{}--root", self.company), DNS_LABEL_MAX)
     }

@@ -27,7 +27,7 @@ use crate::crd::FsxType;
 pub const PENDING_DNS_NAME: &str = "pending-fsx-dns-name.invalid";
 const PENDING_FILE_SYSTEM: &str = "fs-pending";
 const PENDING_MOUNT_NAME: &str = "pending";
-const COMPANY_ROOT_MOUNT: &str = "/mnt/company-root";
+const FS_ROOT_MOUNT: &str = "/mnt/fsx-root";
 
 /// What the company's file system is known as, from status or placeholders.
 struct FileSystem {
@@ -59,7 +59,8 @@ fn file_system(ctx: &CompanyContext<'_>) -> FileSystem {
     }
 }
 
-/// Volume source of `path` (absolute, below the file system root).
+/// Volume source of `path` (absolute, below the file system root; empty
+/// for the root itself).
 fn fsx_source(ctx: &CompanyContext<'_>, fsx_type: FsxType, path: &str) -> PersistentVolumeSpec {
     let fs = file_system(ctx);
     match fsx_type {
@@ -76,7 +77,11 @@ fn fsx_source(ctx: &CompanyContext<'_>, fsx_type: FsxType, path: &str) -> Persis
         FsxType::Lustre => PersistentVolumeSpec {
             csi: Some(CSIPersistentVolumeSource {
                 driver: "fsx.csi.aws.com".into(),
-                volume_handle: format!("{}:{path}", fs.id),
+                volume_handle: if path.is_empty() {
+                    fs.id
+                } else {
+                    format!("{}:{path}", fs.id)
+                },
                 volume_attributes: Some(BTreeMap::from([
                     ("dnsname".to_owned(), fs.dns_name),
                     // Lustre mounts a subdirectory as <mountname>/<path>.
@@ -165,8 +170,9 @@ fn claim(
     }
 }
 
-/// The company root, mounted only by storage-prep Jobs in the operator
-/// namespace (FSx only). Retained: it holds data.
+/// The file system root, mounted only by the company's storage-prep Jobs in
+/// the operator namespace (FSx only), so they can create the company's and
+/// the developer's directories. Retained: it holds data.
 pub fn company_root(ctx: &CompanyContext<'_>) -> Option<(PersistentVolume, PersistentVolumeClaim)> {
     let StorageKind::Fsx {
         fsx_type,
@@ -183,7 +189,8 @@ pub fn company_root(ctx: &CompanyContext<'_>) -> Option<(PersistentVolume, Persi
     let pv = static_volume(
         ctx,
         *fsx_type,
-        &ctx.names.storage_root(),
+        // The file system root: the prep Job creates the company's directory too.
+        "",
         meta(&name, &labels),
         &size,
         "ReadWriteMany",
@@ -307,9 +314,9 @@ pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
         args: Some(vec![
             "storage-prep".into(),
             "--root".into(),
-            COMPANY_ROOT_MOUNT.into(),
+            FS_ROOT_MOUNT.into(),
             "--path".into(),
-            format!("developers/{}", ctx.names.key()),
+            ctx.names.storage_path().trim_start_matches('/').to_owned(),
             "--uid".into(),
             id.clone(),
             "--gid".into(),
@@ -341,8 +348,8 @@ pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
             ..SecurityContext::default()
         }),
         volume_mounts: Some(vec![VolumeMount {
-            name: "company-root".into(),
-            mount_path: COMPANY_ROOT_MOUNT.into(),
+            name: "fsx-root".into(),
+            mount_path: FS_ROOT_MOUNT.into(),
             ..VolumeMount::default()
         }]),
         ..Container::default()
@@ -381,7 +388,7 @@ pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
                     }),
                     containers: vec![container],
                     volumes: Some(vec![Volume {
-                        name: "company-root".into(),
+                        name: "fsx-root".into(),
                         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                             claim_name: company.names.storage_root_volume(),
                             read_only: Some(false),
