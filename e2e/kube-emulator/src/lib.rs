@@ -1,0 +1,81 @@
+//! A Kubernetes API server emulator for Enclave's end-to-end tests.
+//!
+//! It speaks the real wire protocol on 127.0.0.1 so the real `kube::Client`,
+//! kube-runtime watchers and the `enclave` binary talk to it as to a
+//! cluster, and it enforces the rules the operator relies on (see the
+//! README). It simulates no kubelet, scheduler or CNI.
+
+pub mod error;
+pub mod fields;
+pub mod resources;
+pub mod selectors;
+mod server;
+pub mod store;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+pub use store::{Fault, Store};
+
+/// A running emulator.
+pub struct Emulator {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// A kubeconfig pointing at it.
+    pub kubeconfig: PathBuf,
+    /// Its state, for fault injection and counters.
+    pub store: Arc<Store>,
+    server: JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Starts on a free loopback port and writes a kubeconfig next to the
+    /// system's temporary files.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let store = Arc::new(Store::new());
+        let shared = Arc::clone(&store);
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let store = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| server::handle(Arc::clone(&store), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        let url = format!("http://{addr}");
+        let kubeconfig = std::env::temp_dir().join(format!(
+            "kube-emulator-{}-{}.yaml",
+            std::process::id(),
+            addr.port()
+        ));
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&url))?;
+        Ok(Self {
+            url,
+            kubeconfig,
+            store,
+            server,
+        })
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.server.abort();
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+/// A kubeconfig for `url` (plain HTTP on loopback, no credentials).
+pub fn kubeconfig_yaml(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {url}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\nusers:\n- name: emulator\n  user: {{}}\n"
+    )
+}
