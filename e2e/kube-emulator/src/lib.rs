@@ -11,6 +11,7 @@ pub mod resources;
 pub mod selectors;
 mod server;
 pub mod store;
+pub mod tokens;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -37,7 +38,7 @@ impl Emulator {
     pub async fn start() -> std::io::Result<Self> {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        let store = Arc::new(Store::new());
+        let store = Arc::new(Store::new().map_err(std::io::Error::other)?);
         let shared = Arc::clone(&store);
         let server = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {

@@ -158,6 +158,14 @@ pub fn builtins() -> Vec<Resource> {
         Resource::new("coordination.k8s.io", "v1", "leases", "Lease", true, false),
         Resource::new("events.k8s.io", "v1", "events", "Event", true, false),
         Resource::new(
+            "authentication.k8s.io",
+            "v1",
+            "tokenreviews",
+            "TokenReview",
+            false,
+            false,
+        ),
+        Resource::new(
             "apiextensions.k8s.io",
             "v1",
             "customresourcedefinitions",

@@ -146,6 +146,10 @@ fn route(store: &Store, path: &str) -> Result<Result<Target, Value>, ApiError> {
     }))
 }
 
+fn res_is(res: &Resource, plural: &str) -> bool {
+    res.plural == plural
+}
+
 fn groups(store: &Store) -> Value {
     let mut seen: Vec<(String, String)> = Vec::new();
     for r in store.resources() {
@@ -217,6 +221,30 @@ async fn serve(store: &Arc<Store>, req: Request<Incoming>) -> Result<Response<Bo
         force: query.flag("force"),
         status: target.subresource.as_deref() == Some("status"),
     };
+    if res_is(&target.res, "serviceaccounts")
+        && target.subresource.as_deref() == Some("token")
+        && parts.method == Method::POST
+    {
+        store.admit(
+            "create",
+            "serviceaccounts/token",
+            target.name.as_deref(),
+            None,
+        )?;
+        let request: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+        let ns = target.namespace.as_deref().unwrap_or_default();
+        return Ok(json_response(
+            201,
+            &store.token_request(ns, target.name.as_deref().unwrap_or_default(), &request)?,
+        ));
+    }
+    if res_is(&target.res, "tokenreviews") {
+        store.admit("create", "tokenreviews", None, None)?;
+        let request: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+        return Ok(json_response(201, &store.token_review(&request)));
+    }
     if let Some(sub) = &target.subresource
         && sub != "status"
     {

@@ -731,3 +731,168 @@ async fn a_kube_runtime_controller_reacts_across_a_watch_cut() {
     wait_for("a=3").await;
     task.abort();
 }
+
+#[tokio::test]
+async fn token_requests_and_reviews_identify_service_accounts() {
+    use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
+    let (_e, client) = start().await;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "alice"}})).unwrap();
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": ["vault"], "expirationSeconds": 600}}))
+            .unwrap();
+    let token = sas
+        .create_token_request("alice", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    let review = |token: String, audiences: Vec<&'static str>| {
+        let client = client.clone();
+        async move {
+            let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token, "audiences": audiences}});
+            let req = http::Request::post("/apis/authentication.k8s.io/v1/tokenreviews")
+                .body(serde_json::to_vec(&body).unwrap())
+                .unwrap();
+            client.request::<serde_json::Value>(req).await.unwrap()["status"].clone()
+        }
+    };
+    let ok = review(token.clone(), vec!["vault"]).await;
+    assert_eq!(ok["authenticated"], true, "{ok}");
+    assert_eq!(
+        ok["user"]["username"],
+        "system:serviceaccount:default:alice"
+    );
+    assert_eq!(
+        review(token.clone(), vec!["other"]).await["authenticated"],
+        false,
+        "wrong audience"
+    );
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(
+        review(forged, vec![]).await["authenticated"],
+        false,
+        "bad signature"
+    );
+    sas.delete("alice", &DeleteParams::default()).await.unwrap();
+    assert_eq!(
+        review(token, vec![]).await["authenticated"],
+        false,
+        "the ServiceAccount is gone"
+    );
+    assert_eq!(
+        code(
+            &sas.create_token_request("nobody", &PostParams::default(), &request)
+                .await
+                .unwrap_err()
+        )
+        .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn openbao_kubernetes_auth_logs_in_bound_service_accounts_only() {
+    use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
+    let (Ok(addr), Ok(root_token)) = (
+        std::env::var("ENCLAVE_TEST_VAULT_ADDR"),
+        std::env::var("ENCLAVE_TEST_VAULT_TOKEN"),
+    ) else {
+        assert!(
+            std::env::var("ENCLAVE_SKIP_SERVICES").as_deref() == Ok("1"),
+            "ENCLAVE_TEST_VAULT_ADDR is not set: this test needs an OpenBao server; run e2e/run-tests.sh"
+        );
+        eprintln!("SKIPPED: no OpenBao (ENCLAVE_SKIP_SERVICES=1)");
+        return;
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (e, client) = start().await;
+    namespace(&client, "company-acme").await;
+    for (ns, name) in [
+        ("company-acme", "developer-alice"),
+        ("company-acme", "developer-bob"),
+        ("default", "developer-alice"),
+    ] {
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let vault = vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(&addr)
+            .token(&root_token)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let mount = format!("k8s-emulator-{}", e.url.rsplit(':').next().unwrap());
+    vaultrs::sys::auth::enable(&vault, &mount, "kubernetes", None)
+        .await
+        .unwrap();
+    let ca = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../operator/tests/fixtures/test-ca.pem"),
+    )
+    .unwrap();
+    let mut config =
+        vaultrs::api::auth::kubernetes::requests::ConfigureKubernetesAuthRequest::builder();
+    config.kubernetes_ca_cert(ca).disable_local_ca_jwt(true);
+    vaultrs::auth::kubernetes::configure(&vault, &mount, &e.url, Some(&mut config))
+        .await
+        .unwrap();
+    let mut role = vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder();
+    role.bound_service_account_names(vec!["developer-alice".into()])
+        .bound_service_account_namespaces(vec!["company-acme".into()])
+        .audience("vault")
+        .token_policies(vec!["default".into()]);
+    vaultrs::auth::kubernetes::role::create(&vault, &mount, "alice", Some(&mut role))
+        .await
+        .unwrap();
+
+    let anonymous = vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(&addr)
+            .token("")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let login = |ns: &'static str, name: &'static str| {
+        let (client, anonymous, mount) = (client.clone(), &anonymous, mount.clone());
+        async move {
+            let sas: Api<ServiceAccount> = Api::namespaced(client, ns);
+            let request: TokenRequest =
+                serde_json::from_value(json!({"spec": {"audiences": ["vault"]}})).unwrap();
+            let jwt = sas
+                .create_token_request(name, &PostParams::default(), &request)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .token
+                .unwrap();
+            vaultrs::auth::kubernetes::login(anonymous, &mount, "alice", &jwt)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}"))
+        }
+    };
+    login("company-acme", "developer-alice")
+        .await
+        .expect("the bound ServiceAccount logs in");
+    let other_name = login("company-acme", "developer-bob").await.unwrap_err();
+    assert!(other_name.contains("not authorized"), "{other_name}");
+    let other_namespace = login("default", "developer-alice").await.unwrap_err();
+    assert!(
+        other_namespace.contains("not authorized"),
+        "{other_namespace}"
+    );
+}
