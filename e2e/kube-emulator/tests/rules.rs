@@ -38,6 +38,20 @@ fn cm(name: &str, data: serde_json::Value) -> ConfigMap {
     .unwrap()
 }
 
+/// Removes every finalizer of `name`, as a controller does when it is done.
+async fn clear_finalizers<K>(api: &Api<K>, name: &str)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+}
+
 async fn namespace(client: &Client, name: &str) {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
     Api::<Namespace>::all(client.clone())
@@ -280,13 +294,7 @@ async fn finalizers_hold_deletion_until_removed() {
         marked.metadata.deletion_timestamp.is_some(),
         "deletionTimestamp is set, the object stays"
     );
-    api.patch(
-        "a",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    clear_finalizers(&api, "a").await;
     assert_eq!(
         code(&api.get("a").await.unwrap_err()).0,
         404,
@@ -337,13 +345,7 @@ async fn deleting_a_namespace_removes_its_objects_and_waits_for_finalizers() {
         .0,
         403
     );
-    pods.patch(
-        "held",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    clear_finalizers(&pods, "held").await;
     assert_eq!(
         code(&nss.get("tenant").await.unwrap_err()).0,
         404,

@@ -22,14 +22,7 @@ use serde_json::json;
 use crate::{aws_proxy, support::service};
 
 fn tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "d{:x}",
-        (nanos ^ u128::from(std::process::id()) << 20) & 0xff_ffff_ffff
-    )
+    crate::support::unique("d")
 }
 
 async fn vault() -> Option<Arc<VaultClientBackend>> {

@@ -20,14 +20,7 @@ use serde_json::json;
 use crate::{aws_proxy, support::service};
 
 fn tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "f{:x}",
-        (nanos ^ u128::from(std::process::id()) << 20) & 0xff_ffff_ffff
-    )
+    crate::support::unique("f")
 }
 
 fn config(endpoint: &str) -> aws_sdk_fsx::Config {

@@ -1,17 +1,9 @@
 //! Smoke tests of the real services the harness starts: if these pass, the
-//! backends' tests run against `OpenBao`, moto and `PostgreSQL` for real.
+//! backends' tests run against OpenBao, moto and PostgreSQL for real.
 
 use std::collections::HashMap;
 
-use crate::support::service;
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+use crate::support::{service, unique};
 
 #[tokio::test]
 async fn openbao_writes_and_reads_a_kv_secret() {

@@ -59,3 +59,16 @@ pub fn service(var: &str, what: &str) -> Option<String> {
 pub fn enclave() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_enclave"))
 }
+
+/// A name no other test (or run against the same services) uses:
+/// `prefix` plus hex from the clock and the process id.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}{:x}",
+        (nanos ^ u128::from(std::process::id()) << 20) & 0xff_ffff_ffff
+    )
+}

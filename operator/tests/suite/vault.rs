@@ -33,14 +33,7 @@ struct Env {
 }
 
 fn tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "t{:x}",
-        (nanos ^ u128::from(std::process::id()) << 20) & 0xff_ffff_ffff
-    )
+    crate::support::unique("t")
 }
 
 async fn env() -> Option<Env> {
