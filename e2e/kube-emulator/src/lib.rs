@@ -5,6 +5,7 @@
 //! cluster, and it enforces the rules the operator relies on (see the
 //! README). It simulates no kubelet, scheduler or CNI.
 
+pub mod builtin_schemas;
 pub mod error;
 pub mod fields;
 pub mod resources;
@@ -34,11 +35,18 @@ pub struct Emulator {
 
 impl Emulator {
     /// Starts on a free loopback port and writes a kubeconfig next to the
-    /// system's temporary files.
+    /// system's temporary files. With `ENCLAVE_TEST_K8S_SCHEMAS` naming the
+    /// official `_definitions.json`, built-in kinds are validated against it.
     pub async fn start() -> std::io::Result<Self> {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        let store = Arc::new(Store::new().map_err(std::io::Error::other)?);
+        let mut store = Store::new().map_err(std::io::Error::other)?;
+        if let Some(path) = std::env::var_os("ENCLAVE_TEST_K8S_SCHEMAS") {
+            let schemas = builtin_schemas::BuiltinSchemas::load(std::path::Path::new(&path))
+                .map_err(std::io::Error::other)?;
+            store.set_builtin_schemas(schemas);
+        }
+        let store = Arc::new(store);
         let shared = Arc::clone(&store);
         let server = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {

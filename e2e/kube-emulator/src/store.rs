@@ -74,6 +74,7 @@ pub struct Store {
     state: Mutex<State>,
     events: broadcast::Sender<Arc<Event>>,
     signer: crate::tokens::Signer,
+    builtin: Option<crate::builtin_schemas::BuiltinSchemas>,
 }
 
 fn res_key(res: &Resource) -> String {
@@ -192,6 +193,7 @@ impl Store {
             }),
             events,
             signer: crate::tokens::Signer::new()?,
+            builtin: None,
         };
         for ns in ["default", "kube-system"] {
             let _ = store.create_namespaced(
@@ -267,6 +269,11 @@ impl Store {
     /// Requests so far, by `verb resource manager`.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         lock(&self.state).counters.clone()
+    }
+
+    /// Validates built-in kinds against the official schemas from now on.
+    pub fn set_builtin_schemas(&mut self, schemas: crate::builtin_schemas::BuiltinSchemas) {
+        self.builtin = Some(schemas);
     }
 
     /// TokenRequest: a token for ServiceAccount `ns/name`.
@@ -463,12 +470,21 @@ impl Store {
     }
 
     fn validate(
+        &self,
         st: &State,
         res: &Resource,
         object: &Value,
         old: Option<&Value>,
     ) -> Result<(), ApiError> {
         let name = meta_str(object, "name").unwrap_or_default();
+        if let Some(schemas) = &self.builtin
+            && !st.validators.contains_key(&res_key(res))
+        {
+            let problems = schemas.validate(res, object);
+            if !problems.is_empty() {
+                return Err(ApiError::invalid(&res.kind, name, problems));
+            }
+        }
         if let Some(validator) = st.validators.get(&res_key(res)) {
             let problems = validator.validate(object, old);
             if !problems.is_empty() {
@@ -598,7 +614,7 @@ impl Store {
             object["status"] = json!({"phase": "Active"});
             object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
         }
-        Self::validate(&st, res, &object, None)?;
+        self.validate(&st, res, &object, None)?;
         if res.kind == "CustomResourceDefinition" {
             Self::install_crd(&mut st, &object)?;
         }
@@ -689,7 +705,7 @@ impl Store {
             // Nothing changed: no new resourceVersion, no event.
             return Ok(old.clone());
         }
-        Self::validate(st, res, &new, Some(old))?;
+        self.validate(st, res, &new, Some(old))?;
         if res.kind == "CustomResourceDefinition" {
             Self::install_crd(st, &new)?;
         }

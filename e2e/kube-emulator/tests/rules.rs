@@ -898,3 +898,42 @@ async fn openbao_kubernetes_auth_logs_in_bound_service_accounts_only() {
         "{other_namespace}"
     );
 }
+
+#[tokio::test]
+async fn built_in_objects_are_validated_against_the_official_schemas() {
+    if std::env::var_os("ENCLAVE_TEST_K8S_SCHEMAS").is_none() {
+        assert!(
+            std::env::var("ENCLAVE_SKIP_SERVICES").as_deref() == Ok("1"),
+            "ENCLAVE_TEST_K8S_SCHEMAS is not set: this test needs the kubernetes-validate schemas; run e2e/run-tests.sh"
+        );
+        eprintln!("SKIPPED: no Kubernetes JSON schemas (ENCLAVE_SKIP_SERVICES=1)");
+        return;
+    }
+    let (_e, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let unknown = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}], "hostNetwrok": true}});
+    let err = pods
+        .patch("p", &PatchParams::apply("t"), &Patch::Apply(&unknown))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(status.code, 422, "{}", status.message);
+    assert!(status.message.contains("hostNetwrok"), "{}", status.message);
+    let typed = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": "eighty"}]}]}});
+    assert_eq!(
+        code(
+            &pods
+                .patch("p", &PatchParams::apply("t"), &Patch::Apply(&typed))
+                .await
+                .unwrap_err()
+        )
+        .0,
+        422
+    );
+    let fine = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+    pods.patch("p", &PatchParams::apply("t"), &Patch::Apply(&fine))
+        .await
+        .unwrap();
+}
