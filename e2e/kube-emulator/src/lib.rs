@@ -6,6 +6,7 @@
 //! README). It simulates no kubelet, scheduler or CNI.
 
 pub mod builtin_schemas;
+pub mod cluster;
 pub mod error;
 pub mod fields;
 pub mod resources;

@@ -617,6 +617,16 @@ impl Store {
         self.validate(&st, res, &object, None)?;
         if res.kind == "CustomResourceDefinition" {
             Self::install_crd(&mut st, &object)?;
+            // Served at once, as a real server reports shortly after.
+            let names = object["spec"]["names"].clone();
+            object["status"] = json!({
+                "acceptedNames": names,
+                "storedVersions": [object["spec"]["versions"][0]["name"].clone()],
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now()},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now()},
+                ],
+            });
         }
         let mut managers = Managers::new();
         fields::record_update(
