@@ -19,6 +19,9 @@ use crate::{
     selectors::{FieldSelector, LabelSelector},
 };
 
+/// Finalizer of an owner being deleted in the foreground.
+const FOREGROUND: &str = "foregroundDeletion";
+
 /// Events kept for watches from an older resourceVersion; older → 410.
 const HISTORY: usize = 50_000;
 
@@ -899,9 +902,19 @@ impl Store {
             .get(&key)
             .ok_or_else(|| ApiError::not_found(&res.qualified(), name))?;
         let object = entry.object.clone();
-        if propagation == Some("Orphan") {
-            let uid = meta_str(&object, "uid").unwrap_or_default().to_owned();
-            self.orphan_dependents(&mut st, &uid);
+        let mut object = object;
+        match propagation {
+            Some("Orphan") => {
+                let uid = meta_str(&object, "uid").unwrap_or_default().to_owned();
+                self.orphan_dependents(&mut st, &uid);
+            }
+            // The owner stays, marked, until its dependents are gone.
+            Some("Foreground") if object["metadata"].get("deletionTimestamp").is_none() => {
+                let mut list = finalizers(&object);
+                list.push(FOREGROUND.to_owned());
+                object["metadata"]["finalizers"] = json!(list);
+            }
+            _ => {}
         }
         let out = self.delete_one(&mut st, res, key, object);
         self.settle(&mut st);
@@ -1013,7 +1026,61 @@ impl Store {
                     work.push((key.clone(), e.object.clone()));
                 }
             }
-            if work.is_empty() && empty_namespaces.is_empty() {
+            // Foreground deletion: dependents first, then the owner's finalizer goes.
+            let mut released = Vec::new();
+            let mut released_any = false;
+            for (key, e) in &st.objects {
+                if e.object["metadata"].get("deletionTimestamp").is_none()
+                    || !finalizers(&e.object).iter().any(|f| f == FOREGROUND)
+                {
+                    continue;
+                }
+                let uid = meta_str(&e.object, "uid").unwrap_or_default();
+                let dependents: Vec<(String, Value)> = st
+                    .objects
+                    .iter()
+                    .filter(|(_, d)| {
+                        d.object["metadata"]["ownerReferences"]
+                            .as_array()
+                            .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+                    })
+                    .map(|(k, d)| (k.clone(), d.object.clone()))
+                    .collect();
+                if dependents.is_empty() {
+                    released.push((key.clone(), e.object.clone()));
+                } else {
+                    for (k, d) in dependents {
+                        if d["metadata"].get("deletionTimestamp").is_none()
+                            && !work.iter().any(|(w, _)| *w == k)
+                        {
+                            work.push((k, d));
+                        }
+                    }
+                }
+            }
+            for (key, mut object) in released {
+                let rest: Vec<String> = finalizers(&object)
+                    .into_iter()
+                    .filter(|f| f != FOREGROUND)
+                    .collect();
+                let Some(res) = Self::resource_of(st, &object) else {
+                    continue;
+                };
+                let managers = st
+                    .objects
+                    .get(&key)
+                    .map(|e| e.managers.clone())
+                    .unwrap_or_default();
+                let kind = if rest.is_empty() {
+                    "DELETED"
+                } else {
+                    "MODIFIED"
+                };
+                object["metadata"]["finalizers"] = json!(rest);
+                self.commit(st, &res, key, object, managers, kind);
+                released_any = true;
+            }
+            if work.is_empty() && empty_namespaces.is_empty() && !released_any {
                 return;
             }
             for (key, object) in work {

@@ -937,3 +937,43 @@ async fn built_in_objects_are_validated_against_the_official_schemas() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn foreground_deletion_removes_dependents_before_the_owner() {
+    let (_e, client) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut held_owner = cm("owner", json!({}));
+    held_owner.metadata.finalizers = Some(vec!["test/hold".into()]);
+    let owner = api
+        .create(&PostParams::default(), &held_owner)
+        .await
+        .unwrap();
+    let mut child = cm("child", json!({}));
+    child.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.uid().unwrap(),
+            block_owner_deletion: Some(true),
+            ..Default::default()
+        },
+    ]);
+    api.create(&PostParams::default(), &child).await.unwrap();
+    api.delete("owner", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    assert_eq!(
+        code(&api.get("child").await.unwrap_err()).0,
+        404,
+        "the dependent goes first"
+    );
+    let owner = api.get("owner").await.unwrap();
+    assert_eq!(
+        owner.finalizers(),
+        ["test/hold"],
+        "foregroundDeletion is released once dependents are gone"
+    );
+    clear_finalizers(&api, "owner").await;
+    assert_eq!(code(&api.get("owner").await.unwrap_err()).0, 404);
+}
