@@ -198,7 +198,45 @@ pub async fn handle(
     })
 }
 
+/// The emulator's own API, for tests in another process: `GET
+/// /emulator/counters`, `POST /emulator/faults` (a [`crate::Fault`] as
+/// JSON), `POST /emulator/cut-watches`, `POST /emulator/compact`.
+async fn control(
+    store: &Arc<Store>,
+    method: &Method,
+    path: &str,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .to_bytes();
+    match (method, path) {
+        (&Method::GET, "/emulator/counters") => Ok(json_response(200, &json!(store.counters()))),
+        (&Method::POST, "/emulator/faults") => {
+            let fault: crate::Fault = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("invalid fault: {e}")))?;
+            store.inject(fault);
+            Ok(json_response(201, &json!({})))
+        }
+        (&Method::POST, "/emulator/cut-watches") => {
+            store.cut_watches();
+            Ok(json_response(200, &json!({})))
+        }
+        (&Method::POST, "/emulator/compact") => {
+            store.compact();
+            Ok(json_response(200, &json!({})))
+        }
+        _ => Err(ApiError::not_found("emulator endpoint", path)),
+    }
+}
+
 async fn serve(store: &Arc<Store>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    if req.uri().path().starts_with("/emulator/") {
+        let (parts, body) = req.into_parts();
+        return control(store, &parts.method, parts.uri.path(), body).await;
+    }
     let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query());
     let target = match route(store, parts.uri.path())? {

@@ -41,7 +41,8 @@ pub struct Event {
 }
 
 /// A fault to inject into matching requests.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct Fault {
     /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`; any when `None`.
     pub verb: Option<String>,

@@ -977,3 +977,40 @@ async fn foreground_deletion_removes_dependents_before_the_owner() {
     clear_finalizers(&api, "owner").await;
     assert_eq!(code(&api.get("owner").await.unwrap_err()).0, 404);
 }
+
+#[tokio::test]
+async fn the_control_api_injects_faults_and_reads_counters_over_http() {
+    let (e, client) = start().await;
+    let control = |method: &str, path: &str, body: serde_json::Value| {
+        let client = client.clone();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap();
+        async move { client.request_text(req).await.unwrap() }
+    };
+    control(
+        "POST",
+        "/emulator/faults",
+        json!({"verb": "get", "resource": "configmaps", "remaining": 1, "status": 500}),
+    )
+    .await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    assert_eq!(code(&api.get("anything").await.unwrap_err()).0, 500);
+    let counters: serde_json::Value =
+        serde_json::from_str(&control("GET", "/emulator/counters", json!(null)).await).unwrap();
+    assert_eq!(counters["get configmaps -"], 1);
+    control("POST", "/emulator/compact", json!(null)).await;
+    assert!(
+        e.store
+            .since(
+                &e.store.resource("", "v1", "configmaps").unwrap(),
+                None,
+                Some(1)
+            )
+            .is_err(),
+        "compacted history answers 410"
+    );
+}
