@@ -224,6 +224,14 @@ async fn control(
             store.cut_watches();
             Ok(json_response(200, &json!({})))
         }
+        (&Method::POST, "/emulator/freeze-lists") => {
+            store.freeze_lists();
+            Ok(json_response(200, &json!({})))
+        }
+        (&Method::POST, "/emulator/thaw") => {
+            store.thaw();
+            Ok(json_response(200, &json!({})))
+        }
         (&Method::POST, "/emulator/compact") => {
             store.compact();
             Ok(json_response(200, &json!({})))

@@ -71,6 +71,8 @@ struct State {
     history: VecDeque<Arc<Event>>,
     counters: BTreeMap<String, u64>,
     faults: Vec<Fault>,
+    /// While set, lists answer from this snapshot (a stale view).
+    frozen: Option<(BTreeMap<String, Value>, u64)>,
 }
 
 /// The emulator's state.
@@ -194,6 +196,7 @@ impl Store {
                 history: VecDeque::new(),
                 counters: BTreeMap::new(),
                 faults: Vec::new(),
+                frozen: None,
             }),
             events,
             signer: crate::tokens::Signer::new()?,
@@ -357,6 +360,24 @@ impl Store {
         out
     }
 
+    /// From now on lists answer with what is stored now (and this
+    /// resourceVersion) while writes go on: a stale view, as a lagging cache
+    /// or API server would give. `thaw` ends it.
+    pub fn freeze_lists(&self) {
+        let mut st = lock(&self.state);
+        let snapshot = st
+            .objects
+            .iter()
+            .map(|(k, e)| (k.clone(), e.object.clone()))
+            .collect();
+        st.frozen = Some((snapshot, st.rv));
+    }
+
+    /// Lists answer with the current state again.
+    pub fn thaw(&self) {
+        lock(&self.state).frozen = None;
+    }
+
     /// Ends every open watch stream (clients must re-watch).
     pub fn cut_watches(&self) {
         let _ = self.events.send(Arc::new(Event {
@@ -450,27 +471,36 @@ impl Store {
             None => format!("{}/", res_key(res)),
         };
         let start = continue_from.map_or_else(|| prefix.clone(), |c| format!("{c}\u{0}"));
+        let (objects, rv): (Box<dyn Iterator<Item = (&String, &Value)>>, u64) =
+            if let Some((snapshot, rv)) = &st.frozen {
+                (Box::new(snapshot.range(start..)), *rv)
+            } else {
+                (
+                    Box::new(st.objects.range(start..).map(|(k, e)| (k, &e.object))),
+                    st.rv,
+                )
+            };
         let mut items: Vec<(String, Value)> = Vec::new();
         let mut more = false;
-        for (key, entry) in st.objects.range(start..) {
+        for (key, object) in objects {
             if !key.starts_with(&prefix) {
                 break;
             }
-            if !labels.matches(&entry.object) || !fields.matches(&entry.object) {
+            if !labels.matches(object) || !fields.matches(object) {
                 continue;
             }
             if limit.is_some_and(|l| items.len() >= l) {
                 more = true;
                 break;
             }
-            items.push((key.clone(), entry.object.clone()));
+            items.push((key.clone(), object.clone()));
         }
         let cont = if more {
             items.last().map(|(k, _)| k.clone())
         } else {
             None
         };
-        (items.into_iter().map(|(_, v)| v).collect(), st.rv, cont)
+        (items.into_iter().map(|(_, v)| v).collect(), rv, cont)
     }
 
     fn validate(

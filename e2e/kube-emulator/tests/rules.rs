@@ -1014,3 +1014,66 @@ async fn the_control_api_injects_faults_and_reads_counters_over_http() {
         "compacted history answers 410"
     );
 }
+
+#[tokio::test]
+async fn a_frozen_list_is_stale_while_watches_stay_live() {
+    let (e, client) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    api.create(&PostParams::default(), &cm("old", json!({})))
+        .await
+        .unwrap();
+    e.store.freeze_lists();
+    api.create(&PostParams::default(), &cm("new", json!({})))
+        .await
+        .unwrap();
+    let stale = api.list(&ListParams::default()).await.unwrap();
+    assert_eq!(
+        stale
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect::<Vec<_>>(),
+        ["old"],
+        "the list is stale"
+    );
+    assert!(api.get("new").await.is_ok(), "gets are live");
+    e.store.thaw();
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn streaming_lists_send_initial_events_then_the_end_bookmark() {
+    let (_e, client) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    for name in ["a", "b"] {
+        api.create(&PostParams::default(), &cm(name, json!({})))
+            .await
+            .unwrap();
+    }
+    let mut stream = api
+        .watch(&WatchParams::streaming_lists().timeout(5), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let mut added = Vec::new();
+    loop {
+        match stream.try_next().await.unwrap().unwrap() {
+            WatchEvent::Added(c) => added.push(c.name_any()),
+            WatchEvent::Bookmark(b) => {
+                assert_eq!(
+                    b.metadata
+                        .annotations
+                        .get("k8s.io/initial-events-end")
+                        .map(String::as_str),
+                    Some("true")
+                );
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(added, ["a", "b"]);
+}
