@@ -266,6 +266,7 @@ async fn serve(store: &Arc<Store>, req: Request<Incoming>) -> Result<Response<Bo
         manager: query.get("fieldManager").map(str::to_owned),
         force: query.flag("force"),
         status: target.subresource.as_deref() == Some("status"),
+        strict: query.get("fieldValidation") == Some("Strict"),
     };
     if res_is(&target.res, "serviceaccounts")
         && target.subresource.as_deref() == Some("token")
@@ -374,6 +375,11 @@ async fn serve(store: &Arc<Store>, req: Request<Incoming>) -> Result<Response<Bo
                         retry_after: None,
                     });
                 }
+            };
+            // Apply is always strict about fields the schema does not declare.
+            let opts = WriteOptions {
+                strict: opts.strict || kind == PatchType::Apply,
+                ..opts
             };
             Ok(json_response(
                 200,

@@ -1077,3 +1077,51 @@ async fn streaming_lists_send_initial_events_then_the_end_bookmark() {
     }
     assert_eq!(added, ["a", "b"]);
 }
+
+#[tokio::test]
+async fn custom_resources_get_defaults_and_unknown_fields_are_pruned_unless_strict() {
+    use kube::{api::DynamicObject, core::ApiResource};
+    let (_e, client) = start().await;
+    install_crds(&client).await;
+    let ar = ApiResource::erase::<Company>(&());
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let with_unknown = |name: &str| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name}, "spec": {"displayNme": "typo"}})).unwrap()
+    };
+    let created = api
+        .create(&PostParams::default(), &with_unknown("lenient"))
+        .await
+        .unwrap();
+    let spec = &created.data["spec"];
+    assert!(
+        spec.get("displayNme").is_none(),
+        "the undeclared field was pruned: {spec}"
+    );
+    assert_eq!(
+        spec["database"]["mode"], "Dedicated",
+        "schema defaults are stored: {spec}"
+    );
+    assert_eq!(spec["storage"]["deletionPolicy"], "Snapshot");
+    assert_eq!(spec["deletionProtection"], false);
+    let strict = {
+        let body = serde_json::to_vec(&with_unknown("strict")).unwrap();
+        let req =
+            http::Request::post("/apis/enclave.dev/v1alpha1/companies?fieldValidation=Strict")
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap();
+        client.request::<serde_json::Value>(req).await.unwrap_err()
+    };
+    assert_eq!(code(&strict).0, 422, "strict field validation refuses it");
+    let applied = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "applied"}, "spec": {"displayNme": "typo"}});
+    assert_eq!(
+        code(
+            &api.patch("applied", &PatchParams::apply("t"), &Patch::Apply(&applied))
+                .await
+                .unwrap_err()
+        )
+        .0,
+        422,
+        "apply is always strict"
+    );
+}

@@ -65,6 +65,7 @@ const METADATA_FIELDS: &[&str] = &[
 pub struct CrdValidator {
     kind: String,
     namespaced: bool,
+    openapi: Value,
     structural: jsonschema::Validator,
     cel_schema: CompiledSchema,
     cel: Validator,
@@ -99,6 +100,7 @@ impl CrdValidator {
         Ok(Self {
             kind: crd.spec.names.kind.clone(),
             namespaced: crd.spec.scope == "Namespaced",
+            openapi: openapi.clone(),
             structural,
             cel_schema,
             cel: Validator::new(),
@@ -128,6 +130,17 @@ impl CrdValidator {
             }));
         }
         problems
+    }
+
+    /// `object` as the API server stores it: schema defaults filled in and,
+    /// with `prune`, fields the schema does not declare dropped (what the
+    /// server does when a client does not ask for strict field validation).
+    pub fn default_and_prune(&self, object: &Value, prune: bool) -> Value {
+        let mut out = object.clone();
+        if prune {
+            schema::prune(&mut out, &self.openapi, true);
+        }
+        kube::core::cel::apply_defaults(&self.openapi, &out)
     }
 
     fn metadata_problems(&self, object: &Value) -> Vec<FieldProblem> {

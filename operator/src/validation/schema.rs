@@ -80,6 +80,48 @@ pub fn root_json_schema(openapi: &Value) -> Value {
     schema
 }
 
+/// Drops the fields of `value` that `openapi` does not declare (unless it
+/// preserves unknown fields). At the root, `apiVersion`, `kind` and
+/// `metadata` are implicit and kept.
+pub fn prune(value: &mut Value, openapi: &Value, root: bool) {
+    let preserve = openapi
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    match value {
+        Value::Object(map) => {
+            if let Some(props) = openapi.get("properties").and_then(Value::as_object) {
+                if !preserve {
+                    map.retain(|k, _| {
+                        props.contains_key(k)
+                            || (root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+                    });
+                }
+                for (k, v) in map.iter_mut() {
+                    if let Some(sub) = props.get(k) {
+                        prune(v, sub, false);
+                    }
+                }
+            } else if let Some(extra) = openapi
+                .get("additionalProperties")
+                .filter(|a| a.is_object())
+            {
+                for v in map.values_mut() {
+                    prune(v, extra, false);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = openapi.get("items") {
+                for v in items {
+                    prune(v, item_schema, false);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// `value` with null object members removed: the API server treats an
 /// explicit null like an absent field.
 pub fn without_nulls(value: &Value) -> Value {

@@ -173,6 +173,9 @@ pub struct WriteOptions {
     pub force: bool,
     /// Writing the status subresource.
     pub status: bool,
+    /// Unknown fields are errors (`fieldValidation=Strict`, and always for
+    /// apply); otherwise they are dropped, as the API server does.
+    pub strict: bool,
 }
 
 /// The kinds of PATCH.

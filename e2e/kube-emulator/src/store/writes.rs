@@ -18,6 +18,15 @@ use crate::{
 };
 
 impl Store {
+    /// A custom resource as it is stored: defaults filled in, and unless
+    /// the write is strict, undeclared fields dropped.
+    fn shape(st: &State, res: &Resource, object: Value, strict: bool) -> Value {
+        match st.validators.get(&res_key(res)) {
+            Some(validator) => validator.default_and_prune(&object, !strict),
+            None => object,
+        }
+    }
+
     fn validate(
         &self,
         st: &State,
@@ -163,6 +172,7 @@ impl Store {
             object["status"] = json!({"phase": "Active"});
             object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
         }
+        let mut object = Self::shape(&st, res, object, opts.strict);
         self.validate(&st, res, &object, None)?;
         if res.kind == "CustomResourceDefinition" {
             Self::install_crd(&mut st, &object)?;
@@ -256,6 +266,7 @@ impl Store {
                 }
             }
         }
+        let mut new = Self::shape(st, res, new, opts.strict);
         if spec_part(&new) != spec_part(old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             new["metadata"]["generation"] = json!(generation);
