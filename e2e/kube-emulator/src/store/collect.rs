@@ -33,9 +33,9 @@ impl Store {
         self.commit(st, res, key, object, managers, "DELETED")
     }
 
-    pub(super) fn orphan_dependents(&self, st: &mut State, owner_uid: &str) {
-        let dependents: Vec<(String, Value)> = st
-            .objects
+    /// Keys and objects whose ownerReferences name `owner_uid`.
+    fn dependents_of(st: &State, owner_uid: &str) -> Vec<(String, Value)> {
+        st.objects
             .iter()
             .filter(|(_, e)| {
                 e.object["metadata"]["ownerReferences"]
@@ -43,8 +43,11 @@ impl Store {
                     .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid))
             })
             .map(|(k, e)| (k.clone(), e.object.clone()))
-            .collect();
-        for (key, mut object) in dependents {
+            .collect()
+    }
+
+    pub(super) fn orphan_dependents(&self, st: &mut State, owner_uid: &str) {
+        for (key, mut object) in Self::dependents_of(st, owner_uid) {
             if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"] != owner_uid);
             }
@@ -127,16 +130,7 @@ impl Store {
                     continue;
                 }
                 let uid = meta_str(&e.object, "uid").unwrap_or_default();
-                let dependents: Vec<(String, Value)> = st
-                    .objects
-                    .iter()
-                    .filter(|(_, d)| {
-                        d.object["metadata"]["ownerReferences"]
-                            .as_array()
-                            .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
-                    })
-                    .map(|(k, d)| (k.clone(), d.object.clone()))
-                    .collect();
+                let dependents = Self::dependents_of(st, uid);
                 if dependents.is_empty() {
                     released.push((key.clone(), e.object.clone()));
                 } else {

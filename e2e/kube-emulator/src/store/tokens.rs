@@ -5,6 +5,18 @@ use serde_json::{Value, json};
 use super::{Store, meta_str};
 use crate::error::ApiError;
 
+/// The strings of a JSON array (none if it is not one).
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Store {
     /// TokenRequest: a token for ServiceAccount `ns/name`.
     pub fn token_request(&self, ns: &str, name: &str, request: &Value) -> Result<Value, ApiError> {
@@ -13,15 +25,10 @@ impl Store {
             .ok_or_else(|| ApiError::not_found("resource", "serviceaccounts"))?;
         let sa = self.get(&sa_res, Some(ns), name)?;
         let uid = meta_str(&sa, "uid").unwrap_or_default();
-        let audiences: Vec<String> = request["spec"]["audiences"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .filter(|a: &Vec<String>| !a.is_empty())
-            .unwrap_or_else(|| vec![crate::tokens::ISSUER.to_owned()]);
+        let mut audiences = strings(&request["spec"]["audiences"]);
+        if audiences.is_empty() {
+            audiences.push(crate::tokens::ISSUER.to_owned());
+        }
         let seconds = request["spec"]["expirationSeconds"]
             .as_i64()
             .unwrap_or(3600);
@@ -39,14 +46,7 @@ impl Store {
     /// TokenReview: who `spec.token` is, if anyone.
     pub fn token_review(&self, request: &Value) -> Value {
         let token = request["spec"]["token"].as_str().unwrap_or_default();
-        let audiences: Vec<String> = request["spec"]["audiences"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let audiences = strings(&request["spec"]["audiences"]);
         let status = match self.signer.verify(token, &audiences) {
             Ok(claims) => {
                 let k = &claims["kubernetes.io"];
