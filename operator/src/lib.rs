@@ -9,6 +9,7 @@ pub mod backends;
 pub mod builders;
 pub mod cli;
 pub mod config;
+pub mod controllers;
 pub mod crd;
 pub mod names;
 pub mod plan;

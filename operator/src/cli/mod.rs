@@ -41,6 +41,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the controllers against the cluster of the current kubeconfig (or
+    /// the in-cluster ServiceAccount).
+    Run {
+        /// Operator configuration (YAML); defaults apply without one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Create, archive or remove one developer's directory below a company
     /// root (run by the operator's storage-prep Job, not by users).
     StoragePrep {
@@ -130,6 +137,44 @@ fn storage_prep(
     }
 }
 
+fn run_controllers(config: Option<&PathBuf>) -> ExitCode {
+    let config = match config.map(|p| OperatorConfig::load(p)).transpose() {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        match kube::Client::try_default().await {
+            Ok(client) => {
+                crate::controllers::run(client, config).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot reach the Kubernetes API ({e}); check KUBECONFIG or the in-cluster ServiceAccount");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 /// Every CRD Enclave serves.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![Company::crd(), Developer::crd()]
@@ -205,6 +250,7 @@ pub fn main() -> ExitCode {
             output,
             config,
         } => run_plan(&files, output, config),
+        Command::Run { config } => run_controllers(config.as_ref()),
         Command::StoragePrep {
             root,
             path,

@@ -5,6 +5,7 @@
 mod aws_proxy;
 mod bad_input;
 mod checkov;
+mod controller;
 mod crds;
 mod database;
 mod fsx;

@@ -1,0 +1,201 @@
+//! The Company controller.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{Event, finalizer},
+    },
+};
+use serde_json::json;
+
+use super::{
+    Context, Error, FIELD_MANAGER, apply_object,
+    conditions::{reasons, set},
+};
+use crate::{
+    builders::{CompanyContext, KubeObject, build_company},
+    crd::{Company, CompanyStatus},
+    names::LABEL_COMPANY,
+};
+
+/// Guards what only the operator can clean up (the namespace now; Vault,
+/// database and storage as they are wired in).
+pub const FINALIZER: &str = "enclave.dev/cleanup";
+
+/// Reconciles one Company.
+pub async fn reconcile(company: Arc<Company>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<Company> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, company, |event| async {
+        match event {
+            Event::Apply(company) => apply(&company, &ctx).await,
+            Event::Cleanup(company) => cleanup(&company, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Whether the namespace is this Company's (or free).
+enum NamespaceOwner {
+    Free,
+    Ours,
+    Other(String),
+}
+
+async fn namespace_owner(
+    ctx: &Context,
+    name: &str,
+    company: &str,
+) -> Result<NamespaceOwner, Error> {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    Ok(match api.get_opt(name).await? {
+        None => NamespaceOwner::Free,
+        Some(ns) => match ns.labels().get(LABEL_COMPANY) {
+            Some(owner) if owner == company => NamespaceOwner::Ours,
+            Some(owner) => NamespaceOwner::Other(format!("Company {owner}")),
+            None => NamespaceOwner::Other("no Company (it was not created by Enclave)".into()),
+        },
+    })
+}
+
+async fn write_status(
+    ctx: &Context,
+    company: &Company,
+    status: &CompanyStatus,
+) -> Result<(), Error> {
+    let api: Api<Company> = Api::all(ctx.client.clone());
+    let patch = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "status": status});
+    api.patch_status(
+        &company.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
+    let build = CompanyContext::new(company, &ctx.config);
+    let name = company.name_any();
+    let namespace = build.names.namespace().to_owned();
+    let generation = company.metadata.generation;
+    let mut status = company.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+    status.namespace = Some(namespace.clone());
+
+    // Validate: the namespace must be free or already ours.
+    if let NamespaceOwner::Other(owner) = namespace_owner(ctx, &namespace, &name).await? {
+        let message = format!(
+            "namespace {namespace} exists and belongs to {owner}; Enclave leaves it untouched: choose another spec.namespace (a new Company) or remove that namespace"
+        );
+        set(
+            &mut status.conditions,
+            "NamespaceReady",
+            Some(false),
+            reasons::CONFLICT,
+            &message,
+            generation,
+        );
+        set(
+            &mut status.conditions,
+            "Ready",
+            Some(false),
+            reasons::CONFLICT,
+            &message,
+            generation,
+        );
+        write_status(ctx, company, &status).await?;
+        return Ok(Action::await_change());
+    }
+
+    // Build (pure) and apply the in-cluster objects. Storage volumes wait
+    // for the storage backend, which is not wired in yet.
+    let plan = build_company(&build);
+    for object in &plan.objects {
+        if matches!(
+            object,
+            KubeObject::PersistentVolume(_) | KubeObject::PersistentVolumeClaim(_)
+        ) {
+            continue;
+        }
+        if object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str()) {
+            continue;
+        }
+        apply_object(&ctx.client, object).await?;
+    }
+    tracing::info!(company = %name, namespace = %namespace, objects = plan.objects.len(), "applied the company's objects");
+
+    set(
+        &mut status.conditions,
+        "NamespaceReady",
+        Some(true),
+        reasons::READY,
+        &format!("namespace {namespace} with quota, limits, network policies and RBAC"),
+        generation,
+    );
+    for (type_, what) in [
+        ("VaultReady", "Vault policies and roles"),
+        ("DatabaseReady", "the database"),
+        ("StorageReady", "the file storage"),
+    ] {
+        set(
+            &mut status.conditions,
+            type_,
+            None,
+            reasons::NOT_RECONCILED,
+            &format!("{what} are not reconciled by the controller in this release"),
+            generation,
+        );
+    }
+    set(
+        &mut status.conditions,
+        "Ready",
+        Some(false),
+        reasons::WAITING,
+        "waiting for Vault, database and storage",
+        generation,
+    );
+    write_status(ctx, company, &status).await?;
+    Ok(Action::await_change())
+}
+
+async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
+    let name = company.name_any();
+    if company.spec.deletion_protection {
+        let mut status = company.status.clone().unwrap_or_default();
+        set(
+            &mut status.conditions,
+            "Ready",
+            Some(false),
+            reasons::DELETION_PROTECTED,
+            "deletion is held by spec.deletionProtection: set it to false to delete this Company and its tenant",
+            company.metadata.generation,
+        );
+        write_status(ctx, company, &status).await?;
+        return Err(Error::DeletionProtected(name));
+    }
+    let namespace = CompanyContext::new(company, &ctx.config)
+        .names
+        .namespace()
+        .to_owned();
+    match namespace_owner(ctx, &namespace, &name).await? {
+        NamespaceOwner::Ours => {
+            let api: Api<Namespace> = Api::all(ctx.client.clone());
+            api.delete(&namespace, &DeleteParams::default()).await?;
+            if api.get_opt(&namespace).await?.is_some() {
+                return Err(Error::Waiting(format!(
+                    "namespace {namespace} to be deleted"
+                )));
+            }
+        }
+        // Never delete what is not ours.
+        NamespaceOwner::Free | NamespaceOwner::Other(_) => {}
+    }
+    tracing::info!(company = %name, "cleaned up");
+    Ok(Action::await_change())
+}

@@ -1,0 +1,52 @@
+//! Conditions, built in one place; a transition time changes only when the
+//! status does, so an unchanged state writes an identical status.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Reasons, as constants a user can search for.
+pub mod reasons {
+    /// Everything is in place.
+    pub const READY: &str = "Ready";
+    /// The namespace exists and is not Enclave's.
+    pub const CONFLICT: &str = "Conflict";
+    /// Not reconciled by the controller in this release.
+    pub const NOT_RECONCILED: &str = "NotReconciledYet";
+    /// Deletion is held by `spec.deletionProtection`.
+    pub const DELETION_PROTECTED: &str = "DeletionProtected";
+    /// Something else is not ready.
+    pub const WAITING: &str = "Waiting";
+}
+
+/// Sets condition `type_` in `conditions`, keeping its transition time when
+/// its status is unchanged.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: Option<bool>,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let status = match ok {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
+    let previous = conditions.iter().find(|c| c.type_ == type_);
+    let last_transition_time = match previous {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    let condition = Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
+    }
+}

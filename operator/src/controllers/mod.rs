@@ -1,0 +1,104 @@
+//! `enclave run`: the controllers. Each reconcile is a pipeline — fetch,
+//! validate, build (the pure builders), apply (server-side apply under one
+//! field manager), status — and only fetch, apply and status talk to the API.
+//!
+//! This release reconciles a Company's in-cluster objects (namespace,
+//! quota, limits, network policies, RBAC, controller ServiceAccount), its
+//! finalizer and deletion protection. Vault, database and storage are
+//! reported as not yet reconciled by the controller (their backends exist
+//! and are tested; wiring them in is the next step).
+
+mod apply;
+mod company;
+mod conditions;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use thiserror::Error;
+
+pub use apply::{FIELD_MANAGER, apply_object};
+pub use company::FINALIZER;
+
+use crate::{config::OperatorConfig, crd::Company, names::LABEL_COMPANY};
+
+/// What a reconcile needs.
+pub struct Context {
+    /// The API.
+    pub client: Client,
+    /// Operator configuration.
+    pub config: OperatorConfig,
+}
+
+/// Why a reconcile did not finish.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A Kubernetes request failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The finalizer helper failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Deletion waits for something (the namespace to go).
+    #[error("waiting: {0}")]
+    Waiting(String),
+    /// Deletion is held by `spec.deletionProtection`.
+    #[error(
+        "deletion of Company {0} is held by spec.deletionProtection; set it to false to delete"
+    )]
+    DeletionProtected(String),
+}
+
+impl Error {
+    /// Short label for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Finalizer(_) => "finalizer",
+            Self::Waiting(_) => "waiting",
+            Self::DeletionProtected(_) => "deletion-protected",
+        }
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run asks for
+fn error_policy(company: Arc<Company>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(company = %company.name_any(), category = error.category(), %error, "reconcile failed");
+    match error {
+        Error::Waiting(_) => Action::requeue(Duration::from_secs(1)),
+        Error::DeletionProtected(_) => Action::requeue(Duration::from_mins(1)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+/// Runs the controllers until the process is told to stop.
+pub async fn run(client: Client, config: OperatorConfig) {
+    let companies: Api<Company> = Api::all(client.clone());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ctx = Arc::new(Context { client, config });
+    Controller::new(companies, watcher::Config::default())
+        // Namespaces carry no owner reference (deleting a Company must never
+        // cascade into a tenant's data), so they are mapped by label.
+        .watches(
+            namespaces,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
+            |ns| {
+                ns.labels()
+                    .get(LABEL_COMPANY)
+                    .map(|company| ObjectRef::<Company>::new(company))
+            },
+        )
+        .shutdown_on_signal()
+        .run(company::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile error");
+            }
+        })
+        .await;
+}

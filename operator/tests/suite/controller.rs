@@ -1,0 +1,261 @@
+//! The real `enclave run` binary against the Kubernetes API emulator.
+
+use std::{process::Child, time::Duration};
+
+use enclave::crd::Company;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use kube_emulator::Emulator;
+use serde_json::json;
+
+use crate::support::enclave;
+
+/// The operator process; killed when dropped.
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn setup() -> (Emulator, Client, Operator) {
+    let emulator = Emulator::start().await.unwrap();
+    let client = Client::try_from(Config::new(emulator.url.parse().unwrap())).unwrap();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in enclave::cli::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let child = enclave()
+        .arg("run")
+        .env("KUBECONFIG", &emulator.kubeconfig)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    (emulator, client, Operator(child))
+}
+
+async fn wait<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn condition(company: &Company, type_: &str) -> Option<(String, String)> {
+    company
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
+    let (_emulator, client, _operator) = setup().await;
+    let companies: Api<Company> = Api::all(client.clone());
+    let acme = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "acme"}, "spec": {"quota": {"cpu": "8"}}});
+    companies
+        .patch("acme", &PatchParams::apply("user"), &Patch::Apply(&acme))
+        .await
+        .unwrap();
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = wait("the namespace", async || {
+        namespaces.get_opt("company-acme").await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        ns.labels()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted")
+    );
+    assert_eq!(
+        ns.labels().get("enclave.dev/company").map(String::as_str),
+        Some("acme")
+    );
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "company-acme");
+    let quota = wait("the quota", async || {
+        quotas.get_opt("company-quota").await.unwrap()
+    })
+    .await;
+    assert_eq!(quota.spec.unwrap().hard.unwrap()["requests.cpu"].0, "8");
+    let ready = wait("NamespaceReady", async || {
+        let c = companies.get("acme").await.unwrap();
+        (condition(&c, "NamespaceReady").map(|(s, _)| s).as_deref() == Some("True")).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        ready.status.as_ref().unwrap().observed_generation,
+        ready.metadata.generation
+    );
+    assert_eq!(ready.finalizers(), ["enclave.dev/cleanup"]);
+    assert_eq!(
+        condition(&ready, "VaultReady").unwrap().1,
+        "NotReconciledYet",
+        "said, not pretended"
+    );
+
+    // An edited label is put back.
+    namespaces.patch("company-acme", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}))).await.unwrap();
+    wait("the PSA label re-asserted", async || {
+        let ns = namespaces.get("company-acme").await.unwrap();
+        (ns.labels()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str)
+            == Some("restricted"))
+        .then_some(())
+    })
+    .await;
+
+    companies
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait("the namespace to go", async || {
+        namespaces
+            .get_opt("company-acme")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    wait("the Company to go", async || {
+        companies
+            .get_opt("acme")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_namespace_that_is_not_ours_is_a_conflict_and_left_untouched() {
+    let (_emulator, client, _operator) = setup().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let taken: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": "taken", "labels": {"team": "someone"}}}),
+    )
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &taken)
+        .await
+        .unwrap();
+    let companies: Api<Company> = Api::all(client.clone());
+    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "grabby"}, "spec": {"namespace": "taken"}});
+    companies
+        .patch("grabby", &PatchParams::apply("user"), &Patch::Apply(&co))
+        .await
+        .unwrap();
+    let conflicted = wait("the Conflict condition", async || {
+        let c = companies.get("grabby").await.unwrap();
+        (condition(&c, "NamespaceReady").map(|(_, r)| r).as_deref() == Some("Conflict"))
+            .then_some(c)
+    })
+    .await;
+    let message = &conflicted
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains("taken") && message.contains("untouched"),
+        "{message}"
+    );
+    let ns = namespaces.get("taken").await.unwrap();
+    assert_eq!(ns.labels().get("team").map(String::as_str), Some("someone"));
+    assert!(
+        ns.labels().get("enclave.dev/company").is_none(),
+        "not relabelled"
+    );
+    // Deleting the Company does not delete a namespace that is not ours.
+    companies
+        .delete("grabby", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait("the Company to go", async || {
+        companies
+            .get_opt("grabby")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(namespaces.get_opt("taken").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn deletion_protection_holds_deletion_until_lifted() {
+    let (_emulator, client, _operator) = setup().await;
+    let companies: Api<Company> = Api::all(client.clone());
+    let co = |protected: bool| json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "safe"}, "spec": {"deletionProtection": protected}});
+    companies
+        .patch(
+            "safe",
+            &PatchParams::apply("user"),
+            &Patch::Apply(&co(true)),
+        )
+        .await
+        .unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    wait("the namespace", async || {
+        namespaces.get_opt("company-safe").await.unwrap()
+    })
+    .await;
+    wait("the finalizer", async || {
+        (companies.get("safe").await.unwrap().finalizers() == ["enclave.dev/cleanup"]).then_some(())
+    })
+    .await;
+    companies
+        .delete("safe", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = wait("DeletionProtected", async || {
+        let c = companies.get("safe").await.unwrap();
+        (condition(&c, "Ready").map(|(_, r)| r).as_deref() == Some("DeletionProtected"))
+            .then_some(c)
+    })
+    .await;
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(
+        namespaces.get_opt("company-safe").await.unwrap().is_some(),
+        "the tenant is untouched"
+    );
+    companies
+        .patch(
+            "safe",
+            &PatchParams::apply("user"),
+            &Patch::Apply(&co(false)),
+        )
+        .await
+        .unwrap();
+    wait("the Company to go", async || {
+        companies
+            .get_opt("safe")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(namespaces.get_opt("company-safe").await.unwrap().is_none());
+}
