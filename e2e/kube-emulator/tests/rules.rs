@@ -1125,3 +1125,21 @@ async fn custom_resources_get_defaults_and_unknown_fields_are_pruned_unless_stri
         "apply is always strict"
     );
 }
+
+#[tokio::test]
+async fn an_object_created_for_a_deleted_owner_is_collected() {
+    let (_e, client) = start().await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut orphan = cm("late", json!({}));
+    orphan.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "gone".into(),
+            uid: "00000000-0000-0000-0000-00000000dead".into(),
+            ..Default::default()
+        },
+    ]);
+    api.create(&PostParams::default(), &orphan).await.unwrap();
+    assert_eq!(code(&api.get("late").await.unwrap_err()).0, 404);
+}

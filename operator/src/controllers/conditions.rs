@@ -13,6 +13,8 @@ pub mod reasons {
     pub const NOT_RECONCILED: &str = "NotReconciledYet";
     /// Deletion is held by `spec.deletionProtection`.
     pub const DELETION_PROTECTED: &str = "DeletionProtected";
+    /// A Developer lives in a namespace no Company owns.
+    pub const NO_COMPANY: &str = "NoCompany";
     /// Something else is not ready.
     pub const WAITING: &str = "Waiting";
 }

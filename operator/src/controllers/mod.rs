@@ -11,6 +11,7 @@
 mod apply;
 mod company;
 mod conditions;
+mod developer;
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,7 +26,11 @@ use thiserror::Error;
 pub use apply::{FIELD_MANAGER, apply_object};
 pub use company::FINALIZER;
 
-use crate::{config::OperatorConfig, crd::Company, names::LABEL_COMPANY};
+use crate::{
+    config::OperatorConfig,
+    crd::{Company, Developer},
+    names::LABEL_COMPANY,
+};
 
 /// What a reconcile needs.
 pub struct Context {
@@ -33,6 +38,8 @@ pub struct Context {
     pub client: Client,
     /// Operator configuration.
     pub config: OperatorConfig,
+    /// Serialises uid/gid allocation (one active operator, leader-elected).
+    pub allocation: tokio::sync::Mutex<()>,
 }
 
 /// Why a reconcile did not finish.
@@ -67,8 +74,8 @@ impl Error {
 }
 
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run asks for
-fn error_policy(company: Arc<Company>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(company = %company.name_any(), category = error.category(), %error, "reconcile failed");
+fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(object = %object.name_any(), category = error.category(), %error, "reconcile failed");
     match error {
         Error::Waiting(_) => Action::requeue(Duration::from_secs(1)),
         Error::DeletionProtected(_) => Action::requeue(Duration::from_mins(1)),
@@ -80,8 +87,13 @@ fn error_policy(company: Arc<Company>, error: &Error, _ctx: Arc<Context>) -> Act
 pub async fn run(client: Client, config: OperatorConfig) {
     let companies: Api<Company> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ctx = Arc::new(Context { client, config });
-    Controller::new(companies, watcher::Config::default())
+    let developers: Api<Developer> = Api::all(client.clone());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config,
+        allocation: tokio::sync::Mutex::new(()),
+    });
+    let company_controller = Controller::new(companies, watcher::Config::default())
         // Namespaces carry no owner reference (deleting a Company must never
         // cascade into a tenant's data), so they are mapped by label.
         .watches(
@@ -94,11 +106,23 @@ pub async fn run(client: Client, config: OperatorConfig) {
             },
         )
         .shutdown_on_signal()
-        .run(company::reconcile, error_policy, ctx)
+        .run(company::reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|result| async move {
             if let Err(error) = result {
-                tracing::debug!(%error, "reconcile error");
+                tracing::debug!(%error, "company reconcile error");
             }
-        })
-        .await;
+        });
+    let developer_controller = Controller::new(developers, watcher::Config::default())
+        .owns(
+            Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(client),
+            watcher::Config::default(),
+        )
+        .shutdown_on_signal()
+        .run(developer::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "developer reconcile error");
+            }
+        });
+    futures::future::join(company_controller, developer_controller).await;
 }

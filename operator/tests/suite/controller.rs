@@ -259,3 +259,134 @@ async fn deletion_protection_holds_deletion_until_lifted() {
     .await;
     assert!(namespaces.get_opt("company-safe").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
+    use enclave::crd::Developer;
+    use k8s_openapi::api::{
+        apps::v1::StatefulSet,
+        core::v1::{PersistentVolumeClaim, ServiceAccount},
+    };
+    let (_emulator, client, _operator) = setup().await;
+    let companies: Api<Company> = Api::all(client.clone());
+    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "globex"}, "spec": {"storage": {"volume": {"storageClassName": "gp3"}}}});
+    companies
+        .patch("globex", &PatchParams::apply("user"), &Patch::Apply(&co))
+        .await
+        .unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    wait("the namespace", async || {
+        namespaces.get_opt("company-globex").await.unwrap()
+    })
+    .await;
+
+    let devs: Api<Developer> = Api::namespaced(client.clone(), "company-globex");
+    for (name, subject) in [("carol", "sub-carol"), ("dave", "sub-dave")] {
+        let dev = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "metadata": {"name": name, "namespace": "company-globex"}, "spec": {"subject": subject}});
+        devs.patch(name, &PatchParams::apply("user"), &Patch::Apply(&dev))
+            .await
+            .unwrap();
+    }
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "company-globex");
+    let carol = wait("carol's workspace", async || {
+        sets.get_opt("workspace-carol").await.unwrap()
+    })
+    .await;
+    wait("dave's workspace", async || {
+        sets.get_opt("workspace-dave").await.unwrap()
+    })
+    .await;
+    let uids: Vec<i64> = devs
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|d| d.status.as_ref()?.uid)
+        .collect();
+    let mut sorted = uids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [200_000, 200_001], "unique ids from the range");
+    let pod_uid = carol
+        .spec
+        .template
+        .spec
+        .unwrap()
+        .security_context
+        .unwrap()
+        .run_as_user
+        .unwrap();
+    let carol_status = devs.get("carol").await.unwrap().status.unwrap();
+    assert_eq!(
+        Some(pod_uid),
+        carol_status.uid,
+        "the pod runs as the recorded uid"
+    );
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "company-globex");
+    assert!(sas.get_opt("developer-carol").await.unwrap().is_some());
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "company-globex");
+    assert_eq!(
+        claims
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2,
+        "one volume per developer"
+    );
+
+    // Deleting a Developer takes its workspace (owner references) but not its data claim.
+    devs.delete("dave", &DeleteParams::default()).await.unwrap();
+    wait("dave's workspace to go", async || {
+        sets.get_opt("workspace-dave")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        claims
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2,
+        "the data claim follows the deletion policy, not a cascade"
+    );
+
+    // A Developer in a namespace no Company owns: a condition, nothing created.
+    let stray_ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "nobody"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &stray_ns)
+        .await
+        .unwrap();
+    let strays: Api<Developer> = Api::namespaced(client.clone(), "nobody");
+    let stray = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "metadata": {"name": "eve", "namespace": "nobody"}, "spec": {"subject": "sub-eve"}});
+    strays
+        .patch("eve", &PatchParams::apply("user"), &Patch::Apply(&stray))
+        .await
+        .unwrap();
+    let refused = wait("NoCompany", async || {
+        let d = strays.get("eve").await.unwrap();
+        d.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .filter(|c| c.reason == "NoCompany")
+            .cloned()
+    })
+    .await;
+    assert!(refused.message.contains("nobody"), "{}", refused.message);
+    let nothing: Api<ServiceAccount> = Api::namespaced(client.clone(), "nobody");
+    assert!(
+        nothing
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}

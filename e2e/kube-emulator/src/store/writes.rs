@@ -195,7 +195,14 @@ impl Store {
             opts.manager.as_deref().unwrap_or("unknown"),
             opts.status,
         );
-        Ok(self.commit(&mut st, res, key, object, managers, "ADDED"))
+        let owned = object["metadata"].get("ownerReferences").is_some();
+        let out = self.commit(&mut st, res, key, object, managers, "ADDED");
+        if owned {
+            // An object whose owners are already gone is collected, as the
+            // garbage collector does on a cluster.
+            self.settle(&mut st);
+        }
+        Ok(out)
     }
 
     /// Writes `new` over the stored object (PUT, or the result of a PATCH).
@@ -289,7 +296,7 @@ impl Store {
             managers,
             if deleting { "DELETED" } else { "MODIFIED" },
         );
-        if deleting {
+        if deleting || out["metadata"].get("ownerReferences").is_some() {
             self.settle(st);
         }
         Ok(out)

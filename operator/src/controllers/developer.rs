@@ -1,0 +1,217 @@
+//! The Developer controller (in-cluster part): the company is the
+//! namespace; uid/gid are allocated once and recorded before anything uses
+//! them; the workspace objects are applied with owner references, so they
+//! go with the Developer.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+
+use super::{
+    Context, Error, FIELD_MANAGER, apply_object,
+    conditions::{reasons, set},
+};
+use crate::{
+    builders::{CompanyContext, DeveloperContext, KubeObject, StorageKind, build_developer},
+    crd::{Company, Developer, DeveloperStatus},
+    names::CompanyNames,
+    posix_ids,
+};
+
+/// The Company whose namespace is `namespace`, if any.
+async fn company_of(ctx: &Context, namespace: &str) -> Result<Option<Company>, Error> {
+    let companies: Api<Company> = Api::all(ctx.client.clone());
+    Ok(companies
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|c| {
+            CompanyNames::new(&c.name_any(), c.spec.namespace.as_deref()).namespace() == namespace
+        }))
+}
+
+async fn write_status(
+    ctx: &Context,
+    developer: &Developer,
+    status: &DeveloperStatus,
+) -> Result<(), Error> {
+    let api: Api<Developer> = Api::namespaced(
+        ctx.client.clone(),
+        &developer.namespace().unwrap_or_default(),
+    );
+    let patch =
+        json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "status": status});
+    api.patch_status(
+        &developer.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn namespace_ready(company: &Company) -> bool {
+    company.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "NamespaceReady" && c.status == "True")
+    })
+}
+
+/// Reconciles one Developer.
+pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = developer.namespace().unwrap_or_default();
+    let generation = developer.metadata.generation;
+    let mut status = developer.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+
+    let Some(company) = company_of(&ctx, &namespace).await? else {
+        let message = format!(
+            "no Company owns namespace {namespace}: a Developer must live in its company's namespace; nothing was created"
+        );
+        set(
+            &mut status.conditions,
+            "Ready",
+            Some(false),
+            reasons::NO_COMPANY,
+            &message,
+            generation,
+        );
+        write_status(&ctx, &developer, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    if !namespace_ready(&company) {
+        set(
+            &mut status.conditions,
+            "Ready",
+            Some(false),
+            reasons::WAITING,
+            &format!(
+                "waiting for Company {} to have its namespace ready",
+                company.name_any()
+            ),
+            generation,
+        );
+        write_status(&ctx, &developer, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+
+    // Allocate the uid/gid once and record it before anything uses it.
+    // One allocation at a time, so two new Developers never get one id.
+    let id = if let Some(id) = status.uid {
+        id
+    } else {
+        let _guard = ctx.allocation.lock().await;
+        let peers: Api<Developer> = Api::namespaced(ctx.client.clone(), &namespace);
+        let used: BTreeSet<i64> = peers
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|d| d.status.as_ref()?.uid)
+            .collect();
+        let Some(id) = posix_ids::allocate(&ctx.config.workspace.posix_ids, &used) else {
+            let message =
+                "no free uid/gid left in the operator's workspace.posixIds range; widen it";
+            set(
+                &mut status.conditions,
+                "Ready",
+                Some(false),
+                reasons::WAITING,
+                message,
+                generation,
+            );
+            write_status(&ctx, &developer, &status).await?;
+            return Ok(Action::requeue(Duration::from_mins(1)));
+        };
+        status.uid = Some(id);
+        status.gid = Some(id);
+        write_status(&ctx, &developer, &status).await?;
+        id
+    };
+
+    let company_ctx = CompanyContext::new(&company, &ctx.config);
+    let dev_ctx = DeveloperContext::new(&company_ctx, &developer, id);
+    let plan = build_developer(&dev_ctx);
+    for object in &plan.objects {
+        // FSx volumes, their claims and the storage-prep Job wait for the
+        // storage backend; a volume-mode claim needs nothing else.
+        let fsx = matches!(company_ctx.settings.storage, StorageKind::Fsx { .. });
+        if matches!(object, KubeObject::PersistentVolume(_) | KubeObject::Job(_))
+            || (fsx && matches!(object, KubeObject::PersistentVolumeClaim(_)))
+        {
+            continue;
+        }
+        apply_object(&ctx.client, object).await?;
+    }
+    status.pod_name = Some(dev_ctx.names.workspace_pod());
+    status.storage_path = Some(dev_ctx.names.storage_path());
+    status.vault_role = Some(dev_ctx.names.vault_role());
+    status.vault_policy = Some(dev_ctx.names.vault_role());
+
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let ready_pods = sets
+        .get_opt(&dev_ctx.names.workspace())
+        .await?
+        .and_then(|s| s.status)
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let (ok, reason, message) = match (dev_ctx.settings.suspended, ready_pods) {
+        (true, _) => (
+            true,
+            reasons::READY,
+            "suspended: no pod, data kept".to_owned(),
+        ),
+        (false, 0) => (
+            false,
+            reasons::WAITING,
+            format!(
+                "the workspace pod {} is not ready yet",
+                dev_ctx.names.workspace_pod()
+            ),
+        ),
+        (false, _) => (
+            true,
+            reasons::READY,
+            "the workspace pod is ready".to_owned(),
+        ),
+    };
+    set(
+        &mut status.conditions,
+        "WorkspaceReady",
+        Some(ok),
+        reason,
+        &message,
+        generation,
+    );
+    for (type_, what) in [
+        ("VaultReady", "the Vault policy and role"),
+        ("StorageReady", "the private directory"),
+    ] {
+        set(
+            &mut status.conditions,
+            type_,
+            None,
+            reasons::NOT_RECONCILED,
+            &format!("{what} are not reconciled by the controller in this release"),
+            generation,
+        );
+    }
+    set(
+        &mut status.conditions,
+        "Ready",
+        Some(false),
+        reasons::WAITING,
+        "waiting for Vault and storage",
+        generation,
+    );
+    write_status(&ctx, &developer, &status).await?;
+    Ok(Action::requeue(Duration::from_mins(5)))
+}
