@@ -149,6 +149,13 @@ pub struct VaultConfig {
     pub audience: String,
     /// TTL of tokens issued to workspaces (at most one hour is recommended).
     pub token_ttl_seconds: u32,
+    /// Where the operator finds its own Vault token (development); empty:
+    /// `VAULT_TOKEN`, else Kubernetes auth with its ServiceAccount.
+    pub token_file: String,
+    /// The operator's own role in the Kubernetes auth mount.
+    pub operator_role: String,
+    /// PEM bundle of the CAs that sign Vault's certificate; empty: system roots.
+    pub ca_file: String,
 }
 
 impl Default for VaultConfig {
@@ -159,6 +166,9 @@ impl Default for VaultConfig {
             auth_mount: "kubernetes".into(),
             audience: "vault".into(),
             token_ttl_seconds: 3600,
+            token_file: String::new(),
+            operator_role: "enclave".into(),
+            ca_file: String::new(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The Company controller.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
@@ -18,6 +18,7 @@ use super::{
     conditions::{reasons, set},
 };
 use crate::{
+    backends::vault::{delete_tenant, ensure_company},
     builders::{CompanyContext, KubeObject, build_company},
     crd::{Company, CompanyStatus},
     names::LABEL_COMPANY,
@@ -138,8 +139,32 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         &format!("namespace {namespace} with quota, limits, network policies and RBAC"),
         generation,
     );
+    let vault = match &ctx.vault {
+        Ok(vault) => ensure_company(vault.as_ref(), &plan)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("Vault is unavailable: {e}")),
+    };
+    match &vault {
+        Ok(()) => set(
+            &mut status.conditions,
+            "VaultReady",
+            Some(true),
+            reasons::READY,
+            "the company controller's Vault policy and role are in place",
+            generation,
+        ),
+        Err(e) => set(
+            &mut status.conditions,
+            "VaultReady",
+            Some(false),
+            reasons::VAULT_ERROR,
+            e,
+            generation,
+        ),
+    }
     for (type_, what) in [
-        ("VaultReady", "Vault policies and roles"),
         ("DatabaseReady", "the database"),
         ("StorageReady", "the file storage"),
     ] {
@@ -157,11 +182,16 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         "Ready",
         Some(false),
         reasons::WAITING,
-        "waiting for Vault, database and storage",
+        "waiting for the database and storage",
         generation,
     );
     write_status(ctx, company, &status).await?;
-    Ok(Action::await_change())
+    // A Vault failure is retried; everything else waits for a change.
+    Ok(if vault.is_err() {
+        Action::requeue(Duration::from_secs(15))
+    } else {
+        Action::await_change()
+    })
 }
 
 async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
@@ -179,10 +209,22 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, company, &status).await?;
         return Err(Error::DeletionProtected(name));
     }
-    let namespace = CompanyContext::new(company, &ctx.config)
-        .names
-        .namespace()
-        .to_owned();
+    let build = CompanyContext::new(company, &ctx.config);
+    let namespace = build.names.namespace().to_owned();
+    // The company's Vault policy and role go; its secrets stay (their
+    // deletion follows a policy that is not wired in yet).
+    let vault = ctx.vault.as_ref().map_err(|e| {
+        Error::Waiting(format!(
+            "Vault to remove the company's policy and role ({e})"
+        ))
+    })?;
+    delete_tenant(
+        vault.as_ref(),
+        &build_company(&build),
+        &build.names.kv_company_root(),
+        false,
+    )
+    .await?;
     match namespace_owner(ctx, &namespace, &name).await? {
         NamespaceOwner::Ours => {
             let api: Api<Namespace> = Api::all(ctx.client.clone());

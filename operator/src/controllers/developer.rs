@@ -9,7 +9,10 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
-    runtime::controller::Action,
+    runtime::{
+        controller::Action,
+        finalizer::{Event, finalizer},
+    },
 };
 use serde_json::json;
 
@@ -18,6 +21,7 @@ use super::{
     conditions::{reasons, set},
 };
 use crate::{
+    backends::vault::{VaultBackend, ensure_developer},
     builders::{CompanyContext, DeveloperContext, KubeObject, StorageKind, build_developer},
     crd::{Company, Developer, DeveloperStatus},
     names::CompanyNames,
@@ -65,14 +69,60 @@ fn namespace_ready(company: &Company) -> bool {
     })
 }
 
+/// Guards the Developer's Vault policy and role.
+pub const FINALIZER: &str = "enclave.dev/cleanup";
+
 /// Reconciles one Developer.
 pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<Developer> = Api::namespaced(
+        ctx.client.clone(),
+        &developer.namespace().unwrap_or_default(),
+    );
+    finalizer(&api, FINALIZER, developer, |event| async {
+        match event {
+            Event::Apply(developer) => apply(developer, &ctx).await,
+            Event::Cleanup(developer) => cleanup(&developer, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Removes the Developer's Vault role and policy (recorded in its status).
+/// The company comes from the namespace's label, which outlives the
+/// Company during its deletion.
+async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> {
+    let Some(status) = &developer.status else {
+        return Ok(Action::await_change());
+    };
+    let Some(role) = &status.vault_role else {
+        return Ok(Action::await_change());
+    };
+    let namespace = developer.namespace().unwrap_or_default();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    let company = namespaces
+        .get_opt(&namespace)
+        .await?
+        .and_then(|ns| ns.labels().get(crate::names::LABEL_COMPANY).cloned());
+    let (Some(company), Ok(vault)) = (company, &ctx.vault) else {
+        return Err(Error::Waiting(format!(
+            "Vault and the company of namespace {namespace} to remove role {role}"
+        )));
+    };
+    vault.delete_role(&company, role).await?;
+    if let Some(policy) = &status.vault_policy {
+        vault.delete_policy(policy).await?;
+    }
+    Ok(Action::await_change())
+}
+
+async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error> {
     let namespace = developer.namespace().unwrap_or_default();
     let generation = developer.metadata.generation;
     let mut status = developer.status.clone().unwrap_or_default();
     status.observed_generation = generation;
 
-    let Some(company) = company_of(&ctx, &namespace).await? else {
+    let Some(company) = company_of(ctx, &namespace).await? else {
         let message = format!(
             "no Company owns namespace {namespace}: a Developer must live in its company's namespace; nothing was created"
         );
@@ -84,7 +134,7 @@ pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<A
             &message,
             generation,
         );
-        write_status(&ctx, &developer, &status).await?;
+        write_status(ctx, &developer, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
     if !namespace_ready(&company) {
@@ -99,7 +149,7 @@ pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<A
             ),
             generation,
         );
-        write_status(&ctx, &developer, &status).await?;
+        write_status(ctx, &developer, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
 
@@ -128,12 +178,12 @@ pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<A
                 message,
                 generation,
             );
-            write_status(&ctx, &developer, &status).await?;
+            write_status(ctx, &developer, &status).await?;
             return Ok(Action::requeue(Duration::from_mins(1)));
         };
         status.uid = Some(id);
         status.gid = Some(id);
-        write_status(&ctx, &developer, &status).await?;
+        write_status(ctx, &developer, &status).await?;
         id
     };
 
@@ -191,27 +241,47 @@ pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<A
         &message,
         generation,
     );
-    for (type_, what) in [
-        ("VaultReady", "the Vault policy and role"),
-        ("StorageReady", "the private directory"),
-    ] {
-        set(
+    let vault = match &ctx.vault {
+        Ok(vault) => ensure_developer(vault.as_ref(), &company.name_any(), &plan)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("Vault is unavailable: {e}")),
+    };
+    match &vault {
+        Ok(()) => set(
             &mut status.conditions,
-            type_,
-            None,
-            reasons::NOT_RECONCILED,
-            &format!("{what} are not reconciled by the controller in this release"),
+            "VaultReady",
+            Some(true),
+            reasons::READY,
+            "the workspace's Vault policy and role are in place",
             generation,
-        );
+        ),
+        Err(e) => set(
+            &mut status.conditions,
+            "VaultReady",
+            Some(false),
+            reasons::VAULT_ERROR,
+            e,
+            generation,
+        ),
     }
+    set(
+        &mut status.conditions,
+        "StorageReady",
+        None,
+        reasons::NOT_RECONCILED,
+        "the private directory is not reconciled by the controller in this release",
+        generation,
+    );
     set(
         &mut status.conditions,
         "Ready",
         Some(false),
         reasons::WAITING,
-        "waiting for Vault and storage",
+        "waiting for storage",
         generation,
     );
-    write_status(&ctx, &developer, &status).await?;
+    write_status(ctx, &developer, &status).await?;
     Ok(Action::requeue(Duration::from_mins(5)))
 }

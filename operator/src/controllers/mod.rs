@@ -3,15 +3,18 @@
 //! field manager), status — and only fetch, apply and status talk to the API.
 //!
 //! This release reconciles a Company's in-cluster objects (namespace,
-//! quota, limits, network policies, RBAC, controller ServiceAccount), its
-//! finalizer and deletion protection. Vault, database and storage are
-//! reported as not yet reconciled by the controller (their backends exist
-//! and are tested; wiring them in is the next step).
+//! quota, limits, network policies, RBAC, controller ServiceAccount) and its
+//! Vault policy and role, its finalizer and deletion protection; and a
+//! Developer's uid/gid, workspace objects and Vault policy and role.
+//! Database and storage are reported as not yet reconciled by the
+//! controller (their backends exist and are tested; wiring them in is next).
 
 mod apply;
 mod company;
 mod conditions;
 mod developer;
+
+pub use developer::FINALIZER as DEVELOPER_FINALIZER;
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,6 +30,7 @@ pub use apply::{FIELD_MANAGER, apply_object};
 pub use company::FINALIZER;
 
 use crate::{
+    backends::vault::{VaultAuth, VaultClientBackend, VaultError, VaultSettings},
     config::OperatorConfig,
     crd::{Company, Developer},
     names::LABEL_COMPANY,
@@ -38,6 +42,8 @@ pub struct Context {
     pub client: Client,
     /// Operator configuration.
     pub config: OperatorConfig,
+    /// Vault, or why it could not be reached at start.
+    pub vault: Result<Arc<VaultClientBackend>, String>,
     /// Serialises uid/gid allocation (one active operator, leader-elected).
     pub allocation: tokio::sync::Mutex<()>,
 }
@@ -54,6 +60,9 @@ pub enum Error {
     /// Deletion waits for something (the namespace to go).
     #[error("waiting: {0}")]
     Waiting(String),
+    /// Vault refused or failed a step.
+    #[error("Vault: {0}")]
+    Vault(#[from] VaultError),
     /// Deletion is held by `spec.deletionProtection`.
     #[error(
         "deletion of Company {0} is held by spec.deletionProtection; set it to false to delete"
@@ -68,6 +77,7 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Finalizer(_) => "finalizer",
             Self::Waiting(_) => "waiting",
+            Self::Vault(_) => "vault",
             Self::DeletionProtected(_) => "deletion-protected",
         }
     }
@@ -83,14 +93,47 @@ fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, _ctx: Arc<Context
     }
 }
 
+/// Connects to Vault as configured: a token file, `VAULT_TOKEN`, or
+/// Kubernetes auth with the operator's own ServiceAccount token.
+pub async fn connect_vault(config: &OperatorConfig) -> Result<Arc<VaultClientBackend>, String> {
+    let vault = &config.vault;
+    let auth = if !vault.token_file.is_empty() {
+        VaultAuth::TokenFile(vault.token_file.clone().into())
+    } else if let Ok(token) = std::env::var("VAULT_TOKEN") {
+        VaultAuth::Token(token)
+    } else {
+        VaultAuth::Kubernetes {
+            mount: vault.auth_mount.clone(),
+            role: vault.operator_role.clone(),
+            jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+        }
+    };
+    let settings = VaultSettings {
+        address: vault.address.clone(),
+        kv_mount: vault.kv_mount.clone(),
+        auth_mount: vault.auth_mount.clone(),
+        ca_cert: (!vault.ca_file.is_empty()).then(|| vault.ca_file.clone().into()),
+        auth,
+    };
+    VaultClientBackend::connect(settings)
+        .await
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
 /// Runs the controllers until the process is told to stop.
 pub async fn run(client: Client, config: OperatorConfig) {
+    let vault = connect_vault(&config).await;
+    if let Err(e) = &vault {
+        tracing::error!(error = %e, "Vault is unavailable; tenants report VaultReady=False until the operator restarts with it reachable");
+    }
     let companies: Api<Company> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let developers: Api<Developer> = Api::all(client.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
+        vault,
         allocation: tokio::sync::Mutex::new(()),
     });
     let company_controller = Controller::new(companies, watcher::Config::default())

@@ -23,7 +23,52 @@ impl Drop for Operator {
     }
 }
 
+/// Vault for the operator under test: a Kubernetes auth mount of its own
+/// on the harness's OpenBao, and a root client to look at what it wrote.
+struct Vault {
+    mount: String,
+    root: vaultrs::client::VaultClient,
+    config: std::path::PathBuf,
+}
+
+fn vault() -> Vault {
+    let addr =
+        crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").expect("OpenBao");
+    let token = crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
+        .expect("token");
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let root = vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(&addr)
+            .token(&token)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let mount = crate::support::unique("op");
+    let config = std::env::temp_dir().join(format!("enclave-config-{mount}.yaml"));
+    std::fs::write(
+        &config,
+        format!("vault:\n  address: {addr}\n  authMount: {mount}\n"),
+    )
+    .unwrap();
+    Vault {
+        mount,
+        root,
+        config,
+    }
+}
+
 async fn setup() -> (Emulator, Client, Operator) {
+    let (emulator, client, operator, _vault) = setup_with_vault().await;
+    (emulator, client, operator)
+}
+
+async fn setup_with_vault() -> (Emulator, Client, Operator, Vault) {
+    let vault = vault();
+    vaultrs::sys::auth::enable(&vault.root, &vault.mount, "kubernetes", None)
+        .await
+        .unwrap();
     let emulator = Emulator::start().await.unwrap();
     let client = Client::try_from(Config::new(emulator.url.parse().unwrap())).unwrap();
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
@@ -33,11 +78,17 @@ async fn setup() -> (Emulator, Client, Operator) {
     }
     let child = enclave()
         .arg("run")
+        .arg("--config")
+        .arg(&vault.config)
         .env("KUBECONFIG", &emulator.kubeconfig)
+        .env(
+            "VAULT_TOKEN",
+            crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap(),
+        )
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
-    (emulator, client, Operator(child))
+    (emulator, client, Operator(child), vault)
 }
 
 async fn wait<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
@@ -102,7 +153,12 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
     );
     assert_eq!(ready.finalizers(), ["enclave.dev/cleanup"]);
     assert_eq!(
-        condition(&ready, "VaultReady").unwrap().1,
+        condition(&ready, "VaultReady").unwrap().0,
+        "True",
+        "the company controller's policy and role are in Vault"
+    );
+    assert_eq!(
+        condition(&ready, "DatabaseReady").unwrap().1,
         "NotReconciledYet",
         "said, not pretended"
     );
@@ -267,7 +323,7 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
         apps::v1::StatefulSet,
         core::v1::{PersistentVolumeClaim, ServiceAccount},
     };
-    let (_emulator, client, _operator) = setup().await;
+    let (_emulator, client, _operator, vault) = setup_with_vault().await;
     let companies: Api<Company> = Api::all(client.clone());
     let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "globex"}, "spec": {"storage": {"volume": {"storageClassName": "gp3"}}}});
     companies
@@ -336,6 +392,45 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
         "one volume per developer"
     );
 
+    // Vault: the workspace's role is bound to exactly its ServiceAccount.
+    let carol_dev = wait("carol's VaultReady", async || {
+        let d = devs.get("carol").await.unwrap();
+        let ready = d
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "VaultReady" && c.status == "True");
+        ready.then_some(d)
+    })
+    .await;
+    let role_name = carol_dev.status.unwrap().vault_role.unwrap();
+    let role = vaultrs::auth::kubernetes::role::read(&vault.root, &vault.mount, &role_name)
+        .await
+        .unwrap();
+    assert_eq!(role.bound_service_account_names, ["developer-carol"]);
+    assert_eq!(role.bound_service_account_namespaces, ["company-globex"]);
+    let company_policy = "enclave-globex--company-controller";
+    assert!(
+        vaultrs::sys::policy::read(&vault.root, company_policy)
+            .await
+            .is_ok()
+    );
+    let dave_role = devs
+        .get("dave")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .vault_role
+        .unwrap();
+    wait("dave's role", async || {
+        vaultrs::auth::kubernetes::role::read(&vault.root, &vault.mount, &dave_role)
+            .await
+            .ok()
+    })
+    .await;
+
     // Deleting a Developer takes its workspace (owner references) but not its data claim.
     devs.delete("dave", &DeleteParams::default()).await.unwrap();
     wait("dave's workspace to go", async || {
@@ -355,6 +450,19 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
             .len(),
         2,
         "the data claim follows the deletion policy, not a cascade"
+    );
+    wait("dave's role to go", async || {
+        vaultrs::auth::kubernetes::role::read(&vault.root, &vault.mount, &dave_role)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        vaultrs::auth::kubernetes::role::read(&vault.root, &vault.mount, &role_name)
+            .await
+            .is_ok(),
+        "carol's stays"
     );
 
     // A Developer in a namespace no Company owns: a condition, nothing created.
