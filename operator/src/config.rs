@@ -55,6 +55,8 @@ pub struct OperatorConfig {
     pub storage: StorageConfig,
     /// How people are named in RBAC.
     pub rbac: RbacConfig,
+    /// Where the AWS APIs are.
+    pub aws: AwsConfig,
 }
 
 impl Default for OperatorConfig {
@@ -70,6 +72,7 @@ impl Default for OperatorConfig {
             database: DatabaseConfig::default(),
             storage: StorageConfig::default(),
             rbac: RbacConfig::default(),
+            aws: AwsConfig::default(),
         }
     }
 }
@@ -465,5 +468,25 @@ mod tests {
         assert!(err.to_string().contains("vualt"), "{err}");
         let err = load("workspace:\n  posixIds: {first: 10, last: 5}\n").unwrap_err();
         assert!(err.to_string().contains("posixIds"), "{err}");
+    }
+}
+
+/// Where the AWS APIs are; credentials come from the usual chain (IRSA,
+/// environment, instance metadata).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AwsConfig {
+    /// Region of the RDS instances and FSx file systems.
+    pub region: String,
+    /// Endpoint override (an emulator in tests); empty: AWS.
+    pub endpoint_url: String,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            endpoint_url: String::new(),
+        }
     }
 }

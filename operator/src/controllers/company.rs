@@ -18,9 +18,12 @@ use super::{
     conditions::{reasons, set},
 };
 use crate::{
-    backends::vault::{delete_tenant, ensure_company},
-    builders::{CompanyContext, KubeObject, build_company},
-    crd::{Company, CompanyStatus},
+    backends::{
+        database::{DatabaseBackend, DatabaseState, Deletion, Phase},
+        vault::{delete_tenant, ensure_company},
+    },
+    builders::{CompanyContext, KubeObject, build_company, database_request},
+    crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus},
     names::LABEL_COMPANY,
 };
 
@@ -31,12 +34,13 @@ pub const FINALIZER: &str = "enclave.dev/cleanup";
 /// Reconciles one Company.
 pub async fn reconcile(company: Arc<Company>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<Company> = Api::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, company, |event| async {
+    // Boxed: the pipeline's future is large (backend calls inside).
+    Box::pin(finalizer(&api, FINALIZER, company, |event| async {
         match event {
-            Event::Apply(company) => apply(&company, &ctx).await,
-            Event::Cleanup(company) => cleanup(&company, &ctx).await,
+            Event::Apply(company) => Box::pin(apply(&company, &ctx)).await,
+            Event::Cleanup(company) => Box::pin(cleanup(&company, &ctx)).await,
         }
-    })
+    }))
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
@@ -164,34 +168,105 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
             generation,
         ),
     }
-    for (type_, what) in [
-        ("DatabaseReady", "the database"),
-        ("StorageReady", "the file storage"),
-    ] {
-        set(
-            &mut status.conditions,
-            type_,
-            None,
-            reasons::NOT_RECONCILED,
-            &format!("{what} are not reconciled by the controller in this release"),
-            generation,
-        );
-    }
+    // The database: credentials written to Vault first, inside the backend.
+    let database = ensure_database(ctx, &build, &status).await;
+    let database_ready = match &database {
+        Ok(state) => {
+            status.database = Some(DatabaseStatus {
+                identifier: Some(state.identifier.clone()),
+                endpoint: state.endpoint.clone(),
+                port: state.port,
+                name: Some(state.database_name.clone()),
+                credentials_path: Some(format!(
+                    "{}/data/{}",
+                    ctx.config.vault.kv_mount, state.credentials_path
+                )),
+                phase: Some(state.phase.to_string()),
+                credentials_version: state
+                    .credentials_version
+                    .and_then(|v| i64::try_from(v).ok()),
+            });
+            let available = state.phase == Phase::Available;
+            let mut message = if available {
+                "the database is available".to_owned()
+            } else {
+                format!("the database is {}", state.phase)
+            };
+            if !state.unapplied.is_empty() {
+                message = format!("{message}; not applied: {}", state.unapplied.join("; "));
+            }
+            set(
+                &mut status.conditions,
+                "DatabaseReady",
+                Some(available),
+                if available {
+                    reasons::READY
+                } else {
+                    reasons::WAITING
+                },
+                &message,
+                generation,
+            );
+            available
+        }
+        Err(e) => {
+            set(
+                &mut status.conditions,
+                "DatabaseReady",
+                Some(false),
+                reasons::DATABASE_ERROR,
+                e,
+                generation,
+            );
+            false
+        }
+    };
+    set(
+        &mut status.conditions,
+        "StorageReady",
+        None,
+        reasons::NOT_RECONCILED,
+        "the file storage is not reconciled by the controller in this release",
+        generation,
+    );
     set(
         &mut status.conditions,
         "Ready",
         Some(false),
         reasons::WAITING,
-        "waiting for the database and storage",
+        "waiting for storage",
         generation,
     );
     write_status(ctx, company, &status).await?;
-    // A Vault failure is retried; everything else waits for a change.
-    Ok(if vault.is_err() {
+    // Failures and unfinished work are retried; a converged tenant waits for a change.
+    Ok(if vault.is_err() || !database_ready {
         Action::requeue(Duration::from_secs(15))
     } else {
         Action::await_change()
     })
+}
+
+/// Ensures the company database with the backend of its mode.
+async fn ensure_database(
+    ctx: &Context,
+    build: &CompanyContext<'_>,
+    status: &CompanyStatus,
+) -> Result<DatabaseState, String> {
+    let databases = ctx
+        .databases
+        .as_ref()
+        .ok_or("the database backends need Vault, which is unavailable")?;
+    let req = database_request(build);
+    let applied = status
+        .database
+        .as_ref()
+        .and_then(|d| d.credentials_version)
+        .and_then(|v| u64::try_from(v).ok());
+    let result = match req.mode {
+        DatabaseMode::Dedicated => databases.rds.ensure(&req, applied).await,
+        DatabaseMode::Shared => databases.shared.ensure(&req, applied).await,
+    };
+    result.map_err(|e| e.to_string())
 }
 
 async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
@@ -218,6 +293,20 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
             "Vault to remove the company's policy and role ({e})"
         ))
     })?;
+    // The database per its deletion policy, before anything else goes.
+    if let Some(databases) = &ctx.databases {
+        let req = database_request(&build);
+        let outcome = match req.mode {
+            DatabaseMode::Dedicated => databases.rds.delete(&req).await?,
+            DatabaseMode::Shared => databases.shared.delete(&req).await?,
+        };
+        if outcome == Deletion::InProgress {
+            return Err(Error::Waiting(format!(
+                "the database of Company {name} to be deleted"
+            )));
+        }
+        tracing::info!(company = %name, ?outcome, policy = ?req.deletion_policy, "database deletion policy carried out");
+    }
     delete_tenant(
         vault.as_ref(),
         &build_company(&build),

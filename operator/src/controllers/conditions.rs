@@ -15,6 +15,8 @@ pub mod reasons {
     pub const DELETION_PROTECTED: &str = "DeletionProtected";
     /// A Developer lives in a namespace no Company owns.
     pub const NO_COMPANY: &str = "NoCompany";
+    /// The database backend refused or failed.
+    pub const DATABASE_ERROR: &str = "DatabaseError";
     /// Vault refused or failed.
     pub const VAULT_ERROR: &str = "VaultError";
     /// Something else is not ready.

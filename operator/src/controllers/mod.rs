@@ -3,11 +3,11 @@
 //! field manager), status — and only fetch, apply and status talk to the API.
 //!
 //! This release reconciles a Company's in-cluster objects (namespace,
-//! quota, limits, network policies, RBAC, controller ServiceAccount) and its
-//! Vault policy and role, its finalizer and deletion protection; and a
-//! Developer's uid/gid, workspace objects and Vault policy and role.
-//! Database and storage are reported as not yet reconciled by the
-//! controller (their backends exist and are tested; wiring them in is next).
+//! quota, limits, network policies, RBAC, controller ServiceAccount), its
+//! Vault policy and role, its database (per mode, deleted per policy), its
+//! finalizer and deletion protection; and a Developer's uid/gid, workspace
+//! objects and Vault policy and role. Storage is reported as not yet
+//! reconciled by the controller (its backend exists and is tested).
 
 mod apply;
 mod company;
@@ -30,7 +30,11 @@ pub use apply::{FIELD_MANAGER, apply_object};
 pub use company::FINALIZER;
 
 use crate::{
-    backends::vault::{VaultAuth, VaultClientBackend, VaultError, VaultSettings},
+    backends::{
+        aws_calls::CallLimits,
+        database::{DatabaseError, RdsDatabase, SharedPostgres},
+        vault::{VaultAuth, VaultClientBackend, VaultError, VaultSettings},
+    },
     config::OperatorConfig,
     crd::{Company, Developer},
     names::LABEL_COMPANY,
@@ -44,8 +48,33 @@ pub struct Context {
     pub config: OperatorConfig,
     /// Vault, or why it could not be reached at start.
     pub vault: Result<Arc<VaultClientBackend>, String>,
+    /// The database backends (they need Vault).
+    pub databases: Option<Databases>,
     /// Serialises uid/gid allocation (one active operator, leader-elected).
     pub allocation: tokio::sync::Mutex<()>,
+}
+
+/// The two database backends, one per `spec.database.mode`.
+pub struct Databases {
+    /// Dedicated RDS instances.
+    pub rds: RdsDatabase<VaultClientBackend>,
+    /// Databases in the shared PostgreSQL instance.
+    pub shared: SharedPostgres<VaultClientBackend>,
+}
+
+/// Builds the database backends on `vault`, with AWS as configured.
+pub async fn databases(config: &OperatorConfig, vault: &Arc<VaultClientBackend>) -> Databases {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(config.aws.region.clone()));
+    if !config.aws.endpoint_url.is_empty() {
+        loader = loader.endpoint_url(&config.aws.endpoint_url);
+    }
+    let sdk = loader.load().await;
+    let rds = aws_sdk_rds::config::Builder::from(&sdk).build();
+    Databases {
+        rds: RdsDatabase::new(&rds, Arc::clone(vault), CallLimits::default()),
+        shared: SharedPostgres::new(config.database.shared.clone(), Arc::clone(vault)),
+    }
 }
 
 /// Why a reconcile did not finish.
@@ -63,6 +92,9 @@ pub enum Error {
     /// Vault refused or failed a step.
     #[error("Vault: {0}")]
     Vault(#[from] VaultError),
+    /// The database backend refused or failed a step.
+    #[error("database: {0}")]
+    Database(#[from] DatabaseError),
     /// Deletion is held by `spec.deletionProtection`.
     #[error(
         "deletion of Company {0} is held by spec.deletionProtection; set it to false to delete"
@@ -78,6 +110,7 @@ impl Error {
             Self::Finalizer(_) => "finalizer",
             Self::Waiting(_) => "waiting",
             Self::Vault(_) => "vault",
+            Self::Database(_) => "database",
             Self::DeletionProtected(_) => "deletion-protected",
         }
     }
@@ -130,10 +163,15 @@ pub async fn run(client: Client, config: OperatorConfig) {
     let companies: Api<Company> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let developers: Api<Developer> = Api::all(client.clone());
+    let databases = match &vault {
+        Ok(v) => Some(databases(&config, v).await),
+        Err(_) => None,
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
         vault,
+        databases,
         allocation: tokio::sync::Mutex::new(()),
     });
     let company_controller = Controller::new(companies, watcher::Config::default())

@@ -355,6 +355,9 @@ pub struct DatabaseStatus {
     /// Lifecycle phase, e.g. `Creating`, `Available`, `Deleting`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// KV version of the credentials the database uses (rotation raises it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_version: Option<i64>,
 }
 
 /// Where the company storage is.

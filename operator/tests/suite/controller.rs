@@ -29,6 +29,8 @@ struct Vault {
     mount: String,
     root: vaultrs::client::VaultClient,
     config: std::path::PathBuf,
+    /// The shared PostgreSQL admin's credentials, written to Vault by setup.
+    admin: std::collections::BTreeMap<&'static str, String>,
 }
 
 fn vault() -> Vault {
@@ -46,16 +48,33 @@ fn vault() -> Vault {
     )
     .unwrap();
     let mount = crate::support::unique("op");
+    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server")
+        .expect("PostgreSQL");
+    let pg = |key: &str| {
+        conninfo
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .to_owned()
+    };
+    let moto = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto_server").expect("moto");
     let config = std::env::temp_dir().join(format!("enclave-config-{mount}.yaml"));
     std::fs::write(
         &config,
-        format!("vault:\n  address: {addr}\n  authMount: {mount}\n"),
+        format!(
+            "vault:\n  address: {addr}\n  authMount: {mount}\naws:\n  endpointUrl: {moto}\ndatabase:\n  subnetGroup: \"\"\n  shared:\n    host: {}\n    port: {}\n    adminCredentialsPath: enclave/pg-admin-{mount}\n    tls: false\n",
+            pg("host"),
+            pg("port")
+        ),
     )
     .unwrap();
+    let admin =
+        std::collections::BTreeMap::from([("username", pg("user")), ("password", pg("password"))]);
     Vault {
         mount,
         root,
         config,
+        admin,
     }
 }
 
@@ -69,6 +88,14 @@ async fn setup_with_vault() -> (Emulator, Client, Operator, Vault) {
     vaultrs::sys::auth::enable(&vault.root, &vault.mount, "kubernetes", None)
         .await
         .unwrap();
+    vaultrs::kv2::set(
+        &vault.root,
+        "secret",
+        &format!("enclave/pg-admin-{}", vault.mount),
+        &vault.admin,
+    )
+    .await
+    .unwrap();
     let emulator = Emulator::start().await.unwrap();
     let client = Client::try_from(Config::new(emulator.url.parse().unwrap())).unwrap();
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
@@ -86,6 +113,8 @@ async fn setup_with_vault() -> (Emulator, Client, Operator, Vault) {
             crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap(),
         )
         .env("RUST_LOG", "warn")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
         .spawn()
         .unwrap();
     (emulator, client, Operator(child), vault)
@@ -158,7 +187,7 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
         "the company controller's policy and role are in Vault"
     );
     assert_eq!(
-        condition(&ready, "DatabaseReady").unwrap().1,
+        condition(&ready, "StorageReady").unwrap().1,
         "NotReconciledYet",
         "said, not pretended"
     );
@@ -496,5 +525,138 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
             .unwrap()
             .items
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn company_databases_follow_their_mode_and_deletion_policy() {
+    use aws_sdk_rds::config::{BehaviorVersion, Credentials, Region};
+    let (_emulator, client, _operator, vault) = setup_with_vault().await;
+    let companies: Api<Company> = Api::all(client.clone());
+    let shared_name = crate::support::unique("sh");
+    let dedicated_name = crate::support::unique("rd");
+    for (name, database) in [
+        (
+            &shared_name,
+            json!({"mode": "Shared", "deletionPolicy": "Delete"}),
+        ),
+        (
+            &dedicated_name,
+            json!({"mode": "Dedicated", "instanceClass": "db.t4g.micro", "deletionPolicy": "Snapshot"}),
+        ),
+    ] {
+        let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name}, "spec": {"database": database, "storage": {"volume": {}}}});
+        companies
+            .patch(name, &PatchParams::apply("user"), &Patch::Apply(&co))
+            .await
+            .unwrap();
+    }
+    for name in [&shared_name, &dedicated_name] {
+        let ready = wait("DatabaseReady", async || {
+            let c = companies.get(name).await.unwrap();
+            (condition(&c, "DatabaseReady").map(|(s, _)| s).as_deref() == Some("True")).then_some(c)
+        })
+        .await;
+        let db = ready.status.unwrap().database.unwrap();
+        assert_eq!(
+            db.credentials_path.as_deref(),
+            Some(format!("secret/data/companies/{name}/platform/database").as_str())
+        );
+        assert_eq!(db.credentials_version, Some(1));
+    }
+
+    // The shared database answers to the credentials in Vault.
+    let creds: std::collections::BTreeMap<String, String> = vaultrs::kv2::read(
+        &vault.root,
+        "secret",
+        &format!("companies/{shared_name}/platform/database"),
+    )
+    .await
+    .unwrap();
+    let status = companies
+        .get(&shared_name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .database
+        .unwrap();
+    let (host, port, dbname) = (
+        status.endpoint.clone().unwrap(),
+        u16::try_from(status.port.unwrap()).unwrap(),
+        status.name.clone().unwrap(),
+    );
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&host)
+        .port(port)
+        .user(&creds["username"])
+        .password(&creds["password"])
+        .dbname(&dbname);
+    let (db, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("the company's credentials log in");
+    tokio::spawn(connection);
+    db.simple_query("SELECT 1").await.unwrap();
+    drop(db);
+
+    // Deletion follows each policy: Delete drops the shared database, Snapshot keeps a final snapshot.
+    for name in [&shared_name, &dedicated_name] {
+        companies
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        wait("the Company to go", async || {
+            companies
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+    let mut admin = tokio_postgres::Config::new();
+    admin
+        .host(&host)
+        .port(port)
+        .user(&vault.admin["username"])
+        .password(&vault.admin["password"])
+        .dbname("postgres");
+    let (admin, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&dbname],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "deletionPolicy Delete dropped the database");
+    let rds = aws_sdk_rds::Client::from_conf(
+        aws_sdk_rds::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "static"))
+            .build(),
+    );
+    let instance = format!("enclave-{dedicated_name}");
+    let snapshots = rds.describe_db_snapshots().send().await.unwrap();
+    assert!(
+        snapshots
+            .db_snapshots()
+            .iter()
+            .any(|s| s.db_instance_identifier() == Some(instance.as_str())),
+        "deletionPolicy Snapshot left a final snapshot"
+    );
+    assert!(
+        rds.describe_db_instances()
+            .db_instance_identifier(&instance)
+            .send()
+            .await
+            .is_err(),
+        "the instance is gone"
     );
 }
