@@ -61,3 +61,22 @@ pub async fn apply_object(client: &Client, object: &KubeObject) -> Result<(), ku
         KubeObject::StatefulSet(o) => namespaced(client, o, &params).await,
     }
 }
+
+/// Writes `status` of `name` with server-side apply, under the field manager.
+pub async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let patch = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}

@@ -5,16 +5,15 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::DeleteParams,
     runtime::{
         controller::Action,
         finalizer::{Event, finalizer},
     },
 };
-use serde_json::json;
 
 use super::{
-    Context, Error, FIELD_MANAGER, apply_object,
+    Context, Error, apply_object, apply_status,
     conditions::{reasons, set},
 };
 use crate::{
@@ -74,14 +73,7 @@ async fn write_status(
     status: &CompanyStatus,
 ) -> Result<(), Error> {
     let api: Api<Company> = Api::all(ctx.client.clone());
-    let patch = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "status": status});
-    api.patch_status(
-        &company.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    Ok(apply_status(&api, &company.name_any(), status).await?)
 }
 
 async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {

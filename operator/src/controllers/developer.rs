@@ -8,16 +8,15 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::ListParams,
     runtime::{
         controller::Action,
         finalizer::{Event, finalizer},
     },
 };
-use serde_json::json;
 
 use super::{
-    Context, Error, FIELD_MANAGER, apply_object,
+    Context, Error, apply_object, apply_status,
     conditions::{reasons, set},
 };
 use crate::{
@@ -50,15 +49,7 @@ async fn write_status(
         ctx.client.clone(),
         &developer.namespace().unwrap_or_default(),
     );
-    let patch =
-        json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "status": status});
-    api.patch_status(
-        &developer.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    Ok(apply_status(&api, &developer.name_any(), status).await?)
 }
 
 fn namespace_ready(company: &Company) -> bool {

@@ -26,7 +26,7 @@ use kube::{
 };
 use thiserror::Error;
 
-pub use apply::{FIELD_MANAGER, apply_object};
+pub use apply::{FIELD_MANAGER, apply_object, apply_status};
 pub use company::FINALIZER;
 
 use crate::{
