@@ -38,6 +38,17 @@ fn cm(name: &str, data: serde_json::Value) -> ConfigMap {
     .unwrap()
 }
 
+/// Names of the ConfigMaps `params` lists.
+async fn listed(api: &Api<ConfigMap>, params: &ListParams) -> Vec<String> {
+    api.list(params)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|c| c.name_any())
+        .collect()
+}
+
 /// Removes every finalizer of `name`, as a controller does when it is done.
 async fn clear_finalizers<K>(api: &Api<K>, name: &str)
 where
@@ -398,46 +409,30 @@ async fn label_and_field_selectors_and_pagination() {
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        names(
-            api.list(&ListParams::default().labels("tier=web"))
-                .await
-                .unwrap()
-        ),
+        listed(&api, &ListParams::default().labels("tier=web")).await,
         ["a", "b"]
     );
     assert_eq!(
-        names(
-            api.list(&ListParams::default().labels("tier in (db),tier!=web"))
-                .await
-                .unwrap()
-        ),
+        listed(
+            &api,
+            &ListParams::default().labels("tier in (db),tier!=web")
+        )
+        .await,
         ["c"]
     );
     assert_eq!(
-        names(
-            api.list(&ListParams::default().labels("!tier"))
-                .await
-                .unwrap()
-        ),
+        listed(&api, &ListParams::default().labels("!tier")).await,
         ["d"]
     );
     assert_eq!(
-        names(
-            api.list(&ListParams::default().fields("metadata.name=b"))
-                .await
-                .unwrap()
-        ),
+        listed(&api, &ListParams::default().fields("metadata.name=b")).await,
         ["b"]
     );
     let page = api.list(&ListParams::default().limit(3)).await.unwrap();
     let token = page.metadata.continue_.clone().unwrap();
     assert_eq!(names(page), ["a", "b", "c"]);
     assert_eq!(
-        names(
-            api.list(&ListParams::default().limit(3).continue_token(&token))
-                .await
-                .unwrap()
-        ),
+        listed(&api, &ListParams::default().limit(3).continue_token(&token)).await,
         ["d"]
     );
 }

@@ -38,15 +38,7 @@ fn vault() -> Vault {
         crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").expect("OpenBao");
     let token = crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
         .expect("token");
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let root = vaultrs::client::VaultClient::new(
-        vaultrs::client::VaultClientSettingsBuilder::default()
-            .address(&addr)
-            .token(&token)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let root = crate::support::vault_client(&addr, &token);
     let mount = crate::support::unique("op");
     let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server")
         .expect("PostgreSQL");
@@ -130,6 +122,17 @@ async fn wait<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     panic!("timed out waiting for {what}");
 }
 
+/// Waits until `name` is gone from `api`.
+async fn wait_gone<K>(what: &str, api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait(what, async || {
+        api.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
 fn condition(company: &Company, type_: &str) -> Option<(String, String)> {
     company
         .status
@@ -208,24 +211,8 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
         .delete("acme", &DeleteParams::default())
         .await
         .unwrap();
-    wait("the namespace to go", async || {
-        namespaces
-            .get_opt("company-acme")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    wait("the Company to go", async || {
-        companies
-            .get_opt("acme")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone("the namespace to go", &namespaces, "company-acme").await;
+    wait_gone("the Company to go", &companies, "acme").await;
 }
 
 #[tokio::test]
@@ -276,15 +263,7 @@ async fn a_namespace_that_is_not_ours_is_a_conflict_and_left_untouched() {
         .delete("grabby", &DeleteParams::default())
         .await
         .unwrap();
-    wait("the Company to go", async || {
-        companies
-            .get_opt("grabby")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone("the Company to go", &companies, "grabby").await;
     assert!(namespaces.get_opt("taken").await.unwrap().is_some());
 }
 
@@ -333,15 +312,7 @@ async fn deletion_protection_holds_deletion_until_lifted() {
         )
         .await
         .unwrap();
-    wait("the Company to go", async || {
-        companies
-            .get_opt("safe")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone("the Company to go", &companies, "safe").await;
     assert!(namespaces.get_opt("company-safe").await.unwrap().is_none());
 }
 
@@ -462,14 +433,7 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
 
     // Deleting a Developer takes its workspace (owner references) but not its data claim.
     devs.delete("dave", &DeleteParams::default()).await.unwrap();
-    wait("dave's workspace to go", async || {
-        sets.get_opt("workspace-dave")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone("dave's workspace to go", &sets, "workspace-dave").await;
     assert_eq!(
         claims
             .list(&kube::api::ListParams::default())
@@ -606,15 +570,7 @@ async fn company_databases_follow_their_mode_and_deletion_policy() {
             .delete(name, &DeleteParams::default())
             .await
             .unwrap();
-        wait("the Company to go", async || {
-            companies
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        })
-        .await;
+        wait_gone("the Company to go", &companies, name).await;
     }
     let mut admin = tokio_postgres::Config::new();
     admin

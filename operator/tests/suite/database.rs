@@ -424,14 +424,8 @@ async fn pg() -> Option<Pg> {
         .unwrap();
     let path = format!("enclave/pg-admin-{}", tag());
     let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap();
-    let root = vaultrs::client::VaultClient::new(
-        vaultrs::client::VaultClientSettingsBuilder::default()
-            .address(service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").unwrap())
-            .token(token)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let addr = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").unwrap();
+    let root = crate::support::vault_client(&addr, &token);
     let creds = BTreeMap::from([("username", field("user")), ("password", field("password"))]);
     vaultrs::kv2::set(&root, "secret", &path, &creds)
         .await

@@ -11,15 +11,7 @@ async fn openbao_writes_and_reads_a_kv_secret() {
         return;
     };
     let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap();
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let client = vaultrs::client::VaultClient::new(
-        vaultrs::client::VaultClientSettingsBuilder::default()
-            .address(&addr)
-            .token(&token)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let client = crate::support::vault_client(&addr, &token);
     let path = format!("enclave-smoke/{}", unique("kv"));
     let data = HashMap::from([("answer".to_owned(), "42".to_owned())]);
     vaultrs::kv2::set(&client, "secret", &path, &data)

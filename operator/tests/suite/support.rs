@@ -72,3 +72,16 @@ pub fn unique(prefix: &str) -> String {
         (nanos ^ u128::from(std::process::id()) << 20) & 0xff_ffff_ffff
     )
 }
+
+/// A Vault client for `addr` with `token` (the crypto provider installed).
+pub fn vault_client(addr: &str, token: &str) -> vaultrs::client::VaultClient {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(addr)
+            .token(token)
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}

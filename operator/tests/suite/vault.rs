@@ -16,7 +16,7 @@ use enclave::{
     plan::{Document, Plan, plan_documents},
 };
 use serde_json::{Value, json};
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::client::VaultClient;
 
 use crate::support::service;
 
@@ -56,14 +56,7 @@ async fn env() -> Option<Env> {
 }
 
 fn client(addr: &str, token: &str) -> VaultClient {
-    VaultClient::new(
-        VaultClientSettingsBuilder::default()
-            .address(addr)
-            .token(token)
-            .build()
-            .unwrap(),
-    )
-    .unwrap()
+    crate::support::vault_client(addr, token)
 }
 
 async fn backend(env: &Env, token: &str) -> VaultClientBackend {

@@ -6,6 +6,14 @@ use super::{FOREGROUND, State, Store, finalizers, meta_str, now};
 use crate::{fields::Managers, resources::Resource};
 
 impl Store {
+    /// The field owners of the object at `key` (none if it is gone).
+    fn managers_of(st: &State, key: &str) -> Managers {
+        st.objects
+            .get(key)
+            .map(|e| e.managers.clone())
+            .unwrap_or_default()
+    }
+
     /// Marks for deletion (finalizers, namespaces) or removes one object.
     pub(super) fn delete_one(
         &self,
@@ -14,11 +22,7 @@ impl Store {
         key: String,
         mut object: Value,
     ) -> Value {
-        let managers = st
-            .objects
-            .get(&key)
-            .map(|e| e.managers.clone())
-            .unwrap_or_default();
+        let managers = Self::managers_of(st, &key);
         let is_namespace = res.kind == "Namespace";
         if !finalizers(&object).is_empty() || is_namespace {
             if object["metadata"].get("deletionTimestamp").is_some() {
@@ -54,11 +58,7 @@ impl Store {
             let Some(res) = Self::resource_of(st, &object) else {
                 continue;
             };
-            let managers = st
-                .objects
-                .get(&key)
-                .map(|e| e.managers.clone())
-                .unwrap_or_default();
+            let managers = Self::managers_of(st, &key);
             self.commit(st, &res, key, object, managers, "MODIFIED");
         }
     }
@@ -151,11 +151,7 @@ impl Store {
                 let Some(res) = Self::resource_of(st, &object) else {
                     continue;
                 };
-                let managers = st
-                    .objects
-                    .get(&key)
-                    .map(|e| e.managers.clone())
-                    .unwrap_or_default();
+                let managers = Self::managers_of(st, &key);
                 let kind = if rest.is_empty() {
                     "DELETED"
                 } else {
