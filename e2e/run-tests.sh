@@ -5,6 +5,8 @@
 #   2. starts OpenBao, moto_server and PostgreSQL on free loopback ports,
 #   3. runs fmt, clippy and the nextest suite with their addresses exported,
 #   4. stops the services by PID (their logs stay in target/e2e/ on failure).
+# With --services it only starts the services, writes their variables to
+# target/e2e/env (`source` it in another shell) and waits until interrupted.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -113,6 +115,12 @@ HCL
 }
 
 install_deps
+if [ "${1:-}" = "--services" ]; then
+  start_services
+  export -p | grep ' ENCLAVE_TEST_' >"$STATE/env"
+  log "services up; source $STATE/env in another shell; Ctrl-C stops them"
+  while true; do sleep 3600; done
+fi
 log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy --all-targets -- -D warnings"

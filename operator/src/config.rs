@@ -57,6 +57,28 @@ pub struct OperatorConfig {
     pub rbac: RbacConfig,
     /// Where the AWS APIs are.
     pub aws: AwsConfig,
+    /// How the controllers schedule their work.
+    pub controller: ControllerConfig,
+}
+
+/// How the controllers schedule their work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// Seconds between drift checks of a converged tenant (±10 % jitter,
+    /// so thousands of tenants do not resync at once).
+    pub resync_seconds: u64,
+    /// Reconciles in flight at once, per kind.
+    pub max_concurrent_reconciles: u16,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            resync_seconds: 600,
+            max_concurrent_reconciles: 8,
+        }
+    }
 }
 
 impl Default for OperatorConfig {
@@ -73,6 +95,7 @@ impl Default for OperatorConfig {
             storage: StorageConfig::default(),
             rbac: RbacConfig::default(),
             aws: AwsConfig::default(),
+            controller: ControllerConfig::default(),
         }
     }
 }
@@ -395,6 +418,10 @@ pub struct StorageConfig {
     pub storage_class: String,
     /// Size of a developer directory when the Developer names none.
     pub developer_quota: String,
+    /// Treat an FSx file system whose description carries no `Lifecycle` as
+    /// available. Only for AWS API emulators (moto) that omit it; against
+    /// AWS leave it false, and a missing lifecycle is reported as Unknown.
+    pub fsx_missing_lifecycle_is_available: bool,
 }
 
 impl Default for StorageConfig {
@@ -406,6 +433,7 @@ impl Default for StorageConfig {
             fsx_security_group_ids: vec!["sg-0123456789abcdef0".into()],
             storage_class: "gp3".into(),
             developer_quota: "50Gi".into(),
+            fsx_missing_lifecycle_is_available: false,
         }
     }
 }

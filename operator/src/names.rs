@@ -269,6 +269,15 @@ impl DeveloperNames {
         )
     }
 
+    /// Job (operator namespace) that archives or removes the private
+    /// directory when the Developer is deleted, per the deletion policy.
+    pub fn storage_cleanup_job(&self) -> String {
+        fit(
+            &format!("storage-cleanup-{}--{}", self.company, self.key),
+            DNS_LABEL_MAX,
+        )
+    }
+
     /// Private directory below the file system root.
     pub fn storage_path(&self) -> String {
         format!("/companies/{}/developers/{}", self.company, self.key)

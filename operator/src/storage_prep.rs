@@ -25,7 +25,7 @@ use thiserror::Error;
 pub const PARENT_MODE: u32 = 0o711;
 
 /// What to do with the developer's directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Action {
     /// Create it (or check it) owned by the developer, with the given mode.
     Create,
@@ -33,6 +33,17 @@ pub enum Action {
     Archive,
     /// Remove it and everything in it (deletion policy `Delete`).
     Delete,
+}
+
+impl Action {
+    /// The value of `enclave storage-prep --action`.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Archive => "archive",
+            Self::Delete => "delete",
+        }
+    }
 }
 
 /// Why storage preparation refused or failed.

@@ -20,8 +20,10 @@ use kube::Resource;
 pub use cloud::{ExternalAction, System, aws_tags, quote_ident};
 pub use database::{DatabaseRequest, InstanceSettings, database_request};
 pub use objects::KubeObject;
-pub use settings::{CompanySettings, DeveloperSettings, StorageKind};
-pub use storage::{FileSystemRequest, file_system_request};
+pub use settings::{
+    CompanySettings, DeveloperSettings, STORAGE_KIND_FSX, STORAGE_KIND_VOLUME, StorageKind,
+};
+pub use storage::{FileSystemRequest, cleanup_job, file_system_request, home_volume, prep_job};
 pub use vault::{
     KubernetesAuthRole, OWNERSHIP_MARKER, VaultPolicy, VaultRule, operator_policy, render_hcl,
 };

@@ -13,6 +13,11 @@ use crate::{
     names::{CompanyNames, DeveloperNames},
 };
 
+/// `status.storage.kind` of a Company on FSx.
+pub const STORAGE_KIND_FSX: &str = "Fsx";
+/// `status.storage.kind` of a Company on per-developer volumes.
+pub const STORAGE_KIND_VOLUME: &str = "Volume";
+
 /// Where a company's files live.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -41,6 +46,16 @@ pub enum StorageKind {
         /// The StorageClass.
         storage_class: String,
     },
+}
+
+impl StorageKind {
+    /// The value recorded in `status.storage.kind`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Fsx { .. } => STORAGE_KIND_FSX,
+            Self::Volume { .. } => STORAGE_KIND_VOLUME,
+        }
+    }
 }
 
 /// Database settings after defaults.
@@ -142,7 +157,19 @@ impl CompanySettings {
         let db = &spec.database;
         let dbc = &config.database;
         let sc = &config.storage;
-        let storage = match (&spec.storage.fsx, &spec.storage.volume, sc.default_backend) {
+        // A Company that names no backend keeps the one recorded at its
+        // first reconcile: changing the operator's default must not move data.
+        let default_backend = match company
+            .status
+            .as_ref()
+            .and_then(|s| s.storage.as_ref())
+            .and_then(|s| s.kind.as_deref())
+        {
+            Some(STORAGE_KIND_VOLUME) => DefaultStorage::Volume,
+            Some(STORAGE_KIND_FSX) => DefaultStorage::Fsx,
+            _ => sc.default_backend,
+        };
+        let storage = match (&spec.storage.fsx, &spec.storage.volume, default_backend) {
             (Some(fsx), _, _) => StorageKind::Fsx {
                 fsx_type: fsx.fsx_type,
                 existing_file_system_id: fsx.file_system_id.clone(),

@@ -21,7 +21,7 @@ use k8s_openapi::{
 use kube::api::ObjectMeta;
 
 use super::{CompanyContext, DeveloperContext, StorageKind, labels};
-use crate::crd::FsxType;
+use crate::{crd::FsxType, storage_prep::Action as PrepAction};
 
 /// Shown where a value exists only once the file system was created.
 pub const PENDING_DNS_NAME: &str = "pending-fsx-dns-name.invalid";
@@ -293,12 +293,23 @@ pub fn home_volume(
 /// with mode 0700 (FSx only; a per-developer volume needs no preparation).
 /// It runs in the operator namespace, so no tenant can see or change it.
 pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
+    storage_job(ctx, &ctx.names.storage_prep_job(), PrepAction::Create)
+}
+
+/// The Job that carries out the deletion policy on the developer's
+/// directory: `Archive` (policy `Snapshot`) or `Delete` (FSx only).
+pub fn cleanup_job(ctx: &DeveloperContext<'_>, action: PrepAction) -> Option<Job> {
+    storage_job(ctx, &ctx.names.storage_cleanup_job(), action)
+}
+
+fn storage_job(ctx: &DeveloperContext<'_>, name: &str, action: PrepAction) -> Option<Job> {
     if !matches!(ctx.company.settings.storage, StorageKind::Fsx { .. }) {
         return None;
     }
     let company = ctx.company;
     let id = ctx.settings.posix_id.to_string();
     let path = ctx.names.storage_path();
+    // The same pod labels as the prep Job: the deny-all policy selects both.
     let labels = labels::with_component(
         labels::developer(company.names.company(), ctx.names.name()),
         "storage-prep",
@@ -324,7 +335,7 @@ pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
             "--mode".into(),
             "0700".into(),
             "--action".into(),
-            "create".into(),
+            action.as_arg().into(),
         ]),
         resources: Some(ResourceRequirements {
             requests: Some(limits.clone()),
@@ -356,7 +367,7 @@ pub fn prep_job(ctx: &DeveloperContext<'_>) -> Option<Job> {
     };
     Some(Job {
         metadata: ObjectMeta {
-            name: Some(ctx.names.storage_prep_job()),
+            name: Some(name.to_owned()),
             namespace: Some(company.config.operator_namespace.clone()),
             labels: Some(labels.clone()),
             annotations: Some(BTreeMap::from([(

@@ -67,8 +67,8 @@ enum Command {
         #[arg(long, default_value = "0700")]
         mode: String,
         /// What to do.
-        #[arg(long, value_enum, default_value_t = PrepAction::Create)]
-        action: PrepAction,
+        #[arg(long, value_enum, default_value_t = crate::storage_prep::Action::Create)]
+        action: crate::storage_prep::Action,
     },
     /// Print Enclave's own Vault policy (what the operator's Vault role needs).
     VaultPolicy {
@@ -97,33 +97,18 @@ enum Output {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum PrepAction {
-    /// Create the directory (or check it).
-    Create,
-    /// Move it below archived/ (deletion policy Snapshot).
-    Archive,
-    /// Remove it (deletion policy Delete).
-    Delete,
-}
-
 fn storage_prep(
     root: &std::path::Path,
     path: &str,
     uid: u32,
     gid: u32,
     mode: &str,
-    action: PrepAction,
+    action: crate::storage_prep::Action,
 ) -> ExitCode {
-    use crate::storage_prep::{Action, run};
+    use crate::storage_prep::run;
     let Ok(mode) = u32::from_str_radix(mode.trim_start_matches("0o"), 8) else {
         eprintln!("error: --mode {mode:?} is not an octal mode such as 0700");
         return ExitCode::from(EXIT_INVALID);
-    };
-    let action = match action {
-        PrepAction::Create => Action::Create,
-        PrepAction::Archive => Action::Archive,
-        PrepAction::Delete => Action::Delete,
     };
     match run(root, path, uid, gid, mode, action) {
         Ok(done) => {

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, ResourceExt,
-    api::DeleteParams,
+    api::{DeleteParams, ListParams},
     runtime::{
         controller::Action,
         finalizer::{Event, finalizer},
@@ -15,6 +15,7 @@ use kube::{
 use super::{
     Context, Error, apply_object, apply_status,
     conditions::{reasons, set},
+    storage,
 };
 use crate::{
     backends::{
@@ -22,7 +23,7 @@ use crate::{
         vault::{delete_tenant, ensure_company},
     },
     builders::{CompanyContext, KubeObject, build_company, database_request},
-    crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus},
+    crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, Developer},
     names::LABEL_COMPANY,
 };
 
@@ -34,14 +35,14 @@ pub const FINALIZER: &str = "enclave.dev/cleanup";
 pub async fn reconcile(company: Arc<Company>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<Company> = Api::all(ctx.client.clone());
     // Boxed: the pipeline's future is large (backend calls inside).
-    Box::pin(finalizer(&api, FINALIZER, company, |event| async {
+    let result = Box::pin(finalizer(&api, FINALIZER, company, |event| async {
         match event {
             Event::Apply(company) => Box::pin(apply(&company, &ctx)).await,
             Event::Cleanup(company) => Box::pin(cleanup(&company, &ctx)).await,
         }
     }))
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .await;
+    super::finalized(result)
 }
 
 /// Whether the namespace is this Company's (or free).
@@ -110,8 +111,8 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    // Build (pure) and apply the in-cluster objects. Storage volumes wait
-    // for the storage backend, which is not wired in yet.
+    // Build (pure) and apply the in-cluster objects; the storage volumes
+    // wait for the file system (see `storage`).
     let plan = build_company(&build);
     for object in &plan.objects {
         if matches!(
@@ -213,29 +214,46 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
             false
         }
     };
-    set(
-        &mut status.conditions,
-        "StorageReady",
-        None,
-        reasons::NOT_RECONCILED,
-        "the file storage is not reconciled by the controller in this release",
-        generation,
-    );
-    set(
-        &mut status.conditions,
-        "Ready",
-        Some(false),
-        reasons::WAITING,
-        "waiting for storage",
-        generation,
-    );
-    write_status(ctx, company, &status).await?;
-    // Failures and unfinished work are retried; a converged tenant waits for a change.
-    Ok(if vault.is_err() || !database_ready {
-        Action::requeue(Duration::from_secs(15))
+    let storage_retry = Box::pin(storage::ensure_company(ctx, company, &mut status)).await?;
+    let pending: Vec<&str> = [
+        ("Vault", vault.is_ok()),
+        ("the database", database_ready),
+        ("storage", storage_retry.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(what, ok)| (!ok).then_some(what))
+    .collect();
+    if pending.is_empty() {
+        set(
+            &mut status.conditions,
+            "Ready",
+            Some(true),
+            reasons::READY,
+            "the tenant's namespace, Vault, database and storage are in place",
+            generation,
+        );
     } else {
-        Action::await_change()
-    })
+        set(
+            &mut status.conditions,
+            "Ready",
+            Some(false),
+            reasons::WAITING,
+            &format!("waiting for {}", pending.join(", ")),
+            generation,
+        );
+    }
+    write_status(ctx, company, &status).await?;
+    // Unfinished work is looked at again; a converged tenant is checked
+    // for drift at the resync interval.
+    let retry = [
+        vault.is_err().then_some(Duration::from_secs(15)),
+        (!database_ready).then_some(Duration::from_secs(15)),
+        storage_retry,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
 }
 
 /// Ensures the company database with the backend of its mode.
@@ -278,6 +296,30 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
     }
     let build = CompanyContext::new(company, &ctx.config);
     let namespace = build.names.namespace().to_owned();
+    // Developers first: each carries out the storage deletion policy on
+    // its own directory and removes its Vault role while the company's
+    // file system and namespace still exist.
+    if matches!(
+        namespace_owner(ctx, &namespace, &name).await?,
+        NamespaceOwner::Ours
+    ) {
+        let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), &namespace);
+        let remaining = developers.list(&ListParams::default()).await?.items;
+        if !remaining.is_empty() {
+            for developer in remaining
+                .iter()
+                .filter(|d| d.metadata.deletion_timestamp.is_none())
+            {
+                developers
+                    .delete(&developer.name_any(), &DeleteParams::default())
+                    .await?;
+            }
+            return Err(Error::Waiting(format!(
+                "{} Developer(s) of Company {name} to be removed first",
+                remaining.len()
+            )));
+        }
+    }
     // The company's Vault policy and role go; its secrets stay (their
     // deletion follows a policy that is not wired in yet).
     let vault = ctx.vault.as_ref().map_err(|e| {
@@ -299,6 +341,7 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
         }
         tracing::info!(company = %name, ?outcome, policy = ?req.deletion_policy, "database deletion policy carried out");
     }
+    storage::cleanup_company(ctx, &build).await?;
     delete_tenant(
         vault.as_ref(),
         &build_company(&build),

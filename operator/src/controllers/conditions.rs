@@ -9,8 +9,6 @@ pub mod reasons {
     pub const READY: &str = "Ready";
     /// The namespace exists and is not Enclave's.
     pub const CONFLICT: &str = "Conflict";
-    /// Not reconciled by the controller in this release.
-    pub const NOT_RECONCILED: &str = "NotReconciledYet";
     /// Deletion is held by `spec.deletionProtection`.
     pub const DELETION_PROTECTED: &str = "DeletionProtected";
     /// A Developer lives in a namespace no Company owns.
@@ -19,6 +17,14 @@ pub mod reasons {
     pub const DATABASE_ERROR: &str = "DatabaseError";
     /// Vault refused or failed.
     pub const VAULT_ERROR: &str = "VaultError";
+    /// The storage backend refused or failed.
+    pub const STORAGE_ERROR: &str = "StorageError";
+    /// FSx describes the file system without a lifecycle.
+    pub const FSX_LIFECYCLE_MISSING: &str = "FsxLifecycleMissing";
+    /// The storage-prep Job failed.
+    pub const STORAGE_PREP_FAILED: &str = "StoragePrepFailed";
+    /// The storage cleanup Job failed; deletion waits.
+    pub const STORAGE_CLEANUP_FAILED: &str = "StorageCleanupFailed";
     /// Something else is not ready.
     pub const WAITING: &str = "Waiting";
 }

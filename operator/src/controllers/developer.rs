@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::{api::apps::v1::StatefulSet, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
     Api, ResourceExt,
     api::ListParams,
@@ -18,10 +18,11 @@ use kube::{
 use super::{
     Context, Error, apply_object, apply_status,
     conditions::{reasons, set},
+    storage,
 };
 use crate::{
     backends::vault::{VaultBackend, ensure_developer},
-    builders::{CompanyContext, DeveloperContext, KubeObject, StorageKind, build_developer},
+    builders::{CompanyContext, DeveloperContext, KubeObject, build_developer},
     crd::{Company, Developer, DeveloperStatus},
     names::CompanyNames,
     posix_ids,
@@ -69,14 +70,14 @@ pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<A
         ctx.client.clone(),
         &developer.namespace().unwrap_or_default(),
     );
-    finalizer(&api, FINALIZER, developer, |event| async {
+    let result = Box::pin(finalizer(&api, FINALIZER, developer, |event| async {
         match event {
-            Event::Apply(developer) => apply(developer, &ctx).await,
-            Event::Cleanup(developer) => cleanup(&developer, &ctx).await,
+            Event::Apply(developer) => Box::pin(apply(developer, &ctx)).await,
+            Event::Cleanup(developer) => Box::pin(cleanup(&developer, &ctx)).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    }))
+    .await;
+    super::finalized(result)
 }
 
 /// Removes the Developer's Vault role and policy (recorded in its status).
@@ -86,10 +87,39 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
     let Some(status) = &developer.status else {
         return Ok(Action::await_change());
     };
+    let namespace = developer.namespace().unwrap_or_default();
+    // Storage first, per the company's deletion policy (the Company still
+    // exists: its own deletion waits for its Developers).
+    if let Some(id) = status.uid {
+        if let Some(company) = company_of(ctx, &namespace).await? {
+            let company_ctx = CompanyContext::new(&company, &ctx.config);
+            let dev_ctx = DeveloperContext::new(&company_ctx, developer, id);
+            if let Err(e) = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await {
+                if let Error::StorageCleanup(message) = &e {
+                    let mut status = status.clone();
+                    set(
+                        &mut status.conditions,
+                        "Ready",
+                        Some(false),
+                        reasons::STORAGE_CLEANUP_FAILED,
+                        message,
+                        developer.metadata.generation,
+                    );
+                    write_status(ctx, developer, &status).await?;
+                }
+                return Err(e);
+            }
+        } else {
+            tracing::warn!(
+                developer = %developer.name_any(),
+                %namespace,
+                "no Company owns the namespace any more; the developer's directory and volume are kept"
+            );
+        }
+    }
     let Some(role) = &status.vault_role else {
         return Ok(Action::await_change());
     };
-    let namespace = developer.namespace().unwrap_or_default();
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
     let company = namespaces
         .get_opt(&namespace)
@@ -181,16 +211,26 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
     let company_ctx = CompanyContext::new(&company, &ctx.config);
     let dev_ctx = DeveloperContext::new(&company_ctx, &developer, id);
     let plan = build_developer(&dev_ctx);
+    // Identity and network first; volumes and the preparation Job in the
+    // storage step; the workspace only once its directory is ready.
     for object in &plan.objects {
-        // FSx volumes, their claims and the storage-prep Job wait for the
-        // storage backend; a volume-mode claim needs nothing else.
-        let fsx = matches!(company_ctx.settings.storage, StorageKind::Fsx { .. });
-        if matches!(object, KubeObject::PersistentVolume(_) | KubeObject::Job(_))
-            || (fsx && matches!(object, KubeObject::PersistentVolumeClaim(_)))
-        {
-            continue;
+        if !matches!(
+            object,
+            KubeObject::PersistentVolume(_)
+                | KubeObject::PersistentVolumeClaim(_)
+                | KubeObject::Job(_)
+                | KubeObject::StatefulSet(_)
+        ) {
+            apply_object(&ctx.client, object).await?;
         }
-        apply_object(&ctx.client, object).await?;
+    }
+    let storage_retry = storage::ensure_developer(ctx, &dev_ctx, &mut status).await?;
+    if storage_retry.is_none() {
+        for object in &plan.objects {
+            if matches!(object, KubeObject::StatefulSet(_)) {
+                apply_object(&ctx.client, object).await?;
+            }
+        }
     }
     status.pod_name = Some(dev_ctx.names.workspace_pod());
     status.storage_path = Some(dev_ctx.names.storage_path());
@@ -205,6 +245,11 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let (ok, reason, message) = match (dev_ctx.settings.suspended, ready_pods) {
+        _ if storage_retry.is_some() => (
+            false,
+            reasons::WAITING,
+            "the workspace starts once its storage is ready".to_owned(),
+        ),
         (true, _) => (
             true,
             reasons::READY,
@@ -257,22 +302,45 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
             generation,
         ),
     }
-    set(
-        &mut status.conditions,
-        "StorageReady",
-        None,
-        reasons::NOT_RECONCILED,
-        "the private directory is not reconciled by the controller in this release",
-        generation,
-    );
+    let ready = |conditions: &[Condition], type_: &str| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    };
+    let pending: Vec<&str> = ["StorageReady", "VaultReady", "WorkspaceReady"]
+        .into_iter()
+        .filter(|t| !ready(&status.conditions, t))
+        .collect();
+    let workspace_ready = ready(&status.conditions, "WorkspaceReady");
+    let (ok, reason, message) = if pending.is_empty() {
+        (
+            Some(true),
+            reasons::READY,
+            "the workspace, its storage and its Vault access are in place".to_owned(),
+        )
+    } else {
+        (
+            Some(false),
+            reasons::WAITING,
+            format!("waiting for {}", pending.join(", ")),
+        )
+    };
     set(
         &mut status.conditions,
         "Ready",
-        Some(false),
-        reasons::WAITING,
-        "waiting for storage",
+        ok,
+        reason,
+        &message,
         generation,
     );
     write_status(ctx, &developer, &status).await?;
-    Ok(Action::requeue(Duration::from_mins(5)))
+    let retry = [
+        storage_retry,
+        vault.is_err().then_some(Duration::from_secs(15)),
+        (!workspace_ready).then_some(Duration::from_secs(10)),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
 }

@@ -13,6 +13,7 @@ mod apply;
 mod company;
 mod conditions;
 mod developer;
+mod storage;
 
 pub use developer::FINALIZER as DEVELOPER_FINALIZER;
 
@@ -33,6 +34,7 @@ use crate::{
     backends::{
         aws_calls::CallLimits,
         database::{DatabaseError, RdsDatabase, SharedPostgres},
+        storage::{FsxFileSystems, StorageError},
         vault::{VaultAuth, VaultClientBackend, VaultError, VaultSettings},
     },
     config::OperatorConfig,
@@ -50,8 +52,24 @@ pub struct Context {
     pub vault: Result<Arc<VaultClientBackend>, String>,
     /// The database backends (they need Vault).
     pub databases: Option<Databases>,
+    /// Company file systems on FSx.
+    pub file_systems: Option<FsxFileSystems>,
     /// Serialises uid/gid allocation (one active operator, leader-elected).
     pub allocation: tokio::sync::Mutex<()>,
+    /// Consecutive failures per object, for the backoff (memory only: a
+    /// restart simply starts the backoff again).
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Context {
+    /// When a converged object is checked for drift again: the configured
+    /// interval with ±10 % jitter.
+    pub fn resync(&self) -> Duration {
+        let base = self.config.controller.resync_seconds.max(1) * 1000;
+        let spread = base / 10;
+        let jitter = rand::random_range(0..=2 * spread);
+        Duration::from_millis(base - spread + jitter)
+    }
 }
 
 /// The two database backends, one per `spec.database.mode`.
@@ -62,15 +80,24 @@ pub struct Databases {
     pub shared: SharedPostgres<VaultClientBackend>,
 }
 
-/// Builds the database backends on `vault`, with AWS as configured.
-pub async fn databases(config: &OperatorConfig, vault: &Arc<VaultClientBackend>) -> Databases {
+/// The AWS SDK configuration: region and endpoint as configured,
+/// credentials from the environment (IRSA in a cluster).
+pub async fn aws_config(config: &OperatorConfig) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(config.aws.region.clone()));
     if !config.aws.endpoint_url.is_empty() {
         loader = loader.endpoint_url(&config.aws.endpoint_url);
     }
-    let sdk = loader.load().await;
-    let rds = aws_sdk_rds::config::Builder::from(&sdk).build();
+    loader.load().await
+}
+
+/// Builds the database backends on `vault`.
+pub fn databases(
+    config: &OperatorConfig,
+    sdk: &aws_config::SdkConfig,
+    vault: &Arc<VaultClientBackend>,
+) -> Databases {
+    let rds = aws_sdk_rds::config::Builder::from(sdk).build();
     Databases {
         rds: RdsDatabase::new(&rds, Arc::clone(vault), CallLimits::default()),
         shared: SharedPostgres::new(config.database.shared.clone(), Arc::clone(vault)),
@@ -95,6 +122,12 @@ pub enum Error {
     /// The database backend refused or failed a step.
     #[error("database: {0}")]
     Database(#[from] DatabaseError),
+    /// The file system backend refused or failed a step.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A storage cleanup Job failed; deletion waits for a person.
+    #[error("storage cleanup: {0}")]
+    StorageCleanup(String),
     /// Deletion is held by `spec.deletionProtection`.
     #[error(
         "deletion of Company {0} is held by spec.deletionProtection; set it to false to delete"
@@ -103,27 +136,125 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error of the reconcile step itself, through the finalizer helper.
+    pub fn step(&self) -> &Self {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Self::Finalizer(inner) => match inner.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.step(),
+                _ => self,
+            },
+            _ => self,
+        }
+    }
+
     /// Short label for metrics and logs.
     pub fn category(&self) -> &'static str {
-        match self {
+        match self.step() {
             Self::Kube(_) => "kube",
             Self::Finalizer(_) => "finalizer",
             Self::Waiting(_) => "waiting",
             Self::Vault(_) => "vault",
             Self::Database(_) => "database",
+            Self::Storage(_) => "storage",
+            Self::StorageCleanup(_) => "storage-cleanup",
             Self::DeletionProtected(_) => "deletion-protected",
+        }
+    }
+
+    /// How the error policy treats it.
+    pub fn retry_class(&self) -> RetryClass {
+        match self.step() {
+            Self::Waiting(_) => RetryClass::Waiting,
+            Self::DeletionProtected(_) | Self::StorageCleanup(_) => RetryClass::NeedsPerson,
+            Self::Kube(kube::Error::Api(e)) if e.code == 429 => RetryClass::Throttled,
+            Self::Kube(kube::Error::Api(e)) if e.code == 409 => RetryClass::Waiting,
+            Self::Kube(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
+                RetryClass::NeedsPerson
+            }
+            Self::Vault(e) if !e.is_transient() => RetryClass::NeedsPerson,
+            Self::Database(e) if !e.is_transient() => RetryClass::NeedsPerson,
+            Self::Storage(e) if !e.is_transient() => RetryClass::NeedsPerson,
+            _ => RetryClass::Transient,
         }
     }
 }
 
-#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run asks for
-fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(object = %object.name_any(), category = error.category(), %error, "reconcile failed");
-    match error {
-        Error::Waiting(_) => Action::requeue(Duration::from_secs(1)),
-        Error::DeletionProtected(_) => Action::requeue(Duration::from_mins(1)),
-        _ => Action::requeue(Duration::from_secs(5)),
+/// The outcome of kube-runtime's finalizer helper as a reconcile result.
+/// Removing the finalizer of an object that is already gone (a queued
+/// reconcile of a deleted object) is success, not an error to retry.
+pub(crate) fn finalized(
+    result: Result<Action, kube::runtime::finalizer::Error<Error>>,
+) -> Result<Action, Error> {
+    use kube::runtime::finalizer::Error as F;
+    match result {
+        Err(F::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => Ok(Action::await_change()),
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
     }
+}
+
+/// How a failed reconcile is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryClass {
+    /// Something is still in progress: look again shortly.
+    Waiting,
+    /// A network or server error: exponential backoff with jitter.
+    Transient,
+    /// The API asked us to slow down: a longer backoff.
+    Throttled,
+    /// A state a person must change: look again rarely (a change to the
+    /// object triggers a reconcile at once anyway).
+    NeedsPerson,
+}
+
+/// The delay before retry number `failures` (1-based) of `class`.
+pub fn retry_delay(class: RetryClass, failures: u32) -> Duration {
+    let exponential = |base_ms: u64, cap_ms: u64| {
+        let ms = base_ms
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(cap_ms);
+        // Full jitter in the upper half: spread retries of many objects.
+        Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
+    };
+    match class {
+        RetryClass::Waiting => Duration::from_secs(1),
+        RetryClass::Transient => exponential(1_000, 300_000),
+        RetryClass::Throttled => exponential(10_000, 600_000),
+        RetryClass::NeedsPerson => Duration::from_mins(5),
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run asks for
+fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let key = ObjectRef::from_obj(object.as_ref()).erase().to_string();
+    let failures = {
+        let mut failures = ctx
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = failures.entry(key.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let class = error.retry_class();
+    let delay = retry_delay(class, failures);
+    if class == RetryClass::Waiting {
+        tracing::info!(object = %key, %error, "waiting");
+    } else {
+        tracing::warn!(object = %key, category = error.category(), ?class, failures, retry_in = ?delay, %error, "reconcile failed");
+    }
+    Action::requeue(delay)
+}
+
+/// Forgets the failures of objects whose reconcile succeeded.
+fn reset_failures(ctx: &Context, object: &str) {
+    ctx.failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(object);
 }
 
 /// Connects to Vault as configured: a token file, `VAULT_TOKEN`, or
@@ -163,17 +294,22 @@ pub async fn run(client: Client, config: OperatorConfig) {
     let companies: Api<Company> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let developers: Api<Developer> = Api::all(client.clone());
-    let databases = match &vault {
-        Ok(v) => Some(databases(&config, v).await),
-        Err(_) => None,
-    };
+    let sdk = aws_config(&config).await;
+    let databases = vault.as_ref().ok().map(|v| databases(&config, &sdk, v));
+    let file_systems = Some(FsxFileSystems::new(
+        &aws_sdk_fsx::config::Builder::from(&sdk).build(),
+        CallLimits::default(),
+    ));
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
         vault,
         databases,
+        file_systems,
         allocation: tokio::sync::Mutex::new(()),
+        failures: std::sync::Mutex::default(),
     });
+    let (ctx_company, ctx_developer) = (Arc::clone(&ctx), Arc::clone(&ctx));
     let company_controller = Controller::new(companies, watcher::Config::default())
         // Namespaces carry no owner reference (deleting a Company must never
         // cascade into a tenant's data), so they are mapped by label.
@@ -188,9 +324,13 @@ pub async fn run(client: Client, config: OperatorConfig) {
         )
         .shutdown_on_signal()
         .run(company::reconcile, error_policy, Arc::clone(&ctx))
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "company reconcile error");
+        .for_each(|result| {
+            let ctx = Arc::clone(&ctx_company);
+            async move {
+                match result {
+                    Ok((object, _)) => reset_failures(&ctx, &object.erase().to_string()),
+                    Err(error) => tracing::debug!(%error, "company reconcile error"),
+                }
             }
         });
     let developer_controller = Controller::new(developers, watcher::Config::default())
@@ -200,9 +340,13 @@ pub async fn run(client: Client, config: OperatorConfig) {
         )
         .shutdown_on_signal()
         .run(developer::reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "developer reconcile error");
+        .for_each(|result| {
+            let ctx = Arc::clone(&ctx_developer);
+            async move {
+                match result {
+                    Ok((object, _)) => reset_failures(&ctx, &object.erase().to_string()),
+                    Err(error) => tracing::debug!(%error, "developer reconcile error"),
+                }
             }
         });
     futures::future::join(company_controller, developer_controller).await;

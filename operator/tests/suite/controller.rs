@@ -25,7 +25,7 @@ impl Drop for Operator {
 
 /// Vault for the operator under test: a Kubernetes auth mount of its own
 /// on the harness's OpenBao, and a root client to look at what it wrote.
-struct Vault {
+pub struct Vault {
     mount: String,
     root: vaultrs::client::VaultClient,
     config: std::path::PathBuf,
@@ -54,7 +54,7 @@ fn vault() -> Vault {
     std::fs::write(
         &config,
         format!(
-            "vault:\n  address: {addr}\n  authMount: {mount}\naws:\n  endpointUrl: {moto}\ndatabase:\n  subnetGroup: \"\"\n  shared:\n    host: {}\n    port: {}\n    adminCredentialsPath: enclave/pg-admin-{mount}\n    tls: false\n",
+            "clusterId: {mount}\nvault:\n  address: {addr}\n  authMount: {mount}\naws:\n  endpointUrl: {moto}\nstorage:\n  fsxMissingLifecycleIsAvailable: true\ndatabase:\n  subnetGroup: \"\"\n  shared:\n    host: {}\n    port: {}\n    adminCredentialsPath: enclave/pg-admin-{mount}\n    tls: false\n",
             pg("host"),
             pg("port")
         ),
@@ -70,12 +70,43 @@ fn vault() -> Vault {
     }
 }
 
-async fn setup() -> (Emulator, Client, Operator) {
-    let (emulator, client, operator, _vault) = setup_with_vault().await;
-    (emulator, client, operator)
+/// One operator under test with everything it talks to.
+pub struct Harness {
+    /// The API client (as a user).
+    pub client: Client,
+    /// Vault as root, and the operator's mount.
+    pub vault: Vault,
+    /// Runs Jobs and readies workspaces.
+    pub kubelet: crate::kubelet::Kubelet,
+    operator: Option<Operator>,
+    /// The emulator (kept alive).
+    pub emulator: Emulator,
 }
 
-async fn setup_with_vault() -> (Emulator, Client, Operator, Vault) {
+impl Harness {
+    /// Starts (or restarts) the operator process.
+    pub fn start_operator(&mut self) {
+        self.operator = None;
+        let child = enclave()
+            .arg("run")
+            .arg("--config")
+            .arg(&self.vault.config)
+            .env("KUBECONFIG", &self.emulator.kubeconfig)
+            .env(
+                "VAULT_TOKEN",
+                crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
+                    .unwrap(),
+            )
+            .env("RUST_LOG", "warn,rustify=off,vaultrs=off")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .spawn()
+            .unwrap();
+        self.operator = Some(Operator(child));
+    }
+}
+
+async fn setup() -> Harness {
     let vault = vault();
     vaultrs::sys::auth::enable(&vault.root, &vault.mount, "kubernetes", None)
         .await
@@ -95,25 +126,27 @@ async fn setup_with_vault() -> (Emulator, Client, Operator, Vault) {
     for crd in enclave::cli::crds() {
         crds.create(&PostParams::default(), &crd).await.unwrap();
     }
-    let child = enclave()
-        .arg("run")
-        .arg("--config")
-        .arg(&vault.config)
-        .env("KUBECONFIG", &emulator.kubeconfig)
-        .env(
-            "VAULT_TOKEN",
-            crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap(),
-        )
-        .env("RUST_LOG", "warn")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .spawn()
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let system: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "enclave-system"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &system)
+        .await
         .unwrap();
-    (emulator, client, Operator(child), vault)
+    let kubelet = crate::kubelet::start(client.clone(), "enclave-system");
+    let mut harness = Harness {
+        client,
+        vault,
+        kubelet,
+        operator: None,
+        emulator,
+    };
+    harness.start_operator();
+    harness
 }
 
 async fn wait<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if let Some(v) = check().await {
             return v;
         }
@@ -145,7 +178,8 @@ fn condition(company: &Company, type_: &str) -> Option<(String, String)> {
 
 #[tokio::test]
 async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
-    let (_emulator, client, _operator) = setup().await;
+    let h = setup().await;
+    let client = h.client.clone();
     let companies: Api<Company> = Api::all(client.clone());
     let acme = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "acme"}, "spec": {"quota": {"cpu": "8"}}});
     companies
@@ -189,11 +223,18 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
         "True",
         "the company controller's policy and role are in Vault"
     );
+    let ready = wait("Ready", async || {
+        let c = companies.get("acme").await.unwrap();
+        (condition(&c, "Ready").map(|(s, _)| s).as_deref() == Some("True")).then_some(c)
+    })
+    .await;
+    let storage = ready.status.as_ref().unwrap().storage.clone().unwrap();
     assert_eq!(
-        condition(&ready, "StorageReady").unwrap().1,
-        "NotReconciledYet",
-        "said, not pretended"
+        storage.kind.as_deref(),
+        Some("Fsx"),
+        "the default backend, recorded"
     );
+    assert!(storage.file_system_id.unwrap().starts_with("fs-"));
 
     // An edited label is put back.
     namespaces.patch("company-acme", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}))).await.unwrap();
@@ -217,7 +258,8 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
 
 #[tokio::test]
 async fn a_namespace_that_is_not_ours_is_a_conflict_and_left_untouched() {
-    let (_emulator, client, _operator) = setup().await;
+    let h = setup().await;
+    let client = h.client.clone();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let taken: Namespace = serde_json::from_value(
         json!({"metadata": {"name": "taken", "labels": {"team": "someone"}}}),
@@ -269,7 +311,8 @@ async fn a_namespace_that_is_not_ours_is_a_conflict_and_left_untouched() {
 
 #[tokio::test]
 async fn deletion_protection_holds_deletion_until_lifted() {
-    let (_emulator, client, _operator) = setup().await;
+    let h = setup().await;
+    let client = h.client.clone();
     let companies: Api<Company> = Api::all(client.clone());
     let co = |protected: bool| json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "safe"}, "spec": {"deletionProtection": protected}});
     companies
@@ -323,7 +366,8 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
         apps::v1::StatefulSet,
         core::v1::{PersistentVolumeClaim, ServiceAccount},
     };
-    let (_emulator, client, _operator, vault) = setup_with_vault().await;
+    let h = setup().await;
+    let (client, vault) = (h.client.clone(), &h.vault);
     let companies: Api<Company> = Api::all(client.clone());
     let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "globex"}, "spec": {"storage": {"volume": {"storageClassName": "gp3"}}}});
     companies
@@ -495,7 +539,8 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
 #[tokio::test]
 async fn company_databases_follow_their_mode_and_deletion_policy() {
     use aws_sdk_rds::config::{BehaviorVersion, Credentials, Region};
-    let (_emulator, client, _operator, vault) = setup_with_vault().await;
+    let h = setup().await;
+    let (client, vault) = (h.client.clone(), &h.vault);
     let companies: Api<Company> = Api::all(client.clone());
     let shared_name = crate::support::unique("sh");
     let dedicated_name = crate::support::unique("rd");
@@ -614,5 +659,141 @@ async fn company_databases_follow_their_mode_and_deletion_policy() {
             .await
             .is_err(),
         "the instance is gone"
+    );
+}
+
+/// Waits until condition `type_` of the Developer `name` is True.
+async fn developer_condition(
+    devs: &Api<enclave::crd::Developer>,
+    name: &str,
+    type_: &str,
+) -> enclave::crd::Developer {
+    wait(&format!("{type_} of {name}"), async || {
+        let d = devs.get(name).await.unwrap();
+        d.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+            .then_some(d.clone())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn fsx_developers_get_private_directories_removed_per_policy() {
+    use enclave::crd::Developer;
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use std::os::unix::fs::MetadataExt;
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!(
+            "SKIPPED: storage-prep must chown, so this test runs only as root (CI runs as root)"
+        );
+        return;
+    }
+    let h = setup().await;
+    let client = h.client.clone();
+    let name = crate::support::unique("fs");
+    let namespace = format!("company-{name}");
+    let companies: Api<Company> = Api::all(client.clone());
+    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name},
+        "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"}, "storage": {"fsx": {"type": "OpenZfs"}, "deletionPolicy": "Delete"}}});
+    companies
+        .patch(&name, &PatchParams::apply("user"), &Patch::Apply(&co))
+        .await
+        .unwrap();
+    let devs: Api<Developer> = Api::namespaced(client.clone(), &namespace);
+    wait("the namespace", async || {
+        Api::<Namespace>::all(client.clone())
+            .get_opt(&namespace)
+            .await
+            .unwrap()
+    })
+    .await;
+    for (dev, subject) in [("peter", "sub-peter"), ("milton", "sub-milton")] {
+        let d = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "metadata": {"name": dev, "namespace": namespace}, "spec": {"subject": subject}});
+        devs.patch(dev, &PatchParams::apply("user"), &Patch::Apply(&d))
+            .await
+            .unwrap();
+    }
+    let company = wait("the Company Ready", async || {
+        let c = companies.get(&name).await.unwrap();
+        (condition(&c, "Ready").map(|(s, _)| s).as_deref() == Some("True")).then_some(c)
+    })
+    .await;
+    let fs_id = company
+        .status
+        .unwrap()
+        .storage
+        .unwrap()
+        .file_system_id
+        .unwrap();
+    let root = h.kubelet.root_of(&format!("enclave-{name}--root"));
+    let mut dirs = Vec::new();
+    for dev in ["peter", "milton"] {
+        let d = developer_condition(&devs, dev, "Ready").await;
+        let status = d.status.unwrap();
+        let path = status.storage_path.unwrap();
+        let dir = root.join(path.trim_start_matches('/'));
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            i64::from(meta.uid()),
+            status.uid.unwrap(),
+            "{dev} owns {path}"
+        );
+        assert_eq!(meta.mode() & 0o7777, 0o700, "{dev}'s directory is private");
+        // The volume exposes only that directory.
+        let pv = Api::<PersistentVolume>::all(client.clone())
+            .get(&format!(
+                "enclave-{name}--{}",
+                path.rsplit('/').next().unwrap()
+            ))
+            .await
+            .unwrap();
+        assert_eq!(pv.spec.unwrap().nfs.unwrap().path, format!("/fsx{path}"));
+        dirs.push(dir);
+    }
+
+    // Deleting milton removes his directory (policy Delete) and volume; peter's stays.
+    devs.delete("milton", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("milton to go", &devs, "milton").await;
+    assert!(!dirs[1].exists(), "milton's directory is removed");
+    assert!(dirs[0].exists(), "peter's directory stays");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    assert!(claims.get_opt("home-peter").await.is_ok());
+
+    // Deleting the Company removes peter first, then the file system (Delete: no backup).
+    companies
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("the Company to go", &companies, &name).await;
+    assert!(!dirs[0].exists(), "peter's directory is removed");
+    let fsx = aws_sdk_fsx::Client::from_conf(
+        aws_sdk_fsx::Config::builder()
+            .behavior_version(aws_sdk_fsx::config::BehaviorVersion::latest())
+            .endpoint_url(crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap())
+            .region(aws_sdk_fsx::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_fsx::config::Credentials::new(
+                "test", "test", None, None, "static",
+            ))
+            .build(),
+    );
+    let left = fsx.describe_file_systems().send().await.unwrap();
+    assert!(
+        left.file_systems()
+            .iter()
+            .all(|f| f.file_system_id() != Some(fs_id.as_str())),
+        "the file system is deleted"
+    );
+    let volumes = Api::<PersistentVolume>::all(client.clone())
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        volumes.items.iter().all(|v| !v.name_any().contains(&name)),
+        "no volume object is left"
     );
 }

@@ -9,6 +9,7 @@ mod controller;
 mod crds;
 mod database;
 mod fsx;
+mod kubelet;
 mod kubernetes_schemas;
 mod plan_examples;
 mod pod_security;

@@ -1,0 +1,485 @@
+//! Storage steps of the controllers: the company's file system (FSx) and
+//! the root volume its storage-prep Jobs mount; a developer's private
+//! directory (prepared by a Job) and the volume that exposes only it; and
+//! the deletion policy on both. Data is never removed by a cascade: only
+//! the steps here, following `spec.storage.deletionPolicy`, touch it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{PersistentVolume, PersistentVolumeClaim},
+    networking::v1::NetworkPolicy,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PropagationPolicy},
+};
+
+use super::{
+    Context, Error, FIELD_MANAGER, apply_object,
+    conditions::{reasons, set},
+};
+use crate::{
+    backends::storage::{FileSystemBackend, FsDeletion, FsPhase},
+    builders::{
+        CompanyContext, DeveloperContext, KubeObject, StorageKind, cleanup_job, file_system_request,
+    },
+    crd::{Company, CompanyStatus, DeletionPolicy, DeveloperStatus, StorageStatus},
+    storage_prep::Action as PrepAction,
+};
+
+/// How long an FSx file system may report no lifecycle before
+/// `StorageReady` turns from Unknown to False.
+const LIFECYCLE_GRACE: Duration = Duration::from_mins(30);
+
+/// Ensures the company's storage and records it in `status`; `None` when
+/// it is ready, else when to look again. Sets `StorageReady`.
+pub async fn ensure_company(
+    ctx: &Context,
+    company: &Company,
+    status: &mut CompanyStatus,
+) -> Result<Option<Duration>, Error> {
+    let build = CompanyContext::new(company, &ctx.config);
+    let generation = company.metadata.generation;
+    let kind = build.settings.storage.kind_name().to_owned();
+    let StorageKind::Fsx { .. } = &build.settings.storage else {
+        status.storage = Some(StorageStatus {
+            kind: Some(kind),
+            ..StorageStatus::default()
+        });
+        set(
+            &mut status.conditions,
+            "StorageReady",
+            Some(true),
+            reasons::READY,
+            "each developer gets a volume from the company's StorageClass",
+            generation,
+        );
+        return Ok(None);
+    };
+    let Some(req) = file_system_request(&build) else {
+        return Ok(None);
+    };
+    let Some(file_systems) = &ctx.file_systems else {
+        set(
+            &mut status.conditions,
+            "StorageReady",
+            Some(false),
+            reasons::STORAGE_ERROR,
+            "the FSx backend is not configured (see the operator's aws settings)",
+            generation,
+        );
+        return Ok(Some(Duration::from_mins(5)));
+    };
+    let state = match file_systems.ensure(&req).await {
+        Ok(state) => state,
+        Err(e) => {
+            let reason = if e.is_transient() {
+                reasons::STORAGE_ERROR
+            } else {
+                reasons::CONFLICT
+            };
+            set(
+                &mut status.conditions,
+                "StorageReady",
+                Some(false),
+                reason,
+                &e.to_string(),
+                generation,
+            );
+            return Ok(Some(if e.is_transient() {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_mins(10)
+            }));
+        }
+    };
+    status.storage = Some(StorageStatus {
+        kind: Some(kind),
+        file_system_id: Some(state.file_system_id.clone()),
+        root_path: Some(build.names.storage_root()),
+        dns_name: state.dns_name.clone(),
+        mount_name: state.mount_name.clone(),
+    });
+    let id = &state.file_system_id;
+    let waiting = |status: &mut CompanyStatus, ok, reason, message: &str| {
+        set(
+            &mut status.conditions,
+            "StorageReady",
+            ok,
+            reason,
+            message,
+            generation,
+        );
+    };
+    match &state.phase {
+        FsPhase::Available => {}
+        FsPhase::Unknown if ctx.config.storage.fsx_missing_lifecycle_is_available => {}
+        FsPhase::Unknown => {
+            let previous = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "StorageReady" && c.status == "Unknown");
+            let overdue = previous.is_some_and(|c| {
+                let since =
+                    k8s_openapi::jiff::Timestamp::now().duration_since(c.last_transition_time.0);
+                since.as_secs() > LIFECYCLE_GRACE.as_secs().cast_signed()
+            });
+            let message = format!(
+                "FSx reports no lifecycle for file system {id}; Enclave checks again every minute"
+            );
+            if overdue {
+                waiting(
+                    status,
+                    Some(false),
+                    reasons::FSX_LIFECYCLE_MISSING,
+                    &format!(
+                        "{message}; it has not reported one for over 30 minutes: check the file system in the FSx console"
+                    ),
+                );
+            } else {
+                waiting(status, None, reasons::FSX_LIFECYCLE_MISSING, &message);
+            }
+            return Ok(Some(Duration::from_mins(1)));
+        }
+        FsPhase::Creating => {
+            waiting(
+                status,
+                Some(false),
+                reasons::WAITING,
+                &format!("FSx file system {id} is being created"),
+            );
+            return Ok(Some(Duration::from_secs(30)));
+        }
+        FsPhase::Deleting => {
+            waiting(
+                status,
+                Some(false),
+                reasons::STORAGE_ERROR,
+                &format!(
+                    "FSx file system {id} is being deleted by someone else; Enclave waits for it to go and then creates a new one"
+                ),
+            );
+            return Ok(Some(Duration::from_mins(1)));
+        }
+        FsPhase::Failed(why) => {
+            waiting(
+                status,
+                Some(false),
+                reasons::STORAGE_ERROR,
+                &format!(
+                    "FSx file system {id} failed: {why}; delete it in FSx (its data per your backups) and Enclave creates a new one"
+                ),
+            );
+            return Ok(Some(Duration::from_mins(10)));
+        }
+    }
+    // The root volume is built from the recorded file system.
+    let mut recorded = company.clone();
+    recorded.status = Some(status.clone());
+    let build = CompanyContext::new(&recorded, &ctx.config);
+    for object in crate::builders::build_company(&build).objects {
+        if object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str())
+            || matches!(object, KubeObject::PersistentVolume(_))
+        {
+            apply_object(&ctx.client, &object).await?;
+        }
+    }
+    waiting(
+        status,
+        Some(true),
+        reasons::READY,
+        &format!(
+            "FSx file system {id} is available; the company's directories live below {}",
+            build.names.storage_root()
+        ),
+    );
+    Ok(None)
+}
+
+fn company_storage_ready(company: &Company) -> bool {
+    company.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "StorageReady" && c.status == "True")
+    })
+}
+
+/// What a Job's status says.
+enum JobOutcome {
+    Running,
+    Succeeded,
+    Failed(String),
+}
+
+fn job_outcome(job: &Job) -> JobOutcome {
+    let Some(status) = &job.status else {
+        return JobOutcome::Running;
+    };
+    let conditions = status.conditions.as_deref().unwrap_or_default();
+    let is = |type_: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")
+    };
+    if let Some(failed) = is("Failed") {
+        return JobOutcome::Failed(
+            failed
+                .message
+                .clone()
+                .or_else(|| failed.reason.clone())
+                .unwrap_or_else(|| "the Job failed".into()),
+        );
+    }
+    if is("Complete").is_some() || status.succeeded.unwrap_or(0) > 0 {
+        return JobOutcome::Succeeded;
+    }
+    JobOutcome::Running
+}
+
+/// Applies `job` (its spec is deterministic, so a repeat is a no-op) and
+/// reads its outcome.
+async fn run_job(ctx: &Context, job: &Job) -> Result<JobOutcome, Error> {
+    apply_object(&ctx.client, &KubeObject::Job(job.clone())).await?;
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.config.operator_namespace);
+    Ok(jobs
+        .get_opt(&job.name_any())
+        .await?
+        .map_or(JobOutcome::Running, |j| job_outcome(&j)))
+}
+
+/// Ensures the developer's private directory and volume; `None` when
+/// ready, else when to look again. Sets `StorageReady`.
+pub async fn ensure_developer(
+    ctx: &Context,
+    dev: &DeveloperContext<'_>,
+    status: &mut DeveloperStatus,
+) -> Result<Option<Duration>, Error> {
+    let generation = dev.developer.metadata.generation;
+    let (volume, claim) = crate::builders::home_volume(dev);
+    if let StorageKind::Volume { storage_class } = &dev.company.settings.storage {
+        apply_object(&ctx.client, &KubeObject::PersistentVolumeClaim(claim)).await?;
+        set(
+            &mut status.conditions,
+            "StorageReady",
+            Some(true),
+            reasons::READY,
+            &format!(
+                "volume claim {} from StorageClass {storage_class}",
+                dev.names.home_claim()
+            ),
+            generation,
+        );
+        return Ok(None);
+    }
+    if !company_storage_ready(dev.company.company) {
+        set(
+            &mut status.conditions,
+            "StorageReady",
+            Some(false),
+            reasons::WAITING,
+            "waiting for the company's file system",
+            generation,
+        );
+        return Ok(Some(Duration::from_secs(5)));
+    }
+    if let Some(volume) = volume {
+        apply_object(&ctx.client, &KubeObject::PersistentVolume(volume)).await?;
+    }
+    apply_object(&ctx.client, &KubeObject::PersistentVolumeClaim(claim)).await?;
+    let prepared = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "StorageReady" && c.status == "True");
+    if prepared {
+        // The directory's owner and path never change (uid and subject are
+        // fixed), so a finished preparation is not repeated.
+        return Ok(None);
+    }
+    let Some(job) = crate::builders::prep_job(dev) else {
+        return Ok(None);
+    };
+    let path = dev.names.storage_path();
+    let (ok, reason, message, again) = match run_job(ctx, &job).await? {
+        JobOutcome::Succeeded => (
+            Some(true),
+            reasons::READY,
+            format!(
+                "directory {path} is owned by uid {} with mode 0700",
+                dev.settings.posix_id
+            ),
+            None,
+        ),
+        JobOutcome::Running => (
+            Some(false),
+            reasons::WAITING,
+            format!(
+                "Job {}/{} prepares directory {path}",
+                ctx.config.operator_namespace,
+                job.name_any()
+            ),
+            Some(Duration::from_secs(3)),
+        ),
+        JobOutcome::Failed(why) => (
+            Some(false),
+            reasons::STORAGE_PREP_FAILED,
+            format!(
+                "Job {ns}/{name} could not prepare directory {path}: {why}; read its pod's log, fix the cause, then delete the Job to retry",
+                ns = ctx.config.operator_namespace,
+                name = job.name_any()
+            ),
+            Some(Duration::from_mins(5)),
+        ),
+    };
+    set(
+        &mut status.conditions,
+        "StorageReady",
+        ok,
+        reason,
+        &message,
+        generation,
+    );
+    Ok(again)
+}
+
+/// Carries out the deletion policy on a deleted Developer's storage; an
+/// `Err(Waiting)` until its cleanup Job finished.
+pub async fn cleanup_developer(ctx: &Context, dev: &DeveloperContext<'_>) -> Result<(), Error> {
+    let policy = dev.company.settings.storage_deletion_policy;
+    let developer = dev.developer.name_any();
+    match &dev.company.settings.storage {
+        StorageKind::Volume { .. } => {
+            let claims: Api<PersistentVolumeClaim> =
+                Api::namespaced(ctx.client.clone(), dev.company.names.namespace());
+            let claim = dev.names.home_claim();
+            if policy == DeletionPolicy::Delete {
+                delete_if_present(&claims, &claim).await?;
+            } else if let Some(bound) = claims
+                .get_opt(&claim)
+                .await?
+                .and_then(|c| c.spec?.volume_name)
+            {
+                // The claim stays; should it go with the namespace later,
+                // the volume under it must not be reclaimed with it.
+                retain_volume(ctx, &bound).await?;
+            }
+        }
+        StorageKind::Fsx { .. } => {
+            let action = match policy {
+                DeletionPolicy::Retain => None,
+                DeletionPolicy::Snapshot => Some(PrepAction::Archive),
+                DeletionPolicy::Delete => Some(PrepAction::Delete),
+            };
+            if let Some(job) = action.and_then(|a| cleanup_job(dev, a)) {
+                match run_job(ctx, &job).await? {
+                    JobOutcome::Succeeded => {}
+                    JobOutcome::Running => {
+                        return Err(Error::Waiting(format!(
+                            "Job {} to {} the directory of Developer {developer}",
+                            job.name_any(),
+                            action.map_or("", PrepAction::as_arg)
+                        )));
+                    }
+                    JobOutcome::Failed(why) => {
+                        return Err(Error::StorageCleanup(format!(
+                            "Job {ns}/{name} could not {what} the directory {path} of Developer {developer}: {why}; read its pod's log and delete the Job to retry",
+                            ns = ctx.config.operator_namespace,
+                            name = job.name_any(),
+                            what = action.map_or("", PrepAction::as_arg),
+                            path = dev.names.storage_path(),
+                        )));
+                    }
+                }
+            }
+            // Finished Jobs go, so a Developer re-created under the same
+            // name runs its own, not an old result.
+            let jobs: Api<Job> =
+                Api::namespaced(ctx.client.clone(), &ctx.config.operator_namespace);
+            for name in [
+                dev.names.storage_prep_job(),
+                dev.names.storage_cleanup_job(),
+            ] {
+                delete_job(&jobs, &name).await?;
+            }
+            // The volume object only: its reclaim policy is Retain, so the
+            // directory stays unless the step above removed it.
+            let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+            delete_if_present(&volumes, &dev.names.home_volume()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Carries out the deletion policy on the company's file system, then
+/// removes its root volume objects; `Err(Waiting)` while FSx deletes.
+pub async fn cleanup_company(ctx: &Context, build: &CompanyContext<'_>) -> Result<(), Error> {
+    let Some(req) = file_system_request(build) else {
+        return Ok(());
+    };
+    let file_systems = ctx.file_systems.as_ref().ok_or_else(|| {
+        Error::Waiting("the FSx backend to carry out the file system's deletion policy".into())
+    })?;
+    let outcome = file_systems.delete(&req).await?;
+    if outcome == FsDeletion::InProgress {
+        return Err(Error::Waiting(format!(
+            "the file system of Company {} to be deleted",
+            build.names.company()
+        )));
+    }
+    tracing::info!(company = %build.names.company(), ?outcome, policy = ?req.deletion_policy, "file system deletion policy carried out");
+    let operator_ns = &ctx.config.operator_namespace;
+    let root = build.names.storage_root_volume();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), operator_ns);
+    delete_if_present(&claims, &root).await?;
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    delete_if_present(&volumes, &root).await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), operator_ns);
+    delete_if_present(&policies, &build.names.storage_prep_policy()).await?;
+    Ok(())
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<(), Error> {
+    match jobs
+        .delete(
+            name,
+            &DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn retain_volume(ctx: &Context, name: &str) -> Result<(), Error> {
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+    });
+    volumes
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
