@@ -16,3 +16,4 @@ pub mod plan;
 pub mod posix_ids;
 pub mod storage_prep;
 pub mod validation;
+pub mod workspace_init;

@@ -48,6 +48,10 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Log in to Vault with the pod's ServiceAccount token, write the
+    /// developer's secrets into the secrets volume and clone the company
+    /// repository (the workspace pod's init step, not run by users).
+    WorkspaceInit(Box<crate::workspace_init::InitSettings>),
     /// Create, archive or remove one developer's directory below a company
     /// root (run by the operator's storage-prep Job, not by users).
     StoragePrep {
@@ -135,15 +139,9 @@ fn run_controllers(config: Option<&PathBuf>) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -158,6 +156,33 @@ fn run_controllers(config: Option<&PathBuf>) -> ExitCode {
             }
         }
     })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn workspace_init(settings: &crate::workspace_init::InitSettings) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::workspace_init::run(settings)) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Every CRD Enclave serves.
@@ -236,6 +261,7 @@ pub fn main() -> ExitCode {
             config,
         } => run_plan(&files, output, config),
         Command::Run { config } => run_controllers(config.as_ref()),
+        Command::WorkspaceInit(settings) => workspace_init(&settings),
         Command::StoragePrep {
             root,
             path,

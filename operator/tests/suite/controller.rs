@@ -1,195 +1,30 @@
-//! The real `enclave run` binary against the Kubernetes API emulator.
-
-use std::{process::Child, time::Duration};
+//! The real `enclave run` binary against the emulator and the real
+//! services: one behaviour per test.
 
 use enclave::crd::Company;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use kube::{
-    Api, Client, Config, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use kube_emulator::Emulator;
 use serde_json::json;
 
-use crate::support::enclave;
-
-/// The operator process; killed when dropped.
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Vault for the operator under test: a Kubernetes auth mount of its own
-/// on the harness's OpenBao, and a root client to look at what it wrote.
-pub struct Vault {
-    mount: String,
-    root: vaultrs::client::VaultClient,
-    config: std::path::PathBuf,
-    /// The shared PostgreSQL admin's credentials, written to Vault by setup.
-    admin: std::collections::BTreeMap<&'static str, String>,
-}
-
-fn vault() -> Vault {
-    let addr =
-        crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").expect("OpenBao");
-    let token = crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
-        .expect("token");
-    let root = crate::support::vault_client(&addr, &token);
-    let mount = crate::support::unique("op");
-    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server")
-        .expect("PostgreSQL");
-    let pg = |key: &str| {
-        conninfo
-            .split(' ')
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .unwrap()
-            .to_owned()
-    };
-    let moto = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto_server").expect("moto");
-    let config = std::env::temp_dir().join(format!("enclave-config-{mount}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "clusterId: {mount}\nvault:\n  address: {addr}\n  authMount: {mount}\naws:\n  endpointUrl: {moto}\nstorage:\n  fsxMissingLifecycleIsAvailable: true\ndatabase:\n  subnetGroup: \"\"\n  shared:\n    host: {}\n    port: {}\n    adminCredentialsPath: enclave/pg-admin-{mount}\n    tls: false\n",
-            pg("host"),
-            pg("port")
-        ),
-    )
-    .unwrap();
-    let admin =
-        std::collections::BTreeMap::from([("username", pg("user")), ("password", pg("password"))]);
-    Vault {
-        mount,
-        root,
-        config,
-        admin,
-    }
-}
-
-/// One operator under test with everything it talks to.
-pub struct Harness {
-    /// The API client (as a user).
-    pub client: Client,
-    /// Vault as root, and the operator's mount.
-    pub vault: Vault,
-    /// Runs Jobs and readies workspaces.
-    pub kubelet: crate::kubelet::Kubelet,
-    operator: Option<Operator>,
-    /// The emulator (kept alive).
-    pub emulator: Emulator,
-}
-
-impl Harness {
-    /// Starts (or restarts) the operator process.
-    pub fn start_operator(&mut self) {
-        self.operator = None;
-        let child = enclave()
-            .arg("run")
-            .arg("--config")
-            .arg(&self.vault.config)
-            .env("KUBECONFIG", &self.emulator.kubeconfig)
-            .env(
-                "VAULT_TOKEN",
-                crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
-                    .unwrap(),
-            )
-            .env("RUST_LOG", "warn,rustify=off,vaultrs=off")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .spawn()
-            .unwrap();
-        self.operator = Some(Operator(child));
-    }
-}
-
-async fn setup() -> Harness {
-    let vault = vault();
-    vaultrs::sys::auth::enable(&vault.root, &vault.mount, "kubernetes", None)
-        .await
-        .unwrap();
-    vaultrs::kv2::set(
-        &vault.root,
-        "secret",
-        &format!("enclave/pg-admin-{}", vault.mount),
-        &vault.admin,
-    )
-    .await
-    .unwrap();
-    let emulator = Emulator::start().await.unwrap();
-    let client = Client::try_from(Config::new(emulator.url.parse().unwrap())).unwrap();
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in enclave::cli::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let system: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "enclave-system"}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &system)
-        .await
-        .unwrap();
-    let kubelet = crate::kubelet::start(client.clone(), "enclave-system");
-    let mut harness = Harness {
-        client,
-        vault,
-        kubelet,
-        operator: None,
-        emulator,
-    };
-    harness.start_operator();
-    harness
-}
-
-async fn wait<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..600 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// Waits until `name` is gone from `api`.
-async fn wait_gone<K>(what: &str, api: &Api<K>, name: &str)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    wait(what, async || {
-        api.get_opt(name).await.unwrap().is_none().then_some(())
-    })
-    .await;
-}
-
-fn condition(company: &Company, type_: &str) -> Option<(String, String)> {
-    company
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
+use crate::harness::{condition, developer_condition, setup, wait, wait_gone};
 
 #[tokio::test]
 async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
     let h = setup().await;
     let client = h.client.clone();
     let companies: Api<Company> = Api::all(client.clone());
-    let acme = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "acme"}, "spec": {"quota": {"cpu": "8"}}});
+    let anvil = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "anvil"}, "spec": {"quota": {"cpu": "8"}}});
     companies
-        .patch("acme", &PatchParams::apply("user"), &Patch::Apply(&acme))
+        .patch("anvil", &PatchParams::apply("user"), &Patch::Apply(&anvil))
         .await
         .unwrap();
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = wait("the namespace", async || {
-        namespaces.get_opt("company-acme").await.unwrap()
+        namespaces.get_opt("company-anvil").await.unwrap()
     })
     .await;
     assert_eq!(
@@ -200,16 +35,16 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
     );
     assert_eq!(
         ns.labels().get("enclave.dev/company").map(String::as_str),
-        Some("acme")
+        Some("anvil")
     );
-    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "company-acme");
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "company-anvil");
     let quota = wait("the quota", async || {
         quotas.get_opt("company-quota").await.unwrap()
     })
     .await;
     assert_eq!(quota.spec.unwrap().hard.unwrap()["requests.cpu"].0, "8");
     let ready = wait("NamespaceReady", async || {
-        let c = companies.get("acme").await.unwrap();
+        let c = companies.get("anvil").await.unwrap();
         (condition(&c, "NamespaceReady").map(|(s, _)| s).as_deref() == Some("True")).then_some(c)
     })
     .await;
@@ -224,7 +59,7 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
         "the company controller's policy and role are in Vault"
     );
     let ready = wait("Ready", async || {
-        let c = companies.get("acme").await.unwrap();
+        let c = companies.get("anvil").await.unwrap();
         (condition(&c, "Ready").map(|(s, _)| s).as_deref() == Some("True")).then_some(c)
     })
     .await;
@@ -237,9 +72,9 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
     assert!(storage.file_system_id.unwrap().starts_with("fs-"));
 
     // An edited label is put back.
-    namespaces.patch("company-acme", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}))).await.unwrap();
+    namespaces.patch("company-anvil", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}))).await.unwrap();
     wait("the PSA label re-asserted", async || {
-        let ns = namespaces.get("company-acme").await.unwrap();
+        let ns = namespaces.get("company-anvil").await.unwrap();
         (ns.labels()
             .get("pod-security.kubernetes.io/enforce")
             .map(String::as_str)
@@ -249,11 +84,11 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
     .await;
 
     companies
-        .delete("acme", &DeleteParams::default())
+        .delete("anvil", &DeleteParams::default())
         .await
         .unwrap();
-    wait_gone("the namespace to go", &namespaces, "company-acme").await;
-    wait_gone("the Company to go", &companies, "acme").await;
+    wait_gone("the namespace to go", &namespaces, "company-anvil").await;
+    wait_gone("the Company to go", &companies, "anvil").await;
 }
 
 #[tokio::test]
@@ -369,25 +204,25 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
     let h = setup().await;
     let (client, vault) = (h.client.clone(), &h.vault);
     let companies: Api<Company> = Api::all(client.clone());
-    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "globex"}, "spec": {"storage": {"volume": {"storageClassName": "gp3"}}}});
+    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "hooli"}, "spec": {"storage": {"volume": {"storageClassName": "gp3"}}}});
     companies
-        .patch("globex", &PatchParams::apply("user"), &Patch::Apply(&co))
+        .patch("hooli", &PatchParams::apply("user"), &Patch::Apply(&co))
         .await
         .unwrap();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     wait("the namespace", async || {
-        namespaces.get_opt("company-globex").await.unwrap()
+        namespaces.get_opt("company-hooli").await.unwrap()
     })
     .await;
 
-    let devs: Api<Developer> = Api::namespaced(client.clone(), "company-globex");
+    let devs: Api<Developer> = Api::namespaced(client.clone(), "company-hooli");
     for (name, subject) in [("carol", "sub-carol"), ("dave", "sub-dave")] {
-        let dev = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "metadata": {"name": name, "namespace": "company-globex"}, "spec": {"subject": subject}});
+        let dev = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "metadata": {"name": name, "namespace": "company-hooli"}, "spec": {"subject": subject}});
         devs.patch(name, &PatchParams::apply("user"), &Patch::Apply(&dev))
             .await
             .unwrap();
     }
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "company-globex");
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "company-hooli");
     let carol = wait("carol's workspace", async || {
         sets.get_opt("workspace-carol").await.unwrap()
     })
@@ -422,9 +257,9 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
         carol_status.uid,
         "the pod runs as the recorded uid"
     );
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "company-globex");
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "company-hooli");
     assert!(sas.get_opt("developer-carol").await.unwrap().is_some());
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "company-globex");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "company-hooli");
     assert_eq!(
         claims
             .list(&kube::api::ListParams::default())
@@ -453,8 +288,8 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
         .await
         .unwrap();
     assert_eq!(role.bound_service_account_names, ["developer-carol"]);
-    assert_eq!(role.bound_service_account_namespaces, ["company-globex"]);
-    let company_policy = "enclave-globex--company-controller";
+    assert_eq!(role.bound_service_account_namespaces, ["company-hooli"]);
+    let company_policy = "enclave-hooli--company-controller";
     assert!(
         vaultrs::sys::policy::read(&vault.root, company_policy)
             .await
@@ -660,24 +495,6 @@ async fn company_databases_follow_their_mode_and_deletion_policy() {
             .is_err(),
         "the instance is gone"
     );
-}
-
-/// Waits until condition `type_` of the Developer `name` is True.
-async fn developer_condition(
-    devs: &Api<enclave::crd::Developer>,
-    name: &str,
-    type_: &str,
-) -> enclave::crd::Developer {
-    wait(&format!("{type_} of {name}"), async || {
-        let d = devs.get(name).await.unwrap();
-        d.status
-            .as_ref()?
-            .conditions
-            .iter()
-            .any(|c| c.type_ == type_ && c.status == "True")
-            .then_some(d.clone())
-    })
-    .await
 }
 
 #[tokio::test]

@@ -221,6 +221,29 @@ impl VaultClientBackend {
         Ok(info.ttl)
     }
 
+    /// The secrets directly below `prefix` (not in its sub-folders), by
+    /// name; empty if there are none. What a workspace reads at start.
+    pub async fn read_secrets_below(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, HashMap<String, String>>, VaultError> {
+        check_kv_path(prefix)?;
+        let mount = &self.settings.kv_mount;
+        let names = match vaultrs::kv2::list(&*self.client(), mount, prefix).await {
+            Ok(keys) => keys,
+            Err(e) if is_not_found(&e) => Vec::new(),
+            Err(e) => return Err(request("list secrets", prefix)(e)),
+        };
+        let mut secrets = std::collections::BTreeMap::new();
+        for name in names.into_iter().filter(|k| !k.ends_with('/')) {
+            let path = format!("{prefix}/{name}");
+            if let Some((data, _)) = self.read_kv(&path).await? {
+                secrets.insert(name, data);
+            }
+        }
+        Ok(secrets)
+    }
+
     /// Mutating requests sent so far (what "zero writes at steady state" counts).
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)

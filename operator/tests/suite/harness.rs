@@ -1,0 +1,220 @@
+//! The harness of the controller tests: the real `enclave run` binary
+//! against the Kubernetes API emulator, real OpenBao (its Kubernetes auth
+//! pointed at the emulator), moto and PostgreSQL, and a kubelet stand-in.
+
+use std::{process::Child, time::Duration};
+
+use enclave::crd::Company;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, Client, Config, api::PostParams};
+use kube_emulator::Emulator;
+use serde_json::json;
+
+use crate::support::enclave;
+
+/// The operator process; killed when dropped.
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Vault for the operator under test: a Kubernetes auth mount of its own
+/// on the harness's OpenBao, and a root client to look at what it wrote.
+pub struct Vault {
+    /// The operator's Kubernetes auth mount (unique per test).
+    pub mount: String,
+    /// A root client.
+    pub root: vaultrs::client::VaultClient,
+    /// The operator's configuration file.
+    pub config: std::path::PathBuf,
+    /// The shared PostgreSQL admin's credentials, written to Vault by setup.
+    pub admin: std::collections::BTreeMap<&'static str, String>,
+}
+
+fn vault() -> Vault {
+    let addr =
+        crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").expect("OpenBao");
+    let token = crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
+        .expect("token");
+    let root = crate::support::vault_client(&addr, &token);
+    let mount = crate::support::unique("op");
+    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server")
+        .expect("PostgreSQL");
+    let pg = |key: &str| {
+        conninfo
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .to_owned()
+    };
+    let moto = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto_server").expect("moto");
+    let config = std::env::temp_dir().join(format!("enclave-config-{mount}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "clusterId: {mount}\nvault:\n  address: {addr}\n  authMount: {mount}\naws:\n  endpointUrl: {moto}\nstorage:\n  fsxMissingLifecycleIsAvailable: true\ndatabase:\n  subnetGroup: \"\"\n  shared:\n    host: {}\n    port: {}\n    adminCredentialsPath: enclave/pg-admin-{mount}\n    tls: false\n",
+            pg("host"),
+            pg("port")
+        ),
+    )
+    .unwrap();
+    let admin =
+        std::collections::BTreeMap::from([("username", pg("user")), ("password", pg("password"))]);
+    Vault {
+        mount,
+        root,
+        config,
+        admin,
+    }
+}
+
+/// One operator under test with everything it talks to.
+pub struct Harness {
+    /// The API client (as a user).
+    pub client: Client,
+    /// Vault as root, and the operator's mount.
+    pub vault: Vault,
+    /// Runs Jobs and readies workspaces.
+    pub kubelet: crate::kubelet::Kubelet,
+    operator: Option<Operator>,
+    /// The emulator (kept alive).
+    pub emulator: Emulator,
+}
+
+impl Harness {
+    /// Starts (or restarts) the operator process.
+    pub fn start_operator(&mut self) {
+        self.operator = None;
+        let child = enclave()
+            .arg("run")
+            .arg("--config")
+            .arg(&self.vault.config)
+            .env("KUBECONFIG", &self.emulator.kubeconfig)
+            .env(
+                "VAULT_TOKEN",
+                crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
+                    .unwrap(),
+            )
+            .env("RUST_LOG", "warn,rustify=off,vaultrs=off")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .spawn()
+            .unwrap();
+        self.operator = Some(Operator(child));
+    }
+}
+
+/// Starts everything for one test.
+pub async fn setup() -> Harness {
+    let vault = vault();
+    vaultrs::sys::auth::enable(&vault.root, &vault.mount, "kubernetes", None)
+        .await
+        .unwrap();
+    vaultrs::kv2::set(
+        &vault.root,
+        "secret",
+        &format!("enclave/pg-admin-{}", vault.mount),
+        &vault.admin,
+    )
+    .await
+    .unwrap();
+    let emulator = Emulator::start().await.unwrap();
+    let client = Client::try_from(Config::new(emulator.url.parse().unwrap())).unwrap();
+    // OpenBao checks workspace tokens with the emulator's TokenReview, as
+    // it would with a cluster's API server.
+    let ca =
+        std::fs::read_to_string(crate::support::root().join("operator/tests/fixtures/test-ca.pem"))
+            .unwrap();
+    let mut opts =
+        vaultrs::api::auth::kubernetes::requests::ConfigureKubernetesAuthRequest::builder();
+    opts.kubernetes_ca_cert(ca).disable_local_ca_jwt(true);
+    vaultrs::auth::kubernetes::configure(&vault.root, &vault.mount, &emulator.url, Some(&mut opts))
+        .await
+        .unwrap();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in enclave::cli::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let system: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "enclave-system"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &system)
+        .await
+        .unwrap();
+    let kubelet = crate::kubelet::start(client.clone(), "enclave-system");
+    let mut harness = Harness {
+        client,
+        vault,
+        kubelet,
+        operator: None,
+        emulator,
+    };
+    harness.start_operator();
+    harness
+}
+
+/// Polls `check` until it gives a value (30 s at most).
+pub async fn wait<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    wait_or(what, check, async || String::new()).await
+}
+
+/// [`wait`], adding what `describe` says to the failure.
+pub async fn wait_or<T>(
+    what: &str,
+    mut check: impl AsyncFnMut() -> Option<T>,
+    mut describe: impl AsyncFnMut() -> String,
+) -> T {
+    for _ in 0..600 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}. {}", describe().await);
+}
+
+/// Waits until `name` is gone from `api`.
+pub async fn wait_gone<K>(what: &str, api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait(what, async || {
+        api.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
+/// Status and reason of condition `type_` of `company`.
+pub fn condition(company: &Company, type_: &str) -> Option<(String, String)> {
+    company
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Waits until condition `type_` of the Developer `name` is True.
+pub async fn developer_condition(
+    devs: &Api<enclave::crd::Developer>,
+    name: &str,
+    type_: &str,
+) -> enclave::crd::Developer {
+    wait(&format!("{type_} of {name}"), async || {
+        let d = devs.get(name).await.unwrap();
+        d.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+            .then_some(d.clone())
+    })
+    .await
+}
