@@ -26,6 +26,42 @@ struct Cli {
     command: Command,
 }
 
+/// Flags of `enclave run` (each also read from its environment variable).
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Operator configuration (YAML); defaults apply without one.
+    #[arg(long, env = "ENCLAVE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ENCLAVE_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
+    http_address: std::net::SocketAddr,
+    /// Take the leader Lease before acting (turn off only with one replica).
+    #[arg(long, env = "ENCLAVE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader Lease in the operator namespace.
+    #[arg(long, env = "ENCLAVE_LEASE_NAME", default_value = "enclave-operator")]
+    lease_name: String,
+    /// Seconds the leader's Lease stays valid without renewal; a standby
+    /// takes over at most this long after the leader died.
+    #[arg(long, env = "ENCLAVE_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity (default: the pod name from POD_NAME, else
+    /// the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "ENCLAVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// One JSON object per line, with the reconcile span's fields.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show everything the given tenants imply (Kubernetes objects, Vault
@@ -43,11 +79,7 @@ enum Command {
     },
     /// Run the controllers against the cluster of the current kubeconfig (or
     /// the in-cluster ServiceAccount).
-    Run {
-        /// Operator configuration (YAML); defaults apply without one.
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    Run(Box<RunArgs>),
     /// Log in to Vault with the pod's ServiceAccount token, write the
     /// developer's secrets into the secrets volume and clone the company
     /// repository (the workspace pod's init step, not run by users).
@@ -126,19 +158,45 @@ fn storage_prep(
     }
 }
 
-fn run_controllers(config: Option<&PathBuf>) -> ExitCode {
-    let config = match config.map(|p| OperatorConfig::load(p)).transpose() {
+fn run_controllers(args: &RunArgs) -> ExitCode {
+    let config = match args
+        .config
+        .as_ref()
+        .map(|p| OperatorConfig::load(p))
+        .transpose()
+    {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // The Vault client logs expected 404s as errors; keep them out unless asked for.
+    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    for quiet in ["rustify", "vaultrs"] {
+        if !filter.contains(quiet) {
+            filter.push(',');
+            filter.push_str(quiet);
+            filter.push_str("=off");
+        }
+    }
+    let subscriber =
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter));
+    match args.log_format {
+        LogFormat::Json => subscriber.json().with_current_span(true).init(),
+        LogFormat::Text => subscriber.init(),
+    }
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "enclave".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let options = crate::controllers::RunOptions {
+        http_address: args.http_address,
+        leader_election: args.leader_election,
+        lease_name: args.lease_name.clone(),
+        lease_seconds: args.lease_seconds,
+        identity,
+    };
     let runtime = match runtime() {
         Ok(r) => r,
         Err(code) => return code,
@@ -146,10 +204,13 @@ fn run_controllers(config: Option<&PathBuf>) -> ExitCode {
     runtime.block_on(async {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         match kube::Client::try_default().await {
-            Ok(client) => {
-                crate::controllers::run(client, config).await;
-                ExitCode::SUCCESS
-            }
+            Ok(client) => match crate::controllers::run(client, config, options).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "enclave run stops");
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 eprintln!("error: cannot reach the Kubernetes API ({e}); check KUBECONFIG or the in-cluster ServiceAccount");
                 ExitCode::FAILURE
@@ -260,7 +321,7 @@ pub fn main() -> ExitCode {
             output,
             config,
         } => run_plan(&files, output, config),
-        Command::Run { config } => run_controllers(config.as_ref()),
+        Command::Run(args) => run_controllers(&args),
         Command::WorkspaceInit(settings) => workspace_init(&settings),
         Command::StoragePrep {
             root,

@@ -1,4 +1,6 @@
 //! Server-side apply of the builders' objects, under one field manager.
+//! An object whose live state already holds every desired field is not
+//! written at all, so a resync of unchanged tenants makes no writes.
 
 use std::fmt::Debug;
 
@@ -8,57 +10,75 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
 
 use crate::builders::KubeObject;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "enclave";
 
-async fn cluster<K>(client: &Client, object: &K, params: &PatchParams) -> Result<(), kube::Error>
-where
-    K: Resource<Scope = ClusterResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Debug,
-{
-    let api: Api<K> = Api::all(client.clone());
-    api.patch(&object.name_any(), params, &Patch::Apply(object))
-        .await
-        .map(|_| ())
+/// Whether `live` holds everything `desired` says (fields the server or
+/// other managers added are ignored).
+pub fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(live), Value::Object(desired)) => desired
+            .iter()
+            .all(|(k, v)| v.is_null() || live.get(k).is_some_and(|l| contains(l, v))),
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
+        }
+        (live, desired) => live == desired,
+    }
 }
 
-async fn namespaced<K>(client: &Client, object: &K, params: &PatchParams) -> Result<(), kube::Error>
+async fn apply<K>(api: Api<K>, object: &K) -> Result<bool, kube::Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Debug,
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = object.name_any();
+    let desired = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+    if let Some(live) = api.get_opt(&name).await? {
+        let live = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
+        if contains(&live, &desired) {
+            return Ok(false);
+        }
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(object)).await?;
+    Ok(true)
+}
+
+fn cluster<K>(client: &Client) -> Api<K>
+where
+    K: Resource<Scope = ClusterResourceScope, DynamicType = ()>,
+{
+    Api::all(client.clone())
+}
+
+fn namespaced<K>(client: &Client, object: &K) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
 {
     let namespace = object.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
-    api.patch(&object.name_any(), params, &Patch::Apply(object))
-        .await
-        .map(|_| ())
+    Api::namespaced(client.clone(), &namespace)
 }
 
-/// Applies `object`, forcing ownership of the fields Enclave manages.
-pub async fn apply_object(client: &Client, object: &KubeObject) -> Result<(), kube::Error> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+/// Applies `object`, forcing ownership of the fields Enclave manages;
+/// `Ok(false)` when it already was as desired (nothing written).
+pub async fn apply_object(client: &Client, object: &KubeObject) -> Result<bool, kube::Error> {
     match object {
-        KubeObject::Namespace(o) => cluster(client, o, &params).await,
-        KubeObject::PersistentVolume(o) => cluster(client, o, &params).await,
-        KubeObject::ResourceQuota(o) => namespaced(client, o, &params).await,
-        KubeObject::LimitRange(o) => namespaced(client, o, &params).await,
-        KubeObject::NetworkPolicy(o) => namespaced(client, o, &params).await,
-        KubeObject::Role(o) => namespaced(client, o, &params).await,
-        KubeObject::RoleBinding(o) => namespaced(client, o, &params).await,
-        KubeObject::ServiceAccount(o) => namespaced(client, o, &params).await,
-        KubeObject::PersistentVolumeClaim(o) => namespaced(client, o, &params).await,
-        KubeObject::Job(o) => namespaced(client, o, &params).await,
-        KubeObject::Service(o) => namespaced(client, o, &params).await,
-        KubeObject::StatefulSet(o) => namespaced(client, o, &params).await,
+        KubeObject::Namespace(o) => apply(cluster(client), o).await,
+        KubeObject::PersistentVolume(o) => apply(cluster(client), o).await,
+        KubeObject::ResourceQuota(o) => apply(namespaced(client, o), o).await,
+        KubeObject::LimitRange(o) => apply(namespaced(client, o), o).await,
+        KubeObject::NetworkPolicy(o) => apply(namespaced(client, o), o).await,
+        KubeObject::Role(o) => apply(namespaced(client, o), o).await,
+        KubeObject::RoleBinding(o) => apply(namespaced(client, o), o).await,
+        KubeObject::ServiceAccount(o) => apply(namespaced(client, o), o).await,
+        KubeObject::PersistentVolumeClaim(o) => apply(namespaced(client, o), o).await,
+        KubeObject::Job(o) => apply(namespaced(client, o), o).await,
+        KubeObject::Service(o) => apply(namespaced(client, o), o).await,
+        KubeObject::StatefulSet(o) => apply(namespaced(client, o), o).await,
     }
 }
 

@@ -13,14 +13,14 @@ use kube::{
 };
 
 use super::{
-    Context, Error, apply_object, apply_status,
+    Context, Error, apply_status,
     conditions::{reasons, set},
     storage,
 };
 use crate::{
     backends::{
         database::{DatabaseBackend, DatabaseState, Deletion, Phase},
-        vault::{delete_tenant, ensure_company},
+        vault::{Change, delete_tenant, ensure_company},
     },
     builders::{CompanyContext, KubeObject, build_company, database_request},
     crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, Developer},
@@ -73,6 +73,11 @@ async fn write_status(
     company: &Company,
     status: &CompanyStatus,
 ) -> Result<(), Error> {
+    // An unchanged status is not written (no write, no watch event, no
+    // reconcile it would trigger).
+    if company.status.as_ref() == Some(status) {
+        return Ok(());
+    }
     let api: Api<Company> = Api::all(ctx.client.clone());
     Ok(apply_status(&api, &company.name_any(), status).await?)
 }
@@ -124,7 +129,7 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         if object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str()) {
             continue;
         }
-        apply_object(&ctx.client, object).await?;
+        ctx.apply(object).await?;
     }
     tracing::info!(company = %name, namespace = %namespace, objects = plan.objects.len(), "applied the company's objects");
 
@@ -139,9 +144,23 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
     let vault = match &ctx.vault {
         Ok(vault) => ensure_company(vault.as_ref(), &plan)
             .await
-            .map(|_| ())
             .map_err(|e| e.to_string()),
         Err(e) => Err(format!("Vault is unavailable: {e}")),
+    };
+    ctx.health.metrics.backend("vault", vault.is_ok());
+    let vault = match vault {
+        Ok(changes) => {
+            let writes = changes.iter().filter(|c| **c != Change::Unchanged).count();
+            if writes > 0 {
+                let why = format!(
+                    "{writes} Vault policy/role write(s) for the company controller (created or drift corrected)"
+                );
+                ctx.audit(company, &name, "VaultPoliciesWritten", &why, true)
+                    .await;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     };
     match &vault {
         Ok(()) => set(
@@ -163,6 +182,8 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
     }
     // The database: credentials written to Vault first, inside the backend.
     let database = ensure_database(ctx, &build, &status).await;
+    ctx.health.metrics.backend("database", database.is_ok());
+    let previous_database = status.database.clone();
     let database_ready = match &database {
         Ok(state) => {
             status.database = Some(DatabaseStatus {
@@ -214,7 +235,30 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
             false
         }
     };
+    if status.database != previous_database
+        && let Some(db) = &status.database
+    {
+        let why = format!(
+            "database {} is {} (credentials version {})",
+            db.identifier.as_deref().unwrap_or_default(),
+            db.phase.as_deref().unwrap_or("unknown"),
+            db.credentials_version.unwrap_or_default()
+        );
+        ctx.audit(company, &name, "DatabaseEnsured", &why, true)
+            .await;
+    }
+    let previous_storage = status.storage.clone();
     let storage_retry = Box::pin(storage::ensure_company(ctx, company, &mut status)).await?;
+    if status.storage != previous_storage
+        && let Some(id) = status
+            .storage
+            .as_ref()
+            .and_then(|s| s.file_system_id.as_deref())
+    {
+        let why = format!("FSx file system {id} recorded for the company");
+        ctx.audit(company, &name, "FileSystemEnsured", &why, true)
+            .await;
+    }
     let pending: Vec<&str> = [
         ("Vault", vault.is_ok()),
         ("the database", database_ready),
@@ -339,9 +383,23 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
                 "the database of Company {name} to be deleted"
             )));
         }
-        tracing::info!(company = %name, ?outcome, policy = ?req.deletion_policy, "database deletion policy carried out");
+        let why = format!(
+            "database deletion policy {:?} carried out: {outcome:?}",
+            req.deletion_policy
+        );
+        ctx.audit(company, &name, "DatabaseDeletionPolicyApplied", &why, true)
+            .await;
     }
-    storage::cleanup_company(ctx, &build).await?;
+    if let Some(why) = storage::cleanup_company(ctx, &build).await? {
+        ctx.audit(
+            company,
+            &name,
+            "FileSystemDeletionPolicyApplied",
+            &why,
+            true,
+        )
+        .await;
+    }
     delete_tenant(
         vault.as_ref(),
         &build_company(&build),
@@ -352,7 +410,16 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
     match namespace_owner(ctx, &namespace, &name).await? {
         NamespaceOwner::Ours => {
             let api: Api<Namespace> = Api::all(ctx.client.clone());
-            api.delete(&namespace, &DeleteParams::default()).await?;
+            if api
+                .get_opt(&namespace)
+                .await?
+                .is_some_and(|ns| ns.metadata.deletion_timestamp.is_none())
+            {
+                api.delete(&namespace, &DeleteParams::default()).await?;
+                let why = format!("namespace {namespace} deleted with the Company");
+                ctx.audit(company, &name, "NamespaceDeleted", &why, true)
+                    .await;
+            }
             if api.get_opt(&namespace).await?.is_some() {
                 return Err(Error::Waiting(format!(
                     "namespace {namespace} to be deleted"

@@ -16,12 +16,12 @@ use kube::{
 };
 
 use super::{
-    Context, Error, apply_object, apply_status,
+    Context, Error, apply_status,
     conditions::{reasons, set},
     storage,
 };
 use crate::{
-    backends::vault::{VaultBackend, ensure_developer},
+    backends::vault::{Change, VaultBackend, ensure_developer},
     builders::{CompanyContext, DeveloperContext, KubeObject, build_developer},
     crd::{Company, Developer, DeveloperStatus},
     names::CompanyNames,
@@ -46,6 +46,9 @@ async fn write_status(
     developer: &Developer,
     status: &DeveloperStatus,
 ) -> Result<(), Error> {
+    if developer.status.as_ref() == Some(status) {
+        return Ok(());
+    }
     let api: Api<Developer> = Api::namespaced(
         ctx.client.clone(),
         &developer.namespace().unwrap_or_default(),
@@ -59,6 +62,12 @@ fn namespace_ready(company: &Company) -> bool {
             .iter()
             .any(|c| c.type_ == "NamespaceReady" && c.status == "True")
     })
+}
+
+fn storage_ready(conditions: &[Condition]) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == "StorageReady" && c.status == "True")
 }
 
 /// Guards the Developer's Vault policy and role.
@@ -94,7 +103,23 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
         if let Some(company) = company_of(ctx, &namespace).await? {
             let company_ctx = CompanyContext::new(&company, &ctx.config);
             let dev_ctx = DeveloperContext::new(&company_ctx, developer, id);
-            if let Err(e) = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await {
+            let cleaned = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await;
+            if cleaned.is_ok() {
+                let why = format!(
+                    "storage deletion policy {:?} carried out on {}",
+                    company_ctx.settings.storage_deletion_policy,
+                    dev_ctx.names.storage_path()
+                );
+                ctx.audit(
+                    developer,
+                    company_ctx.names.company(),
+                    "StorageDeletionPolicyApplied",
+                    &why,
+                    true,
+                )
+                .await;
+            }
+            if let Err(e) = cleaned {
                 if let Error::StorageCleanup(message) = &e {
                     let mut status = status.clone();
                     set(
@@ -130,9 +155,15 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
             "Vault and the company of namespace {namespace} to remove role {role}"
         )));
     };
-    vault.delete_role(&company, role).await?;
+    let mut removed = vec![vault.delete_role(&company, role).await?];
     if let Some(policy) = &status.vault_policy {
-        vault.delete_policy(policy).await?;
+        removed.push(vault.delete_policy(policy).await?);
+    }
+    if removed.contains(&Change::Deleted) {
+        let why =
+            format!("the workspace's Vault role and policy {role} removed with the Developer");
+        ctx.audit(developer, &company, "VaultPoliciesDeleted", &why, true)
+            .await;
     }
     Ok(Action::await_change())
 }
@@ -221,14 +252,29 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
                 | KubeObject::Job(_)
                 | KubeObject::StatefulSet(_)
         ) {
-            apply_object(&ctx.client, object).await?;
+            ctx.apply(object).await?;
         }
     }
+    let was_prepared = storage_ready(&status.conditions);
     let storage_retry = storage::ensure_developer(ctx, &dev_ctx, &mut status).await?;
+    if !was_prepared && storage_ready(&status.conditions) {
+        let why = format!(
+            "private storage {} ready for uid {id}",
+            dev_ctx.names.storage_path()
+        );
+        ctx.audit(
+            developer.as_ref(),
+            company_ctx.names.company(),
+            "StoragePrepared",
+            &why,
+            true,
+        )
+        .await;
+    }
     if storage_retry.is_none() {
         for object in &plan.objects {
             if matches!(object, KubeObject::StatefulSet(_)) {
-                apply_object(&ctx.client, object).await?;
+                ctx.apply(object).await?;
             }
         }
     }
@@ -277,12 +323,33 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         &message,
         generation,
     );
+    let tenant = company.name_any();
     let vault = match &ctx.vault {
-        Ok(vault) => ensure_developer(vault.as_ref(), &company.name_any(), &plan)
+        Ok(vault) => ensure_developer(vault.as_ref(), &tenant, &plan)
             .await
-            .map(|_| ())
             .map_err(|e| e.to_string()),
         Err(e) => Err(format!("Vault is unavailable: {e}")),
+    };
+    ctx.health.metrics.backend("vault", vault.is_ok());
+    let vault = match vault {
+        Ok(changes) => {
+            let writes = changes.iter().filter(|c| **c != Change::Unchanged).count();
+            if writes > 0 {
+                let why = format!(
+                    "{writes} Vault policy/role write(s) for the workspace (created, drift corrected, or its role changed)"
+                );
+                ctx.audit(
+                    developer.as_ref(),
+                    &tenant,
+                    "VaultPoliciesWritten",
+                    &why,
+                    true,
+                )
+                .await;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     };
     match &vault {
         Ok(()) => set(

@@ -10,25 +10,28 @@
 //! reconciled by the controller (its backend exists and is tested).
 
 mod apply;
+mod audit;
 mod company;
 mod conditions;
 mod developer;
+mod http;
+mod metrics;
+mod runner;
 mod storage;
 
 pub use developer::FINALIZER as DEVELOPER_FINALIZER;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client, ResourceExt,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    Client,
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 use thiserror::Error;
 
 pub use apply::{FIELD_MANAGER, apply_object, apply_status};
 pub use company::FINALIZER;
+pub use runner::{RunOptions, run};
 
 use crate::{
     backends::{
@@ -38,8 +41,6 @@ use crate::{
         vault::{VaultAuth, VaultClientBackend, VaultError, VaultSettings},
     },
     config::OperatorConfig,
-    crd::{Company, Developer},
-    names::LABEL_COMPANY,
 };
 
 /// What a reconcile needs.
@@ -56,12 +57,47 @@ pub struct Context {
     pub file_systems: Option<FsxFileSystems>,
     /// Serialises uid/gid allocation (one active operator, leader-elected).
     pub allocation: tokio::sync::Mutex<()>,
+    /// Metrics and readiness.
+    pub health: Arc<http::Health>,
+    /// Audit lines and Events.
+    pub audit: audit::Audit,
     /// Consecutive failures per object, for the backoff (memory only: a
     /// restart simply starts the backoff again).
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
+    /// Applies `object` (server-side apply), counted in the metrics.
+    pub async fn apply(&self, object: &crate::builders::KubeObject) -> Result<bool, kube::Error> {
+        let result = apply_object(&self.client, object).await;
+        self.health.metrics.backend("kubernetes", result.is_ok());
+        result
+    }
+
+    /// Records a change made for `object` of company `tenant`.
+    pub async fn audit<K>(
+        &self,
+        object: &K,
+        tenant: &str,
+        action: &'static str,
+        why: &str,
+        ok: bool,
+    ) where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        self.audit
+            .record(
+                object,
+                &audit::Change {
+                    tenant,
+                    action,
+                    why,
+                    ok,
+                },
+            )
+            .await;
+    }
+
     /// When a converged object is checked for drift again: the configured
     /// interval with ±10 % jitter.
     pub fn resync(&self) -> Duration {
@@ -283,71 +319,4 @@ pub async fn connect_vault(config: &OperatorConfig) -> Result<Arc<VaultClientBac
         .await
         .map(Arc::new)
         .map_err(|e| e.to_string())
-}
-
-/// Runs the controllers until the process is told to stop.
-pub async fn run(client: Client, config: OperatorConfig) {
-    let vault = connect_vault(&config).await;
-    if let Err(e) = &vault {
-        tracing::error!(error = %e, "Vault is unavailable; tenants report VaultReady=False until the operator restarts with it reachable");
-    }
-    let companies: Api<Company> = Api::all(client.clone());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let developers: Api<Developer> = Api::all(client.clone());
-    let sdk = aws_config(&config).await;
-    let databases = vault.as_ref().ok().map(|v| databases(&config, &sdk, v));
-    let file_systems = Some(FsxFileSystems::new(
-        &aws_sdk_fsx::config::Builder::from(&sdk).build(),
-        CallLimits::default(),
-    ));
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        config,
-        vault,
-        databases,
-        file_systems,
-        allocation: tokio::sync::Mutex::new(()),
-        failures: std::sync::Mutex::default(),
-    });
-    let (ctx_company, ctx_developer) = (Arc::clone(&ctx), Arc::clone(&ctx));
-    let company_controller = Controller::new(companies, watcher::Config::default())
-        // Namespaces carry no owner reference (deleting a Company must never
-        // cascade into a tenant's data), so they are mapped by label.
-        .watches(
-            namespaces,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
-            |ns| {
-                ns.labels()
-                    .get(LABEL_COMPANY)
-                    .map(|company| ObjectRef::<Company>::new(company))
-            },
-        )
-        .shutdown_on_signal()
-        .run(company::reconcile, error_policy, Arc::clone(&ctx))
-        .for_each(|result| {
-            let ctx = Arc::clone(&ctx_company);
-            async move {
-                match result {
-                    Ok((object, _)) => reset_failures(&ctx, &object.erase().to_string()),
-                    Err(error) => tracing::debug!(%error, "company reconcile error"),
-                }
-            }
-        });
-    let developer_controller = Controller::new(developers, watcher::Config::default())
-        .owns(
-            Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(client),
-            watcher::Config::default(),
-        )
-        .shutdown_on_signal()
-        .run(developer::reconcile, error_policy, ctx)
-        .for_each(|result| {
-            let ctx = Arc::clone(&ctx_developer);
-            async move {
-                match result {
-                    Ok((object, _)) => reset_failures(&ctx, &object.erase().to_string()),
-                    Err(error) => tracing::debug!(%error, "developer reconcile error"),
-                }
-            }
-        });
-    futures::future::join(company_controller, developer_controller).await;
 }

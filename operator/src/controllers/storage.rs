@@ -17,7 +17,7 @@ use kube::{
 };
 
 use super::{
-    Context, Error, FIELD_MANAGER, apply_object,
+    Context, Error, FIELD_MANAGER,
     conditions::{reasons, set},
 };
 use crate::{
@@ -72,7 +72,9 @@ pub async fn ensure_company(
         );
         return Ok(Some(Duration::from_mins(5)));
     };
-    let state = match file_systems.ensure(&req).await {
+    let ensured = file_systems.ensure(&req).await;
+    ctx.health.metrics.backend("fsx", ensured.is_ok());
+    let state = match ensured {
         Ok(state) => state,
         Err(e) => {
             let reason = if e.is_transient() {
@@ -183,7 +185,7 @@ pub async fn ensure_company(
         if object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str())
             || matches!(object, KubeObject::PersistentVolume(_))
         {
-            apply_object(&ctx.client, &object).await?;
+            ctx.apply(&object).await?;
         }
     }
     waiting(
@@ -241,7 +243,7 @@ fn job_outcome(job: &Job) -> JobOutcome {
 /// Applies `job` (its spec is deterministic, so a repeat is a no-op) and
 /// reads its outcome.
 async fn run_job(ctx: &Context, job: &Job) -> Result<JobOutcome, Error> {
-    apply_object(&ctx.client, &KubeObject::Job(job.clone())).await?;
+    ctx.apply(&KubeObject::Job(job.clone())).await?;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.config.operator_namespace);
     Ok(jobs
         .get_opt(&job.name_any())
@@ -259,7 +261,7 @@ pub async fn ensure_developer(
     let generation = dev.developer.metadata.generation;
     let (volume, claim) = crate::builders::home_volume(dev);
     if let StorageKind::Volume { storage_class } = &dev.company.settings.storage {
-        apply_object(&ctx.client, &KubeObject::PersistentVolumeClaim(claim)).await?;
+        ctx.apply(&KubeObject::PersistentVolumeClaim(claim)).await?;
         set(
             &mut status.conditions,
             "StorageReady",
@@ -285,9 +287,9 @@ pub async fn ensure_developer(
         return Ok(Some(Duration::from_secs(5)));
     }
     if let Some(volume) = volume {
-        apply_object(&ctx.client, &KubeObject::PersistentVolume(volume)).await?;
+        ctx.apply(&KubeObject::PersistentVolume(volume)).await?;
     }
-    apply_object(&ctx.client, &KubeObject::PersistentVolumeClaim(claim)).await?;
+    ctx.apply(&KubeObject::PersistentVolumeClaim(claim)).await?;
     let prepared = status
         .conditions
         .iter()
@@ -413,9 +415,13 @@ pub async fn cleanup_developer(ctx: &Context, dev: &DeveloperContext<'_>) -> Res
 
 /// Carries out the deletion policy on the company's file system, then
 /// removes its root volume objects; `Err(Waiting)` while FSx deletes.
-pub async fn cleanup_company(ctx: &Context, build: &CompanyContext<'_>) -> Result<(), Error> {
+/// Returns what was done, for the audit trail.
+pub async fn cleanup_company(
+    ctx: &Context,
+    build: &CompanyContext<'_>,
+) -> Result<Option<String>, Error> {
     let Some(req) = file_system_request(build) else {
-        return Ok(());
+        return Ok(None);
     };
     let file_systems = ctx.file_systems.as_ref().ok_or_else(|| {
         Error::Waiting("the FSx backend to carry out the file system's deletion policy".into())
@@ -427,7 +433,10 @@ pub async fn cleanup_company(ctx: &Context, build: &CompanyContext<'_>) -> Resul
             build.names.company()
         )));
     }
-    tracing::info!(company = %build.names.company(), ?outcome, policy = ?req.deletion_policy, "file system deletion policy carried out");
+    let done = format!(
+        "file system deletion policy {:?} carried out: {outcome:?}",
+        req.deletion_policy
+    );
     let operator_ns = &ctx.config.operator_namespace;
     let root = build.names.storage_root_volume();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), operator_ns);
@@ -436,7 +445,7 @@ pub async fn cleanup_company(ctx: &Context, build: &CompanyContext<'_>) -> Resul
     delete_if_present(&volumes, &root).await?;
     let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), operator_ns);
     delete_if_present(&policies, &build.names.storage_prep_policy()).await?;
-    Ok(())
+    Ok(Some(done))
 }
 
 async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>

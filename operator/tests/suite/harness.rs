@@ -35,7 +35,7 @@ pub struct Vault {
     pub admin: std::collections::BTreeMap<&'static str, String>,
 }
 
-fn vault() -> Vault {
+fn vault(moto: &str) -> Vault {
     let addr =
         crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").expect("OpenBao");
     let token = crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
@@ -51,12 +51,11 @@ fn vault() -> Vault {
             .unwrap()
             .to_owned()
     };
-    let moto = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto_server").expect("moto");
     let config = std::env::temp_dir().join(format!("enclave-config-{mount}.yaml"));
     std::fs::write(
         &config,
         format!(
-            "clusterId: {mount}\nvault:\n  address: {addr}\n  authMount: {mount}\naws:\n  endpointUrl: {moto}\nstorage:\n  fsxMissingLifecycleIsAvailable: true\ndatabase:\n  subnetGroup: \"\"\n  shared:\n    host: {}\n    port: {}\n    adminCredentialsPath: enclave/pg-admin-{mount}\n    tls: false\n",
+            "clusterId: {mount}\nvault:\n  address: {addr}\n  authMount: {mount}\naws:\n  endpointUrl: {moto}\nstorage:\n  fsxMissingLifecycleIsAvailable: true\ncontroller:\n  resyncSeconds: 5\ndatabase:\n  subnetGroup: \"\"\n  shared:\n    host: {}\n    port: {}\n    adminCredentialsPath: enclave/pg-admin-{mount}\n    tls: false\n",
             pg("host"),
             pg("port")
         ),
@@ -81,6 +80,10 @@ pub struct Harness {
     /// Runs Jobs and readies workspaces.
     pub kubelet: crate::kubelet::Kubelet,
     operator: Option<Operator>,
+    /// The recording proxy in front of moto that the operator uses.
+    pub aws: crate::aws_proxy::AwsProxy,
+    /// Port of the operator's /metrics, /healthz and /readyz.
+    pub http_port: u16,
     /// The emulator (kept alive).
     pub emulator: Emulator,
 }
@@ -93,6 +96,9 @@ impl Harness {
             .arg("run")
             .arg("--config")
             .arg(&self.vault.config)
+            .arg("--http-address")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--log-format=text")
             .env("KUBECONFIG", &self.emulator.kubeconfig)
             .env(
                 "VAULT_TOKEN",
@@ -108,9 +114,34 @@ impl Harness {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Harness {
+    /// GET `path` from the operator's HTTP endpoint: status code and body.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n")?.1.to_owned();
+        Some((code, body))
+    }
+}
+
 /// Starts everything for one test.
 pub async fn setup() -> Harness {
-    let vault = vault();
+    // The operator reaches moto through a proxy that records every call.
+    let moto = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto_server").expect("moto");
+    let aws = crate::aws_proxy::start(&moto).await;
+    let vault = vault(&aws.url);
     vaultrs::sys::auth::enable(&vault.root, &vault.mount, "kubernetes", None)
         .await
         .unwrap();
@@ -153,6 +184,8 @@ pub async fn setup() -> Harness {
         vault,
         kubelet,
         operator: None,
+        aws,
+        http_port: free_port(),
         emulator,
     };
     harness.start_operator();

@@ -242,6 +242,7 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
     seed_secrets(&h).await;
 
     let started = Instant::now();
+    let initial = Counts::take(&h);
     apply_examples(&client).await;
     let companies: Api<Company> = Api::all(client.clone());
     for company in ["acme", "globex"] {
@@ -280,6 +281,21 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
         "time to Ready for examples/ (2 Companies, 3 Developers): {:?}",
         started.elapsed()
     );
+    println!("full apply: {}", Counts::take(&h).since(&initial));
+    let (code, body) = h.http_get("/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (_, metrics) = h.http_get("/metrics").unwrap();
+    for family in [
+        "enclave_reconciles_total",
+        "enclave_reconcile_duration_seconds",
+        "enclave_backend_calls_total",
+        "enclave_leader 1",
+    ] {
+        assert!(
+            metrics.contains(family),
+            "/metrics lacks {family}:\n{metrics}"
+        );
+    }
 
     // Each workspace's init step wrote exactly its own secrets, 0400, as its uid.
     let runs = h.kubelet.workspaces.lock().unwrap().clone();
@@ -399,6 +415,25 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
         .is_err(),
         "bob's ServiceAccount cannot log in as alice's workspace"
     );
+
+    // Steady state: a resync of the unchanged tenants writes nothing.
+    let before = Counts::take(&h);
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    let after = Counts::take(&h);
+    let resync = after.since(&before);
+    println!("steady-state resync (8 s, resync interval 5 s): {resync}");
+    assert!(
+        resync.company_reconciles >= 2 && resync.developer_reconciles >= 3,
+        "every tenant was resynced: {resync}"
+    );
+    assert_eq!(
+        resync.kubernetes_writes,
+        0,
+        "{resync}\n{:#?}",
+        after.kubernetes_detail(&before)
+    );
+    assert_eq!(resync.vault_writes, 0, "{resync}");
+    assert_eq!(resync.aws_writes, 0, "{resync}");
 
     // globex's database credentials log in to its own database.
     let globex = companies
@@ -520,4 +555,127 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
     ))
     .await
     .unwrap();
+}
+
+/// What the operator did, counted outside it where possible.
+#[derive(Clone, Debug, Default)]
+struct Counts {
+    company_reconciles: u64,
+    developer_reconciles: u64,
+    kubernetes: BTreeMap<String, u64>,
+    kubernetes_writes: u64,
+    vault_writes: u64,
+    aws_calls: u64,
+    aws_writes: u64,
+    backend_calls: u64,
+}
+
+impl Counts {
+    fn take(h: &Harness) -> Self {
+        let metrics = h.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
+        let metric = |prefix: &str| -> u64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        };
+        let kubernetes = h.emulator.store.counters();
+        // Writes the operator sent: not the test's own (kubectl, token
+        // requests), the kubelet stand-in's, or the leader Lease renewals.
+        let kubernetes_writes = kubernetes
+            .iter()
+            .filter(|(key, _)| {
+                let parts: Vec<&str> = key.split(' ').collect();
+                matches!(
+                    parts.first(),
+                    Some(&("create" | "update" | "patch" | "delete" | "deletecollection"))
+                ) && !key.contains("leases")
+                    && !key.contains("token")
+                    && !key.ends_with("kubectl")
+                    && !key.ends_with("kubelet-stand-in")
+            })
+            .map(|(_, n)| n)
+            .sum();
+        let audit = std::env::var("ENCLAVE_TEST_VAULT_AUDIT_LOG")
+            .ok()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        let vault_writes = audit
+            .lines()
+            .filter(|l| l.contains("\"type\":\"request\""))
+            .filter(|l| {
+                [
+                    "\"operation\":\"create\"",
+                    "\"operation\":\"update\"",
+                    "\"operation\":\"delete\"",
+                ]
+                .iter()
+                .any(|o| l.contains(o))
+            })
+            .filter(|l| {
+                l.contains("enclave-acme")
+                    || l.contains("enclave-globex")
+                    || l.contains("companies/acme")
+                    || l.contains("companies/globex")
+            })
+            .count() as u64;
+        let seen = h.aws.seen();
+        let aws_writes = seen
+            .iter()
+            .filter(|s| !s.action.starts_with("Describe") && !s.action.starts_with("List"))
+            .count() as u64;
+        Self {
+            company_reconciles: metric("enclave_reconciles_total{kind=\"Company\""),
+            developer_reconciles: metric("enclave_reconciles_total{kind=\"Developer\""),
+            backend_calls: metric("enclave_backend_calls_total"),
+            kubernetes,
+            kubernetes_writes,
+            vault_writes,
+            aws_calls: seen.len() as u64,
+            aws_writes,
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            company_reconciles: self.company_reconciles - before.company_reconciles,
+            developer_reconciles: self.developer_reconciles - before.developer_reconciles,
+            kubernetes: BTreeMap::new(),
+            kubernetes_writes: self.kubernetes_writes - before.kubernetes_writes,
+            vault_writes: self.vault_writes - before.vault_writes,
+            aws_calls: self.aws_calls - before.aws_calls,
+            aws_writes: self.aws_writes - before.aws_writes,
+            backend_calls: self.backend_calls - before.backend_calls,
+        }
+    }
+
+    fn kubernetes_detail(&self, before: &Self) -> BTreeMap<String, u64> {
+        self.kubernetes
+            .iter()
+            .map(|(k, n)| {
+                (
+                    k.clone(),
+                    n - before.kubernetes.get(k).copied().unwrap_or(0),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} Company and {} Developer reconciles, {} backend steps; writes: Kubernetes {}, Vault {}, AWS {} (of {} AWS calls)",
+            self.company_reconciles,
+            self.developer_reconciles,
+            self.backend_calls,
+            self.kubernetes_writes,
+            self.vault_writes,
+            self.aws_writes,
+            self.aws_calls
+        )
+    }
 }

@@ -1,0 +1,129 @@
+//! Prometheus metrics of `enclave run`, served on `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: &'static str,
+    category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    system: &'static str,
+    outcome: &'static str,
+}
+
+/// The operator's metrics.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<OutcomeLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    durations: Family<KindLabels, Histogram>,
+    backend_calls: Family<BackendLabels, Counter>,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("enclave");
+        let reconciles = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles finished, by kind and outcome (success, error)",
+            reconciles.clone(),
+        );
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "reconcile_failures",
+            "Failed reconciles by kind and error category",
+            failures.clone(),
+        );
+        let durations = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ])
+        });
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time per reconcile, by kind",
+            durations.clone(),
+        );
+        let backend_calls = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "backend_calls",
+            "Reconcile steps on an outside system (kubernetes, vault, database, fsx), by outcome",
+            backend_calls.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and runs the controllers",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            durations,
+            backend_calls,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one finished reconcile of `kind`.
+    pub fn reconciled(&self, kind: &'static str, took: Duration, error: Option<&'static str>) {
+        let outcome = if error.is_some() { "error" } else { "success" };
+        self.reconciles
+            .get_or_create(&OutcomeLabels { kind, outcome })
+            .inc();
+        if let Some(category) = error {
+            self.failures
+                .get_or_create(&FailureLabels { kind, category })
+                .inc();
+        }
+        self.durations
+            .get_or_create(&KindLabels { kind })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one step on `system` (`kubernetes`, `vault`, `database`, `fsx`).
+    pub fn backend(&self, system: &'static str, ok: bool) {
+        let outcome = if ok { "success" } else { "error" };
+        self.backend_calls
+            .get_or_create(&BackendLabels { system, outcome })
+            .inc();
+    }
+
+    /// Sets whether this replica leads.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

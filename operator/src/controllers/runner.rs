@@ -1,0 +1,237 @@
+//! `enclave run`: the HTTP endpoints, the backends, leader election, and
+//! the two controllers, instrumented (metrics, one span per reconcile).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Namespace};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::Instrument;
+
+use super::{
+    Context, Error, audit::Audit, aws_config, company, connect_vault, databases, developer,
+    error_policy, http, reset_failures,
+};
+use crate::{
+    backends::{aws_calls::CallLimits, storage::FsxFileSystems},
+    config::OperatorConfig,
+    crd::{Company, Developer},
+    names::LABEL_COMPANY,
+};
+
+/// How `enclave run` runs (flags; the tenant defaults are in the config).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_address: SocketAddr,
+    /// Take a Lease before acting, so two replicas never both act.
+    pub leader_election: bool,
+    /// Name of the Lease (in the operator namespace).
+    pub lease_name: String,
+    /// Seconds a leader's Lease stays valid without renewal.
+    pub lease_seconds: u64,
+    /// This replica's name in the Lease and in Events.
+    pub identity: String,
+}
+
+async fn reconcile_company(company: Arc<Company>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = tracing::info_span!("reconcile", kind = "Company", name = %company.name_any());
+    let started = Instant::now();
+    let result = company::reconcile(company, Arc::clone(&ctx))
+        .instrument(span)
+        .await;
+    ctx.health.metrics.reconciled(
+        "Company",
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    result
+}
+
+async fn reconcile_developer(
+    developer: Arc<Developer>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = "Developer",
+        namespace = %developer.namespace().unwrap_or_default(),
+        name = %developer.name_any()
+    );
+    let started = Instant::now();
+    let result = developer::reconcile(developer, Arc::clone(&ctx))
+        .instrument(span)
+        .await;
+    ctx.health.metrics.reconciled(
+        "Developer",
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    result
+}
+
+/// Runs both controllers until SIGTERM/SIGINT.
+async fn controllers(client: Client, ctx: Arc<Context>) {
+    let concurrency = ctx.config.controller.max_concurrent_reconciles;
+    let config = controller::Config::default().concurrency(concurrency);
+    let companies: Api<Company> = Api::all(client.clone());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let developers: Api<Developer> = Api::all(client.clone());
+    let (ctx_company, ctx_developer) = (Arc::clone(&ctx), Arc::clone(&ctx));
+    let company_controller = Controller::new(companies, watcher::Config::default())
+        .with_config(config.clone())
+        // Namespaces carry no owner reference (deleting a Company must never
+        // cascade into a tenant's data), so they are mapped by label.
+        .watches(
+            namespaces,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
+            |ns| {
+                ns.labels()
+                    .get(LABEL_COMPANY)
+                    .map(|company| ObjectRef::<Company>::new(company))
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile_company, error_policy, Arc::clone(&ctx))
+        .for_each(|result| {
+            let ctx = Arc::clone(&ctx_company);
+            async move {
+                match result {
+                    Ok((object, _)) => reset_failures(&ctx, &object.erase().to_string()),
+                    Err(error) => tracing::debug!(%error, "company reconcile error"),
+                }
+            }
+        });
+    let developer_controller = Controller::new(developers, watcher::Config::default())
+        .with_config(config)
+        .owns(
+            Api::<StatefulSet>::all(client),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
+        )
+        .shutdown_on_signal()
+        .run(reconcile_developer, error_policy, ctx)
+        .for_each(|result| {
+            let ctx = Arc::clone(&ctx_developer);
+            async move {
+                match result {
+                    Ok((object, _)) => reset_failures(&ctx, &object.erase().to_string()),
+                    Err(error) => tracing::debug!(%error, "developer reconcile error"),
+                }
+            }
+        });
+    futures::future::join(company_controller, developer_controller).await;
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs the operator until it is told to stop; `Err` says why it gave up
+/// (it lost its Lease, or could not serve).
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    options: RunOptions,
+) -> Result<(), String> {
+    let health = Arc::new(http::Health::default());
+    let bound = http::serve(options.http_address, Arc::clone(&health))
+        .await
+        .map_err(|e| format!("cannot serve on {}: {e}", options.http_address))?;
+    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+
+    let vault = connect_vault(&config).await;
+    if let Err(e) = &vault {
+        tracing::error!(error = %e, "Vault is unavailable; tenants report VaultReady=False until the operator restarts with it reachable");
+    }
+    let sdk = aws_config(&config).await;
+    let databases = vault.as_ref().ok().map(|v| databases(&config, &sdk, v));
+    let file_systems = Some(FsxFileSystems::new(
+        &aws_sdk_fsx::config::Builder::from(&sdk).build(),
+        CallLimits::default(),
+    ));
+    let lease_namespace = config.operator_namespace.clone();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config,
+        vault,
+        databases,
+        file_systems,
+        allocation: tokio::sync::Mutex::new(()),
+        health: Arc::clone(&health),
+        audit: Audit::new(client.clone(), &options.identity),
+        failures: std::sync::Mutex::default(),
+    });
+    health.ready.store(true, Ordering::Relaxed);
+
+    if !options.leader_election {
+        health.metrics.set_leader(true);
+        controllers(client, ctx).await;
+        return Ok(());
+    }
+    let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+        .with_namespace(&lease_namespace)
+        .with_identity(&options.identity)
+        .with_duration(options.lease_seconds)
+        .with_grace((options.lease_seconds / 3).max(1))
+        .with_field_manager("enclave-leader-election")
+        .build()
+        .await
+        .map_err(|e| format!("cannot set up leader election: {e}"))?;
+    let (mut leading, lease_task) = manager.watch().await;
+    tracing::info!(identity = %options.identity, lease = %format!("{lease_namespace}/{}", options.lease_name), "waiting to lead");
+    let acquired = tokio::select! {
+        acquired = leading.wait_for(|l| *l) => Some(acquired.is_ok()),
+        () = stop_signal() => None,
+    };
+    match acquired {
+        Some(true) => {}
+        Some(false) => {
+            return Err("the leader election task ended before this replica could lead".into());
+        }
+        None => {
+            drop(leading);
+            let _ = lease_task.await;
+            return Ok(());
+        }
+    }
+    tracing::info!(identity = %options.identity, "leading: starting the controllers");
+    health.metrics.set_leader(true);
+    let outcome = tokio::select! {
+        () = controllers(client, ctx) => Ok(()),
+        _ = leading.wait_for(|l| !*l) => {
+            health.metrics.set_leader(false);
+            // Stop at once: another replica may act from now on.
+            Err("lost the leader Lease; exiting so that only one replica acts".to_owned())
+        }
+    };
+    // Closing the channel makes the task release the Lease, so a standby
+    // takes over without waiting for it to expire.
+    drop(leading);
+    let _ = lease_task.await;
+    outcome
+}
