@@ -15,6 +15,7 @@ use kube::{
 use super::{
     Context, Error, apply_status,
     conditions::{reasons, set},
+    prune::{Owner, prune},
     storage,
 };
 use crate::{
@@ -131,7 +132,18 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         }
         ctx.apply(object).await?;
     }
-    tracing::info!(company = %name, namespace = %namespace, objects = plan.objects.len(), "applied the company's objects");
+    tracing::debug!(company = %name, namespace = %namespace, objects = plan.objects.len(), "applied the company's objects");
+    // The set of children changes only with the spec (or a restart with
+    // another configuration, which also reconciles every object).
+    if company.status.as_ref().and_then(|s| s.observed_generation) != generation
+        || !ctx.pruned_since_start(&format!("Company/{name}"))
+    {
+        let pruned = prune(ctx, &namespace, &Owner::Company(&name), &plan.objects).await?;
+        if !pruned.is_empty() {
+            let why = format!("no longer implied by the spec: {}", pruned.join(", "));
+            ctx.audit(company, &name, "ObjectsPruned", &why, true).await;
+        }
+    }
 
     set(
         &mut status.conditions,

@@ -18,6 +18,7 @@ use kube::{
 use super::{
     Context, Error, apply_status,
     conditions::{reasons, set},
+    prune::{Owner, prune},
     storage,
 };
 use crate::{
@@ -253,6 +254,31 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
                 | KubeObject::StatefulSet(_)
         ) {
             ctx.apply(object).await?;
+        }
+    }
+    let key = format!("Developer/{namespace}/{}", developer.name_any());
+    if developer
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        != generation
+        || !ctx.pruned_since_start(&key)
+    {
+        let owner = Owner::Developer {
+            company: company_ctx.names.company(),
+            name: dev_ctx.names.name(),
+        };
+        let pruned = prune(ctx, &namespace, &owner, &plan.objects).await?;
+        if !pruned.is_empty() {
+            let why = format!("no longer implied by the spec: {}", pruned.join(", "));
+            ctx.audit(
+                developer.as_ref(),
+                company_ctx.names.company(),
+                "ObjectsPruned",
+                &why,
+                true,
+            )
+            .await;
         }
     }
     let was_prepared = storage_ready(&status.conditions);

@@ -16,6 +16,7 @@ mod conditions;
 mod developer;
 mod http;
 mod metrics;
+mod prune;
 mod runner;
 mod storage;
 
@@ -59,6 +60,8 @@ pub struct Context {
     pub allocation: tokio::sync::Mutex<()>,
     /// Metrics and readiness.
     pub health: Arc<http::Health>,
+    /// Objects pruned since start (see [`Context::pruned_since_start`]).
+    pub pruned: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Audit lines and Events.
     pub audit: audit::Audit,
     /// Consecutive failures per object, for the backoff (memory only: a
@@ -67,6 +70,17 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether `key`'s children were pruned since this process started
+    /// (and marks them so): a restart with another configuration may imply
+    /// other children, so each object is pruned once after a start.
+    pub fn pruned_since_start(&self, key: &str) -> bool {
+        !self
+            .pruned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_owned())
+    }
+
     /// Applies `object` (server-side apply), counted in the metrics.
     pub async fn apply(&self, object: &crate::builders::KubeObject) -> Result<bool, kube::Error> {
         let result = apply_object(&self.client, object).await;

@@ -185,6 +185,7 @@ pub async fn run(
         health: Arc::clone(&health),
         audit: Audit::new(client.clone(), &options.identity),
         failures: std::sync::Mutex::default(),
+        pruned: std::sync::Mutex::default(),
     });
     health.ready.store(true, Ordering::Relaxed);
 

@@ -295,14 +295,10 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
             .await
             .is_ok()
     );
-    let dave_role = devs
-        .get("dave")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .vault_role
-        .unwrap();
+    let dave_role = wait("dave's status names his role", async || {
+        devs.get("dave").await.unwrap().status?.vault_role
+    })
+    .await;
     wait("dave's role", async || {
         vaultrs::auth::kubernetes::role::read(&vault.root, &vault.mount, &dave_role)
             .await
@@ -613,4 +609,181 @@ async fn fsx_developers_get_private_directories_removed_per_policy() {
         volumes.items.iter().all(|v| !v.name_any().contains(&name)),
         "no volume object is left"
     );
+}
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn changes_to_tenants_are_followed_exactly() {
+    use enclave::crd::Developer;
+    use k8s_openapi::api::{
+        apps::v1::StatefulSet, networking::v1::NetworkPolicy, rbac::v1::RoleBinding,
+    };
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!(
+            "SKIPPED: the workspace init runs as the developers' uids, so this test runs only as root (CI runs as root)"
+        );
+        return;
+    }
+    let h = setup().await;
+    let client = h.client.clone();
+    let name = crate::support::unique("ch");
+    let namespace = format!("company-{name}");
+    let companies: Api<Company> = Api::all(client.clone());
+    let company = |cpu: &str, egress: serde_json::Value| {
+        json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name},
+            "spec": {"quota": {"cpu": cpu}, "network": {"egress": egress},
+                     "database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                     "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"}}})
+    };
+    let two =
+        json!([{"cidr": "10.1.0.0/16", "ports": [443]}, {"cidr": "10.2.0.0/16", "ports": [5439]}]);
+    companies
+        .patch(
+            &name,
+            &PatchParams::apply("user"),
+            &Patch::Apply(company("8", two)),
+        )
+        .await
+        .unwrap();
+    let devs: Api<Developer> = Api::namespaced(client.clone(), &namespace);
+    let developer = |dev: &str, role: &str, suspended: bool| {
+        json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "metadata": {"name": dev, "namespace": namespace},
+            "spec": {"subject": format!("sub-{dev}"), "role": role, "workspace": {"suspended": suspended}}})
+    };
+    for (dev, role) in [("ann", "Admin"), ("ben", "Developer")] {
+        wait("the Developer applied", async || {
+            devs.patch(
+                dev,
+                &PatchParams::apply("user"),
+                &Patch::Apply(developer(dev, role, false)),
+            )
+            .await
+            .ok()
+        })
+        .await;
+    }
+    for dev in ["ann", "ben"] {
+        developer_condition(&devs, dev, "Ready").await;
+    }
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &namespace);
+    let admin_bindings = async || {
+        bindings
+            .list(&kube::api::ListParams::default().labels("enclave.dev/developer=ann"))
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    assert_eq!(admin_bindings().await, 1, "ann is bound as an Admin");
+    let ann_policy_name = devs
+        .get("ann")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .vault_policy
+        .unwrap();
+    let policy = async || {
+        vaultrs::sys::policy::read(&h.vault.root, &ann_policy_name)
+            .await
+            .unwrap()
+            .rules
+    };
+    assert!(
+        policy()
+            .await
+            .contains(&format!("companies/{name}/shared/*")),
+        "an Admin writes shared secrets"
+    );
+
+    // Quota down, one egress entry dropped.
+    let one = json!([{"cidr": "10.1.0.0/16", "ports": [443]}]);
+    companies
+        .patch(
+            &name,
+            &PatchParams::apply("user"),
+            &Patch::Apply(company("4", one)),
+        )
+        .await
+        .unwrap();
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &namespace);
+    wait("the quota lowered", async || {
+        let q = quotas.get("company-quota").await.unwrap();
+        (q.spec.unwrap().hard.unwrap()["requests.cpu"].0 == "4").then_some(())
+    })
+    .await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
+    wait("the egress entry gone", async || {
+        let p = policies.get("allow-company-egress").await.unwrap();
+        let rules = serde_json::to_string(&p.spec.unwrap().egress).unwrap();
+        (!rules.contains("10.2.0.0/16") && rules.contains("10.1.0.0/16")).then_some(())
+    })
+    .await;
+    // The last entry dropped: the policy itself goes.
+    companies
+        .patch(
+            &name,
+            &PatchParams::apply("user"),
+            &Patch::Apply(company("4", json!([]))),
+        )
+        .await
+        .unwrap();
+    wait_gone(
+        "the company egress policy",
+        &policies,
+        "allow-company-egress",
+    )
+    .await;
+
+    // ben suspended: no pod, data kept; ann turned Developer: her admin binding goes, Vault follows.
+    devs.patch(
+        "ben",
+        &PatchParams::apply("user"),
+        &Patch::Apply(developer("ben", "Developer", true)),
+    )
+    .await
+    .unwrap();
+    devs.patch(
+        "ann",
+        &PatchParams::apply("user"),
+        &Patch::Apply(developer("ann", "Developer", false)),
+    )
+    .await
+    .unwrap();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    wait("ben's workspace scaled to zero", async || {
+        (sets.get("workspace-ben").await.unwrap().spec.replicas == Some(0)).then_some(())
+    })
+    .await;
+    wait("ann's admin binding gone", async || {
+        (admin_bindings().await == 0).then_some(())
+    })
+    .await;
+    wait("ann's policy follows her role", async || {
+        let rules = policy().await;
+        (!rules.contains(&format!("companies/{name}/shared/*"))
+            && rules.contains(&format!("companies/{name}/shared/dev/*")))
+        .then_some(())
+    })
+    .await;
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), &namespace);
+    let ben = devs.get("ben").await.unwrap().status.unwrap();
+    assert!(
+        claims
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            == 2,
+        "ben's data is kept while suspended"
+    );
+    assert!(ben.uid.is_some());
+
+    companies
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("the Company", &companies, &name).await;
 }

@@ -1,0 +1,128 @@
+//! Pruning: in-cluster children the spec no longer implies (the last egress
+//! rule dropped, an Admin turned Developer) are found by label and deleted.
+//! Objects that hold data (claims, volumes) and storage Jobs are never
+//! pruned here: they follow the deletion policy.
+
+use std::{collections::BTreeSet, fmt::Debug};
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{LimitRange, ResourceQuota, Service, ServiceAccount},
+        networking::v1::NetworkPolicy,
+        rbac::v1::{Role, RoleBinding},
+    },
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams},
+};
+use serde::de::DeserializeOwned;
+
+use super::{Context, Error};
+use crate::{
+    builders::KubeObject,
+    names::{LABEL_COMPANY, LABEL_DEVELOPER, LABEL_MANAGED_BY, MANAGED_BY},
+};
+
+/// Whose children to look at.
+pub enum Owner<'a> {
+    /// A Company's own objects (not its Developers').
+    Company(&'a str),
+    /// One Developer's objects.
+    Developer {
+        /// The company.
+        company: &'a str,
+        /// The Developer.
+        name: &'a str,
+    },
+}
+
+impl Owner<'_> {
+    fn selector(&self) -> String {
+        match self {
+            Owner::Company(company) => format!(
+                "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPANY}={company},!{LABEL_DEVELOPER}"
+            ),
+            Owner::Developer { company, name } => format!(
+                "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPANY}={company},{LABEL_DEVELOPER}={name}"
+            ),
+        }
+    }
+}
+
+fn kind_and_name(object: &KubeObject) -> (&'static str, String) {
+    let kind = match object {
+        KubeObject::Namespace(_) => "Namespace",
+        KubeObject::PersistentVolume(_) => "PersistentVolume",
+        KubeObject::ResourceQuota(_) => "ResourceQuota",
+        KubeObject::LimitRange(_) => "LimitRange",
+        KubeObject::NetworkPolicy(_) => "NetworkPolicy",
+        KubeObject::Role(_) => "Role",
+        KubeObject::RoleBinding(_) => "RoleBinding",
+        KubeObject::ServiceAccount(_) => "ServiceAccount",
+        KubeObject::PersistentVolumeClaim(_) => "PersistentVolumeClaim",
+        KubeObject::Job(_) => "Job",
+        KubeObject::Service(_) => "Service",
+        KubeObject::StatefulSet(_) => "StatefulSet",
+    };
+    (kind, object.metadata().name.clone().unwrap_or_default())
+}
+
+async fn prune_kind<K>(
+    ctx: &Context,
+    namespace: &str,
+    selector: &str,
+    keep: &BTreeSet<(&'static str, String)>,
+) -> Result<Vec<String>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut pruned = Vec::new();
+    for object in api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+    {
+        let name = object.name_any();
+        if object.meta().deletion_timestamp.is_some()
+            || keep.iter().any(|(k, n)| *k == kind.as_ref() && *n == name)
+        {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => pruned.push(format!("{kind} {name}")),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(pruned)
+}
+
+/// Deletes `owner`'s labelled children in `namespace` that are not in
+/// `desired`; returns what went (for the audit trail).
+pub async fn prune(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner<'_>,
+    desired: &[KubeObject],
+) -> Result<Vec<String>, Error> {
+    let keep: BTreeSet<_> = desired.iter().map(kind_and_name).collect();
+    let selector = owner.selector();
+    let mut pruned = Vec::new();
+    pruned.extend(prune_kind::<NetworkPolicy>(ctx, namespace, &selector, &keep).await?);
+    pruned.extend(prune_kind::<RoleBinding>(ctx, namespace, &selector, &keep).await?);
+    pruned.extend(prune_kind::<Role>(ctx, namespace, &selector, &keep).await?);
+    pruned.extend(prune_kind::<ServiceAccount>(ctx, namespace, &selector, &keep).await?);
+    pruned.extend(prune_kind::<Service>(ctx, namespace, &selector, &keep).await?);
+    pruned.extend(prune_kind::<StatefulSet>(ctx, namespace, &selector, &keep).await?);
+    pruned.extend(prune_kind::<ResourceQuota>(ctx, namespace, &selector, &keep).await?);
+    pruned.extend(prune_kind::<LimitRange>(ctx, namespace, &selector, &keep).await?);
+    Ok(pruned)
+}
