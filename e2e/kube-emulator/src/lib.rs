@@ -83,6 +83,12 @@ impl Drop for Emulator {
     }
 }
 
+/// A kubeconfig for `url` whose client presents bearer token `token`
+/// (the emulator accepts any and counts requests per token).
+pub fn kubeconfig_yaml_with_token(url: &str, token: &str) -> String {
+    kubeconfig_yaml(url).replace("  user: {}\n", &format!("  user:\n    token: {token}\n"))
+}
+
 /// A kubeconfig for `url` (plain HTTP on loopback, no credentials).
 pub fn kubeconfig_yaml(url: &str) -> String {
     format!(

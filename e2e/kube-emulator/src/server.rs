@@ -309,6 +309,13 @@ async fn serve(store: &Arc<Store>, req: Request<Incoming>) -> Result<Response<Bo
         (&Method::DELETE, Some(_)) => "delete",
         _ => return Err(ApiError::method_not_allowed()),
     };
+    let client = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("-");
+    store.count_client(verb, &res.plural, client);
     store.admit(
         verb,
         &res.plural,

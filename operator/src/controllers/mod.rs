@@ -268,8 +268,8 @@ pub fn retry_delay(class: RetryClass, failures: u32) -> Duration {
     };
     match class {
         RetryClass::Waiting => Duration::from_secs(1),
-        RetryClass::Transient => exponential(1_000, 300_000),
-        RetryClass::Throttled => exponential(10_000, 600_000),
+        RetryClass::Transient => exponential(500, 300_000),
+        RetryClass::Throttled => exponential(5_000, 600_000),
         RetryClass::NeedsPerson => Duration::from_mins(5),
     }
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::support::enclave;
 
 /// The operator process; killed when dropped.
-struct Operator(Child);
+pub struct Operator(Child);
 
 impl Drop for Operator {
     fn drop(&mut self) {
@@ -92,14 +92,38 @@ impl Harness {
     /// Starts (or restarts) the operator process.
     pub fn start_operator(&mut self) {
         self.operator = None;
+        self.operator = Some(self.spawn_operator("replica-a", self.http_port));
+    }
+
+    /// Kills the operator process (SIGKILL: no cleanup of any kind).
+    pub fn kill_operator(&mut self) {
+        self.operator = None;
+    }
+
+    /// Starts one more operator process (a replica) that identifies itself
+    /// to the API with bearer token `identity` and serves HTTP on `port`.
+    pub fn spawn_operator(&self, identity: &str, port: u16) -> Operator {
+        let kubeconfig = self
+            .emulator
+            .kubeconfig
+            .with_extension(format!("{identity}.yaml"));
+        std::fs::write(
+            &kubeconfig,
+            kube_emulator::kubeconfig_yaml_with_token(&self.emulator.url, identity),
+        )
+        .unwrap();
         let child = enclave()
             .arg("run")
             .arg("--config")
             .arg(&self.vault.config)
             .arg("--http-address")
-            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg(format!("127.0.0.1:{port}"))
             .arg("--log-format=text")
-            .env("KUBECONFIG", &self.emulator.kubeconfig)
+            .arg("--identity")
+            .arg(identity)
+            .arg("--lease-seconds")
+            .arg("4")
+            .env("KUBECONFIG", &kubeconfig)
             .env(
                 "VAULT_TOKEN",
                 crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
@@ -110,11 +134,12 @@ impl Harness {
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .spawn()
             .unwrap();
-        self.operator = Some(Operator(child));
+        Operator(child)
     }
 }
 
-fn free_port() -> u16 {
+/// A free loopback port.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -125,15 +150,20 @@ fn free_port() -> u16 {
 impl Harness {
     /// GET `path` from the operator's HTTP endpoint: status code and body.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let code = response.split(' ').nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n")?.1.to_owned();
-        Some((code, body))
+        http_get(self.http_port, path)
     }
+}
+
+/// GET `path` from loopback `port`: status code and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((code, body))
 }
 
 /// Starts everything for one test.
@@ -192,7 +222,7 @@ pub async fn setup() -> Harness {
     harness
 }
 
-/// Polls `check` until it gives a value (30 s at most).
+/// Polls `check` until it gives a value (60 s at most).
 pub async fn wait<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
     wait_or(what, check, async || String::new()).await
 }
@@ -203,7 +233,8 @@ pub async fn wait_or<T>(
     mut check: impl AsyncFnMut() -> Option<T>,
     mut describe: impl AsyncFnMut() -> String,
 ) -> T {
-    for _ in 0..600 {
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    while std::time::Instant::now() < deadline {
         if let Some(v) = check().await {
             return v;
         }

@@ -135,7 +135,7 @@ async fn run(client: Client, namespace: String, file_systems: PathBuf, workspace
                 }
             }
         }
-        provision(&client).await;
+        Box::pin(provision(&client)).await;
         if let Ok(list) = sets.list(&ListParams::default()).await {
             for set in list.items {
                 let key = format!("{}/{}", set.namespace().unwrap_or_default(), set.name_any());
@@ -419,6 +419,28 @@ async fn provision(client: &Client) {
     let Ok(list) = claims.list(&ListParams::default()).await else {
         return;
     };
+    // The volume controller's half: a provisioned volume whose claim is
+    // gone goes with it under reclaim policy Delete, and stays under Retain.
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    if let Ok(existing) = volumes.list(&ListParams::default()).await {
+        for pv in existing.items {
+            let spec = pv.spec.clone().unwrap_or_default();
+            let Some(claim) = spec.claim_ref else {
+                continue;
+            };
+            let provisioned = pv.name_any().starts_with("pvc-");
+            let claimed = list
+                .items
+                .iter()
+                .any(|c| c.namespace() == claim.namespace && Some(c.name_any()) == claim.name);
+            if provisioned
+                && !claimed
+                && spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete")
+            {
+                let _ = volumes.delete(&pv.name_any(), &kube::api::DeleteParams::default()).await;
+            }
+        }
+    }
     for claim in list.items {
         let spec = claim.spec.clone().unwrap_or_default();
         let class = spec.storage_class_name.clone().unwrap_or_default();

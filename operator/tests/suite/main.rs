@@ -14,6 +14,7 @@ mod kubelet;
 mod kubernetes_schemas;
 mod plan_examples;
 mod pod_security;
+mod resilience;
 mod services;
 mod storage_objects;
 mod storage_prep;

@@ -76,6 +76,7 @@ struct State {
     objects: BTreeMap<String, Entry>,
     history: VecDeque<Arc<Event>>,
     counters: BTreeMap<String, u64>,
+    clients: BTreeMap<String, u64>,
     faults: Vec<Fault>,
     /// While set, lists answer from this snapshot (a stale view).
     frozen: Option<(BTreeMap<String, Value>, u64)>,
@@ -204,6 +205,7 @@ impl Store {
                 objects: BTreeMap::new(),
                 history: VecDeque::new(),
                 counters: BTreeMap::new(),
+                clients: BTreeMap::new(),
                 faults: Vec::new(),
                 frozen: None,
             }),
@@ -280,6 +282,20 @@ impl Store {
     /// Adds a fault.
     pub fn inject(&self, fault: Fault) {
         lock(&self.state).faults.push(fault);
+    }
+
+    /// Counts a request of the client that presented bearer token `client`.
+    pub fn count_client(&self, verb: &str, resource: &str, client: &str) {
+        *lock(&self.state)
+            .clients
+            .entry(format!("{verb} {resource} {client}"))
+            .or_default() += 1;
+    }
+
+    /// Requests so far, by `verb resource client` (the client's bearer
+    /// token; `-` without one), so tests can tell processes apart.
+    pub fn client_counters(&self) -> BTreeMap<String, u64> {
+        lock(&self.state).clients.clone()
     }
 
     /// Requests so far, by `verb resource manager`.

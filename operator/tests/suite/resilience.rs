@@ -1,0 +1,494 @@
+//! The real `enclave run` under crashes, API faults and a second replica.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use enclave::crd::{Company, Developer};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, ResourceQuota};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use kube_emulator::Fault;
+use serde_json::{Value, json};
+
+use crate::harness::{Harness, free_port, setup, wait, wait_gone, wait_or};
+
+/// A small tenant: `flavour` 0 is Shared database + FSx, 1 is a
+/// Dedicated RDS instance + per-developer volumes; both deleted with
+/// policy Delete so nothing may be left.
+fn tenant(name: &str, flavour: usize, cpu: &str) -> (Value, Vec<Value>) {
+    let (database, storage) = if flavour.is_multiple_of(2) {
+        (
+            json!({"mode": "Shared", "deletionPolicy": "Delete"}),
+            json!({"fsx": {"type": "OpenZfs"}, "deletionPolicy": "Delete"}),
+        )
+    } else {
+        (
+            json!({"mode": "Dedicated", "instanceClass": "db.t4g.micro", "deletionPolicy": "Delete"}),
+            json!({"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"}),
+        )
+    };
+    let company = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name},
+        "spec": {"quota": {"cpu": cpu}, "database": database, "storage": storage}});
+    let developers = ["dev-a", "dev-b"]
+        .iter()
+        .map(|dev| {
+            json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+                "metadata": {"name": dev, "namespace": format!("company-{name}")},
+                "spec": {"subject": format!("{name}-{dev}")}})
+        })
+        .collect();
+    (company, developers)
+}
+
+async fn apply_tenant(client: &Client, company: &Value, developers: &[Value]) {
+    let name = company["metadata"]["name"].as_str().unwrap();
+    Api::<Company>::all(client.clone())
+        .patch(name, &PatchParams::apply("user"), &Patch::Apply(company))
+        .await
+        .unwrap();
+    for dev in developers {
+        let ns = dev["metadata"]["namespace"].as_str().unwrap();
+        let dev_name = dev["metadata"]["name"].as_str().unwrap();
+        let api = Api::<Developer>::namespaced(client.clone(), ns);
+        wait("the Developer applied", async || {
+            api.patch(dev_name, &PatchParams::apply("user"), &Patch::Apply(dev))
+                .await
+                .ok()
+        })
+        .await;
+    }
+}
+
+fn is_ready(
+    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> bool {
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn wait_ready(client: &Client, name: &str) {
+    let companies: Api<Company> = Api::all(client.clone());
+    wait_or(
+        &format!("Company {name} Ready"),
+        async || {
+            let c = companies.get_opt(name).await.ok()??;
+            is_ready(c.status.as_ref().map(|s| &s.conditions)).then_some(())
+        },
+        async || {
+            format!(
+                "{:#?}",
+                companies
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.status)
+            )
+        },
+    )
+    .await;
+    let devs: Api<Developer> = Api::namespaced(client.clone(), &format!("company-{name}"));
+    for dev in ["dev-a", "dev-b"] {
+        wait_or(
+            &format!("Developer {dev} of {name} Ready"),
+            async || {
+                let d = devs.get_opt(dev).await.ok()??;
+                is_ready(d.status.as_ref().map(|s| &s.conditions)).then_some(())
+            },
+            async || {
+                format!(
+                    "{:#?}",
+                    devs.get_opt(dev)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|d| d.status)
+                )
+            },
+        )
+        .await;
+    }
+}
+
+fn aws_clients() -> (aws_sdk_rds::Client, aws_sdk_fsx::Client) {
+    let endpoint = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap();
+    let creds = aws_sdk_rds::config::Credentials::new("test", "test", None, None, "static");
+    let rds = aws_sdk_rds::Client::from_conf(
+        aws_sdk_rds::Config::builder()
+            .behavior_version(aws_sdk_rds::config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_sdk_rds::config::Region::new("us-east-1"))
+            .credentials_provider(creds.clone())
+            .build(),
+    );
+    let fsx = aws_sdk_fsx::Client::from_conf(
+        aws_sdk_fsx::Config::builder()
+            .behavior_version(aws_sdk_fsx::config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_sdk_fsx::config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .build(),
+    );
+    (rds, fsx)
+}
+
+/// What exists anywhere for company `name`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Footprint {
+    rds_instances: usize,
+    file_systems: usize,
+    databases: usize,
+    roles: usize,
+    vault_policies: usize,
+    vault_roles: usize,
+    namespace: bool,
+    volumes: usize,
+}
+
+async fn footprint(h: &Harness, name: &str) -> Footprint {
+    let (rds, fsx) = aws_clients();
+    let tagged = |tags: Vec<(Option<String>, Option<String>)>| {
+        tags.iter()
+            .any(|(k, v)| k.as_deref() == Some("enclave.dev/company") && v.as_deref() == Some(name))
+    };
+    let rds_instances = rds
+        .describe_db_instances()
+        .send()
+        .await
+        .unwrap()
+        .db_instances()
+        .iter()
+        .filter(|i| {
+            tagged(
+                i.tag_list()
+                    .iter()
+                    .map(|t| (t.key().map(str::to_owned), t.value().map(str::to_owned)))
+                    .collect(),
+            )
+        })
+        .count();
+    let file_systems = fsx
+        .describe_file_systems()
+        .send()
+        .await
+        .unwrap()
+        .file_systems()
+        .iter()
+        .filter(|f| {
+            tagged(
+                f.tags()
+                    .iter()
+                    .map(|t| (t.key().map(str::to_owned), t.value().map(str::to_owned)))
+                    .collect(),
+            )
+        })
+        .count();
+    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "PostgreSQL").unwrap();
+    let (db, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let pattern = format!("%{}%", name.replace('-', "_"));
+    let count = |sql: &'static str| {
+        let db = &db;
+        let pattern = pattern.clone();
+        async move {
+            db.query_one(sql, &[&pattern])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    let databases =
+        usize::try_from(count("SELECT count(*) FROM pg_database WHERE datname LIKE $1").await)
+            .unwrap();
+    let roles = usize::try_from(count("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1").await)
+        .unwrap();
+    let vault_policies = vaultrs::sys::policy::list(&h.vault.root)
+        .await
+        .unwrap()
+        .policies
+        .iter()
+        .filter(|p| p.starts_with(&format!("enclave-{name}--")))
+        .count();
+    let vault_roles = vaultrs::auth::kubernetes::role::list(&h.vault.root, &h.vault.mount)
+        .await
+        .map(|r| r.keys)
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.starts_with(&format!("enclave-{name}--")))
+        .count();
+    let namespace = Api::<Namespace>::all(h.client.clone())
+        .get_opt(&format!("company-{name}"))
+        .await
+        .unwrap()
+        .is_some();
+    let volumes = Api::<PersistentVolume>::all(h.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|v| {
+            v.name_any().contains(name)
+                || v.spec
+                    .as_ref()
+                    .and_then(|s| s.claim_ref.as_ref())
+                    .and_then(|c| c.namespace.as_deref())
+                    == Some(format!("company-{name}").as_str())
+        })
+        .count();
+    Footprint {
+        rds_instances,
+        file_systems,
+        databases,
+        roles,
+        vault_policies,
+        vault_roles,
+        namespace,
+        volumes,
+    }
+}
+
+/// Whether the database credentials in Vault log in (Shared mode: a real
+/// PostgreSQL login; Dedicated: moto runs no database, so the check is that
+/// the instance's master user is the stored one).
+async fn credentials_work(h: &Harness, name: &str) -> bool {
+    let company = Api::<Company>::all(h.client.clone())
+        .get(name)
+        .await
+        .unwrap();
+    let db = company.status.unwrap().database.unwrap();
+    let creds: BTreeMap<String, String> = vaultrs::kv2::read(
+        &h.vault.root,
+        "secret",
+        &format!("companies/{name}/platform/database"),
+    )
+    .await
+    .unwrap();
+    if db.identifier.as_deref() == Some(&format!("enclave-{name}")) {
+        let (rds, _) = aws_clients();
+        let instance = rds
+            .describe_db_instances()
+            .db_instance_identifier(format!("enclave-{name}"))
+            .send()
+            .await
+            .unwrap();
+        return instance.db_instances()[0].master_username() == Some(creds["username"].as_str());
+    }
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(db.endpoint.as_ref().unwrap())
+        .port(u16::try_from(db.port.unwrap()).unwrap())
+        .user(&creds["username"])
+        .password(&creds["password"])
+        .dbname(db.name.as_ref().unwrap());
+    pg.connect(tokio_postgres::NoTls).await.is_ok()
+}
+
+#[tokio::test]
+async fn crash_campaign_converges_with_no_orphans_duplicates_or_broken_credentials() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!(
+            "SKIPPED: storage-prep and the workspace init run as the developers' uids, so this test runs only as root (CI runs as root)"
+        );
+        return;
+    }
+    let runs: usize = std::env::var("ENCLAVE_CRASH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut h = setup().await;
+    let client = h.client.clone();
+    let companies: Api<Company> = Api::all(client.clone());
+    let (mut orphans, mut duplicates, mut broken, mut kills) = (0, 0, 0, 0);
+    for run in 0..runs {
+        let name = crate::support::unique(&format!("k{run}x"));
+        let (company, developers) = tenant(&name, run, "8");
+        apply_tenant(&client, &company, &developers).await;
+        // Crash at a random point of the apply, then once more, perhaps.
+        for _ in 0..=(run % 2) {
+            tokio::time::sleep(Duration::from_millis(rand_ms(50, 1500))).await;
+            h.kill_operator();
+            kills += 1;
+            h.start_operator();
+        }
+        wait_ready(&client, &name).await;
+        let seen = footprint(&h, &name).await;
+        if seen.rds_instances > 1 || seen.file_systems > 1 || seen.databases > 1 {
+            duplicates += 1;
+            eprintln!("run {run}: duplicates {seen:?}");
+        }
+        // The footprint check sees the tenant while it exists (so the
+        // orphan check after deletion is not vacuous).
+        let expected = if run % 2 == 0 { (0, 1, 1) } else { (1, 0, 0) };
+        assert_eq!(
+            (seen.rds_instances, seen.file_systems, seen.databases),
+            expected,
+            "run {run}: {seen:?}"
+        );
+        assert!(
+            seen.namespace && seen.vault_policies == 3 && seen.vault_roles == 3,
+            "run {run}: {seen:?}"
+        );
+        if !credentials_work(&h, &name).await {
+            broken += 1;
+            eprintln!("run {run}: the stored database credentials do not log in");
+        }
+        // Crash at a random point of the deletion.
+        companies
+            .delete(&name, &DeleteParams::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rand_ms(20, 800))).await;
+        h.kill_operator();
+        kills += 1;
+        h.start_operator();
+        wait_gone(&format!("Company {name}"), &companies, &name).await;
+        let left = footprint(&h, &name).await;
+        if left != Footprint::default() {
+            orphans += 1;
+            eprintln!("run {run}: left behind {left:?}");
+        }
+    }
+    println!(
+        "crash campaign: {runs} runs, {kills} kills (SIGKILL during apply and during delete): {orphans} runs with orphans, {duplicates} with duplicates, {broken} with credentials that do not work"
+    );
+    assert_eq!((orphans, duplicates, broken), (0, 0, 0));
+}
+
+fn rand_ms(low: u64, high: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    low + u64::from(nanos) % (high - low)
+}
+
+/// Writes (not reads, not Lease renewals) each client sent, by client.
+fn writes_by_client(h: &Harness) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (key, n) in h.emulator.store.client_counters() {
+        let parts: Vec<&str> = key.split(' ').collect();
+        if matches!(parts[0], "create" | "update" | "patch" | "delete") && parts[1] != "leases" {
+            *out.entry(parts[2].to_owned()).or_default() += n;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_replicas_only_the_leader_writes_and_a_standby_takes_over() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!(
+            "SKIPPED: the workspace init runs as the developers' uids, so this test runs only as root (CI runs as root)"
+        );
+        return;
+    }
+    let mut h = setup().await;
+    let client = h.client.clone();
+    let port_b = free_port();
+    let replica_b = h.spawn_operator("replica-b", port_b);
+    let name = crate::support::unique("two");
+    let (company, developers) = tenant(&name, 1, "8");
+    apply_tenant(&client, &company, &developers).await;
+    wait_ready(&client, &name).await;
+    let writes = writes_by_client(&h);
+    println!("writes by client with two replicas: {writes:?}");
+    let a = writes.get("replica-a").copied().unwrap_or(0);
+    let b = writes.get("replica-b").copied().unwrap_or(0);
+    assert!((a > 0) != (b > 0), "exactly one replica writes: {writes:?}");
+    let leader_is_a = a > 0;
+    // The other one reports itself as standing by.
+    let standby_port = if leader_is_a { port_b } else { h.http_port };
+    let (_, metrics) = crate::harness::http_get(standby_port, "/metrics").unwrap();
+    assert!(metrics.contains("enclave_leader 0"), "{metrics}");
+
+    // The leader dies (SIGKILL: it cannot release the Lease); the standby
+    // takes over once the Lease expires and follows a change.
+    let _replica_b = if leader_is_a {
+        h.kill_operator();
+        Some(replica_b)
+    } else {
+        drop(replica_b);
+        None
+    };
+    let (company, _) = tenant(&name, 1, "2");
+    Api::<Company>::all(client.clone())
+        .patch(&name, &PatchParams::apply("user"), &Patch::Apply(&company))
+        .await
+        .unwrap();
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &format!("company-{name}"));
+    wait("the standby to follow the change", async || {
+        let q = quotas.get("company-quota").await.unwrap();
+        (q.spec.unwrap().hard.unwrap()["requests.cpu"].0 == "2").then_some(())
+    })
+    .await;
+    let after = writes_by_client(&h);
+    let new_leader = if leader_is_a {
+        "replica-b"
+    } else {
+        "replica-a"
+    };
+    assert!(after.get(new_leader).copied().unwrap_or(0) > 0, "{after:?}");
+    println!("writes by client after the leader died: {after:?}");
+}
+
+#[tokio::test]
+async fn api_faults_during_a_full_apply_converge_and_show_in_metrics() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!(
+            "SKIPPED: the workspace init runs as the developers' uids, so this test runs only as root (CI runs as root)"
+        );
+        return;
+    }
+    let h = setup().await;
+    let store = &h.emulator.store;
+    let fault = |verb: &str, resource: &str, status: u16, remaining: u32| Fault {
+        verb: Some(verb.into()),
+        resource: Some(resource.into()),
+        name: None,
+        remaining,
+        status,
+        retry_after: (status == 429).then_some(1),
+    };
+    store.inject(fault("patch", "statefulsets", 409, 2));
+    store.inject(fault("patch", "namespaces", 500, 2));
+    store.inject(fault("patch", "serviceaccounts", 500, 2));
+    store.inject(fault("patch", "resourcequotas", 429, 1));
+    store.inject(fault("get", "networkpolicies", 500, 2));
+    let name = crate::support::unique("flt");
+    let (company, developers) = tenant(&name, 1, "8");
+    apply_tenant(&h.client, &company, &developers).await;
+    // After the user's own writes: the operator's status writes fail too.
+    store.inject(fault("patch", "companies", 409, 2));
+    store.inject(fault("patch", "developers", 500, 2));
+    // Watches cut and lists stale for a moment, mid-apply.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.cut_watches();
+    store.freeze_lists();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.thaw();
+    store.cut_watches();
+    wait_ready(&h.client, &name).await;
+    let (_, metrics) = h.http_get("/metrics").unwrap();
+    let failures: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("enclave_reconcile_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    println!(
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("enclave_reconcile_failures_total{")
+                || l.starts_with("enclave_reconciles_total{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        failures > 0,
+        "the injected faults are visible in /metrics:\n{metrics}"
+    );
+    let left = footprint(&h, &name).await;
+    assert_eq!(left.rds_instances, 1, "one instance despite the retries");
+}
