@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt;
@@ -26,7 +26,7 @@ use super::{
     error_policy, http, reset_failures,
 };
 use crate::{
-    backends::{aws_calls::CallLimits, storage::FsxFileSystems},
+    backends::{aws_calls::CallLimits, storage::FsxFileSystems, vault::VaultClientBackend},
     config::OperatorConfig,
     crd::{Company, Developer},
     names::LABEL_COMPANY,
@@ -135,6 +135,34 @@ async fn controllers(client: Client, ctx: Arc<Context>) {
     futures::future::join(company_controller, developer_controller).await;
 }
 
+/// Renews (or re-obtains) the operator's Vault token at half its TTL, so
+/// it never expires under the controllers; a token without a TTL (a root
+/// or periodic token outside Kubernetes auth) is looked at hourly.
+async fn keep_vault_token_fresh(vault: Arc<VaultClientBackend>) {
+    loop {
+        let wait = match vault.token_ttl().await {
+            Ok(0) => {
+                // Never expires: nothing to renew.
+                tokio::time::sleep(Duration::from_hours(1)).await;
+                continue;
+            }
+            Ok(ttl) => Duration::from_millis(ttl * 500),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up the operator's Vault token; logging in again");
+                Duration::ZERO
+            }
+        };
+        tokio::time::sleep(wait).await;
+        match vault.refresh().await {
+            Ok(()) => tracing::debug!("renewed the operator's Vault token"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot renew the operator's Vault token; retrying in 10 s");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn stop_signal() {
     #[cfg(unix)]
@@ -174,6 +202,9 @@ pub async fn run(
         &aws_sdk_fsx::config::Builder::from(&sdk).build(),
         CallLimits::default(),
     ));
+    if let Ok(vault) = &vault {
+        tokio::spawn(keep_vault_token_fresh(Arc::clone(vault)));
+    }
     let lease_namespace = config.operator_namespace.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),

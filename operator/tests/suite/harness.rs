@@ -84,6 +84,8 @@ pub struct Harness {
     pub aws: crate::aws_proxy::AwsProxy,
     /// Port of the operator's /metrics, /healthz and /readyz.
     pub http_port: u16,
+    /// The Vault token operators start with (default: root).
+    pub vault_token: Option<String>,
     /// The emulator (kept alive).
     pub emulator: Emulator,
 }
@@ -126,8 +128,10 @@ impl Harness {
             .env("KUBECONFIG", &kubeconfig)
             .env(
                 "VAULT_TOKEN",
-                crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
-                    .unwrap(),
+                self.vault_token.clone().unwrap_or_else(|| {
+                    crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
+                        .unwrap()
+                }),
             )
             .env("RUST_LOG", "warn,rustify=off,vaultrs=off")
             .env("AWS_ACCESS_KEY_ID", "test")
@@ -216,6 +220,7 @@ pub async fn setup() -> Harness {
         operator: None,
         aws,
         http_port: free_port(),
+        vault_token: None,
         emulator,
     };
     harness.start_operator();

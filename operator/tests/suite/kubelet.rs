@@ -437,7 +437,9 @@ async fn provision(client: &Client) {
                 && !claimed
                 && spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete")
             {
-                let _ = volumes.delete(&pv.name_any(), &kube::api::DeleteParams::default()).await;
+                let _ = volumes
+                    .delete(&pv.name_any(), &kube::api::DeleteParams::default())
+                    .await;
             }
         }
     }

@@ -492,3 +492,50 @@ async fn api_faults_during_a_full_apply_converge_and_show_in_metrics() {
     let left = footprint(&h, &name).await;
     assert_eq!(left.rds_instances, 1, "one instance despite the retries");
 }
+
+#[tokio::test]
+async fn the_operator_keeps_a_short_lived_vault_token_alive() {
+    let mut h = setup().await;
+    // A renewable token that expires 4 s after its last renewal.
+    let mut opts = vaultrs::api::token::requests::CreateTokenRequest::builder();
+    opts.ttl("4s").explicit_max_ttl("10m").renewable(true);
+    let token = vaultrs::token::new(&h.vault.root, Some(&mut opts))
+        .await
+        .unwrap()
+        .client_token;
+    h.vault_token = Some(token);
+    h.start_operator();
+    // Well past the first TTL, a new tenant still reaches Vault.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let name = crate::support::unique("ttl");
+    let company = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name},
+        "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"}, "storage": {"volume": {}, "deletionPolicy": "Delete"}}});
+    let companies: Api<Company> = Api::all(h.client.clone());
+    companies
+        .patch(&name, &PatchParams::apply("user"), &Patch::Apply(&company))
+        .await
+        .unwrap();
+    wait_or(
+        "VaultReady after the first token TTL",
+        async || {
+            let c = companies.get(&name).await.ok()?;
+            c.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "VaultReady" && c.status == "True")
+                .then_some(())
+        },
+        async || {
+            format!(
+                "{:#?}",
+                companies.get(&name).await.ok().and_then(|c| c.status)
+            )
+        },
+    )
+    .await;
+    companies
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("the Company", &companies, &name).await;
+}
