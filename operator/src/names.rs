@@ -295,6 +295,13 @@ impl DeveloperNames {
     pub fn kv_developer(&self) -> String {
         format!("companies/{}/developers/{}", self.company, self.key)
     }
+
+    /// KV v2 path of the uid/gid recorded for this person, kept while data
+    /// owned by it may exist (so it is never handed to anyone else, and the
+    /// same person re-created gets it back).
+    pub fn kv_posix_id(&self) -> String {
+        format!("companies/{}/platform/posix-ids/{}", self.company, self.key)
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     backends::vault::{Change, VaultBackend, ensure_developer},
     builders::{CompanyContext, DeveloperContext, KubeObject, build_developer},
-    crd::{Company, Developer, DeveloperStatus},
+    crd::{Company, DeletionPolicy, Developer, DeveloperStatus},
     names::CompanyNames,
     posix_ids,
 };
@@ -71,6 +71,43 @@ fn storage_ready(conditions: &[Condition]) -> bool {
         .any(|c| c.type_ == "StorageReady" && c.status == "True")
 }
 
+/// The uid/gid of the person `names` stands for: the one recorded in
+/// Vault for them (their data may still exist, owned by it), or a new one
+/// that no live Developer and no record holds, recorded before it is used.
+/// One allocation at a time, so two new Developers never get one id.
+async fn allocate_id(
+    ctx: &Context,
+    namespace: &str,
+    names: &crate::names::DeveloperNames,
+) -> Result<Option<i64>, Error> {
+    let _guard = ctx.allocation.lock().await;
+    let vault = ctx.vault.as_ref().map_err(|e| {
+        Error::Waiting(format!(
+            "Vault, where uids are recorded, to allocate one ({e})"
+        ))
+    })?;
+    let peers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
+    let live: BTreeSet<i64> = peers
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|d| d.status.as_ref()?.uid)
+        .collect();
+    let path = names.kv_posix_id();
+    let prefix = path.rsplit_once('/').map_or("", |(p, _)| p);
+    let recorded = vault.recorded_posix_ids(prefix).await?;
+    if let Some(id) = recorded.get(names.key()).filter(|id| !live.contains(id)) {
+        return Ok(Some(*id));
+    }
+    let mut used = live;
+    used.extend(recorded.values());
+    let Some(id) = posix_ids::allocate(&ctx.config.workspace.posix_ids, &used) else {
+        return Ok(None);
+    };
+    Ok(Some(vault.record_posix_id(&path, id).await?))
+}
+
 /// Guards the Developer's Vault policy and role.
 pub const FINALIZER: &str = "enclave.dev/cleanup";
 
@@ -105,6 +142,14 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
             let company_ctx = CompanyContext::new(&company, &ctx.config);
             let dev_ctx = DeveloperContext::new(&company_ctx, developer, id);
             let cleaned = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await;
+            // Its data gone (policy Delete), the person's uid may be reused;
+            // otherwise it stays recorded for them.
+            if cleaned.is_ok()
+                && company_ctx.settings.storage_deletion_policy == DeletionPolicy::Delete
+                && let Ok(vault) = &ctx.vault
+            {
+                vault.forget_posix_id(&dev_ctx.names.kv_posix_id()).await?;
+            }
             if cleaned.is_ok() {
                 let why = format!(
                     "storage deletion policy {:?} carried out on {}",
@@ -207,20 +252,12 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
     }
 
     // Allocate the uid/gid once and record it before anything uses it.
-    // One allocation at a time, so two new Developers never get one id.
     let id = if let Some(id) = status.uid {
         id
     } else {
-        let _guard = ctx.allocation.lock().await;
-        let peers: Api<Developer> = Api::namespaced(ctx.client.clone(), &namespace);
-        let used: BTreeSet<i64> = peers
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter_map(|d| d.status.as_ref()?.uid)
-            .collect();
-        let Some(id) = posix_ids::allocate(&ctx.config.workspace.posix_ids, &used) else {
+        let names = CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref())
+            .developer(&developer.name_any(), &developer.spec.subject);
+        let Some(id) = allocate_id(ctx, &namespace, &names).await? else {
             let message =
                 "no free uid/gid left in the operator's workspace.posixIds range; widen it";
             set(

@@ -787,3 +787,78 @@ async fn changes_to_tenants_are_followed_exactly() {
         .unwrap();
     wait_gone("the Company", &companies, &name).await;
 }
+
+#[tokio::test]
+async fn a_person_recreated_gets_their_retained_directory_and_uid_back_and_no_one_else_does() {
+    use enclave::crd::Developer;
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!(
+            "SKIPPED: storage-prep must chown, so this test runs only as root (CI runs as root)"
+        );
+        return;
+    }
+    let h = setup().await;
+    let client = h.client.clone();
+    let name = crate::support::unique("rt");
+    let namespace = format!("company-{name}");
+    let companies: Api<Company> = Api::all(client.clone());
+    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name},
+        "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"}, "storage": {"fsx": {"type": "OpenZfs"}, "deletionPolicy": "Retain"}}});
+    companies
+        .patch(&name, &PatchParams::apply("user"), &Patch::Apply(&co))
+        .await
+        .unwrap();
+    let devs: Api<Developer> = Api::namespaced(client.clone(), &namespace);
+    let apply = async |dev: &str, subject: &str| {
+        let d = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "metadata": {"name": dev, "namespace": namespace}, "spec": {"subject": subject}});
+        wait("the Developer applied", async || {
+            devs.patch(dev, &PatchParams::apply("user"), &Patch::Apply(&d))
+                .await
+                .ok()
+        })
+        .await;
+        let status = developer_condition(&devs, dev, "Ready")
+            .await
+            .status
+            .unwrap();
+        (status.uid.unwrap(), status.storage_path.unwrap())
+    };
+    let root = h.kubelet.root_of(&format!("enclave-{name}--root"));
+    let (zed_uid, zed_path) = apply("zed", "person-1").await;
+    let notes = root
+        .join(zed_path.trim_start_matches('/'))
+        .join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+
+    devs.delete("zed", &DeleteParams::default()).await.unwrap();
+    wait_gone("zed", &devs, "zed").await;
+    assert!(notes.exists(), "policy Retain keeps the directory");
+
+    let (amy_uid, _) = apply("amy", "person-2").await;
+    assert_ne!(
+        amy_uid, zed_uid,
+        "a retained person's uid is not handed to anyone else"
+    );
+
+    let (again_uid, again_path) = apply("zed", "person-1").await;
+    assert_eq!(
+        (again_uid, &again_path),
+        (zed_uid, &zed_path),
+        "the same person gets their uid and directory back"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+
+    // Same name, another person: another directory and uid; the first person's data untouched.
+    devs.delete("zed", &DeleteParams::default()).await.unwrap();
+    wait_gone("zed", &devs, "zed").await;
+    let (other_uid, other_path) = apply("zed", "person-3").await;
+    assert_ne!(other_path, zed_path);
+    assert!(other_uid != zed_uid && other_uid != amy_uid);
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+
+    companies
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("the Company", &companies, &name).await;
+}
