@@ -21,7 +21,7 @@ use super::{
 use crate::{
     backends::{
         database::{DatabaseBackend, DatabaseState, Deletion, Phase},
-        vault::{Change, delete_tenant, ensure_company},
+        vault::{Change, VaultBackend, delete_tenant, ensure_company},
     },
     builders::{CompanyContext, KubeObject, build_company, database_request},
     crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, Developer},
@@ -198,7 +198,18 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
     let previous_database = status.database.clone();
     let database_ready = match &database {
         Ok(state) => {
+            let before = status.database.as_ref().and_then(|d| d.credentials_version);
+            let now = state
+                .credentials_version
+                .and_then(|v| i64::try_from(v).ok());
+            let rotated_for = match (&status.database, rotation_requested(company, &status)) {
+                // Fresh credentials: an annotation present at creation asks for nothing more.
+                (None, _) => company.annotations().get(ROTATE_ANNOTATION).cloned(),
+                (Some(_), Some(wanted)) if now > before => Some(wanted.to_owned()),
+                (Some(db), _) => db.rotated_for.clone(),
+            };
             status.database = Some(DatabaseStatus {
+                rotated_for,
                 identifier: Some(state.identifier.clone()),
                 endpoint: state.endpoint.clone(),
                 port: state.port,
@@ -247,6 +258,21 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
             false
         }
     };
+    let rotated = status
+        .database
+        .as_ref()
+        .and_then(|d| d.rotated_for.as_ref())
+        != previous_database
+            .as_ref()
+            .and_then(|d| d.rotated_for.as_ref());
+    if rotated && let Some(db) = &status.database {
+        let why = format!(
+            "database credentials rotated to version {} as asked by annotation {ROTATE_ANNOTATION}",
+            db.credentials_version.unwrap_or_default()
+        );
+        ctx.audit(company, &name, "CredentialsRotated", &why, true)
+            .await;
+    }
     if status.database != previous_database
         && let Some(db) = &status.database
     {
@@ -328,11 +354,38 @@ async fn ensure_database(
         .as_ref()
         .and_then(|d| d.credentials_version)
         .and_then(|v| u64::try_from(v).ok());
+    // Rotation on request: a new KV version first (unless an interrupted
+    // rotation already wrote one), then the backend applies it below.
+    if rotation_requested(build.company, status).is_some()
+        && let (Ok(vault), Some(applied)) = (&ctx.vault, applied)
+    {
+        let current = vault
+            .ensure_credentials(&req.credentials_path, &req.username)
+            .await
+            .map_err(|e| e.to_string())?;
+        if current.version <= applied {
+            vault
+                .rotate_credentials(&req.credentials_path)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let result = match req.mode {
         DatabaseMode::Dedicated => databases.rds.ensure(&req, applied).await,
         DatabaseMode::Shared => databases.shared.ensure(&req, applied).await,
     };
     result.map_err(|e| e.to_string())
+}
+
+/// Annotation that asks for new database credentials: set it to a new
+/// value (a date, a ticket number) to rotate once more.
+pub const ROTATE_ANNOTATION: &str = "enclave.dev/rotate-credentials";
+
+/// The annotation's value, when it asks for a rotation not yet carried out.
+fn rotation_requested<'a>(company: &'a Company, status: &CompanyStatus) -> Option<&'a str> {
+    let wanted = company.annotations().get(ROTATE_ANNOTATION)?;
+    let done = status.database.as_ref()?.rotated_for.as_deref();
+    (done != Some(wanted.as_str())).then_some(wanted.as_str())
 }
 
 async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {

@@ -358,6 +358,10 @@ pub struct DatabaseStatus {
     /// KV version of the credentials the database uses (rotation raises it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_version: Option<i64>,
+    /// The value of the `enclave.dev/rotate-credentials` annotation whose
+    /// rotation was carried out last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_for: Option<String>,
 }
 
 /// Where the company storage is.

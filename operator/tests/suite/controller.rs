@@ -440,6 +440,47 @@ async fn company_databases_follow_their_mode_and_deletion_policy() {
     db.simple_query("SELECT 1").await.unwrap();
     drop(db);
 
+    // Rotation on request: version 2 in Vault, applied to the role; the old password stops working.
+    companies
+        .patch(
+            &shared_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"enclave.dev/rotate-credentials": "2026-11-23"}}})),
+        )
+        .await
+        .unwrap();
+    let rotated = wait("the rotation carried out", async || {
+        let db = companies
+            .get(&shared_name)
+            .await
+            .unwrap()
+            .status?
+            .database?;
+        (db.rotated_for.as_deref() == Some("2026-11-23")).then_some(db)
+    })
+    .await;
+    assert_eq!(rotated.credentials_version, Some(2));
+    let new: std::collections::BTreeMap<String, String> = vaultrs::kv2::read(
+        &vault.root,
+        "secret",
+        &format!("companies/{shared_name}/platform/database"),
+    )
+    .await
+    .unwrap();
+    assert_ne!(new["password"], creds["password"]);
+    let mut fresh = pg.clone();
+    fresh.password(&new["password"]);
+    let (db, connection) = fresh
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("the new password works");
+    tokio::spawn(connection);
+    drop(db);
+    assert!(
+        pg.connect(tokio_postgres::NoTls).await.is_err(),
+        "the old password no longer works"
+    );
+
     // Deletion follows each policy: Delete drops the shared database, Snapshot keeps a final snapshot.
     for name in [&shared_name, &dedicated_name] {
         companies
