@@ -1138,3 +1138,83 @@ async fn an_object_created_for_a_deleted_owner_is_collected() {
     api.create(&PostParams::default(), &orphan).await.unwrap();
     assert_eq!(code(&api.get("late").await.unwrap_err()).0, 404);
 }
+
+#[tokio::test]
+async fn deleting_a_crd_deletes_its_instances_first_honouring_their_finalizers() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    let (_emulator, client) = start().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &Company::crd())
+        .await
+        .unwrap();
+    let companies: Api<Company> = Api::all(client.clone());
+    for (name, finalizers) in [("held", json!(["example.com/hold"])), ("free", json!([]))] {
+        let co: Company = serde_json::from_value(
+            json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company",
+            "metadata": {"name": name, "finalizers": finalizers}, "spec": {}}),
+        )
+        .unwrap();
+        companies.create(&PostParams::default(), &co).await.unwrap();
+    }
+    crds.delete("companies.enclave.dev", &DeleteParams::default())
+        .await
+        .unwrap();
+    // The CRD terminates while an instance's finalizer holds it.
+    let crd = crds.get("companies.enclave.dev").await.unwrap();
+    assert!(crd.metadata.deletion_timestamp.is_some());
+    assert!(
+        companies.get_opt("free").await.unwrap().is_none(),
+        "no finalizer: gone at once"
+    );
+    let held = companies.get("held").await.unwrap();
+    assert!(
+        held.metadata.deletion_timestamp.is_some(),
+        "marked for deletion"
+    );
+    let late: Company = serde_json::from_value(json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "late"}, "spec": {}})).unwrap();
+    let refused = companies
+        .create(&PostParams::default(), &late)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&refused).0,
+        405,
+        "no new instances while the CRD terminates"
+    );
+    assert_eq!(
+        code(
+            &crds
+                .create(&PostParams::default(), &Company::crd())
+                .await
+                .unwrap_err()
+        )
+        .0,
+        409,
+        "a terminating CRD cannot be re-created"
+    );
+    // The finalizer released: the instance goes, then the CRD and its resource.
+    clear_finalizers(&companies, "held").await;
+    assert!(
+        crds.get_opt("companies.enclave.dev")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        code(&companies.list(&ListParams::default()).await.unwrap_err()).0,
+        404
+    );
+    // Re-installed, it serves again, empty.
+    crds.create(&PostParams::default(), &Company::crd())
+        .await
+        .unwrap();
+    assert!(
+        companies
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}

@@ -64,6 +64,11 @@ pub struct DeveloperPlan {
     pub actions: Vec<ExternalAction>,
 }
 
+/// Annotation naming the uid of an earlier Company whose external
+/// resources (database, file system, tagged with that uid) this one takes
+/// over: an explicit, audited adoption instead of a silent one.
+pub const ADOPT_UID_ANNOTATION: &str = "enclave.dev/adopt-uid";
+
 /// Inputs every company builder needs.
 #[derive(Clone, Debug)]
 pub struct CompanyContext<'a> {
@@ -97,9 +102,18 @@ impl<'a> CompanyContext<'a> {
         self.company.controller_owner_ref(&())
     }
 
-    /// The Company's uid (empty before the API server assigned one).
+    /// The uid that names and tags the Company's external resources: its
+    /// own, or the one of an earlier Company whose resources it adopts
+    /// (annotation `enclave.dev/adopt-uid`, for a Company re-created after
+    /// its CRD or object was lost; empty before the API assigned one).
     pub fn uid(&self) -> &str {
-        self.company.metadata.uid.as_deref().unwrap_or_default()
+        self.company
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ADOPT_UID_ANNOTATION))
+            .or(self.company.metadata.uid.as_ref())
+            .map_or("", String::as_str)
     }
 }
 

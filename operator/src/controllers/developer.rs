@@ -139,6 +139,21 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
     // exists: its own deletion waits for its Developers).
     if let Some(id) = status.uid {
         if let Some(company) = company_of(ctx, &namespace).await? {
+            // The whole tenant is going (its CRDs deleted, say) while the
+            // Company is protected: its Developers are held with it.
+            if company.spec.deletion_protection && company.metadata.deletion_timestamp.is_some() {
+                let mut status = status.clone();
+                set(
+                    &mut status.conditions,
+                    "Ready",
+                    Some(false),
+                    reasons::DELETION_PROTECTED,
+                    "deletion is held: Company deletion protection covers its Developers while the Company is being deleted",
+                    developer.metadata.generation,
+                );
+                write_status(ctx, developer, &status).await?;
+                return Err(Error::DeletionProtected(company.name_any()));
+            }
             let company_ctx = CompanyContext::new(&company, &ctx.config);
             let dev_ctx = DeveloperContext::new(&company_ctx, developer, id);
             let cleaned = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await;

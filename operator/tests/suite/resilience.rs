@@ -539,3 +539,213 @@ async fn the_operator_keeps_a_short_lived_vault_token_alive() {
         .unwrap();
     wait_gone("the Company", &companies, &name).await;
 }
+
+#[tokio::test]
+#[allow(clippy::too_many_lines)]
+async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothing() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!(
+            "SKIPPED: storage-prep and the workspace init run as the developers' uids, so this test runs only as root (CI runs as root)"
+        );
+        return;
+    }
+    let h = setup().await;
+    let client = h.client.clone();
+    let name = crate::support::unique("crd");
+    let namespace = format!("company-{name}");
+    let company = |annotations: Value| {
+        json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name, "annotations": annotations},
+            "spec": {"deletionProtection": true, "database": {"mode": "Shared"}, "storage": {"fsx": {"type": "OpenZfs"}}}})
+    };
+    let developer = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+        "metadata": {"name": "kim", "namespace": namespace}, "spec": {"subject": "person-kim"}});
+    let companies: Api<Company> = Api::all(client.clone());
+    let devs: Api<Developer> = Api::namespaced(client.clone(), &namespace);
+    let apply = async |company: &Value| {
+        companies
+            .patch(&name, &PatchParams::apply("user"), &Patch::Apply(company))
+            .await
+            .unwrap();
+        wait("the Developer applied", async || {
+            devs.patch(
+                "kim",
+                &PatchParams::apply("user"),
+                &Patch::Apply(&developer),
+            )
+            .await
+            .ok()
+        })
+        .await;
+    };
+    apply(&company(json!({}))).await;
+    wait_ready_one(&client, &name, "kim").await;
+    let before = companies.get(&name).await.unwrap();
+    let old_uid = before.uid().unwrap();
+    let status = before.status.clone().unwrap();
+    let kim = devs.get("kim").await.unwrap().status.unwrap();
+    let notes = h
+        .kubelet
+        .root_of(&format!("enclave-{name}--root"))
+        .join(kim.storage_path.as_ref().unwrap().trim_start_matches('/'))
+        .join("notes.txt");
+    std::fs::write(&notes, "kim's work").unwrap();
+    let footprint_before = footprint(&h, &name).await;
+
+    // The CRDs are deleted (a chart uninstalled, say): the tenant is held.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in ["developers.enclave.dev", "companies.enclave.dev"] {
+        crds.delete(crd, &DeleteParams::default()).await.unwrap();
+    }
+    wait("the Company held by its protection", async || {
+        let c = companies.get(&name).await.ok()?;
+        c.status?
+            .conditions
+            .iter()
+            .any(|c| c.reason == "DeletionProtected")
+            .then_some(())
+    })
+    .await;
+    wait("the Developer held with it", async || {
+        let d = devs.get("kim").await.ok()?;
+        d.status?
+            .conditions
+            .iter()
+            .any(|c| c.reason == "DeletionProtected")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        footprint(&h, &name).await,
+        footprint_before,
+        "nothing was cleaned up"
+    );
+
+    // To finish the uninstall an administrator drops the finalizers: the
+    // objects go without any cleanup, and the tenant's data stays.
+    for api_name in ["kim"] {
+        devs.patch(
+            api_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    }
+    companies
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    wait("the CRDs gone", async || {
+        crds.get_opt("companies.enclave.dev")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let kept = footprint(&h, &name).await;
+    assert!(
+        kept.namespace && kept.file_systems == 1 && kept.databases == 1,
+        "{kept:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "kim's work");
+
+    // Re-installed and re-applied, the new Company (another uid) takes
+    // nothing over silently: its database and file system are conflicts...
+    for crd in enclave::cli::crds() {
+        crds.create(&kube::api::PostParams::default(), &crd)
+            .await
+            .unwrap();
+    }
+    apply(&company(json!({}))).await;
+    let conflicted = wait("the conflicts reported", async || {
+        let c = companies.get(&name).await.ok()?;
+        let conditions = c.status?.conditions;
+        let failed = |t: &str| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == t && c.status == "False")
+        };
+        (failed("StorageReady") && failed("DatabaseReady")).then_some(conditions)
+    })
+    .await;
+    println!("{conflicted:#?}");
+    assert_eq!(
+        footprint(&h, &name).await.file_systems,
+        1,
+        "no second file system"
+    );
+    // ...until an administrator names the Company whose resources it adopts.
+    apply(&company(json!({"enclave.dev/adopt-uid": old_uid}))).await;
+    wait_ready_one(&client, &name, "kim").await;
+    let after = companies.get(&name).await.unwrap().status.unwrap();
+    assert_eq!(
+        after.storage.unwrap().file_system_id,
+        status.storage.unwrap().file_system_id
+    );
+    assert_eq!(
+        after.database.unwrap().credentials_version,
+        Some(1),
+        "the same credentials"
+    );
+    let kim_after = devs.get("kim").await.unwrap().status.unwrap();
+    assert_eq!(
+        (kim_after.uid, &kim_after.storage_path),
+        (kim.uid, &kim.storage_path),
+        "kim gets her uid and directory back"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "kim's work");
+    assert!(credentials_work(&h, &name).await);
+    assert_eq!(
+        footprint(&h, &name).await,
+        footprint_before,
+        "one of everything, as before"
+    );
+}
+
+async fn wait_ready_one(client: &Client, name: &str, developer: &str) {
+    let companies: Api<Company> = Api::all(client.clone());
+    wait_or(
+        &format!("Company {name} Ready"),
+        async || {
+            let c = companies.get_opt(name).await.ok()??;
+            is_ready(c.status.as_ref().map(|s| &s.conditions)).then_some(())
+        },
+        async || {
+            format!(
+                "{:#?}",
+                companies
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.status)
+            )
+        },
+    )
+    .await;
+    let devs: Api<Developer> = Api::namespaced(client.clone(), &format!("company-{name}"));
+    wait_or(
+        &format!("Developer {developer} Ready"),
+        async || {
+            let d = devs.get_opt(developer).await.ok()??;
+            is_ready(d.status.as_ref().map(|s| &s.conditions)).then_some(())
+        },
+        async || {
+            format!(
+                "{:#?}",
+                devs.get_opt(developer)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|d| d.status)
+            )
+        },
+    )
+    .await;
+}

@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 
-use super::{FOREGROUND, State, Store, finalizers, meta_str, now};
+use super::{FOREGROUND, State, Store, finalizers, meta_str, now, res_key};
+
+/// Keys of stored CustomResourceDefinitions start so.
+const CRD_PREFIX: &str = "apiextensions.k8s.io/customresourcedefinitions/";
 use crate::{fields::Managers, resources::Resource};
 
 impl Store {
@@ -24,7 +27,9 @@ impl Store {
     ) -> Value {
         let managers = Self::managers_of(st, &key);
         let is_namespace = res.kind == "Namespace";
-        if !finalizers(&object).is_empty() || is_namespace {
+        // Namespaces and CRDs terminate: their contents go first.
+        let terminates = is_namespace || res.kind == "CustomResourceDefinition";
+        if !finalizers(&object).is_empty() || terminates {
             if object["metadata"].get("deletionTimestamp").is_some() {
                 return object;
             }
@@ -107,6 +112,37 @@ impl Store {
                     empty_namespaces.push(ns.clone());
                 }
             }
+            // A deleted CRD: its instances are deleted (their finalizers
+            // honoured), then the CRD and its resource go.
+            let mut gone_crds = Vec::new();
+            for (key, e) in &st.objects {
+                if !key.starts_with(CRD_PREFIX)
+                    || e.object["metadata"].get("deletionTimestamp").is_none()
+                    || !finalizers(&e.object).is_empty()
+                {
+                    continue;
+                }
+                let Some(res) = crate::resources::from_crd(&e.object) else {
+                    continue;
+                };
+                let prefix = format!("{}/", res_key(&res));
+                let mut any = false;
+                for (k, instance) in &st.objects {
+                    if k.starts_with(&prefix) {
+                        any = true;
+                        if instance.object["metadata"]
+                            .get("deletionTimestamp")
+                            .is_none()
+                            && !work.iter().any(|(w, _)| w == k)
+                        {
+                            work.push((k.clone(), instance.object.clone()));
+                        }
+                    }
+                }
+                if !any {
+                    gone_crds.push((key.clone(), e.object.clone(), res));
+                }
+            }
             // Background garbage collection: every owner gone → delete.
             for (key, e) in &st.objects {
                 if let Some(refs) = e.object["metadata"]["ownerReferences"].as_array()
@@ -161,8 +197,20 @@ impl Store {
                 self.commit(st, &res, key, object, managers, kind);
                 released_any = true;
             }
-            if work.is_empty() && empty_namespaces.is_empty() && !released_any {
+            if work.is_empty()
+                && empty_namespaces.is_empty()
+                && !released_any
+                && gone_crds.is_empty()
+            {
                 return;
+            }
+            for (key, crd, res) in gone_crds {
+                if let Some(crd_res) = Self::resource_of(st, &crd) {
+                    self.commit(st, &crd_res, key, crd, Managers::new(), "DELETED");
+                }
+                st.resources
+                    .retain(|r| !(r.group == res.group && r.plural == res.plural));
+                st.validators.remove(&res_key(&res));
             }
             for (key, object) in work {
                 if let Some(res) = Self::resource_of(st, &object) {

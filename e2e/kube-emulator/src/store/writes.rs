@@ -141,6 +141,20 @@ impl Store {
             None
         };
         Self::check_namespace(&st, res, ns.as_deref())?;
+        let crd = format!(
+            "apiextensions.k8s.io/customresourcedefinitions//{}.{}",
+            res.plural, res.group
+        );
+        if st
+            .objects
+            .get(&crd)
+            .is_some_and(|e| e.object["metadata"].get("deletionTimestamp").is_some())
+        {
+            let mut err = ApiError::method_not_allowed();
+            err.message =
+                "create not allowed while custom resource definition is terminating".into();
+            return Err(err);
+        }
         let key = obj_key(res, ns.as_deref(), &name);
         if st.objects.contains_key(&key) {
             return Err(ApiError::already_exists(&res.qualified(), &name));

@@ -106,7 +106,7 @@ pub enum Deletion {
 pub enum DatabaseError {
     /// A resource with Enclave's name exists that is not this Company's.
     #[error(
-        "{what} {name:?} exists but is not this Company's ({reason}); Enclave will not touch it: remove or rename it, or restore the Company it belongs to"
+        "{what} {name:?} exists but is not this Company's ({reason}); Enclave will not touch it: remove or rename it; or, if this Company replaces the one it belongs to, annotate this Company with enclave.dev/adopt-uid=<that uid> to take it over"
     )]
     Conflict {
         /// `RDS instance`, `role`, `database`.

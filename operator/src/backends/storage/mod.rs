@@ -60,7 +60,7 @@ pub enum FsDeletion {
 pub enum StorageError {
     /// File systems tagged for this company exist that are not this Company's.
     #[error(
-        "FSx file system {id} is tagged for company {company} but is not this Company's ({reason}); Enclave will not touch it: remove or retag it"
+        "FSx file system {id} is tagged for company {company} but is not this Company's ({reason}); Enclave will not touch it: remove or retag it; or, if this Company replaces the one it belongs to, annotate this Company with enclave.dev/adopt-uid=<that uid> to take it over"
     )]
     Conflict {
         /// The file system.
