@@ -30,16 +30,23 @@ use crate::{
 };
 
 /// The Company whose namespace is `namespace`, if any.
+/// The Company whose namespace is `namespace`, if any: the Company the
+/// namespace's label names, and only if that Company's namespace is this
+/// one (a label alone, which someone else could set, is not enough). Two
+/// reads, whatever the number of Companies.
 async fn company_of(ctx: &Context, namespace: &str) -> Result<Option<Company>, Error> {
-    let companies: Api<Company> = Api::all(ctx.client.clone());
-    Ok(companies
-        .list(&ListParams::default())
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    let Some(label) = namespaces
+        .get_opt(namespace)
         .await?
-        .items
-        .into_iter()
-        .find(|c| {
-            CompanyNames::new(&c.name_any(), c.spec.namespace.as_deref()).namespace() == namespace
-        }))
+        .and_then(|ns| ns.labels().get(crate::names::LABEL_COMPANY).cloned())
+    else {
+        return Ok(None);
+    };
+    let companies: Api<Company> = Api::all(ctx.client.clone());
+    Ok(companies.get_opt(&label).await?.filter(|c| {
+        CompanyNames::new(&c.name_any(), c.spec.namespace.as_deref()).namespace() == namespace
+    }))
 }
 
 async fn write_status(

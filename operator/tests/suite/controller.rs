@@ -365,6 +365,39 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
             .items
             .is_empty()
     );
+
+    // A namespace someone labelled with the company's name is not the company's.
+    let forged: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": "forged", "labels": {"enclave.dev/company": "hooli"}}}),
+    )
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let intruders: Api<Developer> = Api::namespaced(client.clone(), "forged");
+    let intruder = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "metadata": {"name": "mallory", "namespace": "forged"}, "spec": {"subject": "sub-mallory", "role": "Admin"}});
+    intruders
+        .patch("mallory", &PatchParams::apply("user"), &Patch::Apply(&intruder))
+        .await
+        .unwrap();
+    wait("NoCompany for the forged namespace", async || {
+        let d = intruders.get("mallory").await.unwrap();
+        d.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .filter(|c| c.reason == "NoCompany")
+            .cloned()
+    })
+    .await;
+    let roles = vaultrs::auth::kubernetes::role::list(&vault.root, &vault.mount)
+        .await
+        .unwrap()
+        .keys;
+    assert!(
+        roles.iter().all(|r| !r.contains("mallory")),
+        "no Vault role for a Developer outside its company's namespace: {roles:?}"
+    );
 }
 
 #[tokio::test]
