@@ -286,10 +286,14 @@ pub async fn ensure_developer(
         );
         return Ok(Some(Duration::from_secs(5)));
     }
+    let volume_name = volume.as_ref().map(kube::ResourceExt::name_any);
     if let Some(volume) = volume {
         ctx.apply(&KubeObject::PersistentVolume(volume)).await?;
     }
     ctx.apply(&KubeObject::PersistentVolumeClaim(claim)).await?;
+    if let Some(volume_name) = volume_name {
+        release_stale_binding(ctx, &volume_name, dev).await?;
+    }
     let prepared = status
         .conditions
         .iter()
@@ -343,6 +347,39 @@ pub async fn ensure_developer(
         generation,
     );
     Ok(again)
+}
+
+/// A retained volume still bound to a claim that is gone (its Developer
+/// was deleted without cleanup, say) would never bind to the new claim:
+/// its claim reference's uid is cleared, as an administrator would.
+async fn release_stale_binding(
+    ctx: &Context,
+    volume_name: &str,
+    dev: &DeveloperContext<'_>,
+) -> Result<(), Error> {
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let Some(bound_to) = volumes
+        .get_opt(volume_name)
+        .await?
+        .and_then(|pv| pv.spec?.claim_ref?.uid)
+    else {
+        return Ok(());
+    };
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), dev.company.names.namespace());
+    let claim_uid = claims
+        .get_opt(&dev.names.home_claim())
+        .await?
+        .and_then(|c| c.metadata.uid);
+    if claim_uid.as_deref() != Some(bound_to.as_str()) {
+        let patch =
+            serde_json::json!({"spec": {"claimRef": {"uid": null, "resourceVersion": null}}});
+        volumes
+            .patch(volume_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        tracing::warn!(volume = volume_name, stale = %bound_to, "released a retained volume from a claim that is gone");
+    }
+    Ok(())
 }
 
 /// Carries out the deletion policy on a deleted Developer's storage; an

@@ -378,7 +378,11 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
     let intruders: Api<Developer> = Api::namespaced(client.clone(), "forged");
     let intruder = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer", "metadata": {"name": "mallory", "namespace": "forged"}, "spec": {"subject": "sub-mallory", "role": "Admin"}});
     intruders
-        .patch("mallory", &PatchParams::apply("user"), &Patch::Apply(&intruder))
+        .patch(
+            "mallory",
+            &PatchParams::apply("user"),
+            &Patch::Apply(&intruder),
+        )
         .await
         .unwrap();
     wait("NoCompany for the forged namespace", async || {

@@ -276,15 +276,36 @@ async fn start_workspace(client: &Client, set: &StatefulSet, file_systems: &Path
         .spec
         .unwrap()
         .volume_name;
-    let nfs = match bound {
-        Some(volume) => Api::<PersistentVolume>::all(client.clone())
-            .get(&volume)
-            .await
-            .unwrap()
-            .spec
-            .and_then(|s| s.nfs),
+    let claim_uid = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace)
+        .get(&claim)
+        .await
+        .unwrap()
+        .uid();
+    let spec = match bound {
+        Some(volume) => {
+            Api::<PersistentVolume>::all(client.clone())
+                .get(&volume)
+                .await
+                .unwrap()
+                .spec
+        }
         None => None,
     };
+    // A volume bound to another claim (uid) cannot be mounted: the pod waits.
+    if let Some(bound_uid) = spec
+        .as_ref()
+        .and_then(|s| s.claim_ref.as_ref()?.uid.clone())
+        && Some(&bound_uid) != claim_uid.as_ref()
+    {
+        return PodRun {
+            ok: false,
+            output: format!("volume is bound to claim uid {bound_uid}, not to {claim:?}"),
+            secrets,
+            home: PathBuf::new(),
+            uid,
+        };
+    }
+    let nfs = spec.and_then(|s| s.nfs);
     let home = if let Some(nfs) = nfs {
         let relative = nfs.path.trim_start_matches("/fsx/").to_owned();
         std::fs::read_dir(file_systems)
@@ -420,7 +441,9 @@ async fn provision(client: &Client) {
         return;
     };
     // The volume controller's half: a provisioned volume whose claim is
-    // gone goes with it under reclaim policy Delete, and stays under Retain.
+    // gone goes with it under reclaim policy Delete, and stays under Retain;
+    // a pre-bound volume binds to its claim (its uid recorded) and stays
+    // bound to that uid even after the claim is gone.
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
     if let Ok(existing) = volumes.list(&ListParams::default()).await {
         for pv in existing.items {
@@ -428,6 +451,22 @@ async fn provision(client: &Client) {
             let Some(claim) = spec.claim_ref else {
                 continue;
             };
+            if claim.uid.is_none()
+                && let Some(target) = list
+                    .items
+                    .iter()
+                    .find(|c| c.namespace() == claim.namespace && Some(c.name_any()) == claim.name)
+            {
+                let bind = json!({"spec": {"claimRef": {"uid": target.uid()}}});
+                let _ = volumes
+                    .patch(
+                        &pv.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&bind),
+                    )
+                    .await;
+                continue;
+            }
             let provisioned = pv.name_any().starts_with("pvc-");
             let claimed = list
                 .items
