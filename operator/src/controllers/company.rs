@@ -21,7 +21,7 @@ use super::{
 use crate::{
     backends::{
         database::{DatabaseBackend, DatabaseState, Deletion, Phase},
-        vault::{Change, VaultBackend, delete_tenant, ensure_company},
+        vault::{VaultBackend, delete_tenant, ensure_company},
     },
     builders::{CompanyContext, KubeObject, build_company, database_request},
     crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, Developer},
@@ -159,21 +159,9 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
             .map_err(|e| e.to_string()),
         Err(e) => Err(format!("Vault is unavailable: {e}")),
     };
-    ctx.health.metrics.backend("vault", vault.is_ok());
-    let vault = match vault {
-        Ok(changes) => {
-            let writes = changes.iter().filter(|c| **c != Change::Unchanged).count();
-            if writes > 0 {
-                let why = format!(
-                    "{writes} Vault policy/role write(s) for the company controller (created or drift corrected)"
-                );
-                ctx.audit(company, &name, "VaultPoliciesWritten", &why, true)
-                    .await;
-            }
-            Ok(())
-        }
-        Err(e) => Err(e),
-    };
+    let vault = ctx
+        .vault_step(company, &name, "the company controller", vault)
+        .await;
     match &vault {
         Ok(()) => set(
             &mut status.conditions,

@@ -415,27 +415,9 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
             .map_err(|e| e.to_string()),
         Err(e) => Err(format!("Vault is unavailable: {e}")),
     };
-    ctx.health.metrics.backend("vault", vault.is_ok());
-    let vault = match vault {
-        Ok(changes) => {
-            let writes = changes.iter().filter(|c| **c != Change::Unchanged).count();
-            if writes > 0 {
-                let why = format!(
-                    "{writes} Vault policy/role write(s) for the workspace (created, drift corrected, or its role changed)"
-                );
-                ctx.audit(
-                    developer.as_ref(),
-                    &tenant,
-                    "VaultPoliciesWritten",
-                    &why,
-                    true,
-                )
-                .await;
-            }
-            Ok(())
-        }
-        Err(e) => Err(e),
-    };
+    let vault = ctx
+        .vault_step(developer.as_ref(), &tenant, "the workspace", vault)
+        .await;
     match &vault {
         Ok(()) => set(
             &mut status.conditions,

@@ -88,6 +88,34 @@ impl Context {
         result
     }
 
+    /// Counts a Vault step in the metrics and records its writes, if any,
+    /// as one audit line and Event for `object` (`whose` policy and role).
+    pub async fn vault_step<K>(
+        &self,
+        object: &K,
+        tenant: &str,
+        whose: &str,
+        result: Result<Vec<crate::backends::vault::Change>, String>,
+    ) -> Result<(), String>
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        self.health.metrics.backend("vault", result.is_ok());
+        let changes = result?;
+        let writes = changes
+            .iter()
+            .filter(|c| **c != crate::backends::vault::Change::Unchanged)
+            .count();
+        if writes > 0 {
+            let why = format!(
+                "{writes} Vault policy/role write(s) for {whose} (created, drift corrected, or its role changed)"
+            );
+            self.audit(object, tenant, "VaultPoliciesWritten", &why, true)
+                .await;
+        }
+        Ok(())
+    }
+
     /// Records a change made for `object` of company `tenant`.
     pub async fn audit<K>(
         &self,

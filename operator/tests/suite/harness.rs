@@ -11,6 +11,7 @@ use kube_emulator::Emulator;
 use serde_json::json;
 
 use crate::support::enclave;
+use enclave::names::CompanyNames;
 
 /// The operator process; killed when dropped.
 pub struct Operator(Child);
@@ -286,4 +287,70 @@ pub async fn developer_condition(
             .then_some(d.clone())
     })
     .await
+}
+
+/// Whether this process runs as root; if not, says why `test` is skipped
+/// (storage-prep chowns and workspaces run as the developers' uids).
+pub fn root_or_skip() -> bool {
+    if rustix::process::geteuid().as_raw() == 0 {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED: storage-prep chowns and workspace init steps run as the developers' uids, so this test runs only as root (CI runs as root)"
+    );
+    false
+}
+
+fn ready(
+    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> bool {
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until Company `name` and its `developers` are Ready, saying where
+/// each stands if they do not get there.
+pub async fn wait_ready(client: &Client, name: &str, developers: &[&str]) {
+    use enclave::crd::Developer;
+    let companies: Api<Company> = Api::all(client.clone());
+    wait_or(
+        &format!("Company {name} Ready"),
+        async || {
+            let c = companies.get_opt(name).await.ok()??;
+            ready(c.status.as_ref().map(|s| &s.conditions)).then_some(())
+        },
+        async || {
+            format!(
+                "{:#?}",
+                companies
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.status)
+            )
+        },
+    )
+    .await;
+    let namespace = CompanyNames::new(name, None).namespace().to_owned();
+    let devs: Api<Developer> = Api::namespaced(client.clone(), &namespace);
+    for dev in developers {
+        wait_or(
+            &format!("Developer {dev} of {name} Ready"),
+            async || {
+                let d = devs.get_opt(dev).await.ok()??;
+                ready(d.status.as_ref().map(|s| &s.conditions)).then_some(())
+            },
+            async || {
+                format!(
+                    "{:#?}",
+                    devs.get_opt(dev)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|d| d.status)
+                )
+            },
+        )
+        .await;
+    }
 }

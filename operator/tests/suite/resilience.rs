@@ -11,7 +11,7 @@ use kube::{
 use kube_emulator::Fault;
 use serde_json::{Value, json};
 
-use crate::harness::{Harness, free_port, setup, wait, wait_gone, wait_or};
+use crate::harness::{Harness, free_port, setup, wait, wait_gone, wait_or, wait_ready};
 
 /// A small tenant: `flavour` 0 is Shared database + FSx, 1 is a
 /// Dedicated RDS instance + per-developer volumes; both deleted with
@@ -60,56 +60,6 @@ async fn apply_tenant(client: &Client, company: &Value, developers: &[Value]) {
     }
 }
 
-fn is_ready(
-    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
-) -> bool {
-    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn wait_ready(client: &Client, name: &str) {
-    let companies: Api<Company> = Api::all(client.clone());
-    wait_or(
-        &format!("Company {name} Ready"),
-        async || {
-            let c = companies.get_opt(name).await.ok()??;
-            is_ready(c.status.as_ref().map(|s| &s.conditions)).then_some(())
-        },
-        async || {
-            format!(
-                "{:#?}",
-                companies
-                    .get_opt(name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|c| c.status)
-            )
-        },
-    )
-    .await;
-    let devs: Api<Developer> = Api::namespaced(client.clone(), &format!("company-{name}"));
-    for dev in ["dev-a", "dev-b"] {
-        wait_or(
-            &format!("Developer {dev} of {name} Ready"),
-            async || {
-                let d = devs.get_opt(dev).await.ok()??;
-                is_ready(d.status.as_ref().map(|s| &s.conditions)).then_some(())
-            },
-            async || {
-                format!(
-                    "{:#?}",
-                    devs.get_opt(dev)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|d| d.status)
-                )
-            },
-        )
-        .await;
-    }
-}
-
 fn aws_clients() -> (aws_sdk_rds::Client, aws_sdk_fsx::Client) {
     let endpoint = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap();
     let creds = aws_sdk_rds::config::Credentials::new("test", "test", None, None, "static");
@@ -151,38 +101,30 @@ async fn footprint(h: &Harness, name: &str) -> Footprint {
         tags.iter()
             .any(|(k, v)| k.as_deref() == Some("enclave.dev/company") && v.as_deref() == Some(name))
     };
+    // By identifier (unique by construction): moto pages long lists.
     let rds_instances = rds
         .describe_db_instances()
+        .db_instance_identifier(format!("enclave-{name}"))
         .send()
         .await
-        .unwrap()
-        .db_instances()
-        .iter()
-        .filter(|i| {
-            tagged(
-                i.tag_list()
-                    .iter()
-                    .map(|t| (t.key().map(str::to_owned), t.value().map(str::to_owned)))
-                    .collect(),
-            )
-        })
-        .count();
-    let file_systems = fsx
-        .describe_file_systems()
-        .send()
-        .await
-        .unwrap()
-        .file_systems()
-        .iter()
-        .filter(|f| {
-            tagged(
-                f.tags()
-                    .iter()
-                    .map(|t| (t.key().map(str::to_owned), t.value().map(str::to_owned)))
-                    .collect(),
-            )
-        })
-        .count();
+        .map_or(0, |r| r.db_instances().len());
+    let mut file_systems = 0;
+    let mut pages = fsx.describe_file_systems().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        file_systems += page
+            .unwrap()
+            .file_systems()
+            .iter()
+            .filter(|f| {
+                tagged(
+                    f.tags()
+                        .iter()
+                        .map(|t| (t.key().map(str::to_owned), t.value().map(str::to_owned)))
+                        .collect(),
+                )
+            })
+            .count();
+    }
     let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "PostgreSQL").unwrap();
     let (db, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
         .await
@@ -287,10 +229,7 @@ async fn credentials_work(h: &Harness, name: &str) -> bool {
 
 #[tokio::test]
 async fn crash_campaign_converges_with_no_orphans_duplicates_or_broken_credentials() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!(
-            "SKIPPED: storage-prep and the workspace init run as the developers' uids, so this test runs only as root (CI runs as root)"
-        );
+    if !crate::harness::root_or_skip() {
         return;
     }
     let runs: usize = std::env::var("ENCLAVE_CRASH_RUNS")
@@ -312,7 +251,7 @@ async fn crash_campaign_converges_with_no_orphans_duplicates_or_broken_credentia
             kills += 1;
             h.start_operator();
         }
-        wait_ready(&client, &name).await;
+        wait_ready(&client, &name, &["dev-a", "dev-b"]).await;
         let seen = footprint(&h, &name).await;
         if seen.rds_instances > 1 || seen.file_systems > 1 || seen.databases > 1 {
             duplicates += 1;
@@ -378,10 +317,7 @@ fn writes_by_client(h: &Harness) -> BTreeMap<String, u64> {
 
 #[tokio::test]
 async fn two_replicas_only_the_leader_writes_and_a_standby_takes_over() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!(
-            "SKIPPED: the workspace init runs as the developers' uids, so this test runs only as root (CI runs as root)"
-        );
+    if !crate::harness::root_or_skip() {
         return;
     }
     let mut h = setup().await;
@@ -391,7 +327,7 @@ async fn two_replicas_only_the_leader_writes_and_a_standby_takes_over() {
     let name = crate::support::unique("two");
     let (company, developers) = tenant(&name, 1, "8");
     apply_tenant(&client, &company, &developers).await;
-    wait_ready(&client, &name).await;
+    wait_ready(&client, &name, &["dev-a", "dev-b"]).await;
     let writes = writes_by_client(&h);
     println!("writes by client with two replicas: {writes:?}");
     let a = writes.get("replica-a").copied().unwrap_or(0);
@@ -435,10 +371,7 @@ async fn two_replicas_only_the_leader_writes_and_a_standby_takes_over() {
 
 #[tokio::test]
 async fn api_faults_during_a_full_apply_converge_and_show_in_metrics() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!(
-            "SKIPPED: the workspace init runs as the developers' uids, so this test runs only as root (CI runs as root)"
-        );
+    if !crate::harness::root_or_skip() {
         return;
     }
     let h = setup().await;
@@ -469,7 +402,7 @@ async fn api_faults_during_a_full_apply_converge_and_show_in_metrics() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     store.thaw();
     store.cut_watches();
-    wait_ready(&h.client, &name).await;
+    wait_ready(&h.client, &name, &["dev-a", "dev-b"]).await;
     let (_, metrics) = h.http_get("/metrics").unwrap();
     let failures: u64 = metrics
         .lines()
@@ -544,10 +477,7 @@ async fn the_operator_keeps_a_short_lived_vault_token_alive() {
 #[allow(clippy::too_many_lines)]
 async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothing() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!(
-            "SKIPPED: storage-prep and the workspace init run as the developers' uids, so this test runs only as root (CI runs as root)"
-        );
+    if !crate::harness::root_or_skip() {
         return;
     }
     let h = setup().await;
@@ -579,7 +509,7 @@ async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothi
         .await;
     };
     apply(&company(json!({}))).await;
-    wait_ready_one(&client, &name, "kim").await;
+    wait_ready(&client, &name, &["kim"]).await;
     let before = companies.get(&name).await.unwrap();
     let old_uid = before.uid().unwrap();
     let status = before.status.clone().unwrap();
@@ -682,7 +612,7 @@ async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothi
     );
     // ...until an administrator names the Company whose resources it adopts.
     apply(&company(json!({"enclave.dev/adopt-uid": old_uid}))).await;
-    wait_ready_one(&client, &name, "kim").await;
+    wait_ready(&client, &name, &["kim"]).await;
     let after = companies.get(&name).await.unwrap().status.unwrap();
     assert_eq!(
         after.storage.unwrap().file_system_id,
@@ -706,46 +636,4 @@ async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothi
         footprint_before,
         "one of everything, as before"
     );
-}
-
-async fn wait_ready_one(client: &Client, name: &str, developer: &str) {
-    let companies: Api<Company> = Api::all(client.clone());
-    wait_or(
-        &format!("Company {name} Ready"),
-        async || {
-            let c = companies.get_opt(name).await.ok()??;
-            is_ready(c.status.as_ref().map(|s| &s.conditions)).then_some(())
-        },
-        async || {
-            format!(
-                "{:#?}",
-                companies
-                    .get_opt(name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|c| c.status)
-            )
-        },
-    )
-    .await;
-    let devs: Api<Developer> = Api::namespaced(client.clone(), &format!("company-{name}"));
-    wait_or(
-        &format!("Developer {developer} Ready"),
-        async || {
-            let d = devs.get_opt(developer).await.ok()??;
-            is_ready(d.status.as_ref().map(|s| &s.conditions)).then_some(())
-        },
-        async || {
-            format!(
-                "{:#?}",
-                devs.get_opt(developer)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|d| d.status)
-            )
-        },
-    )
-    .await;
 }

@@ -16,7 +16,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::harness::{Harness, setup, wait, wait_gone, wait_or};
+use crate::harness::{Harness, setup, wait, wait_gone, wait_ready};
 
 /// The example tenants, as `(company, developer, subject, role)`.
 const PEOPLE: [(&str, &str, &str, &str); 3] = [
@@ -106,12 +106,6 @@ async fn seed_secrets(h: &Harness) {
             .await
             .unwrap();
     }
-}
-
-fn ready(
-    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
-) -> bool {
-    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// A Vault token for the workspace of `developer`, through a real
@@ -228,10 +222,7 @@ async fn forget_earlier_runs(h: &Harness) {
 #[tokio::test]
 #[allow(clippy::too_many_lines)]
 async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!(
-            "SKIPPED: storage-prep and the workspace init run as the developers' uids, so this test runs only as root (CI runs as root)"
-        );
+    if !crate::harness::root_or_skip() {
         return;
     }
     let h = setup().await;
@@ -245,38 +236,8 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
     let initial = Counts::take(&h);
     apply_examples(&client).await;
     let companies: Api<Company> = Api::all(client.clone());
-    for company in ["acme", "globex"] {
-        wait_or(
-            &format!("Company {company} Ready"),
-            async || {
-                let c = companies.get(company).await.unwrap();
-                ready(c.status.as_ref().map(|s| &s.conditions)).then_some(())
-            },
-            async || {
-                format!(
-                    "status: {:#?}",
-                    companies.get(company).await.unwrap().status
-                )
-            },
-        )
-        .await;
-    }
-    for (company, developer, _, _) in PEOPLE {
-        let devs: Api<Developer> = Api::namespaced(client.clone(), &format!("company-{company}"));
-        wait_or(
-            &format!("Developer {developer} Ready"),
-            async || {
-                let d = devs.get(developer).await.unwrap();
-                ready(d.status.as_ref().map(|s| &s.conditions)).then_some(())
-            },
-            async || {
-                let d = devs.get(developer).await.unwrap();
-                let runs = h.kubelet.workspaces.lock().unwrap().clone();
-                format!("status: {:#?}\nworkspaces: {runs:#?}", d.status)
-            },
-        )
-        .await;
-    }
+    wait_ready(&client, "acme", &["alice", "bob"]).await;
+    wait_ready(&client, "globex", &["carol"]).await;
     println!(
         "time to Ready for examples/ (2 Companies, 3 Developers): {:?}",
         started.elapsed()
