@@ -98,7 +98,7 @@ HCL
   as_postgres "$PG_BIN/initdb" -D "$STATE/pg" -U postgres --pwfile="$STATE/pgpass" \
     --auth=scram-sha-256 >"$STATE/initdb.log" 2>&1
   as_postgres "$PG_BIN/pg_ctl" -D "$STATE/pg" -l "$STATE/pg/server.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories='' -c fsync=off" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories='' -c fsync=off -c shared_preload_libraries=pg_stat_statements" start >/dev/null
 
   wait_tcp openbao "$bao_port"
   wait_tcp moto "$moto_port"

@@ -145,6 +145,13 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), &namespace);
+    let count = developers
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .len();
+    status.developer_count = i32::try_from(count).ok();
     set(
         &mut status.conditions,
         "NamespaceReady",

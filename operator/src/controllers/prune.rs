@@ -53,21 +53,10 @@ impl Owner<'_> {
 }
 
 fn kind_and_name(object: &KubeObject) -> (&'static str, String) {
-    let kind = match object {
-        KubeObject::Namespace(_) => "Namespace",
-        KubeObject::PersistentVolume(_) => "PersistentVolume",
-        KubeObject::ResourceQuota(_) => "ResourceQuota",
-        KubeObject::LimitRange(_) => "LimitRange",
-        KubeObject::NetworkPolicy(_) => "NetworkPolicy",
-        KubeObject::Role(_) => "Role",
-        KubeObject::RoleBinding(_) => "RoleBinding",
-        KubeObject::ServiceAccount(_) => "ServiceAccount",
-        KubeObject::PersistentVolumeClaim(_) => "PersistentVolumeClaim",
-        KubeObject::Job(_) => "Job",
-        KubeObject::Service(_) => "Service",
-        KubeObject::StatefulSet(_) => "StatefulSet",
-    };
-    (kind, object.metadata().name.clone().unwrap_or_default())
+    (
+        object.kind(),
+        object.metadata().name.clone().unwrap_or_default(),
+    )
 }
 
 async fn prune_kind<K>(

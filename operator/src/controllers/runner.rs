@@ -29,7 +29,7 @@ use crate::{
     backends::{aws_calls::CallLimits, storage::FsxFileSystems, vault::VaultClientBackend},
     config::OperatorConfig,
     crd::{Company, Developer},
-    names::LABEL_COMPANY,
+    names::{CompanyNames, LABEL_COMPANY},
 };
 
 /// How `enclave run` runs (flags; the tenant defaults are in the config).
@@ -91,8 +91,27 @@ async fn controllers(client: Client, ctx: Arc<Context>) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let developers: Api<Developer> = Api::all(client.clone());
     let (ctx_company, ctx_developer) = (Arc::clone(&ctx), Arc::clone(&ctx));
-    let company_controller = Controller::new(companies, watcher::Config::default())
+    let company_controller = Controller::new(companies, watcher::Config::default());
+    // A Developer added or removed changes its Company's developer count.
+    let known_companies = company_controller.store();
+    let company_controller = company_controller
         .with_config(config.clone())
+        .watches(
+            Api::<Developer>::all(client.clone()),
+            watcher::Config::default(),
+            move |developer| {
+                let namespace = developer.namespace().unwrap_or_default();
+                known_companies
+                    .state()
+                    .iter()
+                    .filter(|c| {
+                        CompanyNames::new(&c.name_any(), c.spec.namespace.as_deref()).namespace()
+                            == namespace
+                    })
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         // Namespaces carry no owner reference (deleting a Company must never
         // cascade into a tenant's data), so they are mapped by label.
         .watches(
@@ -115,8 +134,28 @@ async fn controllers(client: Client, ctx: Arc<Context>) {
                 }
             }
         });
-    let developer_controller = Controller::new(developers, watcher::Config::default())
+    let developer_controller = Controller::new(developers, watcher::Config::default());
+    // A Company's change (its namespace or storage becoming ready, its
+    // spec) reaches its Developers at once instead of at their next poll.
+    let known = developer_controller.store();
+    let developer_controller = developer_controller
         .with_config(config)
+        .watches(
+            Api::<Company>::all(client.clone()),
+            watcher::Config::default(),
+            move |company| {
+                let namespace =
+                    CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref())
+                        .namespace()
+                        .to_owned();
+                known
+                    .state()
+                    .iter()
+                    .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()))
+                    .map(|d| ObjectRef::from_obj(d.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .owns(
             Api::<StatefulSet>::all(client),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),

@@ -233,16 +233,50 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
     seed_secrets(&h).await;
 
     let started = Instant::now();
-    let initial = Counts::take(&h);
+    let initial = Counts::take(&h).await;
     apply_examples(&client).await;
     let companies: Api<Company> = Api::all(client.clone());
     wait_ready(&client, "acme", &["alice", "bob"]).await;
     wait_ready(&client, "globex", &["carol"]).await;
+    // Every object `enclave plan` shows for the examples exists.
+    let config = enclave::config::OperatorConfig::load(&h.vault.config).unwrap();
+    let plan =
+        enclave::plan::plan_paths(&[crate::support::root().join("examples")], &config).unwrap();
+    let mut checked = 0;
+    for tenant in &plan.tenants {
+        let objects = tenant
+            .company
+            .objects
+            .iter()
+            .chain(tenant.developers.iter().flat_map(|d| d.objects.iter()));
+        for object in objects {
+            let json = object.to_json();
+            let gvk = kube::api::GroupVersionKind::try_from(&kube::api::TypeMeta {
+                api_version: json["apiVersion"].as_str().unwrap().to_owned(),
+                kind: object.kind().to_owned(),
+            })
+            .unwrap();
+            let resource = kube::api::ApiResource::from_gvk(&gvk);
+            let api: Api<kube::api::DynamicObject> = match &object.metadata().namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            };
+            let name = object.metadata().name.clone().unwrap();
+            assert!(
+                api.get_opt(&name).await.unwrap().is_some(),
+                "{} {} is missing",
+                object.kind(),
+                object.display_name()
+            );
+            checked += 1;
+        }
+    }
+    println!("all {checked} Kubernetes objects enclave plan shows for examples/ exist");
     println!(
         "time to Ready for examples/ (2 Companies, 3 Developers): {:?}",
         started.elapsed()
     );
-    println!("full apply: {}", Counts::take(&h).since(&initial));
+    println!("full apply: {}", Counts::take(&h).await.since(&initial));
     let (code, body) = h.http_get("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     let (_, metrics) = h.http_get("/metrics").unwrap();
@@ -378,9 +412,9 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
     );
 
     // Steady state: a resync of the unchanged tenants writes nothing.
-    let before = Counts::take(&h);
+    let before = Counts::take(&h).await;
     tokio::time::sleep(std::time::Duration::from_secs(8)).await;
-    let after = Counts::take(&h);
+    let after = Counts::take(&h).await;
     let resync = after.since(&before);
     println!("steady-state resync (8 s, resync interval 5 s): {resync}");
     assert!(
@@ -395,6 +429,7 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
     );
     assert_eq!(resync.vault_writes, 0, "{resync}");
     assert_eq!(resync.aws_writes, 0, "{resync}");
+    assert_eq!(resync.postgres_writes, 0, "{resync}");
 
     // globex's database credentials log in to its own database.
     let globex = companies
@@ -529,10 +564,11 @@ struct Counts {
     aws_calls: u64,
     aws_writes: u64,
     backend_calls: u64,
+    postgres_writes: u64,
 }
 
 impl Counts {
-    fn take(h: &Harness) -> Self {
+    async fn take(h: &Harness) -> Self {
         let metrics = h.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
         let metric = |prefix: &str| -> u64 {
             metrics
@@ -586,7 +622,9 @@ impl Counts {
             .iter()
             .filter(|s| !s.action.starts_with("Describe") && !s.action.starts_with("List"))
             .count() as u64;
+        let postgres_writes = postgres_writes("globex").await;
         Self {
+            postgres_writes,
             company_reconciles: metric("enclave_reconciles_total{kind=\"Company\""),
             developer_reconciles: metric("enclave_reconciles_total{kind=\"Developer\""),
             backend_calls: metric("enclave_backend_calls_total"),
@@ -608,6 +646,7 @@ impl Counts {
             aws_calls: self.aws_calls - before.aws_calls,
             aws_writes: self.aws_writes - before.aws_writes,
             backend_calls: self.backend_calls - before.backend_calls,
+            postgres_writes: self.postgres_writes - before.postgres_writes,
         }
     }
 
@@ -629,14 +668,39 @@ impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} Company and {} Developer reconciles, {} backend steps; writes: Kubernetes {}, Vault {}, AWS {} (of {} AWS calls)",
+            "{} Company and {} Developer reconciles, {} backend steps; writes: Kubernetes {}, Vault {}, AWS {} (of {} AWS calls), PostgreSQL {}",
             self.company_reconciles,
             self.developer_reconciles,
             self.backend_calls,
             self.kubernetes_writes,
             self.vault_writes,
             self.aws_writes,
-            self.aws_calls
+            self.aws_calls,
+            self.postgres_writes
         )
     }
+}
+
+/// Statements that change the shared PostgreSQL (DDL, grants, passwords)
+/// naming `company`, as pg_stat_statements (loaded by the harness) counts them.
+async fn postgres_writes(company: &str) -> u64 {
+    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "PostgreSQL").unwrap();
+    let (db, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // Tests race to create it; one wins, the others see it.
+    let _ = db
+        .simple_query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await;
+    let row = db
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+             WHERE query ILIKE '%' || $1 || '%' \
+             AND query ~* '^\\s*(begin|create|alter|drop|grant|revoke|comment|reassign)'",
+            &[&company],
+        )
+        .await
+        .expect("pg_stat_statements is loaded (e2e/run-tests.sh starts PostgreSQL with it)");
+    u64::try_from(row.get::<_, i64>(0)).unwrap()
 }
