@@ -291,3 +291,98 @@ fn clone(settings: &InitSettings, repository: &str) -> Result<String, InitError>
     std::fs::rename(&partial, &target).map_err(|e| failed(e.to_string()))?;
     Ok(format!("cloned {dir}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use super::{InitError, clone_dir, render_files};
+
+    fn secrets(entries: &[(&str, &[(&str, &str)])]) -> BTreeMap<String, HashMap<String, String>> {
+        entries
+            .iter()
+            .map(|(name, kv)| {
+                (
+                    (*name).to_owned(),
+                    kv.iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_developers_own_values_win_over_the_companys() {
+        let shared = secrets(&[
+            ("env", &[("WAREHOUSE", "shared"), ("REGION", "eu")]),
+            ("dbt", &[("profiles.yml", "shared: {}\n")]),
+            ("git", &[("ssh_private_key", "company-key")]),
+        ]);
+        let own = secrets(&[
+            ("env", &[("WAREHOUSE", "mine")]),
+            (
+                "git",
+                &[
+                    ("ssh_private_key", "my-key\n"),
+                    ("known_hosts", "host key\n"),
+                ],
+            ),
+        ]);
+        let files = render_files(&shared, &own).unwrap();
+        assert_eq!(files["env"], "REGION=eu\nWAREHOUSE=mine\n");
+        assert_eq!(files["git-ssh-key"], "my-key\n");
+        assert_eq!(files["known_hosts"], "host key\n");
+        assert_eq!(files["profiles.yml"], "shared: {}\n");
+    }
+
+    #[test]
+    fn nothing_to_write_without_secrets() {
+        assert!(
+            render_files(&BTreeMap::new(), &BTreeMap::new())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_env_file_refuses_bad_names_and_multi_line_values_without_echoing_them() {
+        for (key, value) in [
+            ("1ABC", "v"),
+            ("A-B", "v"),
+            ("", "v"),
+            ("OK", "line\nnext"),
+            ("OK", "a\0b"),
+        ] {
+            let own = secrets(&[("env", &[(key, value)])]);
+            let err = render_files(&BTreeMap::new(), &own).unwrap_err();
+            assert!(matches!(err, InitError::BadSecret { .. }));
+            if !value.is_empty() && value != "v" {
+                assert!(!err.to_string().contains(value), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn clone_directories_are_plain_names() {
+        assert_eq!(
+            clone_dir("https://git.example.com/acme/analytics.git").as_deref(),
+            Some("analytics")
+        );
+        assert_eq!(
+            clone_dir("git@github.com:acme/dbt-models.git").as_deref(),
+            Some("dbt-models")
+        );
+        assert_eq!(
+            clone_dir("ssh://git.example.com/acme/repo/").as_deref(),
+            Some("repo")
+        );
+        for bad in [
+            "https://git.example.com/.git",
+            "https://x/..",
+            "https://x/a%20b",
+        ] {
+            assert_eq!(clone_dir(bad), None, "{bad}");
+        }
+    }
+}

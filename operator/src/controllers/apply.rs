@@ -100,3 +100,31 @@ where
     .await
     .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::contains;
+
+    #[test]
+    fn live_state_with_more_fields_holds_the_desired_state() {
+        let desired = json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"ports": [{"port": 80}]}});
+        let live = json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}},
+            "spec": {"ports": [{"port": 80, "protocol": "TCP"}]}, "status": {}});
+        assert!(contains(&live, &desired));
+    }
+
+    #[test]
+    fn a_changed_value_a_missing_field_or_another_list_length_does_not() {
+        let desired = json!({"spec": {"replicas": 1, "ports": [{"port": 80}]}});
+        for live in [
+            json!({"spec": {"replicas": 0, "ports": [{"port": 80}]}}),
+            json!({"spec": {"ports": [{"port": 80}]}}),
+            json!({"spec": {"replicas": 1, "ports": [{"port": 80}, {"port": 81}]}}),
+            json!({"spec": {"replicas": 1, "ports": [{"port": 8080}]}}),
+        ] {
+            assert!(!contains(&live, &desired), "{live}");
+        }
+    }
+}

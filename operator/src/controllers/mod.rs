@@ -362,3 +362,28 @@ pub async fn connect_vault(config: &OperatorConfig) -> Result<Arc<VaultClientBac
         .map(Arc::new)
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{RetryClass, retry_delay};
+
+    #[test]
+    fn transient_retries_back_off_exponentially_within_bounds() {
+        for failures in 1..40 {
+            let delay = retry_delay(RetryClass::Transient, failures);
+            let ceiling = Duration::from_millis((500u64 << (failures - 1).min(16)).min(300_000));
+            assert!(
+                delay <= ceiling && delay >= ceiling / 2,
+                "{failures}: {delay:?}"
+            );
+        }
+        assert!(retry_delay(RetryClass::Throttled, 1) >= Duration::from_millis(2500));
+        assert_eq!(retry_delay(RetryClass::Waiting, 30), Duration::from_secs(1));
+        assert_eq!(
+            retry_delay(RetryClass::NeedsPerson, 1),
+            Duration::from_mins(5)
+        );
+    }
+}
