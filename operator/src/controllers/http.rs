@@ -24,6 +24,8 @@ pub struct Health {
     pub metrics: Metrics,
     /// Set once the operator reached the API and its backends.
     pub ready: AtomicBool,
+    /// What it waits for until then (shown by `/readyz`).
+    pub waiting_for: std::sync::Mutex<String>,
 }
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -46,11 +48,18 @@ fn route(health: &Health, path: &str) -> Response<Full<Bytes>> {
         "/readyz" if health.ready.load(Ordering::Relaxed) => {
             respond(StatusCode::OK, "text/plain", "ready\n".into())
         }
-        "/readyz" => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "starting: connecting to the Kubernetes API and the backends\n".into(),
-        ),
+        "/readyz" => {
+            let waiting = health
+                .waiting_for
+                .lock()
+                .map(|w| w.clone())
+                .unwrap_or_default();
+            respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("starting: {waiting}\n"),
+            )
+        }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

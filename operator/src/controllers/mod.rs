@@ -335,8 +335,9 @@ fn reset_failures(ctx: &Context, object: &str) {
         .remove(object);
 }
 
-/// Connects to Vault as configured: a token file, `VAULT_TOKEN`, or
-/// Kubernetes auth with the operator's own ServiceAccount token.
+/// Connects to Vault as configured (a token file, `VAULT_TOKEN`, or
+/// Kubernetes auth with the operator's own ServiceAccount token) and checks
+/// that Vault accepts the token.
 pub async fn connect_vault(config: &OperatorConfig) -> Result<Arc<VaultClientBackend>, String> {
     let vault = &config.vault;
     let auth = if !vault.token_file.is_empty() {
@@ -357,10 +358,12 @@ pub async fn connect_vault(config: &OperatorConfig) -> Result<Arc<VaultClientBac
         ca_cert: (!vault.ca_file.is_empty()).then(|| vault.ca_file.clone().into()),
         auth,
     };
-    VaultClientBackend::connect(settings)
+    let vault = VaultClientBackend::connect(settings)
         .await
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    // A token is only known to work once Vault accepted it.
+    vault.token_ttl().await.map_err(|e| e.to_string())?;
+    Ok(Arc::new(vault))
 }
 
 #[cfg(test)]

@@ -231,10 +231,29 @@ pub async fn run(
         .map_err(|e| format!("cannot serve on {}: {e}", options.http_address))?;
     tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
 
-    let vault = connect_vault(&config).await;
-    if let Err(e) = &vault {
-        tracing::error!(error = %e, "Vault is unavailable; tenants report VaultReady=False until the operator restarts with it reachable");
+    // Nearly every step needs Vault: wait for it (not ready meanwhile,
+    // saying why) rather than run controllers that can only fail.
+    if let Ok(mut waiting) = health.waiting_for.lock() {
+        *waiting = "connecting to Vault".into();
     }
+    let mut attempt = 0u32;
+    let vault = loop {
+        match connect_vault(&config).await {
+            Ok(vault) => break Ok(vault),
+            Err(e) => {
+                attempt += 1;
+                let delay = super::retry_delay(super::RetryClass::Transient, attempt);
+                tracing::error!(error = %e, retry_in = ?delay, "cannot reach or log in to Vault; not ready until it can");
+                if let Ok(mut waiting) = health.waiting_for.lock() {
+                    *waiting = format!("Vault: {e}");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop_signal() => return Ok(()),
+                }
+            }
+        }
+    };
     let sdk = aws_config(&config).await;
     let databases = vault.as_ref().ok().map(|v| databases(&config, &sdk, v));
     let file_systems = Some(FsxFileSystems::new(

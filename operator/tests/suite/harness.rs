@@ -106,6 +106,16 @@ impl Harness {
     /// Starts one more operator process (a replica) that identifies itself
     /// to the API with bearer token `identity` and serves HTTP on `port`.
     pub fn spawn_operator(&self, identity: &str, port: u16) -> Operator {
+        self.spawn_operator_with(identity, port, &self.vault.config)
+    }
+
+    /// [`Harness::spawn_operator`] with another configuration file.
+    pub fn spawn_operator_with(
+        &self,
+        identity: &str,
+        port: u16,
+        config: &std::path::Path,
+    ) -> Operator {
         let kubeconfig = self
             .emulator
             .kubeconfig
@@ -118,7 +128,7 @@ impl Harness {
         let child = enclave()
             .arg("run")
             .arg("--config")
-            .arg(&self.vault.config)
+            .arg(config)
             .arg("--http-address")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--log-format=text")

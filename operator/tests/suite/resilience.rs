@@ -637,3 +637,26 @@ async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothi
         "one of everything, as before"
     );
 }
+
+#[tokio::test]
+async fn without_vault_the_operator_is_alive_but_not_ready_and_says_why() {
+    let h = setup().await;
+    let text = std::fs::read_to_string(&h.vault.config).unwrap();
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let address = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("address: "))
+        .unwrap()
+        .to_owned();
+    let config = h.vault.config.with_extension("no-vault.yaml");
+    std::fs::write(&config, text.replace(&address, &unreachable)).unwrap();
+    let port = free_port();
+    let _operator = h.spawn_operator_with("replica-c", port, &config);
+    let (code, body) = wait("the readiness probe to answer", async || {
+        crate::harness::http_get(port, "/readyz")
+    })
+    .await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("Vault"), "{body}");
+    assert_eq!(crate::harness::http_get(port, "/healthz").unwrap().0, 200);
+}
