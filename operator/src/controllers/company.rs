@@ -160,15 +160,33 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         &format!("namespace {namespace} with quota, limits, network policies and RBAC"),
         generation,
     );
-    let vault = match &ctx.vault {
-        Ok(vault) => ensure_company(vault.as_ref(), &plan)
+    // Vault, the database and the file system are checked at the resync
+    // interval, on a spec change, and while anything is not ready; other
+    // events (a Developer's status, a namespace edit) do not repeat them.
+    let key = format!("Company/{name}");
+    let skip = company.status.as_ref().is_some_and(|s| {
+        s.observed_generation == generation
+            && ["VaultReady", "DatabaseReady", "StorageReady"]
+                .iter()
+                .all(|t| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == *t && c.status == "True")
+                })
+    }) && rotation_requested(company, &status).is_none()
+        && ctx.checked_recently(&key);
+    let vault = if skip {
+        Ok(())
+    } else {
+        let vault = match &ctx.vault {
+            Ok(vault) => ensure_company(vault.as_ref(), &plan)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("Vault is unavailable: {e}")),
+        };
+        ctx.vault_step(company, &name, "the company controller", vault)
             .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(format!("Vault is unavailable: {e}")),
     };
-    let vault = ctx
-        .vault_step(company, &name, "the company controller", vault)
-        .await;
     match &vault {
         Ok(()) => set(
             &mut status.conditions,
@@ -188,70 +206,78 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         ),
     }
     // The database: credentials written to Vault first, inside the backend.
-    let database = ensure_database(ctx, &build, &status).await;
-    ctx.health.metrics.backend("database", database.is_ok());
+    let database = if skip {
+        None
+    } else {
+        let database = ensure_database(ctx, &build, &status).await;
+        ctx.health.metrics.backend("database", database.is_ok());
+        Some(database)
+    };
     let previous_database = status.database.clone();
     let database_ready = match &database {
-        Ok(state) => {
-            let before = status.database.as_ref().and_then(|d| d.credentials_version);
-            let now = state
-                .credentials_version
-                .and_then(|v| i64::try_from(v).ok());
-            let rotated_for = match (&status.database, rotation_requested(company, &status)) {
-                // Fresh credentials: an annotation present at creation asks for nothing more.
-                (None, _) => company.annotations().get(ROTATE_ANNOTATION).cloned(),
-                (Some(_), Some(wanted)) if now > before => Some(wanted.to_owned()),
-                (Some(db), _) => db.rotated_for.clone(),
-            };
-            status.database = Some(DatabaseStatus {
-                rotated_for,
-                identifier: Some(state.identifier.clone()),
-                endpoint: state.endpoint.clone(),
-                port: state.port,
-                name: Some(state.database_name.clone()),
-                credentials_path: Some(format!(
-                    "{}/data/{}",
-                    ctx.config.vault.kv_mount, state.credentials_path
-                )),
-                phase: Some(state.phase.to_string()),
-                credentials_version: state
+        None => true,
+        Some(database) => match database {
+            Ok(state) => {
+                let before = status.database.as_ref().and_then(|d| d.credentials_version);
+                let now = state
                     .credentials_version
-                    .and_then(|v| i64::try_from(v).ok()),
-            });
-            let available = state.phase == Phase::Available;
-            let mut message = if available {
-                "the database is available".to_owned()
-            } else {
-                format!("the database is {}", state.phase)
-            };
-            if !state.unapplied.is_empty() {
-                message = format!("{message}; not applied: {}", state.unapplied.join("; "));
-            }
-            set(
-                &mut status.conditions,
-                "DatabaseReady",
-                Some(available),
-                if available {
-                    reasons::READY
+                    .and_then(|v| i64::try_from(v).ok());
+                let rotated_for = match (&status.database, rotation_requested(company, &status)) {
+                    // Fresh credentials: an annotation present at creation asks for nothing more.
+                    (None, _) => company.annotations().get(ROTATE_ANNOTATION).cloned(),
+                    (Some(_), Some(wanted)) if now > before => Some(wanted.to_owned()),
+                    (Some(db), _) => db.rotated_for.clone(),
+                };
+                status.database = Some(DatabaseStatus {
+                    rotated_for,
+                    identifier: Some(state.identifier.clone()),
+                    endpoint: state.endpoint.clone(),
+                    port: state.port,
+                    name: Some(state.database_name.clone()),
+                    credentials_path: Some(format!(
+                        "{}/data/{}",
+                        ctx.config.vault.kv_mount, state.credentials_path
+                    )),
+                    phase: Some(state.phase.to_string()),
+                    credentials_version: state
+                        .credentials_version
+                        .and_then(|v| i64::try_from(v).ok()),
+                });
+                let available = state.phase == Phase::Available;
+                let mut message = if available {
+                    "the database is available".to_owned()
                 } else {
-                    reasons::WAITING
-                },
-                &message,
-                generation,
-            );
-            available
-        }
-        Err(e) => {
-            set(
-                &mut status.conditions,
-                "DatabaseReady",
-                Some(false),
-                reasons::DATABASE_ERROR,
-                e,
-                generation,
-            );
-            false
-        }
+                    format!("the database is {}", state.phase)
+                };
+                if !state.unapplied.is_empty() {
+                    message = format!("{message}; not applied: {}", state.unapplied.join("; "));
+                }
+                set(
+                    &mut status.conditions,
+                    "DatabaseReady",
+                    Some(available),
+                    if available {
+                        reasons::READY
+                    } else {
+                        reasons::WAITING
+                    },
+                    &message,
+                    generation,
+                );
+                available
+            }
+            Err(e) => {
+                set(
+                    &mut status.conditions,
+                    "DatabaseReady",
+                    Some(false),
+                    reasons::DATABASE_ERROR,
+                    e,
+                    generation,
+                );
+                false
+            }
+        },
     };
     let rotated = status
         .database
@@ -281,7 +307,11 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
             .await;
     }
     let previous_storage = status.storage.clone();
-    let storage_retry = Box::pin(storage::ensure_company(ctx, company, &mut status)).await?;
+    let storage_retry = if skip {
+        None
+    } else {
+        Box::pin(storage::ensure_company(ctx, company, &mut status)).await?
+    };
     if status.storage != previous_storage
         && let Some(id) = status
             .storage
@@ -301,6 +331,9 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
     .filter_map(|(what, ok)| (!ok).then_some(what))
     .collect();
     if pending.is_empty() {
+        if !skip {
+            ctx.mark_checked(&key);
+        }
         set(
             &mut status.conditions,
             "Ready",

@@ -409,15 +409,32 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         generation,
     );
     let tenant = company.name_any();
-    let vault = match &ctx.vault {
-        Ok(vault) => ensure_developer(vault.as_ref(), &tenant, &plan)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(format!("Vault is unavailable: {e}")),
+    // Vault is checked at the resync interval, on a spec change and while
+    // not ready, not on every event (its Company's status, its pod's).
+    let checked_key = format!("Developer/{namespace}/{}", developer.name_any());
+    let skip_vault = developer.status.as_ref().is_some_and(|s| {
+        s.observed_generation == generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "VaultReady" && c.status == "True")
+    }) && ctx.checked_recently(&checked_key);
+    let vault = if skip_vault {
+        Ok(())
+    } else {
+        let vault = match &ctx.vault {
+            Ok(vault) => ensure_developer(vault.as_ref(), &tenant, &plan)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("Vault is unavailable: {e}")),
+        };
+        let vault = ctx
+            .vault_step(developer.as_ref(), &tenant, "the workspace", vault)
+            .await;
+        if vault.is_ok() {
+            ctx.mark_checked(&checked_key);
+        }
+        vault
     };
-    let vault = ctx
-        .vault_step(developer.as_ref(), &tenant, "the workspace", vault)
-        .await;
     match &vault {
         Ok(()) => set(
             &mut status.conditions,

@@ -62,6 +62,9 @@ pub struct Context {
     pub health: Arc<http::Health>,
     /// Objects pruned since start (see [`Context::pruned_since_start`]).
     pub pruned: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When each object's external resources were last all as desired
+    /// (memory only: after a start everything is checked once).
+    pub checked: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Audit lines and Events.
     pub audit: audit::Audit,
     /// Consecutive failures per object, for the backoff (memory only: a
@@ -70,6 +73,25 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether `key`'s external resources were all checked within half
+    /// the resync interval (so the periodic resync always checks them).
+    pub fn checked_recently(&self, key: &str) -> bool {
+        let half = Duration::from_secs(self.config.controller.resync_seconds.max(1)) / 2;
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|at| at.elapsed() < half)
+    }
+
+    /// Records that `key`'s external resources were all found as desired.
+    pub fn mark_checked(&self, key: &str) {
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_owned(), std::time::Instant::now());
+    }
+
     /// Whether `key`'s children were pruned since this process started
     /// (and marks them so): a restart with another configuration may imply
     /// other children, so each object is pruned once after a start.

@@ -275,6 +275,7 @@ pub async fn run(
         audit: Audit::new(client.clone(), &options.identity),
         failures: std::sync::Mutex::default(),
         pruned: std::sync::Mutex::default(),
+        checked: std::sync::Mutex::default(),
     });
     health.ready.store(true, Ordering::Relaxed);
 
