@@ -406,7 +406,6 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
 
 #[tokio::test]
 async fn company_databases_follow_their_mode_and_deletion_policy() {
-    use aws_sdk_rds::config::{BehaviorVersion, Credentials, Region};
     let h = setup().await;
     let (client, vault) = (h.client.clone(), &h.vault);
     let companies: Api<Company> = Api::all(client.clone());
@@ -544,14 +543,7 @@ async fn company_databases_follow_their_mode_and_deletion_policy() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "deletionPolicy Delete dropped the database");
-    let rds = aws_sdk_rds::Client::from_conf(
-        aws_sdk_rds::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-            .build(),
-    );
+    let (rds, _) = crate::support::aws_clients();
     let instance = format!("enclave-{dedicated_name}");
     let snapshots = rds.describe_db_snapshots().send().await.unwrap();
     assert!(
@@ -659,16 +651,7 @@ async fn fsx_developers_get_private_directories_removed_per_policy() {
         .unwrap();
     wait_gone("the Company to go", &companies, &name).await;
     assert!(!dirs[0].exists(), "peter's directory is removed");
-    let fsx = aws_sdk_fsx::Client::from_conf(
-        aws_sdk_fsx::Config::builder()
-            .behavior_version(aws_sdk_fsx::config::BehaviorVersion::latest())
-            .endpoint_url(crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap())
-            .region(aws_sdk_fsx::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_fsx::config::Credentials::new(
-                "test", "test", None, None, "static",
-            ))
-            .build(),
-    );
+    let (_, fsx) = crate::support::aws_clients();
     // Asked for by id (a long list is paged): not found, or nothing.
     let left = fsx
         .describe_file_systems()

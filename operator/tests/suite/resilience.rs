@@ -60,28 +60,6 @@ async fn apply_tenant(client: &Client, company: &Value, developers: &[Value]) {
     }
 }
 
-fn aws_clients() -> (aws_sdk_rds::Client, aws_sdk_fsx::Client) {
-    let endpoint = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap();
-    let creds = aws_sdk_rds::config::Credentials::new("test", "test", None, None, "static");
-    let rds = aws_sdk_rds::Client::from_conf(
-        aws_sdk_rds::Config::builder()
-            .behavior_version(aws_sdk_rds::config::BehaviorVersion::latest())
-            .endpoint_url(&endpoint)
-            .region(aws_sdk_rds::config::Region::new("us-east-1"))
-            .credentials_provider(creds.clone())
-            .build(),
-    );
-    let fsx = aws_sdk_fsx::Client::from_conf(
-        aws_sdk_fsx::Config::builder()
-            .behavior_version(aws_sdk_fsx::config::BehaviorVersion::latest())
-            .endpoint_url(&endpoint)
-            .region(aws_sdk_fsx::config::Region::new("us-east-1"))
-            .credentials_provider(creds)
-            .build(),
-    );
-    (rds, fsx)
-}
-
 /// What exists anywhere for company `name`.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Footprint {
@@ -96,7 +74,7 @@ struct Footprint {
 }
 
 async fn footprint(h: &Harness, name: &str) -> Footprint {
-    let (rds, fsx) = aws_clients();
+    let (rds, fsx) = crate::support::aws_clients();
     let tagged = |tags: Vec<(Option<String>, Option<String>)>| {
         tags.iter()
             .any(|(k, v)| k.as_deref() == Some("enclave.dev/company") && v.as_deref() == Some(name))
@@ -209,7 +187,7 @@ async fn credentials_work(h: &Harness, name: &str) -> bool {
     .await
     .unwrap();
     if db.identifier.as_deref() == Some(&format!("enclave-{name}")) {
-        let (rds, _) = aws_clients();
+        let (rds, _) = crate::support::aws_clients();
         let instance = rds
             .describe_db_instances()
             .db_instance_identifier(format!("enclave-{name}"))

@@ -85,3 +85,26 @@ pub fn vault_client(addr: &str, token: &str) -> vaultrs::client::VaultClient {
     )
     .unwrap()
 }
+
+/// Clients of moto's RDS and FSx APIs, as the tests look at them.
+pub fn aws_clients() -> (aws_sdk_rds::Client, aws_sdk_fsx::Client) {
+    let endpoint = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap();
+    let creds = aws_sdk_rds::config::Credentials::new("test", "test", None, None, "static");
+    let rds = aws_sdk_rds::Client::from_conf(
+        aws_sdk_rds::Config::builder()
+            .behavior_version(aws_sdk_rds::config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_sdk_rds::config::Region::new("us-east-1"))
+            .credentials_provider(creds.clone())
+            .build(),
+    );
+    let fsx = aws_sdk_fsx::Client::from_conf(
+        aws_sdk_fsx::Config::builder()
+            .behavior_version(aws_sdk_fsx::config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_sdk_fsx::config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .build(),
+    );
+    (rds, fsx)
+}

@@ -140,30 +140,13 @@ async fn workspace_login(
 /// Removes what an earlier, interrupted run against the same long-lived
 /// services left under the examples' fixed names (CI starts fresh ones).
 async fn forget_earlier_runs(h: &Harness) {
-    let endpoint = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap();
-    let creds = aws_sdk_rds::config::Credentials::new("test", "test", None, None, "static");
-    let rds = aws_sdk_rds::Client::from_conf(
-        aws_sdk_rds::Config::builder()
-            .behavior_version(aws_sdk_rds::config::BehaviorVersion::latest())
-            .endpoint_url(&endpoint)
-            .region(aws_sdk_rds::config::Region::new("us-east-1"))
-            .credentials_provider(creds.clone())
-            .build(),
-    );
+    let (rds, fsx) = crate::support::aws_clients();
     let _ = rds
         .delete_db_instance()
         .db_instance_identifier("enclave-acme")
         .skip_final_snapshot(true)
         .send()
         .await;
-    let fsx = aws_sdk_fsx::Client::from_conf(
-        aws_sdk_fsx::Config::builder()
-            .behavior_version(aws_sdk_fsx::config::BehaviorVersion::latest())
-            .endpoint_url(&endpoint)
-            .region(aws_sdk_fsx::config::Region::new("us-east-1"))
-            .credentials_provider(creds)
-            .build(),
-    );
     for fs in fsx
         .describe_file_systems()
         .send()
