@@ -26,6 +26,11 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     system: &'static str,
     outcome: &'static str,
@@ -38,6 +43,9 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     durations: Family<KindLabels, Histogram>,
     backend_calls: Family<BackendLabels, Counter>,
+    aws_requests: Family<ServiceLabels, Counter>,
+    aws_retries: Family<ServiceLabels, Counter>,
+    vault_writes: Counter,
     leader: Gauge,
 }
 
@@ -72,6 +80,24 @@ impl Default for Metrics {
             "Reconcile steps on an outside system (kubernetes, vault, database, fsx), by outcome",
             backend_calls.clone(),
         );
+        let aws_requests = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "aws_requests",
+            "AWS API requests sent (retries included), by service",
+            aws_requests.clone(),
+        );
+        let aws_retries = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "aws_retries",
+            "AWS API requests answered with throttling or a server error and retried, by service",
+            aws_retries.clone(),
+        );
+        let vault_writes = Counter::default();
+        registry.register(
+            "vault_writes",
+            "Mutating requests sent to Vault",
+            vault_writes.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -84,6 +110,9 @@ impl Default for Metrics {
             failures,
             durations,
             backend_calls,
+            aws_requests,
+            aws_retries,
+            vault_writes,
             leader,
         }
     }
@@ -112,6 +141,19 @@ impl Metrics {
         self.backend_calls
             .get_or_create(&BackendLabels { system, outcome })
             .inc();
+    }
+
+    /// Adds what a backend counted since the last sample: AWS requests and
+    /// retries of `service`.
+    pub fn aws(&self, service: &'static str, requests: u64, retries: u64) {
+        let labels = ServiceLabels { service };
+        self.aws_requests.get_or_create(&labels).inc_by(requests);
+        self.aws_retries.get_or_create(&labels).inc_by(retries);
+    }
+
+    /// Adds Vault writes counted since the last sample.
+    pub fn vault_writes(&self, writes: u64) {
+        self.vault_writes.inc_by(writes);
     }
 
     /// Sets whether this replica leads.

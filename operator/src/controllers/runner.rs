@@ -202,6 +202,39 @@ async fn keep_vault_token_fresh(vault: Arc<VaultClientBackend>) {
     }
 }
 
+/// Copies the backends' own request counters into the metrics every few
+/// seconds (they count every HTTP request, retries included).
+async fn sample_backend_counters(ctx: Arc<Context>) {
+    let (mut rds, mut fsx, mut vault) = ((0, 0), (0, 0), 0);
+    loop {
+        let metrics = &ctx.health.metrics;
+        if let Some(databases) = &ctx.databases {
+            let now = databases.rds.calls();
+            metrics.aws(
+                "rds",
+                now.attempts.saturating_sub(rds.0),
+                now.retried.saturating_sub(rds.1),
+            );
+            rds = (now.attempts, now.retried);
+        }
+        if let Some(file_systems) = &ctx.file_systems {
+            let now = file_systems.calls();
+            metrics.aws(
+                "fsx",
+                now.attempts.saturating_sub(fsx.0),
+                now.retried.saturating_sub(fsx.1),
+            );
+            fsx = (now.attempts, now.retried);
+        }
+        if let Ok(backend) = &ctx.vault {
+            let now = backend.writes();
+            metrics.vault_writes(now.saturating_sub(vault));
+            vault = now;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn stop_signal() {
     #[cfg(unix)]
@@ -278,6 +311,7 @@ pub async fn run(
         checked: std::sync::Mutex::default(),
     });
     health.ready.store(true, Ordering::Relaxed);
+    tokio::spawn(sample_backend_counters(Arc::clone(&ctx)));
 
     if !options.leader_election {
         health.metrics.set_leader(true);

@@ -413,6 +413,19 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
     assert_eq!(resync.vault_writes, 0, "{resync}");
     assert_eq!(resync.aws_writes, 0, "{resync}");
     assert_eq!(resync.postgres_writes, 0, "{resync}");
+    // The backends' own request counters reach /metrics (sampled every 5 s).
+    let (_, metrics) = h.http_get("/metrics").unwrap();
+    for series in [
+        "enclave_aws_requests_total{service=\"rds\"}",
+        "enclave_aws_requests_total{service=\"fsx\"}",
+        "enclave_vault_writes_total",
+    ] {
+        let value: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(value > 0, "{series} in /metrics:\n{metrics}");
+    }
 
     // globex's database credentials log in to its own database.
     let globex = companies
