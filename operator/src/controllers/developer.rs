@@ -64,11 +64,15 @@ async fn write_status(
     Ok(apply_status(&api, &developer.name_any(), status).await?)
 }
 
-fn namespace_ready(company: &Company) -> bool {
+/// Whether the Company's namespace and Vault are in place, which every
+/// Developer step builds on.
+fn company_base_ready(company: &Company) -> bool {
     company.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "NamespaceReady" && c.status == "True")
+        ["NamespaceReady", "VaultReady"].iter().all(|t| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == *t && c.status == "True")
+        })
     })
 }
 
@@ -257,14 +261,14 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         write_status(ctx, &developer, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
-    if !namespace_ready(&company) {
+    if !company_base_ready(&company) {
         set(
             &mut status.conditions,
             "Ready",
             Some(false),
             reasons::WAITING,
             &format!(
-                "waiting for Company {} to have its namespace ready",
+                "waiting for Company {} to have its namespace and Vault ready",
                 company.name_any()
             ),
             generation,
