@@ -330,16 +330,19 @@ where
     K: kube::Resource<DynamicType = ()>,
 {
     let key = ObjectRef::from_obj(object.as_ref()).erase().to_string();
+    let class = error.retry_class();
     let failures = {
         let mut failures = ctx
             .failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = failures.entry(key.clone()).or_insert(0);
-        *n += 1;
+        // Waiting for something in progress is not a failure to back off from.
+        if class != RetryClass::Waiting {
+            *n += 1;
+        }
         *n
     };
-    let class = error.retry_class();
     let delay = retry_delay(class, failures);
     if class == RetryClass::Waiting {
         tracing::info!(object = %key, %error, "waiting");

@@ -362,16 +362,18 @@ async fn api_faults_during_a_full_apply_converge_and_show_in_metrics() {
         status,
         retry_after: (status == 429).then_some(1),
     };
+    // Each failure of one object doubles its next delay (0.5 s, 1 s, …),
+    // so the faults stay few enough to converge well within the wait.
     store.inject(fault("patch", "statefulsets", 409, 2));
-    store.inject(fault("patch", "namespaces", 500, 2));
+    store.inject(fault("patch", "namespaces", 500, 1));
     store.inject(fault("patch", "serviceaccounts", 500, 2));
     store.inject(fault("patch", "resourcequotas", 429, 1));
-    store.inject(fault("get", "networkpolicies", 500, 2));
+    store.inject(fault("get", "networkpolicies", 500, 1));
     let name = crate::support::unique("flt");
     let (company, developers) = tenant(&name, 1, "8");
     apply_tenant(&h.client, &company, &developers).await;
     // After the user's own writes: the operator's status writes fail too.
-    store.inject(fault("patch", "companies", 409, 2));
+    store.inject(fault("patch", "companies", 409, 1));
     store.inject(fault("patch", "developers", 500, 2));
     // Watches cut and lists stale for a moment, mid-apply.
     tokio::time::sleep(Duration::from_millis(300)).await;
