@@ -287,8 +287,10 @@ pub struct WorkspaceDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceSettings>,
     /// Git repository cloned into each developer's folder on first start
-    /// (`https://…`, `ssh://…` or `git@host:path`).
+    /// (`https://…`, `ssh://…` or `git@host:path`), without credentials:
+    /// each developer's git key comes from Vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.matches('^https://[^/]*@') && !self.matches('^ssh://[^/@]*:[^/@]*@')").message("must not carry credentials (user:password@ or token@): the clone uses each developer's key from Vault (secret git, key ssh_private_key)"))]
     #[schemars(
         length(min = 1, max = 2048),
         pattern(r"^(https://|ssh://|git@)[A-Za-z0-9._~:/?#@!$&()*+,;=%-]+$")
