@@ -29,24 +29,36 @@ use crate::{
     posix_ids,
 };
 
-/// The Company whose namespace is `namespace`, if any.
-/// The Company whose namespace is `namespace`, if any: the Company the
-/// namespace's label names, and only if that Company's namespace is this
-/// one (a label alone, which someone else could set, is not enough). Two
-/// reads, whatever the number of Companies.
-async fn company_of(ctx: &Context, namespace: &str) -> Result<Option<Company>, Error> {
+/// The company named by `namespace`'s label (set only by the operator, and
+/// kept while the Company is being deleted).
+async fn company_label(ctx: &Context, namespace: &str) -> Result<Option<String>, Error> {
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
-    let Some(label) = namespaces
+    Ok(namespaces
         .get_opt(namespace)
         .await?
-        .and_then(|ns| ns.labels().get(crate::names::LABEL_COMPANY).cloned())
-    else {
-        return Ok(None);
-    };
+        .and_then(|ns| ns.labels().get(crate::names::LABEL_COMPANY).cloned()))
+}
+
+/// Company `label`, if it exists and its namespace is `namespace` (a label
+/// alone, which someone else could set, is not enough).
+async fn company_named(
+    ctx: &Context,
+    label: &str,
+    namespace: &str,
+) -> Result<Option<Company>, Error> {
     let companies: Api<Company> = Api::all(ctx.client.clone());
-    Ok(companies.get_opt(&label).await?.filter(|c| {
+    Ok(companies.get_opt(label).await?.filter(|c| {
         CompanyNames::new(&c.name_any(), c.spec.namespace.as_deref()).namespace() == namespace
     }))
+}
+
+/// The Company whose namespace is `namespace`, if any: two reads, whatever
+/// the number of Companies.
+async fn company_of(ctx: &Context, namespace: &str) -> Result<Option<Company>, Error> {
+    match company_label(ctx, namespace).await? {
+        Some(label) => company_named(ctx, &label, namespace).await,
+        None => Ok(None),
+    }
 }
 
 async fn write_status(
@@ -146,10 +158,15 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
         return Ok(Action::await_change());
     };
     let namespace = developer.namespace().unwrap_or_default();
+    let label = company_label(ctx, &namespace).await?;
     // Storage first, per the company's deletion policy (the Company still
     // exists: its own deletion waits for its Developers).
     if let Some(id) = status.uid {
-        if let Some(company) = company_of(ctx, &namespace).await? {
+        let company = match &label {
+            Some(label) => company_named(ctx, label, &namespace).await?,
+            None => None,
+        };
+        if let Some(company) = company {
             // The whole tenant is going (its CRDs deleted, say) while the
             // Company is protected: its Developers are held with it.
             if company.spec.deletion_protection && company.metadata.deletion_timestamp.is_some() {
@@ -167,31 +184,7 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
             }
             let company_ctx = CompanyContext::new(&company, &ctx.config);
             let dev_ctx = DeveloperContext::new(&company_ctx, developer, id);
-            let cleaned = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await;
-            // Its data gone (policy Delete), the person's uid may be reused;
-            // otherwise it stays recorded for them.
-            if cleaned.is_ok()
-                && company_ctx.settings.storage_deletion_policy == DeletionPolicy::Delete
-                && let Ok(vault) = &ctx.vault
-            {
-                vault.forget_posix_id(&dev_ctx.names.kv_posix_id()).await?;
-            }
-            if cleaned.is_ok() {
-                let why = format!(
-                    "storage deletion policy {:?} carried out on {}",
-                    company_ctx.settings.storage_deletion_policy,
-                    dev_ctx.names.storage_path()
-                );
-                ctx.audit(
-                    developer,
-                    company_ctx.names.company(),
-                    "StorageDeletionPolicyApplied",
-                    &why,
-                    true,
-                )
-                .await;
-            }
-            if let Err(e) = cleaned {
+            if let Err(e) = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await {
                 if let Error::StorageCleanup(message) = &e {
                     let mut status = status.clone();
                     set(
@@ -206,6 +199,26 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
                 }
                 return Err(e);
             }
+            // Its data gone (policy Delete), the person's uid may be reused;
+            // otherwise it stays recorded for them.
+            let policy = company_ctx.settings.storage_deletion_policy;
+            if policy == DeletionPolicy::Delete
+                && let Ok(vault) = &ctx.vault
+            {
+                vault.forget_posix_id(&dev_ctx.names.kv_posix_id()).await?;
+            }
+            let why = format!(
+                "storage deletion policy {policy:?} carried out on {}",
+                dev_ctx.names.storage_path()
+            );
+            ctx.audit(
+                developer,
+                company_ctx.names.company(),
+                "StorageDeletionPolicyApplied",
+                &why,
+                true,
+            )
+            .await;
         } else {
             tracing::warn!(
                 developer = %developer.name_any(),
@@ -217,12 +230,7 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
     let Some(role) = &status.vault_role else {
         return Ok(Action::await_change());
     };
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
-    let company = namespaces
-        .get_opt(&namespace)
-        .await?
-        .and_then(|ns| ns.labels().get(crate::names::LABEL_COMPANY).cloned());
-    let (Some(company), Ok(vault)) = (company, &ctx.vault) else {
+    let (Some(company), Ok(vault)) = (label, &ctx.vault) else {
         return Err(Error::Waiting(format!(
             "Vault and the company of namespace {namespace} to remove role {role}"
         )));

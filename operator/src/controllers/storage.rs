@@ -240,15 +240,15 @@ fn job_outcome(job: &Job) -> JobOutcome {
     JobOutcome::Running
 }
 
-/// Applies `job` (its spec is deterministic, so a repeat is a no-op) and
-/// reads its outcome.
+/// The outcome of `job`, creating it first if it does not exist (a Job's
+/// spec cannot change, so an existing one is only read).
 async fn run_job(ctx: &Context, job: &Job) -> Result<JobOutcome, Error> {
-    ctx.apply(&KubeObject::Job(job.clone())).await?;
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.config.operator_namespace);
-    Ok(jobs
-        .get_opt(&job.name_any())
-        .await?
-        .map_or(JobOutcome::Running, |j| job_outcome(&j)))
+    if let Some(existing) = jobs.get_opt(&job.name_any()).await? {
+        return Ok(job_outcome(&existing));
+    }
+    ctx.apply(&KubeObject::Job(job.clone())).await?;
+    Ok(JobOutcome::Running)
 }
 
 /// Ensures the developer's private directory and volume; `None` when
