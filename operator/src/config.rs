@@ -445,8 +445,12 @@ pub struct RbacConfig {
     /// Prefix the API server's OIDC authenticator puts before a subject
     /// (`--oidc-username-prefix`); an Admin developer is bound as `<prefix><subject>`.
     pub user_prefix: String,
-    /// Group `<prefix><company>-admins` is bound to the company-admin Role.
+    /// Group `<prefix><company>-admins` is bound to the company-admin ClusterRole.
     pub admin_group_prefix: String,
+    /// The ClusterRole the chart installs for company admins. The operator
+    /// only binds it inside company namespaces (it holds `bind` on this one
+    /// name), so it never needs the admins' permissions itself.
+    pub company_admin_cluster_role: String,
 }
 
 impl Default for RbacConfig {
@@ -454,6 +458,7 @@ impl Default for RbacConfig {
         Self {
             user_prefix: "oidc:".into(),
             admin_group_prefix: "oidc:enclave-".into(),
+            company_admin_cluster_role: "enclave-company-admin".into(),
         }
     }
 }

@@ -104,8 +104,9 @@ impl CompanyNames {
         "company-controller"
     }
 
-    /// Role (and RoleBinding) that lets company admins manage Developers.
-    pub fn admin_role(&self) -> &'static str {
+    /// RoleBinding that grants company admins the company-admin ClusterRole
+    /// in this namespace.
+    pub fn admin_binding(&self) -> &'static str {
         "company-admin"
     }
 

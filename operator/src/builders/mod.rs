@@ -162,7 +162,6 @@ pub fn build_company(ctx: &CompanyContext<'_>) -> CompanyPlan {
             .into_iter()
             .map(KubeObject::NetworkPolicy),
     );
-    objects.push(KubeObject::Role(rbac::company_admin_role(ctx)));
     objects.push(KubeObject::RoleBinding(rbac::company_admin_binding(ctx)));
     objects.push(KubeObject::ServiceAccount(
         rbac::controller_service_account(ctx),

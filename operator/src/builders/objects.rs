@@ -6,7 +6,7 @@ use k8s_openapi::api::{
         ServiceAccount,
     },
     networking::v1::NetworkPolicy,
-    rbac::v1::{Role, RoleBinding},
+    rbac::v1::RoleBinding,
 };
 use kube::api::ObjectMeta;
 
@@ -19,7 +19,6 @@ pub enum KubeObject {
     ResourceQuota(ResourceQuota),
     LimitRange(LimitRange),
     NetworkPolicy(NetworkPolicy),
-    Role(Role),
     RoleBinding(RoleBinding),
     ServiceAccount(ServiceAccount),
     PersistentVolume(PersistentVolume),
@@ -36,7 +35,6 @@ macro_rules! each_kind {
             KubeObject::ResourceQuota($o) => $e,
             KubeObject::LimitRange($o) => $e,
             KubeObject::NetworkPolicy($o) => $e,
-            KubeObject::Role($o) => $e,
             KubeObject::RoleBinding($o) => $e,
             KubeObject::ServiceAccount($o) => $e,
             KubeObject::PersistentVolume($o) => $e,

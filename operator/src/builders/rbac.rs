@@ -1,78 +1,35 @@
-//! Company RBAC: admins manage Developers in their own namespace and can
-//! look at workspaces, but cannot exec into anyone's pod, read Secrets or
-//! touch the namespace itself.
+//! Company RBAC: bindings of the chart's company-admin ClusterRole in the
+//! company namespace. Admins manage Developers there and can look at
+//! workspaces, but cannot exec into anyone's pod, read Secrets or touch the
+//! namespace itself.
 
 use k8s_openapi::api::{
     core::v1::ServiceAccount,
-    rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+    rbac::v1::{RoleBinding, RoleRef, Subject},
 };
 use kube::api::ObjectMeta;
 
 use super::{CompanyContext, DeveloperContext, labels};
-use crate::crd::{DeveloperRole, GROUP};
+use crate::crd::DeveloperRole;
 
-fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: Some(vec![group.to_owned()]),
-        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
-        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
-        ..PolicyRule::default()
-    }
-}
-
-const READ: &[&str] = &["get", "list", "watch"];
-
-/// The `company-admin` Role.
-pub fn company_admin_role(ctx: &CompanyContext<'_>) -> Role {
-    Role {
-        metadata: ObjectMeta {
-            name: Some(ctx.names.admin_role().to_owned()),
-            namespace: Some(ctx.names.namespace().to_owned()),
-            labels: Some(labels::company(ctx.names.company())),
-            owner_references: ctx.owner().map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        rules: Some(vec![
-            rule(
-                GROUP,
-                &["developers"],
-                &[
-                    "get", "list", "watch", "create", "update", "patch", "delete",
-                ],
-            ),
-            rule(GROUP, &["developers/status"], READ),
-            // Read-only view of the workspaces; deliberately no pods/exec,
-            // pods/attach, pods/portforward or secrets.
-            rule(
-                "",
-                &[
-                    "pods",
-                    "pods/log",
-                    "events",
-                    "services",
-                    "persistentvolumeclaims",
-                    "serviceaccounts",
-                ],
-                READ,
-            ),
-            rule("apps", &["statefulsets"], READ),
-        ]),
-    }
-}
-
+/// The chart's company-admin ClusterRole (its rules:
+/// `charts/enclave/files/rbac.yaml`), granted inside one company namespace.
+/// The operator holds `bind` on that one name, so it never needs the rules
+/// itself (the API server's escalation check).
 fn role_ref(ctx: &CompanyContext<'_>) -> RoleRef {
     RoleRef {
         api_group: Some("rbac.authorization.k8s.io".into()),
-        kind: "Role".into(),
-        name: ctx.names.admin_role().to_owned(),
+        kind: "ClusterRole".into(),
+        name: ctx.config.rbac.company_admin_cluster_role.clone(),
     }
 }
 
-/// Binds the company's admin group (from the identity provider) to the Role.
+/// Binds the company's admin group (from the identity provider) to the
+/// company-admin ClusterRole in the company namespace.
 pub fn company_admin_binding(ctx: &CompanyContext<'_>) -> RoleBinding {
     RoleBinding {
         metadata: ObjectMeta {
-            name: Some(ctx.names.admin_role().to_owned()),
+            name: Some(ctx.names.admin_binding().to_owned()),
             namespace: Some(ctx.names.namespace().to_owned()),
             labels: Some(labels::company(ctx.names.company())),
             owner_references: ctx.owner().map(|o| vec![o]),
@@ -92,7 +49,8 @@ pub fn company_admin_binding(ctx: &CompanyContext<'_>) -> RoleBinding {
     }
 }
 
-/// Binds an Admin developer's identity to the Role; `None` for other roles.
+/// Binds an Admin developer's identity to the company-admin ClusterRole;
+/// `None` for other roles.
 pub fn developer_admin_binding(ctx: &DeveloperContext<'_>) -> Option<RoleBinding> {
     if ctx.settings.role != DeveloperRole::Admin {
         return None;

@@ -11,7 +11,7 @@ use k8s_openapi::{
         apps::v1::StatefulSet,
         core::v1::{LimitRange, ResourceQuota, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
-        rbac::v1::{Role, RoleBinding},
+        rbac::v1::RoleBinding,
     },
 };
 use kube::{
@@ -107,7 +107,6 @@ pub async fn prune(
     let mut pruned = Vec::new();
     pruned.extend(prune_kind::<NetworkPolicy>(ctx, namespace, &selector, &keep).await?);
     pruned.extend(prune_kind::<RoleBinding>(ctx, namespace, &selector, &keep).await?);
-    pruned.extend(prune_kind::<Role>(ctx, namespace, &selector, &keep).await?);
     pruned.extend(prune_kind::<ServiceAccount>(ctx, namespace, &selector, &keep).await?);
     pruned.extend(prune_kind::<Service>(ctx, namespace, &selector, &keep).await?);
     pruned.extend(prune_kind::<StatefulSet>(ctx, namespace, &selector, &keep).await?);

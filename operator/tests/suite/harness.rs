@@ -1,13 +1,16 @@
-//! The harness of the controller tests: the real `enclave run` binary
-//! against the Kubernetes API emulator, real OpenBao (its Kubernetes auth
-//! pointed at the emulator), moto and PostgreSQL, and a kubelet stand-in.
+//! The harness of the controller tests: the real `enclave run` binary under
+//! its own least-privilege ServiceAccount against a real Kubernetes control
+//! plane (through a fault-injecting proxy), real OpenBao (its Kubernetes
+//! auth reviewing tokens with that API server), moto and PostgreSQL, and a
+//! kubelet stand-in that runs the pods the scheduler binds.
 
 use std::{process::Child, time::Duration};
 
 use enclave::crd::Company;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::{Api, Client, Config, api::PostParams};
-use kube_emulator::Emulator;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
 use serde_json::json;
 
 use crate::support::enclave;
@@ -87,8 +90,14 @@ pub struct Harness {
     pub http_port: u16,
     /// The Vault token operators start with (default: root).
     pub vault_token: Option<String>,
-    /// The emulator (kept alive).
-    pub emulator: Emulator,
+    /// The proxy between the first operator replica and the API server.
+    pub kube_proxy: crate::kube_proxy::KubeProxy,
+    /// Proxies of further replicas, by identity.
+    pub replica_proxies: std::sync::Mutex<Vec<(String, crate::kube_proxy::KubeProxy)>>,
+    /// The operator ServiceAccount's token.
+    pub operator_token: String,
+    /// The control plane (stopped last).
+    pub control_plane: crate::control_plane::ControlPlane,
 }
 
 impl Harness {
@@ -109,22 +118,35 @@ impl Harness {
         self.spawn_operator_with(identity, port, &self.vault.config)
     }
 
-    /// [`Harness::spawn_operator`] with another configuration file.
+    /// [`Harness::spawn_operator`] with another configuration file. The
+    /// first replica ("replica-a") talks through [`Harness::kube_proxy`],
+    /// any other through a proxy of its own (to count its requests).
     pub fn spawn_operator_with(
         &self,
         identity: &str,
         port: u16,
         config: &std::path::Path,
     ) -> Operator {
+        let url = if identity == "replica-a" {
+            self.kube_proxy.url.clone()
+        } else {
+            let proxy = futures::executor::block_on(crate::kube_proxy::start(
+                &self.control_plane.api,
+                &self.control_plane.ca_pem,
+            ));
+            let url = proxy.url.clone();
+            self.replica_proxies
+                .lock()
+                .unwrap()
+                .push((identity.to_owned(), proxy));
+            url
+        };
         let kubeconfig = self
-            .emulator
-            .kubeconfig
-            .with_extension(format!("{identity}.yaml"));
-        std::fs::write(
-            &kubeconfig,
-            kube_emulator::kubeconfig_yaml_with_token(&self.emulator.url, identity),
-        )
-        .unwrap();
+            .control_plane
+            .dir
+            .join(format!("operator-{identity}.kubeconfig"));
+        self.control_plane
+            .write_kubeconfig(&kubeconfig, &url, &self.operator_token);
         let child = enclave()
             .arg("run")
             .arg("--config")
@@ -198,32 +220,36 @@ pub async fn setup() -> Harness {
     )
     .await
     .unwrap();
-    let emulator = Emulator::start().await.unwrap();
-    let client = Client::try_from(Config::new(emulator.url.parse().unwrap())).unwrap();
-    // OpenBao checks workspace tokens with the emulator's TokenReview, as
-    // it would with a cluster's API server.
-    let ca =
-        std::fs::read_to_string(crate::support::root().join("operator/tests/fixtures/test-ca.pem"))
-            .unwrap();
-    let mut opts =
-        vaultrs::api::auth::kubernetes::requests::ConfigureKubernetesAuthRequest::builder();
-    opts.kubernetes_ca_cert(ca).disable_local_ca_jwt(true);
-    vaultrs::auth::kubernetes::configure(&vault.root, &vault.mount, &emulator.url, Some(&mut opts))
+    let control_plane = crate::control_plane::ControlPlane::start().await;
+    control_plane.install_crds().await;
+    control_plane.install_operator_identity().await;
+    let client = control_plane.admin.clone();
+    // The StorageClass of volume-mode companies; the kubelet stand-in
+    // provisions its claims.
+    let class: k8s_openapi::api::storage::v1::StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": "gp3"},
+        "provisioner": crate::kubelet::PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "Immediate",
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::storage::v1::StorageClass>::all(client.clone())
+        .patch("gp3", &PatchParams::apply("enclave-tests"), &Patch::Apply(&class))
         .await
         .unwrap();
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for crd in enclave::cli::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let system: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "enclave-system"}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &system)
-        .await
-        .unwrap();
-    let kubelet = crate::kubelet::start(client.clone(), "enclave-system");
+    // OpenBao checks workspace tokens with the API server's TokenReview.
+    control_plane
+        .configure_vault_auth(&vault.mount)
+        .await;
+    let operator_token = control_plane
+        .token(
+            crate::control_plane::OPERATOR_NAMESPACE,
+            crate::control_plane::OPERATOR_ACCOUNT,
+            &[],
+        )
+        .await;
+    let kube_proxy = crate::kube_proxy::start(&control_plane.api, &control_plane.ca_pem).await;
+    let kubelet = crate::kubelet::start(client.clone(), "enclave-node");
     let mut harness = Harness {
         client,
         vault,
@@ -232,7 +258,10 @@ pub async fn setup() -> Harness {
         aws,
         http_port: free_port(),
         vault_token: None,
-        emulator,
+        kube_proxy,
+        replica_proxies: std::sync::Mutex::default(),
+        operator_token,
+        control_plane,
     };
     harness.start_operator();
     harness

@@ -1,22 +1,31 @@
-//! A stand-in for what the emulator does not have — the kubelet and the Job
-//! and StatefulSet controllers — so controller tests see Jobs finish and
-//! workspaces become ready. It runs each storage-prep Job's real command
-//! (`enclave storage-prep` with the Job's own arguments) on a local
-//! directory that plays the file system the Job's claim names, and reports
-//! the outcome in the Job's status as the Job controller would.
+//! The kubelet stand-in of the real control plane: the API server, the Job
+//! and StatefulSet controllers and the scheduler are real, but no kubelet
+//! runs containers. This stand-in takes the pods the scheduler bound to the
+//! test Node and runs their real commands as local processes — each
+//! storage-prep pod's `enclave storage-prep` on a local directory that plays
+//! the file system its claim names, each workspace pod's init step
+//! `enclave workspace-init` as the pod's uid with a token from the
+//! TokenRequest API bound to the pod — and reports the outcome in the pod's
+//! status, from which the real controllers derive Job and StatefulSet
+//! status. It finishes pods' deletion (as a kubelet does once containers
+//! stop) and provisions volumes for claims of its StorageClasses (as a CSI
+//! provisioner would); the real volume controller binds them.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
+
+/// The provisioner name of the StorageClasses the stand-in provisions for.
+pub const PROVISIONER: &str = "ebs.csi.aws.com";
 
 /// Runs until dropped.
 pub struct Kubelet {
@@ -46,7 +55,7 @@ pub struct PodRun {
 }
 
 /// Shared view of the workspace runs.
-pub type Workspaces = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, PodRun>>>;
+pub type Workspaces = std::sync::Arc<std::sync::Mutex<BTreeMap<String, PodRun>>>;
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
@@ -62,8 +71,9 @@ impl Kubelet {
     }
 }
 
-/// Starts the stand-in on `client`, running Jobs of `operator_namespace`.
-pub fn start(client: Client, operator_namespace: &str) -> Kubelet {
+/// Starts the stand-in for Node `node` on `client` (an admin: a kubelet
+/// writes pod status and volumes).
+pub fn start(client: Client, node: &str) -> Kubelet {
     let file_systems = std::env::temp_dir().join(crate::support::unique("enclave-fs-"));
     std::fs::create_dir_all(&file_systems).unwrap();
     // Let the developers' uids traverse down to their own directories.
@@ -81,7 +91,7 @@ pub fn start(client: Client, operator_namespace: &str) -> Kubelet {
     .unwrap();
     let task = tokio::spawn(run(
         client,
-        operator_namespace.to_owned(),
+        node.to_owned(),
         file_systems.clone(),
         workspaces.clone(),
     ));
@@ -98,86 +108,129 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-async fn run(client: Client, namespace: String, file_systems: PathBuf, workspaces: Workspaces) {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
-    let sets: Api<StatefulSet> = Api::all(client.clone());
-    let mut done = BTreeSet::new();
+fn owner_kind(pod: &Pod) -> Option<String> {
+    pod.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.kind.clone())
+}
+
+fn owner_name(pod: &Pod) -> String {
+    pod.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.name.clone())
+        .unwrap_or_default()
+}
+
+async fn run(client: Client, node: String, file_systems: PathBuf, workspaces: Workspaces) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    // Pods already started (by uid), and when a failed init step may retry.
+    let mut started = BTreeSet::new();
+    let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
-        if let Ok(list) = jobs.list(&ListParams::default()).await {
-            for job in list.items {
-                let key = (job.name_any(), job.uid().unwrap_or_default());
-                if job
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some()
-                    || done.contains(&key)
+        if let Ok(list) = pods.list(&on_node).await {
+            for pod in list.items {
+                let uid = pod.uid().unwrap_or_default();
+                let namespace = pod.namespace().unwrap_or_default();
+                let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+                if pod.metadata.deletion_timestamp.is_some() {
+                    // Its containers stopped at once: the kubelet's last word.
+                    let _ = api
+                        .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+                        .await;
+                    if owner_kind(&pod).as_deref() == Some("StatefulSet") {
+                        workspaces
+                            .lock()
+                            .unwrap()
+                            .remove(&format!("{namespace}/{}", owner_name(&pod)));
+                    }
+                    continue;
+                }
+                if started.contains(&uid)
+                    || retry_at.get(&uid).is_some_and(|at| Instant::now() < *at)
                 {
                     continue;
                 }
-                let (ok, output) = execute(&job, &file_systems);
-                let status = if ok {
-                    json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True", "reason": "Completed", "message": output}]})
-                } else {
-                    json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": output}]})
+                let status = match owner_kind(&pod).as_deref() {
+                    Some("Job") => {
+                        let (ok, output) = execute(&pod, &file_systems);
+                        terminated(ok, &output)
+                    }
+                    Some("StatefulSet") => {
+                        let run = start_workspace(&client, &pod, &file_systems).await;
+                        let ok = run.ok;
+                        let output = run.output.clone();
+                        workspaces
+                            .lock()
+                            .unwrap()
+                            .insert(format!("{namespace}/{}", owner_name(&pod)), run);
+                        if !ok {
+                            // The kubelet restarts a failed init container
+                            // after a back-off; the pod stays not ready.
+                            retry_at.insert(uid, Instant::now() + Duration::from_secs(1));
+                            let _ = output;
+                            continue;
+                        }
+                        running()
+                    }
+                    _ => continue,
                 };
-                let patch = json!({"apiVersion": "batch/v1", "kind": "Job", "status": status});
-                if jobs
-                    .patch_status(
-                        &key.0,
-                        &PatchParams::apply("kubelet-stand-in").force(),
-                        &Patch::Apply(&patch),
-                    )
+                let patch = json!({"status": status});
+                if api
+                    .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .is_ok()
                 {
-                    done.insert(key);
+                    started.insert(uid);
                 }
             }
         }
         Box::pin(provision(&client)).await;
-        if let Ok(list) = sets.list(&ListParams::default()).await {
-            for set in list.items {
-                let key = format!("{}/{}", set.namespace().unwrap_or_default(), set.name_any());
-                let want = set.spec.replicas.unwrap_or(1);
-                let have = set.status.as_ref().and_then(|s| s.ready_replicas);
-                let started = workspaces.lock().unwrap().get(&key).is_some_and(|r| r.ok);
-                if want == 0 {
-                    workspaces.lock().unwrap().remove(&key);
-                } else if !started {
-                    // The pod's init step, for real; a failure is a pod that
-                    // does not become ready (and is retried, as by the kubelet).
-                    let run = start_workspace(&client, &set, &file_systems).await;
-                    let ok = run.ok;
-                    workspaces.lock().unwrap().insert(key, run);
-                    if !ok {
-                        continue;
-                    }
-                }
-                if have == Some(want) {
-                    continue;
-                }
-                let patch = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "status": {"replicas": want, "readyReplicas": want, "availableReplicas": want}});
-                let api: Api<StatefulSet> =
-                    Api::namespaced(client.clone(), &set.namespace().unwrap_or_default());
-                let _ = api
-                    .patch_status(
-                        &set.name_any(),
-                        &PatchParams::apply("kubelet-stand-in").force(),
-                        &Patch::Apply(&patch),
-                    )
-                    .await;
-            }
-        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Runs the Job's container command with its `fsx-root` volume mapped to
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// The status of a pod whose containers are up and ready.
+fn running() -> serde_json::Value {
+    let at = now();
+    let condition =
+        |type_: &str| json!({"type": type_, "status": "True", "lastTransitionTime": at});
+    json!({
+        "phase": "Running",
+        "startTime": at,
+        "conditions": [condition("PodScheduled"), condition("Initialized"), condition("ContainersReady"), condition("Ready")],
+        "containerStatuses": [{"name": "workspace", "ready": true, "started": true, "restartCount": 0,
+            "image": "", "imageID": "", "state": {"running": {"startedAt": at}}}],
+    })
+}
+
+/// The status of a pod whose one container exited.
+fn terminated(ok: bool, output: &str) -> serde_json::Value {
+    let at = now();
+    let code = i32::from(!ok);
+    json!({
+        "phase": if ok { "Succeeded" } else { "Failed" },
+        "startTime": at,
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": at}],
+        "containerStatuses": [{"name": "storage-prep", "ready": false, "restartCount": 0, "image": "", "imageID": "",
+            "state": {"terminated": {"exitCode": code, "reason": if ok { "Completed" } else { "Error" },
+                "message": output, "startedAt": at, "finishedAt": at}}}],
+    })
+}
+
+/// Runs the pod's container command with its `fsx-root` volume mapped to
 /// the claim's local directory.
-fn execute(job: &Job, file_systems: &Path) -> (bool, String) {
-    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    let claim = pod
+fn execute(pod: &Pod, file_systems: &Path) -> (bool, String) {
+    let spec = pod.spec.as_ref().unwrap();
+    let claim = spec
         .volumes
         .as_ref()
         .unwrap()
@@ -189,7 +242,7 @@ fn execute(job: &Job, file_systems: &Path) -> (bool, String) {
     let root = file_systems.join(&claim);
     std::fs::create_dir_all(&root).unwrap();
     set_mode(&root, 0o755);
-    let container = &pod.containers[0];
+    let container = &spec.containers[0];
     let mount = &container.volume_mounts.as_ref().unwrap()[0].mount_path;
     let args: Vec<String> = container
         .args
@@ -216,17 +269,15 @@ fn execute(job: &Job, file_systems: &Path) -> (bool, String) {
 }
 
 /// Runs the workspace pod's init container as the pod would: as the pod's
-/// uid, with a token the API issued for the pod's ServiceAccount and the
-/// projected volume's audience, the secrets volume a fresh private
-/// directory, and the home volume the developer's directory.
-async fn start_workspace(client: &Client, set: &StatefulSet, file_systems: &Path) -> PodRun {
-    use k8s_openapi::api::{
-        authentication::v1::TokenRequest,
-        core::v1::{PersistentVolume, PersistentVolumeClaim, ServiceAccount},
-    };
+/// uid, with a token the TokenRequest API issued for the pod's
+/// ServiceAccount, bound to the pod, with the projected volume's audience,
+/// the secrets volume a fresh private directory, and the home volume the
+/// developer's directory.
+async fn start_workspace(client: &Client, running: &Pod, file_systems: &Path) -> PodRun {
+    use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
     use std::os::unix::process::CommandExt;
-    let namespace = set.namespace().unwrap_or_default();
-    let pod = set.spec.template.spec.clone().unwrap();
+    let namespace = running.namespace().unwrap_or_default();
+    let pod = running.spec.clone().unwrap();
     let uid = u32::try_from(pod.security_context.as_ref().unwrap().run_as_user.unwrap()).unwrap();
     let volumes = pod.volumes.clone().unwrap_or_default();
     let audience = volumes
@@ -237,11 +288,12 @@ async fn start_workspace(client: &Client, set: &StatefulSet, file_systems: &Path
         .unwrap();
     let sa = pod.service_account_name.clone().unwrap();
     let request: TokenRequest = serde_json::from_value(
-        json!({"spec": {"audiences": [audience], "expirationSeconds": 600}}),
+        json!({"spec": {"audiences": [audience], "expirationSeconds": 600,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": running.name_any(), "uid": running.uid()}}}),
     )
     .unwrap();
     let token = Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
-        .create_token_request(&sa, &kube::api::PostParams::default(), &request)
+        .create_token_request(&sa, &PostParams::default(), &request)
         .await
         .unwrap()
         .status
@@ -250,7 +302,7 @@ async fn start_workspace(client: &Client, set: &StatefulSet, file_systems: &Path
     let pod_dir = file_systems
         .join("pods")
         .join(&namespace)
-        .join(set.name_any());
+        .join(owner_name(running));
     let _ = std::fs::remove_dir_all(&pod_dir);
     let secrets = pod_dir.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
@@ -431,101 +483,67 @@ impl Kubelet {
     }
 }
 
-/// The volume provisioner and binder: a claim with a StorageClass gets a
-/// new volume whose reclaim policy is `Delete`, as a default StorageClass
-/// gives, and is bound to it.
+/// The external provisioner's half of dynamic provisioning (the real volume
+/// controller does the binding): a claim the controller handed to
+/// [`PROVISIONER`] gets a volume pre-bound to it, with the StorageClass's
+/// reclaim policy; a released volume it provisioned goes under `Delete`.
 async fn provision(client: &Client) {
-    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let Ok(existing) = volumes.list(&ListParams::default()).await else {
+        return;
+    };
+    for pv in &existing.items {
+        let ours = pv
+            .annotations()
+            .get("pv.kubernetes.io/provisioned-by")
+            .is_some_and(|p| p == PROVISIONER);
+        let spec = pv.spec.clone().unwrap_or_default();
+        let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+        if ours
+            && released
+            && spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete")
+            && pv.metadata.deletion_timestamp.is_none()
+        {
+            let _ = volumes
+                .delete(&pv.name_any(), &DeleteParams::default())
+                .await;
+        }
+    }
     let Ok(list) = claims.list(&ListParams::default()).await else {
         return;
     };
-    // The volume controller's half: a provisioned volume whose claim is
-    // gone goes with it under reclaim policy Delete, and stays under Retain;
-    // a pre-bound volume binds to its claim (its uid recorded) and stays
-    // bound to that uid even after the claim is gone.
-    let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    if let Ok(existing) = volumes.list(&ListParams::default()).await {
-        for pv in existing.items {
-            let spec = pv.spec.clone().unwrap_or_default();
-            let Some(claim) = spec.claim_ref else {
-                continue;
-            };
-            if claim.uid.is_none()
-                && let Some(target) = list
-                    .items
-                    .iter()
-                    .find(|c| c.namespace() == claim.namespace && Some(c.name_any()) == claim.name)
-            {
-                let bind = json!({"spec": {"claimRef": {"uid": target.uid()}}});
-                let _ = volumes
-                    .patch(
-                        &pv.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&bind),
-                    )
-                    .await;
-                continue;
-            }
-            let provisioned = pv.name_any().starts_with("pvc-");
-            let claimed = list
-                .items
-                .iter()
-                .any(|c| c.namespace() == claim.namespace && Some(c.name_any()) == claim.name);
-            if provisioned
-                && !claimed
-                && spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete")
-            {
-                let _ = volumes
-                    .delete(&pv.name_any(), &kube::api::DeleteParams::default())
-                    .await;
-            }
-        }
-    }
     for claim in list.items {
         let spec = claim.spec.clone().unwrap_or_default();
-        let class = spec.storage_class_name.clone().unwrap_or_default();
-        if class.is_empty()
+        let handed_to_us = claim
+            .annotations()
+            .get("volume.kubernetes.io/storage-provisioner")
+            .is_some_and(|p| p == PROVISIONER);
+        let name = format!("pvc-{}", claim.uid().unwrap_or_default());
+        if !handed_to_us
             || spec.volume_name.is_some()
             || claim.metadata.deletion_timestamp.is_some()
+            || existing.items.iter().any(|pv| pv.name_any() == name)
         {
             continue;
         }
-        let namespace = claim.namespace().unwrap_or_default();
-        let name = format!("pvc-{}", claim.uid().unwrap_or_default());
         let size = spec
             .resources
             .and_then(|r| r.requests)
             .and_then(|r| r.get("storage").cloned())
             .unwrap();
         let pv: PersistentVolume = serde_json::from_value(json!({
-            "metadata": {"name": name},
+            "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
             "spec": {
                 "capacity": {"storage": size},
-                "accessModes": ["ReadWriteOnce"],
+                "accessModes": spec.access_modes,
                 "persistentVolumeReclaimPolicy": "Delete",
-                "storageClassName": class,
-                "csi": {"driver": "ebs.csi.aws.com", "volumeHandle": format!("vol-{}", &name[4..12])},
-                "claimRef": {"namespace": namespace, "name": claim.name_any(), "uid": claim.uid()},
+                "storageClassName": spec.storage_class_name,
+                "csi": {"driver": PROVISIONER, "volumeHandle": format!("vol-{}", &name[4..12])},
+                "claimRef": {"namespace": claim.namespace(), "name": claim.name_any(), "uid": claim.uid()},
             }
         }))
         .unwrap();
-        let volumes: Api<PersistentVolume> = Api::all(client.clone());
-        if volumes
-            .create(&kube::api::PostParams::default(), &pv)
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-        let bind = json!({"spec": {"volumeName": name}});
-        let _ = api
-            .patch(
-                &claim.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&bind),
-            )
-            .await;
+        let _ = volumes.create(&PostParams::default(), &pv).await;
     }
 }

@@ -8,7 +8,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
-use kube_emulator::Fault;
+use crate::kube_proxy::Fault;
 use serde_json::{Value, json};
 
 use crate::harness::{Harness, free_port, setup, wait, wait_gone, wait_or, wait_ready};
@@ -281,14 +281,22 @@ fn rand_ms(low: u64, high: u64) -> u64 {
     low + u64::from(nanos) % (high - low)
 }
 
-/// Writes (not reads, not Lease renewals) each client sent, by client.
+/// Writes (not reads, not Lease renewals) each replica sent, by replica
+/// (each talks through a proxy of its own).
 fn writes_by_client(h: &Harness) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for (key, n) in h.emulator.store.client_counters() {
-        let parts: Vec<&str> = key.split(' ').collect();
-        if matches!(parts[0], "create" | "update" | "patch" | "delete") && parts[1] != "leases" {
-            *out.entry(parts[2].to_owned()).or_default() += n;
-        }
+    let writes = |counts: BTreeMap<String, u64>| -> u64 {
+        counts
+            .iter()
+            .filter(|(key, _)| {
+                let (verb, resource) = key.split_once(' ').unwrap();
+                matches!(verb, "create" | "update" | "patch" | "delete") && resource != "leases"
+            })
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let mut out = BTreeMap::from([("replica-a".to_owned(), writes(h.kube_proxy.counts()))]);
+    for (identity, proxy) in h.replica_proxies.lock().unwrap().iter() {
+        out.insert(identity.clone(), writes(proxy.counts()));
     }
     out
 }
@@ -353,11 +361,10 @@ async fn api_faults_during_a_full_apply_converge_and_show_in_metrics() {
         return;
     }
     let h = setup().await;
-    let store = &h.emulator.store;
+    let store = &h.kube_proxy;
     let fault = |verb: &str, resource: &str, status: u16, remaining: u32| Fault {
         verb: Some(verb.into()),
         resource: Some(resource.into()),
-        name: None,
         remaining,
         status,
         retry_after: (status == 429).then_some(1),
@@ -373,8 +380,10 @@ async fn api_faults_during_a_full_apply_converge_and_show_in_metrics() {
     let (company, developers) = tenant(&name, 1, "8");
     apply_tenant(&h.client, &company, &developers).await;
     // After the user's own writes: the operator's status writes fail too.
-    store.inject(fault("patch", "companies", 409, 1));
-    store.inject(fault("patch", "developers", 500, 2));
+    store.inject(fault("patch", "companies/status", 409, 1));
+    store.inject(fault("patch", "developers/status", 500, 2));
+    // A watch told its resource version is too old (410 Gone) re-lists.
+    store.inject(fault("watch", "statefulsets", 410, 1));
     // Watches cut and lists stale for a moment, mid-apply.
     tokio::time::sleep(Duration::from_millis(300)).await;
     store.cut_watches();

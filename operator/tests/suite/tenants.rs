@@ -573,20 +573,18 @@ impl Counts {
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                 .sum::<u64>()
         };
-        let kubernetes = h.emulator.store.counters();
-        // Writes the operator sent: not the test's own (kubectl, token
-        // requests), the kubelet stand-in's, or the leader Lease renewals.
+        // Requests of the operator's ServiceAccount, from the API server's
+        // audit log; writes are those that change state, but not the leader
+        // Lease's renewals.
+        let kubernetes = h.control_plane.operator_requests();
         let kubernetes_writes = kubernetes
             .iter()
             .filter(|(key, _)| {
-                let parts: Vec<&str> = key.split(' ').collect();
+                let verb = key.split(' ').next().unwrap_or_default();
                 matches!(
-                    parts.first(),
-                    Some(&("create" | "update" | "patch" | "delete" | "deletecollection"))
+                    verb,
+                    "create" | "update" | "patch" | "delete" | "deletecollection"
                 ) && !key.contains("leases")
-                    && !key.contains("token")
-                    && !key.ends_with("kubectl")
-                    && !key.ends_with("kubelet-stand-in")
             })
             .map(|(_, n)| n)
             .sum();

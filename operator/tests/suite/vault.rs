@@ -702,25 +702,19 @@ async fn the_backend_works_with_only_enclaves_own_policy() {
     );
 }
 
-/// Points this test's auth mount at the TokenReview stand-in.
-async fn configure_kubernetes_auth(env: &Env) {
-    let host = crate::token_review::serve().await;
-    let ca =
-        std::fs::read_to_string(crate::support::root().join("operator/tests/fixtures/test-ca.pem"))
-            .unwrap();
-    let mut opts =
-        vaultrs::api::auth::kubernetes::requests::ConfigureKubernetesAuthRequest::builder();
-    opts.kubernetes_ca_cert(ca).disable_local_ca_jwt(true);
-    vaultrs::auth::kubernetes::configure(&env.root, &env.mount, &host, Some(&mut opts))
+/// Points this test's auth mount at the shared real API server.
+async fn configure_kubernetes_auth(env: &Env) -> crate::control_plane::ControlPlane {
+    let cp = crate::control_plane::ControlPlane::shared()
         .await
-        .unwrap();
+        .expect("the shared control plane");
+    cp.configure_vault_auth(&env.mount).await;
+    cp
 }
 
 #[tokio::test]
 async fn workspaces_log_in_with_their_own_service_account_only() {
-    use crate::token_review::service_account_token;
     let Some(env) = env().await else { return };
-    configure_kubernetes_auth(&env).await;
+    let cp = configure_kubernetes_auth(&env).await;
     let plan = tenants(std::slice::from_ref(&env.tag));
     let vault = backend(&env, &env.token).await;
     ensure_all(&vault, &plan).await;
@@ -732,9 +726,13 @@ async fn workspaces_log_in_with_their_own_service_account_only() {
     let sa = &role.bound_service_account_names[0];
     let anonymous = client(&env.addr, "");
     let login = |ns: &str, sa: &str, aud: &str| {
-        let jwt = service_account_token(ns, sa, aud);
-        let (anonymous, mount, role) = (&anonymous, env.mount.clone(), role.name.clone());
-        async move { vaultrs::auth::kubernetes::login(anonymous, &mount, &role, &jwt).await }
+        let (anonymous, mount, role, cp) = (&anonymous, env.mount.clone(), role.name.clone(), &cp);
+        let (ns, sa, aud) = (ns.to_owned(), sa.to_owned(), aud.to_owned());
+        async move {
+            // A real token of that account, from the TokenRequest API.
+            let jwt = cp.service_account_token(&ns, &sa, &aud).await;
+            vaultrs::auth::kubernetes::login(anonymous, &mount, &role, &jwt).await
+        }
     };
     let auth = login(ns, sa, "vault")
         .await
@@ -767,9 +765,8 @@ async fn workspaces_log_in_with_their_own_service_account_only() {
 
 #[tokio::test]
 async fn the_operator_logs_in_with_kubernetes_auth_and_refreshes() {
-    use crate::token_review::service_account_token;
     let Some(env) = env().await else { return };
-    configure_kubernetes_auth(&env).await;
+    let cp = configure_kubernetes_auth(&env).await;
     let own = format!("enclave{}", env.tag);
     vaultrs::sys::policy::set(&env.root, &own, &operator_policy(KV, &env.mount))
         .await
@@ -786,7 +783,8 @@ async fn the_operator_logs_in_with_kubernetes_auth_and_refreshes() {
     let jwt_path = std::env::temp_dir().join(format!("enclave-jwt-{}", env.tag));
     std::fs::write(
         &jwt_path,
-        service_account_token("enclave-system", "enclave", "vault"),
+        cp.service_account_token("enclave-system", "enclave", "vault")
+            .await,
     )
     .unwrap();
     let settings = VaultSettings {
@@ -821,7 +819,8 @@ async fn the_operator_logs_in_with_kubernetes_auth_and_refreshes() {
     // A token for another ServiceAccount is refused with a message saying what to check.
     std::fs::write(
         &jwt_path,
-        service_account_token("enclave-system", "intruder", "vault"),
+        cp.service_account_token("enclave-system", "intruder", "vault")
+            .await,
     )
     .unwrap();
     let err = VaultClientBackend::connect(settings)
