@@ -249,6 +249,9 @@ fn workspace_init(settings: &crate::workspace_init::InitSettings) -> ExitCode {
 /// Every CRD Enclave serves.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![Company::crd(), Developer::crd()]
+        .into_iter()
+        .map(crate::crd::declare_metadata_name)
+        .collect()
 }
 
 /// One CRD as YAML, as written to `crds/`.

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 /// CEL rule for a quantity field: a well-formed, positive Kubernetes quantity.
 /// `string(self)` because quantities are int-or-string.
-pub const POSITIVE_QUANTITY: &str = "isQuantity(string(self)) && quantity(string(self)).sign() > 0";
+pub const POSITIVE_QUANTITY: &str =
+    "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))";
 /// Message of [`POSITIVE_QUANTITY`].
 pub const POSITIVE_QUANTITY_MESSAGE: &str =
     "must be a positive Kubernetes quantity such as 500m, 2 or 4Gi";

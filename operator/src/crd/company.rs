@@ -26,8 +26,8 @@ use super::common::{
     printcolumn(name = "Developers", type_ = "integer", json_path = ".status.developerCount"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 40").message("Company name must be at most 40 characters (it is part of the namespace, RDS and Vault names)"),
-    validation = Rule::new("self.metadata.name.matches('^[a-z]([-]?[a-z0-9])*$')").message("Company name must start with a lowercase letter and contain only lowercase letters, digits and single hyphens, not ending in a hyphen (it is part of DNS, RDS and Postgres names)"),
+    validation = Rule::new("self.metadata.name.size() <= 40").message("Company name must be at most 40 characters (it is part of the namespace, RDS and Vault names)").field_path(".metadata.name"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-]?[a-z0-9])*$')").message("Company name must start with a lowercase letter and contain only lowercase letters, digits and single hyphens, not ending in a hyphen (it is part of DNS, RDS and Postgres names)").field_path(".metadata.name"),
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.__namespace__) ? self.__namespace__ : '') == (has(oldSelf.__namespace__) ? oldSelf.__namespace__ : '')").message("spec.namespace is immutable: create a new Company to move a tenant"))]

@@ -26,8 +26,8 @@ use super::common::{POSITIVE_QUANTITY, POSITIVE_QUANTITY_MESSAGE, ResourceSettin
     printcolumn(name = "Pod", type_ = "string", json_path = ".status.podName", priority = "1"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 30").message("Developer name must be at most 30 characters (it is part of the pod, ServiceAccount and Vault names)"),
-    validation = Rule::new("self.metadata.name.matches('^[a-z]([-]?[a-z0-9])*$')").message("Developer name must start with a lowercase letter and contain only lowercase letters, digits and single hyphens, not ending in a hyphen"),
+    validation = Rule::new("self.metadata.name.size() <= 30").message("Developer name must be at most 30 characters (it is part of the pod, ServiceAccount and Vault names)").field_path(".metadata.name"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-]?[a-z0-9])*$')").message("Developer name must start with a lowercase letter and contain only lowercase letters, digits and single hyphens, not ending in a hyphen").field_path(".metadata.name"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DeveloperSpec {

@@ -3,6 +3,10 @@
 //! Schema rules live on the types so the API server rejects bad input before
 //! the operator sees it; `enclave plan` evaluates the very same rules offline.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
+
 mod common;
 mod company;
 mod developer;
@@ -38,3 +42,36 @@ pub const DEVELOPER_NAME_MAX: usize = 30;
 pub const SUBJECT_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._:|-]*$";
 /// Longest `subject`.
 pub const SUBJECT_MAX: usize = 255;
+
+/// Declares `metadata.name` in a CRD's root schema, so that the root rules
+/// on the name may report at `fieldPath: .metadata.name` (the API server
+/// accepts a fieldPath only into declared properties; `name` is one of the
+/// two metadata fields a CRD may declare).
+pub fn declare_metadata_name(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            let name = JSONSchemaProps {
+                type_: Some("string".into()),
+                description: Some(
+                    "Name of the object: lowercase letters, digits and single hyphens, starting with a letter (see the rules on the object)."
+                        .into(),
+                ),
+                ..Default::default()
+            };
+            let metadata = JSONSchemaProps {
+                type_: Some("object".into()),
+                description: Some("Standard object metadata.".into()),
+                properties: Some([("name".to_owned(), name)].into()),
+                ..Default::default()
+            };
+            root.properties
+                .get_or_insert_with(Default::default)
+                .insert("metadata".into(), metadata);
+        }
+    }
+    crd
+}

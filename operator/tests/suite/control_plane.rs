@@ -75,8 +75,8 @@ impl ControlPlane {
     /// the harness's state directory (kept for the logs when a test fails).
     pub async fn start() -> Self {
         let bin = binaries().expect("control plane binaries");
-        let base = std::env::var_os("ENCLAVE_TEST_STATE")
-            .map_or_else(std::env::temp_dir, PathBuf::from);
+        let base =
+            std::env::var_os("ENCLAVE_TEST_STATE").map_or_else(std::env::temp_dir, PathBuf::from);
         let dir = base.join(crate::support::unique("k8s-"));
         let script = crate::support::root().join("e2e/control-plane/start.sh");
         let started = std::time::Instant::now();
@@ -160,19 +160,24 @@ impl ControlPlane {
 
     /// A token for ServiceAccount `namespace/name` with audience
     /// `audience`, creating the namespace and the account if needed.
-    pub async fn service_account_token(&self, namespace: &str, name: &str, audience: &str) -> String {
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audience: &str,
+    ) -> String {
         // A field manager of its own: the operator's namespace is applied
         // with labels by `install_operator_identity`, which must stay.
         let ssa = PatchParams::apply("enclave-tests-tokens");
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
         Api::<Namespace>::all(self.admin.clone())
             .patch(namespace, &ssa, &Patch::Apply(&ns))
             .await
             .unwrap();
-        let account: ServiceAccount = serde_json::from_value(
-            json!({"metadata": {"name": name, "namespace": namespace}}),
-        )
-        .unwrap();
+        let account: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": namespace}}))
+                .unwrap();
         Api::<ServiceAccount>::namespaced(self.admin.clone(), namespace)
             .patch(name, &ssa, &Patch::Apply(&account))
             .await
@@ -186,21 +191,23 @@ impl ControlPlane {
     pub async fn configure_vault_auth(&self, mount: &str) {
         let reviewer = self.token_reviewer().await;
         let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").unwrap();
-        let token = crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap();
+        let token =
+            crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap();
         let body = json!({
             "kubernetes_host": self.api,
             "kubernetes_ca_cert": self.ca_pem,
             "token_reviewer_jwt": reviewer,
             "disable_local_ca_jwt": true,
         });
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
         let request = hyper::Request::post(format!("{addr}/v1/auth/{mount}/config"))
             .header("X-Vault-Token", token)
             .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
             .unwrap();
         let response = client.request(request).await.unwrap();
         assert!(

@@ -130,10 +130,8 @@ impl Harness {
         let url = if identity == "replica-a" {
             self.kube_proxy.url.clone()
         } else {
-            let proxy = futures::executor::block_on(crate::kube_proxy::start(
-                &self.control_plane.api,
-                &self.control_plane.ca_pem,
-            ));
+            let proxy =
+                crate::kube_proxy::start(&self.control_plane.api, &self.control_plane.ca_pem);
             let url = proxy.url.clone();
             self.replica_proxies
                 .lock()
@@ -234,13 +232,15 @@ pub async fn setup() -> Harness {
     }))
     .unwrap();
     Api::<k8s_openapi::api::storage::v1::StorageClass>::all(client.clone())
-        .patch("gp3", &PatchParams::apply("enclave-tests"), &Patch::Apply(&class))
+        .patch(
+            "gp3",
+            &PatchParams::apply("enclave-tests"),
+            &Patch::Apply(&class),
+        )
         .await
         .unwrap();
     // OpenBao checks workspace tokens with the API server's TokenReview.
-    control_plane
-        .configure_vault_auth(&vault.mount)
-        .await;
+    control_plane.configure_vault_auth(&vault.mount).await;
     let operator_token = control_plane
         .token(
             crate::control_plane::OPERATOR_NAMESPACE,
@@ -248,7 +248,7 @@ pub async fn setup() -> Harness {
             &[],
         )
         .await;
-    let kube_proxy = crate::kube_proxy::start(&control_plane.api, &control_plane.ca_pem).await;
+    let kube_proxy = crate::kube_proxy::start(&control_plane.api, &control_plane.ca_pem);
     let kubelet = crate::kubelet::start(client.clone(), "enclave-node");
     let mut harness = Harness {
         client,

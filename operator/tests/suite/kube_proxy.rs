@@ -112,7 +112,9 @@ pub fn classify(method: &hyper::Method, path: &str, query: &str) -> (String, Str
         [] => String::new(),
     };
     let named = rest.len() >= 2;
-    let watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
     let verb = match *method {
         hyper::Method::GET if watch => "watch",
         hyper::Method::GET if named => "get",
@@ -148,7 +150,9 @@ fn status_body(code: u16) -> String {
 }
 
 /// Starts a proxy to `upstream` (the API server) trusting `ca_pem`.
-pub async fn start(upstream: &str, ca_pem: &str) -> KubeProxy {
+/// Synchronous (must run inside a tokio runtime) so that sync code such as
+/// `Harness::spawn_operator` can start one.
+pub fn start(upstream: &str, ca_pem: &str) -> KubeProxy {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile_certs(ca_pem) {
@@ -163,7 +167,9 @@ pub async fn start(upstream: &str, ca_pem: &str) -> KubeProxy {
         .enable_http1()
         .wrap_connector(HttpConnector::new());
     let client: HttpClient<_, Incoming> = HttpClient::builder(TokioExecutor::new()).build(https);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(listener).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let state = Arc::new(Mutex::new(State::default()));
     let (cut, _) = watch::channel(0u64);
@@ -211,10 +217,7 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'sta
 async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
-    client: HttpClient<
-        hyper_rustls::HttpsConnector<HttpConnector>,
-        Incoming,
-    >,
+    client: HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>,
     upstream: String,
     mut cut: watch::Receiver<u64>,
 ) -> Result<Response<Body>, Infallible> {
@@ -263,7 +266,12 @@ async fn handle(
     parts.headers.remove(hyper::header::HOST);
     let response = match client.request(Request::from_parts(parts, body)).await {
         Ok(r) => r,
-        Err(e) => return Ok(full(StatusCode::BAD_GATEWAY, status_body(502) + &format!("{e}"))),
+        Err(e) => {
+            return Ok(full(
+                StatusCode::BAD_GATEWAY,
+                status_body(502) + &format!("{e}"),
+            ));
+        }
     };
     let (parts, body) = response.into_parts();
     if verb == "list" {
@@ -291,18 +299,15 @@ async fn handle(
     }
     // A watch streams until the API server ends it or the test cuts it.
     cut.mark_unchanged();
-    let stream = futures::stream::unfold(
-        (body, cut),
-        |(mut body, mut cut)| async move {
-            tokio::select! {
-                frame = body.frame() => match frame {
-                    Some(Ok(frame)) => Some((Ok::<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>(frame), (body, cut))),
-                    _ => None,
-                },
-                _ = cut.changed() => None,
-            }
-        },
-    );
+    let stream = futures::stream::unfold((body, cut), |(mut body, mut cut)| async move {
+        tokio::select! {
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => Some((Ok::<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>(frame), (body, cut))),
+                _ => None,
+            },
+            _ = cut.changed() => None,
+        }
+    });
     Ok(Response::from_parts(parts, StreamBody::new(stream).boxed()))
 }
 

@@ -179,7 +179,11 @@ async fn run(client: Client, node: String, file_systems: PathBuf, workspaces: Wo
                 };
                 let patch = json!({"status": status});
                 if api
-                    .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch_status(
+                        &pod.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
                     .await
                     .is_ok()
                 {

@@ -53,7 +53,6 @@ fn plan_shows_two_tenants_with_everything_they_imply() {
             "ResourceQuota",
             "LimitRange",
             "NetworkPolicy",
-            "Role",
             "RoleBinding",
             "ServiceAccount",
         ] {

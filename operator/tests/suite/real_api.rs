@@ -51,7 +51,10 @@ async fn the_operator_holds_the_charts_rules_and_nothing_more() {
     cp.install_operator_identity().await;
     let user = operator_user();
     let rules = chart_rules();
-    let mut table = vec![format!("{:<8} {:<58} {:<16} answer", "verb", "resource", "scope")];
+    let mut table = vec![format!(
+        "{:<8} {:<58} {:<16} answer",
+        "verb", "resource", "scope"
+    )];
     let mut wrong = Vec::new();
     let mut check = |verb: &str, resource: String, ns: Option<&str>, want: bool| {
         let got = can_i(&cp, &user, verb, &resource, ns);
@@ -95,9 +98,17 @@ async fn the_operator_holds_the_charts_rules_and_nothing_more() {
     for (verb, resource, ns) in [
         ("escalate", "clusterroles.rbac.authorization.k8s.io", None),
         ("escalate", "roles.rbac.authorization.k8s.io", None),
-        ("bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin", None),
+        (
+            "bind",
+            "clusterroles.rbac.authorization.k8s.io/cluster-admin",
+            None,
+        ),
         ("bind", "clusterroles.rbac.authorization.k8s.io/admin", None),
-        ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+        (
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            None,
+        ),
         ("create", "roles.rbac.authorization.k8s.io", None),
         ("get", "secrets", None),
         ("list", "secrets", Some(OPERATOR_NAMESPACE)),
@@ -107,10 +118,18 @@ async fn the_operator_holds_the_charts_rules_and_nothing_more() {
         ("create", "pods", None),
         ("create", "serviceaccounts/token", None),
         ("impersonate", "users", None),
-        ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
+        (
+            "delete",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            None,
+        ),
         ("*", "*", None),
         ("create", "jobs.batch", Some("default")),
-        ("update", "leases.coordination.k8s.io/someone-else", Some(OPERATOR_NAMESPACE)),
+        (
+            "update",
+            "leases.coordination.k8s.io/someone-else",
+            Some(OPERATOR_NAMESPACE),
+        ),
     ] {
         check(verb, resource.to_owned(), ns, false);
     }
@@ -118,10 +137,10 @@ async fn the_operator_holds_the_charts_rules_and_nothing_more() {
     assert!(wrong.is_empty(), "{wrong:#?}");
 
     // And the API server refuses it for real: its own token, a 403.
-    let token = cp
-        .token(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, &[])
-        .await;
-    let kubeconfig = cp.dir.join(format!("{}.kubeconfig", crate::support::unique("op")));
+    let token = cp.token(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, &[]).await;
+    let kubeconfig = cp
+        .dir
+        .join(format!("{}.kubeconfig", crate::support::unique("op")));
     cp.write_kubeconfig(&kubeconfig, &cp.api, &token);
     let operator = client_from(&kubeconfig).await;
     let err = Api::<Secret>::namespaced(operator.clone(), OPERATOR_NAMESPACE)
@@ -187,7 +206,10 @@ where
         + Clone
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(cp.admin.clone(), object.meta().namespace.as_deref().unwrap());
+    let api: Api<K> = Api::namespaced(
+        cp.admin.clone(),
+        object.meta().namespace.as_deref().unwrap(),
+    );
     api.patch(
         &object.name_any(),
         &PatchParams::apply("enclave-tests").force(),
@@ -271,10 +293,11 @@ async fn pod_security_admission_admits_enclaves_pods_and_refuses_a_noncompliant_
                         KubeObject::ServiceAccount(sa) => admin_apply(&cp, sa).await,
                         KubeObject::StatefulSet(set) => {
                             let ns = set.namespace().unwrap();
-                            let pod = pod_from(&set.spec.template, &ns, &format!("{}-0", set.name_any()));
-                            dry_run_pod(&cp, &pod)
-                                .await
-                                .unwrap_or_else(|e| panic!("workspace pod {ns}/{}: {e}", set.name_any()));
+                            let pod =
+                                pod_from(&set.spec.template, &ns, &format!("{}-0", set.name_any()));
+                            dry_run_pod(&cp, &pod).await.unwrap_or_else(|e| {
+                                panic!("workspace pod {ns}/{}: {e}", set.name_any())
+                            });
                             admitted.push(format!("workspace {ns}/{}", set.name_any()));
                         }
                         KubeObject::Job(job) => {
@@ -284,12 +307,20 @@ async fn pod_security_admission_admits_enclaves_pods_and_refuses_a_noncompliant_
                             dry_run_pod(&cp, &pod).await.unwrap_or_else(|e| {
                                 panic!("storage-prep pod {}: {e}", job.name_any())
                             });
-                            admitted.push(format!("storage-prep {OPERATOR_NAMESPACE}/{}", job.name_any()));
+                            admitted.push(format!(
+                                "storage-prep {OPERATOR_NAMESPACE}/{}",
+                                job.name_any()
+                            ));
                             // Root with CHOWN is why the operator's namespace
                             // is `baseline`: `restricted` refuses this pod.
                             let restricted = tenant_namespace(tenant);
+                            let mut account = storage_prep_account(job);
+                            account.metadata.namespace = Some(restricted.clone());
+                            admin_apply(&cp, &account).await;
                             let pod = pod_from(template, &restricted, &job.name_any());
-                            let err = dry_run_pod(&cp, &pod).await.expect_err("restricted refuses root");
+                            let err = dry_run_pod(&cp, &pod)
+                                .await
+                                .expect_err("restricted refuses root");
                             assert!(err.contains("violates PodSecurity"), "{err}");
                         }
                         _ => {}
@@ -298,15 +329,21 @@ async fn pod_security_admission_admits_enclaves_pods_and_refuses_a_noncompliant_
             }
         }
     }
-    println!("admitted by the real PodSecurity admission:\n{}", admitted.join("\n"));
+    println!(
+        "admitted by the real PodSecurity admission:\n{}",
+        admitted.join("\n")
+    );
     assert!(admitted.iter().any(|a| a.starts_with("workspace")));
     assert!(admitted.iter().any(|a| a.starts_with("storage-prep")));
 
-    // A pod that breaks `restricted` is refused in a company namespace.
+    // A pod that breaks `restricted` (no seccomp profile, root allowed,
+    // capabilities kept) is refused in a company namespace. Not a
+    // privileged one: `--allow-privileged=false` refuses that before
+    // PodSecurity looks.
     let ns = tenant_namespace(&plan[0].1.tenants[0]);
     let bad: Pod = serde_json::from_value(json!({
         "metadata": {"name": "not-hardened", "namespace": ns},
-        "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": true}}]},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
     }))
     .unwrap();
     let err = dry_run_pod(&cp, &bad).await.expect_err("refused");
@@ -343,12 +380,30 @@ fn storage_prep_account(job: &Job) -> ServiceAccount {
 /// the API server takes one object at a time, and the operator reports
 /// these as conditions instead.
 const PLAN_ONLY: &[(&str, &str)] = &[
-    ("02-company-defined-twice.yaml", "two documents, one object: the second is an update"),
-    ("10-developer-without-company.yaml", "a Developer in a namespace no Company owns: condition NoCompany"),
-    ("11-developer-without-namespace.yaml", "kubectl puts it in its context's namespace: condition NoCompany"),
-    ("35-two-companies-one-namespace.yaml", "a namespace already claimed: condition Conflict"),
-    ("36-unknown-kind.yaml", "not ours: the API server has no such kind at all"),
-    ("40-unsupported-version.yaml", "the API server serves no such version at all"),
+    (
+        "02-company-defined-twice.yaml",
+        "two documents, one object: the second is an update",
+    ),
+    (
+        "10-developer-without-company.yaml",
+        "a Developer in a namespace no Company owns: condition NoCompany",
+    ),
+    (
+        "11-developer-without-namespace.yaml",
+        "kubectl puts it in its context's namespace: condition NoCompany",
+    ),
+    (
+        "35-two-companies-one-namespace.yaml",
+        "a namespace already claimed: condition Conflict",
+    ),
+    (
+        "36-unknown-kind.yaml",
+        "not ours: the API server has no such kind at all",
+    ),
+    (
+        "40-unsupported-version.yaml",
+        "the API server serves no such version at all",
+    ),
 ];
 
 #[tokio::test]
@@ -380,7 +435,10 @@ async fn the_api_server_refuses_every_bad_resource_naming_the_field_plan_names()
         }
         // Namespaces the documents name must exist, or the server would
         // refuse them for that before looking at them.
-        for ns in text.lines().filter_map(|l| l.trim().strip_prefix("namespace: ")) {
+        for ns in text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("namespace: "))
+        {
             let namespace: Namespace =
                 serde_json::from_value(json!({"metadata": {"name": ns.trim()}})).unwrap();
             if enclave::validation::is_dns_label(ns.trim()) {
@@ -388,7 +446,10 @@ async fn the_api_server_refuses_every_bad_resource_naming_the_field_plan_names()
             }
         }
         let (refused, message) = kubectl_apply_dry_run(&cp, file);
-        let first_line = message.lines().find(|l| l.contains(&field)).unwrap_or_default();
+        let first_line = message
+            .lines()
+            .find(|l| l.contains(&field))
+            .unwrap_or_default();
         table.push(format!("{name:<42} {field:<34} {}", first_line.trim()));
         if !refused || !message.contains(&field) {
             failures.push(format!(
@@ -396,7 +457,10 @@ async fn the_api_server_refuses_every_bad_resource_naming_the_field_plan_names()
             ));
         }
     }
-    println!("kubectl apply --dry-run=server --validate=strict:\n{}", table.join("\n"));
+    println!(
+        "kubectl apply --dry-run=server --validate=strict:\n{}",
+        table.join("\n")
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 

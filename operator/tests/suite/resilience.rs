@@ -2,13 +2,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use crate::kube_proxy::Fault;
 use enclave::crd::{Company, Developer};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, ResourceQuota};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
-use crate::kube_proxy::Fault;
 use serde_json::{Value, json};
 
 use crate::harness::{Harness, free_port, setup, wait, wait_gone, wait_or, wait_ready};
