@@ -124,6 +124,9 @@ CONTROLLERS+=,statefulset-controller,job-controller,deployment-controller,replic
 CONTROLLERS+=,resourcequota-controller,disruption-controller,ttl-after-finished-controller
 CONTROLLERS+=,persistentvolume-binder-controller,persistentvolume-protection-controller
 CONTROLLERS+=,persistentvolumeclaim-protection-controller,root-ca-certificate-publisher-controller
+# The default admin, edit and view ClusterRoles are aggregated by this one;
+# without it they are empty and binding them is no escalation at all.
+CONTROLLERS+=,clusterrole-aggregation-controller
 spawn kube-controller-manager "$BIN/kube-controller-manager" \
   --kubeconfig="$DIR/kubeconfig" --authentication-kubeconfig="$DIR/kubeconfig" --authorization-kubeconfig="$DIR/kubeconfig" \
   --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --leader-elect=false \

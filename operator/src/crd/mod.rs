@@ -46,7 +46,8 @@ pub const SUBJECT_MAX: usize = 255;
 /// Declares `metadata.name` in a CRD's root schema, so that the root rules
 /// on the name may report at `fieldPath: .metadata.name` (the API server
 /// accepts a fieldPath only into declared properties; `name` is one of the
-/// two metadata fields a CRD may declare).
+/// two metadata fields a CRD may declare, and `metadata` itself may carry
+/// nothing else, not even a description).
 pub fn declare_metadata_name(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     for version in &mut crd.spec.versions {
         if let Some(root) = version
@@ -64,7 +65,6 @@ pub fn declare_metadata_name(mut crd: CustomResourceDefinition) -> CustomResourc
             };
             let metadata = JSONSchemaProps {
                 type_: Some("object".into()),
-                description: Some("Standard object metadata.".into()),
                 properties: Some([("name".to_owned(), name)].into()),
                 ..Default::default()
             };

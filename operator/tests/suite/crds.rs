@@ -23,10 +23,14 @@ fn undocumented(path: &str, schema: &Value, out: &mut Vec<String>) {
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (name, prop) in props {
             let here = format!("{path}.{name}");
-            if prop
-                .get("description")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
+            // The API server documents the root `metadata` (ObjectMeta)
+            // itself and refuses anything but `name` there.
+            let object_meta = !path.contains('.') && name == "metadata";
+            if !object_meta
+                && prop
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
             {
                 out.push(here.clone());
             }

@@ -15,7 +15,6 @@ mod kube_proxy;
 mod kubelet;
 mod kubernetes_schemas;
 mod plan_examples;
-mod pod_security;
 mod real_api;
 mod resilience;
 mod services;
