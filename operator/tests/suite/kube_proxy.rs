@@ -161,11 +161,14 @@ pub fn start(upstream: &str, ca_pem: &str) -> KubeProxy {
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // The TLS layer checks the scheme; the TCP layer must let https pass.
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .wrap_connector(HttpConnector::new());
+        .wrap_connector(tcp);
     let client: HttpClient<_, Incoming> = HttpClient::builder(TokioExecutor::new()).build(https);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -269,7 +272,7 @@ async fn handle(
         Err(e) => {
             return Ok(full(
                 StatusCode::BAD_GATEWAY,
-                status_body(502) + &format!("{e}"),
+                status_body(502) + &format!("{e:?}"),
             ));
         }
     };
