@@ -1,6 +1,12 @@
 //! Server-side apply of the builders' objects, under one field manager.
-//! An object whose live state already holds every desired field is not
-//! written at all, so a resync of unchanged tenants makes no writes.
+//!
+//! Each applied object carries a hash of the intent it was applied with
+//! ([`APPLIED_ANNOTATION`]). An object is written again when that intent
+//! changed (the full object is applied, so a field Enclave no longer sets
+//! is removed by server-side apply) or when its live state no longer holds
+//! a desired value (someone edited it). Quantities are compared by value,
+//! as the API server rewrites them (`1024Mi` is stored as `1Gi`): a resync
+//! of unchanged tenants writes nothing.
 
 use std::fmt::Debug;
 
@@ -9,26 +15,107 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
 };
+use kube_quantity::ParsedQuantity;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::builders::KubeObject;
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "enclave";
 
-/// Whether `live` holds everything `desired` says (fields the server or
-/// other managers added are ignored).
-pub fn contains(live: &Value, desired: &Value) -> bool {
+/// Annotation holding the hash of the intent an object was last applied with.
+pub const APPLIED_ANNOTATION: &str = "enclave.dev/applied";
+
+/// The path of the first desired value `live` does not hold, if any
+/// (fields the server or other managers added are ignored).
+fn difference(live: &Value, desired: &Value) -> Option<String> {
     match (live, desired) {
-        (Value::Object(live), Value::Object(desired)) => desired
-            .iter()
-            .all(|(k, v)| v.is_null() || live.get(k).is_some_and(|l| contains(l, v))),
-        (Value::Array(live), Value::Array(desired)) => {
-            live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
+        (Value::Object(live), Value::Object(desired)) => {
+            desired
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .find_map(|(k, v)| match live.get(k) {
+                    Some(l) => difference(l, v).map(|path| format!(".{k}{path}")),
+                    // The API server omits zero values (`omitempty`): an absent
+                    // `hostIPC` is the `false` Enclave asked for.
+                    None if is_zero(v) => None,
+                    None => Some(format!(".{k}")),
+                })
         }
-        (live, desired) => live == desired,
+        (Value::Array(live), Value::Array(desired)) => {
+            if live.len() != desired.len() {
+                return Some(format!(
+                    " (length {} instead of {})",
+                    live.len(),
+                    desired.len()
+                ));
+            }
+            live.iter()
+                .zip(desired)
+                .enumerate()
+                .find_map(|(i, (l, d))| difference(l, d).map(|path| format!("[{i}]{path}")))
+        }
+        (Value::String(l), Value::String(d)) if l == d || same_quantity(l, d) => None,
+        (l, d) if l == d => None,
+        (l, d) => Some(format!(" ({l} instead of {d})")),
     }
+}
+
+/// A value the API server stores by leaving the field out.
+fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => !b,
+        Value::String(s) => s.is_empty(),
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Null => true,
+    }
+}
+
+/// Two strings that are both Kubernetes quantities of the same value.
+fn same_quantity(a: &str, b: &str) -> bool {
+    match (ParsedQuantity::try_from(a), ParsedQuantity::try_from(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The hash of the intent `desired` that [`APPLIED_ANNOTATION`] records.
+fn intent_hash(desired: &Value) -> String {
+    let digest = Sha256::digest(desired.to_string().as_bytes());
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `desired` with [`APPLIED_ANNOTATION`] set to its intent hash.
+fn annotated(mut desired: Value) -> Value {
+    let hash = intent_hash(&desired);
+    if let Some(metadata) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = metadata
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(annotations) = annotations.as_object_mut() {
+            annotations.insert(APPLIED_ANNOTATION.into(), Value::String(hash));
+        }
+    }
+    desired
+}
+
+/// Why `live` must be written to hold `desired`, if it must: the intent
+/// changed since the last apply, or a desired value was changed by someone
+/// else.
+/// `desired` is [`annotated`].
+fn why_apply(live: &Value, desired: &Value) -> Option<String> {
+    let pointer = format!(
+        "/metadata/annotations/{}",
+        APPLIED_ANNOTATION.replace('/', "~1")
+    );
+    if live.pointer(&pointer) != desired.pointer(&pointer) {
+        return Some("the desired state changed since it was last applied".into());
+    }
+    difference(live, desired).map(|path| format!("{path} was changed by someone else"))
 }
 
 async fn apply<K>(api: Api<K>, object: &K) -> Result<bool, kube::Error>
@@ -36,15 +123,16 @@ where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
     let name = object.name_any();
-    let desired = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+    let desired = annotated(serde_json::to_value(object).map_err(kube::Error::SerdeError)?);
     if let Some(live) = api.get_opt(&name).await? {
         let live = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
-        if contains(&live, &desired) {
-            return Ok(false);
+        match why_apply(&live, &desired) {
+            None => return Ok(false),
+            Some(why) => tracing::debug!(kind = K::kind(&()).as_ref(), %name, %why, "applying"),
         }
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(object)).await?;
+    api.patch(&name, &params, &Patch::Apply(&desired)).await?;
     Ok(true)
 }
 
@@ -104,7 +192,17 @@ where
 mod tests {
     use serde_json::json;
 
-    use super::contains;
+    use serde_json::Value;
+
+    use super::{annotated, difference, why_apply};
+
+    fn contains(live: &Value, desired: &Value) -> bool {
+        difference(live, desired).is_none()
+    }
+
+    fn needs_apply(live: &Value, desired: &Value) -> bool {
+        why_apply(live, desired).is_some()
+    }
 
     #[test]
     fn live_state_with_more_fields_holds_the_desired_state() {
@@ -125,5 +223,43 @@ mod tests {
         ] {
             assert!(!contains(&live, &desired), "{live}");
         }
+    }
+
+    #[test]
+    fn quantities_are_compared_by_value() {
+        let desired = json!({"spec": {"hard": {"memory": "1024Mi", "cpu": "0.5"}}});
+        let live = json!({"spec": {"hard": {"memory": "1Gi", "cpu": "500m"}}});
+        assert!(contains(&live, &desired));
+        let changed = json!({"spec": {"hard": {"memory": "1Gi", "cpu": "501m"}}});
+        assert!(!contains(&changed, &desired));
+        // Zero values the server leaves out.
+        assert!(contains(
+            &json!({"spec": {}}),
+            &json!({"spec": {"hostIPC": false, "storageClassName": ""}})
+        ));
+        assert!(!contains(
+            &json!({"spec": {}}),
+            &json!({"spec": {"hostIPC": true}})
+        ));
+        // Not quantities: compared as text.
+        assert!(!contains(&json!({"a": "v1"}), &json!({"a": "v01"})));
+    }
+
+    #[test]
+    fn a_changed_intent_is_applied_even_when_the_live_state_holds_it() {
+        let old = annotated(
+            json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80, "name": "x"}]}}),
+        );
+        let new = annotated(json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}}));
+        let mut live = old.clone();
+        live["metadata"]["uid"] = json!("u");
+        assert!(!needs_apply(&live, &old), "applied and unchanged");
+        assert!(
+            needs_apply(&live, &new),
+            "a removed field is removed by applying the new intent"
+        );
+        let mut edited = live.clone();
+        edited["spec"]["ports"][0]["port"] = json!(81);
+        assert!(needs_apply(&edited, &old), "drift is put back");
     }
 }

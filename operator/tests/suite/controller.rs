@@ -356,15 +356,18 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
     })
     .await;
     assert!(refused.message.contains("nobody"), "{}", refused.message);
+    // The only ServiceAccount there is the one Kubernetes makes in every
+    // namespace.
     let nothing: Api<ServiceAccount> = Api::namespaced(client.clone(), "nobody");
-    assert!(
-        nothing
-            .list(&kube::api::ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    let accounts: Vec<String> = nothing
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    assert_eq!(accounts, ["default"]);
 
     // A namespace someone labelled with the company's name is not the company's.
     let forged: Namespace = serde_json::from_value(

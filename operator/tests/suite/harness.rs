@@ -164,7 +164,15 @@ impl Harness {
                         .unwrap()
                 }),
             )
-            .env("RUST_LOG", "warn,rustify=off,vaultrs=off")
+            // ENCLAVE_TEST_OPERATOR_LOG, e.g. `enclave::controllers::apply=debug`,
+            // adds to what the operators under test log.
+            .env(
+                "RUST_LOG",
+                format!(
+                    "warn,rustify=off,vaultrs=off,{}",
+                    std::env::var("ENCLAVE_TEST_OPERATOR_LOG").unwrap_or_default()
+                ),
+            )
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .spawn()

@@ -576,11 +576,7 @@ async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothi
 
     // Re-installed and re-applied, the new Company (another uid) takes
     // nothing over silently: its database and file system are conflicts...
-    for crd in enclave::cli::crds() {
-        crds.create(&kube::api::PostParams::default(), &crd)
-            .await
-            .unwrap();
-    }
+    h.control_plane.install_crds().await;
     apply(&company(json!({}))).await;
     let conflicted = wait("the conflicts reported", async || {
         let c = companies.get(&name).await.ok()?;
