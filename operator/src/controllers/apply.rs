@@ -18,7 +18,6 @@ use kube::{
 use kube_quantity::ParsedQuantity;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::builders::KubeObject;
 
@@ -85,8 +84,7 @@ fn same_quantity(a: &str, b: &str) -> bool {
 
 /// The hash of the intent `desired` that [`APPLIED_ANNOTATION`] records.
 fn intent_hash(desired: &Value) -> String {
-    let digest = Sha256::digest(desired.to_string().as_bytes());
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    crate::names::short_hash(&[&desired.to_string()])
 }
 
 /// `desired` with [`APPLIED_ANNOTATION`] set to its intent hash.
@@ -95,7 +93,7 @@ fn annotated(mut desired: Value) -> Value {
     if let Some(metadata) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
         let annotations = metadata
             .entry("annotations")
-            .or_insert_with(|| Value::Object(Default::default()));
+            .or_insert_with(|| Value::Object(serde_json::Map::default()));
         if let Some(annotations) = annotations.as_object_mut() {
             annotations.insert(APPLIED_ANNOTATION.into(), Value::String(hash));
         }

@@ -96,9 +96,8 @@ impl KubeProxy {
 /// The verb and resource (with subresource) of an API request.
 pub fn classify(method: &hyper::Method, path: &str, query: &str) -> (String, String) {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let rest = match parts.as_slice() {
-        ["api", _version, rest @ ..] | ["apis", _, _version, rest @ ..] => rest,
-        _ => return (method.as_str().to_lowercase(), path.to_owned()),
+    let (["api", _version, rest @ ..] | ["apis", _, _version, rest @ ..]) = parts.as_slice() else {
+        return (method.as_str().to_lowercase(), path.to_owned());
     };
     let rest = match rest {
         // A namespace's own subresources (status, finalize) are not kinds.
