@@ -74,13 +74,20 @@ cleanup() {
   # The shared control plane, and any a killed test left running.
   for dir in "$STATE"/k8s*/; do [ -f "$dir/pids" ] && e2e/control-plane/stop.sh "$dir"; done
   if [ -f "$STATE/pg/postmaster.pid" ]; then as_postgres "$PG_BIN/pg_ctl" -D "$STATE/pg" -m immediate stop >/dev/null 2>&1 || true; fi
-  if [ $status != 0 ]; then log "failed; service logs are in $STATE"; fi
+  case $status in
+    0) ;;
+    130 | 143) log "stopped; service logs are in $STATE" ;;
+    *) log "failed; service logs are in $STATE" ;;
+  esac
   exit $status
 }
 
 start_services() {
   rm -rf "$STATE" && mkdir -p "$STATE"
   trap cleanup EXIT
+  # A signal (Ctrl-C, a CI timeout) exits through the same cleanup.
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 
   local bao_port moto_port pg_port
   bao_port=$(free_port)
@@ -139,7 +146,8 @@ if [ "${1:-}" = "--services" ]; then
   start_services
   export -p | grep ' ENCLAVE_TEST_' >"$STATE/env"
   log "services up; source $STATE/env in another shell; Ctrl-C stops them"
-  while true; do sleep 3600; done
+  # `wait` (not a foreground sleep) lets a signal through at once.
+  while true; do sleep 3600 & wait $!; done
 fi
 log "cargo fmt --check"
 cargo fmt --all --check

@@ -175,6 +175,19 @@ impl CompanyNames {
         )
     }
 
+    /// Idempotency token of the file system's DeleteFileSystem (at most 63
+    /// characters, like every FSx token).
+    pub fn fsx_delete_request_token(&self, company_uid: &str) -> String {
+        fit(
+            &format!(
+                "enclave-{}-{}-delete",
+                self.company,
+                short_hash(&[company_uid])
+            ),
+            FSX_TOKEN_MAX,
+        )
+    }
+
     /// Directory of the company below the file system root.
     pub fn storage_root(&self) -> String {
         format!("/companies/{}", self.company)
@@ -394,6 +407,8 @@ mod tests {
             prop_assert!(is_rds_identifier(&co.rds_instance()), "{}", co.rds_instance());
             prop_assert!(is_rds_identifier(&co.rds_final_snapshot("3f1c-uid")), "{}", co.rds_final_snapshot("3f1c-uid"));
             prop_assert!(is_rds_identifier(&co.fsx_request_token("uid")));
+            prop_assert!(co.fsx_delete_request_token("uid").len() <= FSX_TOKEN_MAX);
+            prop_assert_ne!(co.fsx_delete_request_token("uid"), co.fsx_request_token("uid"));
             prop_assert!(is_postgres_identifier(&co.postgres_database()), "{}", co.postgres_database());
             prop_assert!(is_postgres_identifier(&co.postgres_role()), "{}", co.postgres_role());
         }

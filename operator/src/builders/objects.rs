@@ -60,6 +60,15 @@ impl KubeObject {
         each_kind!(self, o => kind_of(o))
     }
 
+    /// The object's API group (`""` for the core group) and resource
+    /// (plural), as RBAC rules name them.
+    pub fn api_resource(&self) -> (&'static str, &'static str) {
+        fn resource_of<K: k8s_openapi::Resource>(_: &K) -> (&'static str, &'static str) {
+            (K::GROUP, K::URL_PATH_SEGMENT)
+        }
+        each_kind!(self, o => resource_of(o))
+    }
+
     /// `namespace/name`, or `name` for cluster-scoped objects.
     pub fn display_name(&self) -> String {
         let meta = self.metadata();

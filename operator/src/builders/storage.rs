@@ -439,6 +439,8 @@ pub struct FileSystemRequest {
     pub kms_key_id: Option<String>,
     /// Idempotency token of CreateFileSystem.
     pub request_token: String,
+    /// Idempotency token of DeleteFileSystem.
+    pub delete_request_token: String,
     /// Tags on the file system and its final backup; adoption requires all.
     pub tags: BTreeMap<String, String>,
     /// On deletion.
@@ -471,6 +473,7 @@ pub fn file_system_request(ctx: &CompanyContext<'_>) -> Option<FileSystemRequest
         security_group_ids: security_group_ids.clone(),
         kms_key_id: kms_key_id.clone(),
         request_token: ctx.names.fsx_request_token(ctx.uid()),
+        delete_request_token: ctx.names.fsx_delete_request_token(ctx.uid()),
         tags: super::aws_tags(ctx),
         deletion_policy: ctx.settings.storage_deletion_policy,
     })

@@ -112,3 +112,59 @@ fn chart_vault_policy_matches_the_code() {
         path.display()
     );
 }
+
+/// Whether `rules` grant `verb` on `group`/`resource` (any name).
+fn grants(
+    rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+    verb: &str,
+    group: &str,
+    resource: &str,
+) -> bool {
+    rules.iter().any(|r| {
+        r.resource_names.as_ref().is_none_or(Vec::is_empty)
+            && r.api_groups.iter().flatten().any(|g| g == group)
+            && r.resources.iter().flatten().any(|x| x == resource)
+            && r.verbs.iter().any(|v| v == verb)
+    })
+}
+
+#[test]
+fn the_charts_rules_let_the_operator_create_and_patch_every_kind_plan_renders() {
+    let rules = crate::control_plane::chart_rules();
+    let operator_namespace = enclave::config::OperatorConfig::default().operator_namespace;
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut missing = Vec::new();
+    for (_, plan) in crate::support::all_plans() {
+        for tenant in &plan.tenants {
+            let objects = tenant
+                .company
+                .objects
+                .iter()
+                .chain(tenant.developers.iter().flat_map(|d| d.objects.iter()));
+            for object in objects {
+                let (group, resource) = object.api_resource();
+                let in_operator_namespace =
+                    object.metadata().namespace.as_deref() == Some(&operator_namespace);
+                for verb in ["create", "patch", "delete"] {
+                    let granted = grants(&rules.operator, verb, group, resource)
+                        || (in_operator_namespace
+                            && grants(&rules.operator_namespace, verb, group, resource));
+                    if !granted {
+                        let qualified = if group.is_empty() {
+                            resource.to_owned()
+                        } else {
+                            format!("{resource}.{group}")
+                        };
+                        missing.push(format!("{verb} {qualified} ({})", object.display_name()));
+                    }
+                }
+                kinds.insert(object.kind());
+            }
+        }
+    }
+    assert!(kinds.len() >= 10, "the plans render every kind: {kinds:?}");
+    assert!(
+        missing.is_empty(),
+        "charts/enclave/files/rbac.yaml lacks: {missing:#?}"
+    );
+}

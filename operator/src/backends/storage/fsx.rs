@@ -271,7 +271,7 @@ impl FileSystemBackend for FsxFileSystems {
             .fsx
             .delete_file_system()
             .file_system_id(&id)
-            .client_request_token(format!("{}-delete", req.request_token));
+            .client_request_token(&req.delete_request_token);
         let request = match req.fsx_type {
             FsxType::OpenZfs => request.open_zfs_configuration(
                 DeleteFileSystemOpenZfsConfiguration::builder()
