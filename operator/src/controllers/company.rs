@@ -181,8 +181,8 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         let vault = match &ctx.vault {
             Ok(vault) => ensure_company(vault.as_ref(), &plan)
                 .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("Vault is unavailable: {e}")),
+                .map_err(Error::from),
+            Err(e) => Err(Error::VaultUnavailable(e.clone())),
         };
         ctx.vault_step(company, &name, "the company controller", vault)
             .await
@@ -201,7 +201,7 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
             "VaultReady",
             Some(false),
             reasons::VAULT_ERROR,
-            e,
+            &e.to_string(),
             generation,
         ),
     }
@@ -272,7 +272,7 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
                     "DatabaseReady",
                     Some(false),
                     reasons::DATABASE_ERROR,
-                    e,
+                    &e.to_string(),
                     generation,
                 );
                 false
@@ -353,10 +353,15 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         );
     }
     write_status(ctx, company, &status).await?;
+    // A failed step goes up, its status written: the error policy chooses
+    // the retry by its category.
+    vault?;
+    if let Some(Err(e)) = database {
+        return Err(e);
+    }
     // Unfinished work is looked at again; a converged tenant is checked
     // for drift at the resync interval.
     let retry = [
-        vault.is_err().then_some(Duration::from_secs(15)),
         (!database_ready).then_some(Duration::from_secs(15)),
         storage_retry,
     ]
@@ -371,11 +376,11 @@ async fn ensure_database(
     ctx: &Context,
     build: &CompanyContext<'_>,
     status: &CompanyStatus,
-) -> Result<DatabaseState, String> {
+) -> Result<DatabaseState, Error> {
     let databases = ctx
         .databases
         .as_ref()
-        .ok_or("the database backends need Vault, which is unavailable")?;
+        .ok_or_else(|| Error::VaultUnavailable("the database backends need Vault".to_owned()))?;
     let req = database_request(build);
     let applied = status
         .database
@@ -389,20 +394,16 @@ async fn ensure_database(
     {
         let current = vault
             .ensure_credentials(&req.credentials_path, &req.username)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if current.version <= applied {
-            vault
-                .rotate_credentials(&req.credentials_path)
-                .await
-                .map_err(|e| e.to_string())?;
+            vault.rotate_credentials(&req.credentials_path).await?;
         }
     }
     let result = match req.mode {
         DatabaseMode::Dedicated => databases.rds.ensure(&req, applied).await,
         DatabaseMode::Shared => databases.shared.ensure(&req, applied).await,
     };
-    result.map_err(|e| e.to_string())
+    Ok(result?)
 }
 
 /// Annotation that asks for new database credentials: set it to a new
@@ -472,7 +473,7 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
             DatabaseMode::Shared => databases.shared.delete(&req).await?,
         };
         if outcome == Deletion::InProgress {
-            return Err(Error::Waiting(format!(
+            return Err(Error::CloudInProgress(format!(
                 "the database of Company {name} to be deleted"
             )));
         }

@@ -436,8 +436,8 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         let vault = match &ctx.vault {
             Ok(vault) => ensure_developer(vault.as_ref(), &tenant, &plan)
                 .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("Vault is unavailable: {e}")),
+                .map_err(Error::from),
+            Err(e) => Err(Error::VaultUnavailable(e.clone())),
         };
         let vault = ctx
             .vault_step(developer.as_ref(), &tenant, "the workspace", vault)
@@ -461,7 +461,7 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
             "VaultReady",
             Some(false),
             reasons::VAULT_ERROR,
-            e,
+            &e.to_string(),
             generation,
         ),
     }
@@ -497,9 +497,11 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         generation,
     );
     write_status(ctx, &developer, &status).await?;
+    // A failed step goes up, its status written: the error policy chooses
+    // the retry by its category.
+    vault?;
     let retry = [
         storage_retry,
-        vault.is_err().then_some(Duration::from_secs(15)),
         (!workspace_ready).then_some(Duration::from_secs(10)),
     ]
     .into_iter()

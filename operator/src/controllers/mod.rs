@@ -117,8 +117,8 @@ impl Context {
         object: &K,
         tenant: &str,
         whose: &str,
-        result: Result<Vec<crate::backends::vault::Change>, String>,
-    ) -> Result<(), String>
+        result: Result<Vec<crate::backends::vault::Change>, Error>,
+    ) -> Result<(), Error>
     where
         K: kube::Resource<DynamicType = ()>,
     {
@@ -213,12 +213,22 @@ pub enum Error {
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// Deletion waits for something (the namespace to go).
+    /// Deletion waits for something in the cluster (the namespace to go).
     #[error("waiting: {0}")]
     Waiting(String),
+    /// A cloud resource (an RDS instance, a file system) is being created
+    /// or deleted.
+    #[error("waiting: {0}")]
+    CloudInProgress(String),
     /// Vault refused or failed a step.
     #[error("Vault: {0}")]
     Vault(#[from] VaultError),
+    /// Vault could not be reached or refused the operator's token when the
+    /// operator started; it retries in the background.
+    #[error(
+        "Vault is unavailable ({0}); check vault.address, its CA and the operator's Vault role (see /readyz)"
+    )]
+    VaultUnavailable(String),
     /// The database backend refused or failed a step.
     #[error("database: {0}")]
     Database(#[from] DatabaseError),
@@ -253,8 +263,8 @@ impl Error {
         match self.step() {
             Self::Kube(_) => "kube",
             Self::Finalizer(_) => "finalizer",
-            Self::Waiting(_) => "waiting",
-            Self::Vault(_) => "vault",
+            Self::Waiting(_) | Self::CloudInProgress(_) => "waiting",
+            Self::Vault(_) | Self::VaultUnavailable(_) => "vault",
             Self::Database(_) => "database",
             Self::Storage(_) => "storage",
             Self::StorageCleanup(_) => "storage-cleanup",
@@ -266,6 +276,7 @@ impl Error {
     pub fn retry_class(&self) -> RetryClass {
         match self.step() {
             Self::Waiting(_) => RetryClass::Waiting,
+            Self::CloudInProgress(_) => RetryClass::Polling,
             Self::DeletionProtected(_) | Self::StorageCleanup(_) => RetryClass::NeedsPerson,
             Self::Kube(kube::Error::Api(e)) if e.code == 429 => RetryClass::Throttled,
             Self::Kube(kube::Error::Api(e)) if e.code == 409 => RetryClass::Waiting,
@@ -296,8 +307,11 @@ pub(crate) fn finalized(
 /// How a failed reconcile is retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryClass {
-    /// Something is still in progress: look again shortly.
+    /// Something in the cluster is still in progress: look again shortly.
     Waiting,
+    /// A cloud resource is being created or deleted: poll, more slowly
+    /// the longer it takes.
+    Polling,
     /// A network or server error: exponential backoff with jitter.
     Transient,
     /// The API asked us to slow down: a longer backoff.
@@ -318,6 +332,11 @@ pub fn retry_delay(class: RetryClass, failures: u32) -> Duration {
     };
     match class {
         RetryClass::Waiting => Duration::from_secs(1),
+        // An RDS instance or a file system takes minutes to create or
+        // delete: polls slow down the longer it takes (one Describe per
+        // resource every 10-20 s at most, well inside the AWS call budget
+        // even for dozens of tenants at once).
+        RetryClass::Polling => exponential(2_000, 20_000),
         RetryClass::Transient => exponential(500, 300_000),
         RetryClass::Throttled => exponential(5_000, 600_000),
         RetryClass::NeedsPerson => Duration::from_mins(5),
@@ -336,28 +355,39 @@ where
             .failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = failures.entry(key.clone()).or_insert(0);
-        // Waiting for something in progress is not a failure to back off from.
-        if class != RetryClass::Waiting {
-            *n += 1;
-        }
+        // Waiting for something in progress is counted apart: it is not a
+        // failure that should lengthen the backoff of a real one.
+        let counter = if matches!(class, RetryClass::Waiting | RetryClass::Polling) {
+            waiting_key(&key)
+        } else {
+            key.clone()
+        };
+        let n = failures.entry(counter).or_insert(0);
+        *n += 1;
         *n
     };
     let delay = retry_delay(class, failures);
-    if class == RetryClass::Waiting {
-        tracing::info!(object = %key, %error, "waiting");
+    if matches!(class, RetryClass::Waiting | RetryClass::Polling) {
+        tracing::info!(object = %key, %error, retry_in = ?delay, "waiting");
     } else {
         tracing::warn!(object = %key, category = error.category(), ?class, failures, retry_in = ?delay, %error, "reconcile failed");
     }
     Action::requeue(delay)
 }
 
-/// Forgets the failures of objects whose reconcile succeeded.
+/// The key of `object`'s count of waits in [`Context::failures`].
+fn waiting_key(object: &str) -> String {
+    format!("waiting {object}")
+}
+
+/// Forgets the failures and waits of objects whose reconcile succeeded.
 fn reset_failures(ctx: &Context, object: &str) {
-    ctx.failures
+    let mut failures = ctx
+        .failures
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(object);
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    failures.remove(object);
+    failures.remove(&waiting_key(object));
 }
 
 /// Connects to Vault as configured (a token file, `VAULT_TOKEN`, or
@@ -395,7 +425,27 @@ pub async fn connect_vault(config: &OperatorConfig) -> Result<Arc<VaultClientBac
 mod tests {
     use std::time::Duration;
 
-    use super::{RetryClass, retry_delay};
+    use super::{Error, RetryClass, retry_delay};
+    use crate::backends::database::DatabaseError;
+
+    #[test]
+    fn a_conflict_waits_for_a_person_and_an_unreachable_vault_is_retried() {
+        let conflict = Error::Database(DatabaseError::Conflict {
+            what: "RDS instance",
+            name: "enclave-acme".into(),
+            reason: "another Company's uid in its tags".into(),
+        });
+        assert_eq!(conflict.retry_class(), RetryClass::NeedsPerson);
+        assert_eq!(conflict.category(), "database");
+        assert_eq!(
+            retry_delay(conflict.retry_class(), 1),
+            retry_delay(conflict.retry_class(), 50),
+            "the longest delay at once"
+        );
+        let vault = Error::VaultUnavailable("connection refused".into());
+        assert_eq!(vault.retry_class(), RetryClass::Transient);
+        assert!(vault.to_string().contains("vault.address"), "{vault}");
+    }
 
     #[test]
     fn transient_retries_back_off_exponentially_within_bounds() {
@@ -409,6 +459,16 @@ mod tests {
         }
         assert!(retry_delay(RetryClass::Throttled, 1) >= Duration::from_millis(2500));
         assert_eq!(retry_delay(RetryClass::Waiting, 30), Duration::from_secs(1));
+        let polls: Vec<Duration> = (1..=8)
+            .map(|n| retry_delay(RetryClass::Polling, n))
+            .collect();
+        assert!(polls[0] <= Duration::from_secs(2), "{polls:?}");
+        assert!(
+            polls[4..]
+                .iter()
+                .all(|w| *w >= Duration::from_secs(10) && *w <= Duration::from_secs(20)),
+            "a long deletion is polled every 10-20 s: {polls:?}"
+        );
         assert_eq!(
             retry_delay(RetryClass::NeedsPerson, 1),
             Duration::from_mins(5)

@@ -465,7 +465,7 @@ pub async fn cleanup_company(
     })?;
     let outcome = file_systems.delete(&req).await?;
     if outcome == FsDeletion::InProgress {
-        return Err(Error::Waiting(format!(
+        return Err(Error::CloudInProgress(format!(
             "the file system of Company {} to be deleted",
             build.names.company()
         )));
