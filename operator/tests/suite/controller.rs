@@ -778,6 +778,22 @@ async fn changes_to_tenants_are_followed_exactly() {
         (!rules.contains("10.2.0.0/16") && rules.contains("10.1.0.0/16")).then_some(())
     })
     .await;
+    // Its ports removed ("every port"): the ports go from the policy too
+    // (a field Enclave no longer sets is removed, not left behind).
+    companies
+        .patch(
+            &name,
+            &PatchParams::apply("user"),
+            &Patch::Apply(company("4", json!([{"cidr": "10.1.0.0/16"}]))),
+        )
+        .await
+        .unwrap();
+    wait("the egress ports gone", async || {
+        let p = policies.get("allow-company-egress").await.unwrap();
+        let egress = p.spec.unwrap().egress.unwrap_or_default();
+        (egress.len() == 1 && egress[0].ports.is_none()).then_some(())
+    })
+    .await;
     // The last entry dropped: the policy itself goes.
     companies
         .patch(
