@@ -138,7 +138,11 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
     if company.status.as_ref().and_then(|s| s.observed_generation) != generation
         || !ctx.pruned_since_start(&format!("Company/{name}"))
     {
-        let pruned = prune(ctx, &namespace, &Owner::Company(&name), &plan.objects).await?;
+        let owner = Owner::Company {
+            name: &name,
+            uid: company.metadata.uid.as_deref().unwrap_or_default(),
+        };
+        let pruned = prune(ctx, &namespace, &owner, &plan.objects).await?;
         if !pruned.is_empty() {
             let why = format!("no longer implied by the spec: {}", pruned.join(", "));
             ctx.audit(company, &name, "ObjectsPruned", &why, true).await;

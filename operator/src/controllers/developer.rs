@@ -338,6 +338,7 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         let owner = Owner::Developer {
             company: company_ctx.names.company(),
             name: dev_ctx.names.name(),
+            uid: developer.metadata.uid.as_deref().unwrap_or_default(),
         };
         let pruned = prune(ctx, &namespace, &owner, &plan.objects).await?;
         if !pruned.is_empty() {

@@ -1,5 +1,7 @@
 //! Pruning: in-cluster children the spec no longer implies (the last egress
-//! rule dropped, an Admin turned Developer) are found by label and deleted.
+//! rule dropped, an Admin turned Developer) are found by label and deleted
+//! — only those whose owner reference names the owner's uid, so a label
+//! copied onto someone else's object never gets it deleted.
 //! Objects that hold data (claims, volumes) and storage Jobs are never
 //! pruned here: they follow the deletion policy.
 
@@ -29,25 +31,38 @@ use crate::{
 /// Whose children to look at.
 pub enum Owner<'a> {
     /// A Company's own objects (not its Developers').
-    Company(&'a str),
+    Company {
+        /// The Company.
+        name: &'a str,
+        /// Its uid.
+        uid: &'a str,
+    },
     /// One Developer's objects.
     Developer {
         /// The company.
         company: &'a str,
         /// The Developer.
         name: &'a str,
+        /// Its uid.
+        uid: &'a str,
     },
 }
 
 impl Owner<'_> {
     fn selector(&self) -> String {
         match self {
-            Owner::Company(company) => format!(
-                "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPANY}={company},!{LABEL_DEVELOPER}"
-            ),
-            Owner::Developer { company, name } => format!(
+            Owner::Company { name, .. } => {
+                format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPANY}={name},!{LABEL_DEVELOPER}")
+            }
+            Owner::Developer { company, name, .. } => format!(
                 "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPANY}={company},{LABEL_DEVELOPER}={name}"
             ),
+        }
+    }
+
+    fn uid(&self) -> &str {
+        match self {
+            Owner::Company { uid, .. } | Owner::Developer { uid, .. } => uid,
         }
     }
 }
@@ -62,7 +77,7 @@ fn kind_and_name(object: &KubeObject) -> (&'static str, String) {
 async fn prune_kind<K>(
     ctx: &Context,
     namespace: &str,
-    selector: &str,
+    owner: &Owner<'_>,
     keep: &BTreeSet<(&'static str, String)>,
 ) -> Result<Vec<String>, Error>
 where
@@ -75,12 +90,17 @@ where
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let mut pruned = Vec::new();
     for object in api
-        .list(&ListParams::default().labels(selector))
+        .list(&ListParams::default().labels(&owner.selector()))
         .await?
         .items
     {
         let name = object.name_any();
-        if object.meta().deletion_timestamp.is_some()
+        let owned = object
+            .owner_references()
+            .iter()
+            .any(|r| r.uid == owner.uid());
+        if !owned
+            || object.meta().deletion_timestamp.is_some()
             || keep.iter().any(|(k, n)| *k == kind.as_ref() && *n == name)
         {
             continue;
@@ -103,14 +123,13 @@ pub async fn prune(
     desired: &[KubeObject],
 ) -> Result<Vec<String>, Error> {
     let keep: BTreeSet<_> = desired.iter().map(kind_and_name).collect();
-    let selector = owner.selector();
     let mut pruned = Vec::new();
-    pruned.extend(prune_kind::<NetworkPolicy>(ctx, namespace, &selector, &keep).await?);
-    pruned.extend(prune_kind::<RoleBinding>(ctx, namespace, &selector, &keep).await?);
-    pruned.extend(prune_kind::<ServiceAccount>(ctx, namespace, &selector, &keep).await?);
-    pruned.extend(prune_kind::<Service>(ctx, namespace, &selector, &keep).await?);
-    pruned.extend(prune_kind::<StatefulSet>(ctx, namespace, &selector, &keep).await?);
-    pruned.extend(prune_kind::<ResourceQuota>(ctx, namespace, &selector, &keep).await?);
-    pruned.extend(prune_kind::<LimitRange>(ctx, namespace, &selector, &keep).await?);
+    pruned.extend(prune_kind::<NetworkPolicy>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<RoleBinding>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<ServiceAccount>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<Service>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<StatefulSet>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<ResourceQuota>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<LimitRange>(ctx, namespace, owner, &keep).await?);
     Ok(pruned)
 }

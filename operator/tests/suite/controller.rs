@@ -755,6 +755,19 @@ async fn changes_to_tenants_are_followed_exactly() {
         "an Admin writes shared secrets"
     );
 
+    // A policy someone else made, with Enclave's labels copied onto it:
+    // not Enclave's (no owner reference to the Company), never pruned.
+    let forged: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "someone-elses", "namespace": namespace, "labels": {
+            "app.kubernetes.io/managed-by": "enclave", "enclave.dev/company": name}},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }))
+    .unwrap();
+    Api::<NetworkPolicy>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+
     // Quota down, one egress entry dropped.
     let one = json!([{"cidr": "10.1.0.0/16", "ports": [443]}]);
     companies
@@ -809,6 +822,10 @@ async fn changes_to_tenants_are_followed_exactly() {
         "allow-company-egress",
     )
     .await;
+    assert!(
+        policies.get_opt("someone-elses").await.unwrap().is_some(),
+        "a labelled policy the Company does not own is left alone"
+    );
 
     // ben suspended: no pod, data kept; ann turned Developer: her admin binding goes, Vault follows.
     devs.patch(
