@@ -95,11 +95,11 @@ where
         .items
     {
         let name = object.name_any();
-        let owned = object
+        let ours = object
             .owner_references()
             .iter()
             .any(|r| r.uid == owner.uid());
-        if !owned
+        if !ours
             || object.meta().deletion_timestamp.is_some()
             || keep.iter().any(|(k, n)| *k == kind.as_ref() && *n == name)
         {
