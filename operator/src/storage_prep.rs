@@ -14,7 +14,7 @@ use std::{
 use rustix::{
     fs::{
         AtFlags, Dir, FileType, Gid, Mode, OFlags, Uid, fchmod, fchown, fstat, mkdirat, openat,
-        renameat, unlinkat,
+        renameat, statat, unlinkat,
     },
     io::Errno,
 };
@@ -243,26 +243,48 @@ fn delete(parent: &OwnedFd, leaf: &str, uid: u32) -> Result<String, PrepError> {
     let Some(fd) = owned_leaf(parent, leaf, uid)? else {
         return Ok(format!("{leaf} is already gone"));
     };
-    let removed = remove_contents(&fd)?;
+    let removed = remove_contents(&fd, 0)?;
     unlinkat(parent, leaf, AtFlags::REMOVEDIR).map_err(io(format!("remove {leaf}")))?;
     Ok(format!("removed {leaf} and {removed} entries in it"))
 }
 
-/// Removes everything inside the directory `dir`; symlinks are removed, never followed.
-fn remove_contents(dir: &OwnedFd) -> Result<usize, PrepError> {
+/// How deep below a developer's directory removal goes: each level holds
+/// one open descriptor, and a tree deeper than this (unusual, or built to
+/// exhaust the Job) is refused, kept whole, for an administrator.
+pub const MAX_DEPTH: usize = 256;
+
+/// Removes everything inside the directory `dir` (`depth` levels below the
+/// developer's directory); symlinks are removed, never followed.
+fn remove_contents(dir: &OwnedFd, depth: usize) -> Result<usize, PrepError> {
+    if depth >= MAX_DEPTH {
+        return Err(PrepError::Refused(format!(
+            "the directory tree is deeper than {MAX_DEPTH} levels; nothing more was removed: remove the rest by hand"
+        )));
+    }
     let mut removed = 0;
     let mut names = Vec::new();
     for entry in Dir::read_from(dir).map_err(io("list a directory"))? {
         let entry = entry.map_err(io("read a directory entry"))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name != "." && name != ".." {
-            names.push((name, entry.file_type()));
+        if name == "." || name == ".." {
+            continue;
         }
+        // NFS and Lustre often report no type in the entry: ask the inode
+        // (without following a symlink).
+        let kind = match entry.file_type() {
+            FileType::Unknown => {
+                let stat = statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(io(format!("inspect {name}")))?;
+                FileType::from_raw_mode(stat.st_mode)
+            }
+            kind => kind,
+        };
+        names.push((name, kind));
     }
     for (name, kind) in names {
         if kind == FileType::Directory {
             if let Some(child) = open_dir(dir, &name)? {
-                removed += remove_contents(&child)?;
+                removed += remove_contents(&child, depth + 1)?;
             }
             unlinkat(dir, name.as_str(), AtFlags::REMOVEDIR)
                 .map_err(io(format!("remove {name}")))?;

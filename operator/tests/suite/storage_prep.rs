@@ -205,3 +205,26 @@ fn removal_follows_the_deletion_policy_without_following_links() {
     // Deleting what is gone is fine (a retried Job).
     assert_eq!(prep(&root, "developers/bob-2", BOB, "delete").0, 0);
 }
+
+#[test]
+fn a_tree_too_deep_to_remove_is_refused_and_kept_whole() {
+    let Some(root) = root_dir("deep") else {
+        return;
+    };
+    assert_eq!(prep(&root, "developers/carl-3", ALICE, "create").0, 0);
+    let mut deepest = root.join("developers/carl-3");
+    for _ in 0..=enclave::storage_prep::MAX_DEPTH {
+        deepest.push("d");
+    }
+    std::fs::create_dir_all(&deepest).unwrap();
+    std::fs::write(deepest.join("bottom.txt"), "still here").unwrap();
+
+    let (code, text) = prep(&root, "developers/carl-3", ALICE, "delete");
+    assert_eq!(code, 2, "refused for an administrator: {text}");
+    assert!(text.contains("deeper than"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(deepest.join("bottom.txt")).unwrap(),
+        "still here",
+        "nothing below the limit was touched"
+    );
+}
