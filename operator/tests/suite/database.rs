@@ -524,6 +524,39 @@ async fn shared_credentials_reach_only_their_own_database() {
     own.batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
         .await
         .expect("A owns its database");
+    // The password never travelled in SQL text: the statements PostgreSQL
+    // recorded hold its SCRAM verifier only.
+    let password = env
+        .vault
+        .ensure_credentials(&a.credentials_path, &a.username)
+        .await
+        .unwrap()
+        .password
+        .expose()
+        .to_owned();
+    env.admin
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .unwrap();
+    let recorded: Vec<String> = env
+        .admin
+        .query(
+            "SELECT query FROM pg_stat_statements WHERE query LIKE '%ROLE%' AND query LIKE $1",
+            &[&format!("%{}%", a.username)],
+        )
+        .await
+        .expect("pg_stat_statements is loaded (e2e/run-tests.sh starts PostgreSQL with it)")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        recorded.iter().any(|q| q.contains("SCRAM-SHA-256$")),
+        "the role's statement was recorded: {recorded:?}"
+    );
+    assert!(
+        recorded.iter().all(|q| !q.contains(&password)),
+        "{recorded:?}"
+    );
 
     let err = env
         .login(&a, &b.database_name)

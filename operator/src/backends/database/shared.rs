@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use postgres_protocol::password::scram_sha_256;
 use tokio_postgres::{Client, NoTls, config::SslMode};
 
 use super::{
@@ -209,7 +210,9 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
         let admin = self.connect("postgres").await?;
         let role = quote_ident(&req.username);
         let database = quote_ident(&req.database_name);
-        let password = quote_literal(creds.password.expose());
+        // The SCRAM verifier, computed here, never the password: statement
+        // logs and pg_stat_statements see only what PostgreSQL stores anyway.
+        let password = quote_literal(&scram_sha_256(creds.password.expose().as_bytes()));
         let mut version = applied_version;
         match Self::role_marker(&admin, &req.username).await? {
             None => {
