@@ -61,20 +61,19 @@ impl Drop for ControlPlane {
     }
 }
 
-/// The binaries' directory, or `None` (printed) when the run opted out.
-pub fn binaries() -> Option<PathBuf> {
-    crate::support::service(
+/// The binaries' directory.
+pub fn binaries() -> PathBuf {
+    PathBuf::from(crate::support::service(
         "ENCLAVE_TEST_K8S_BIN",
         "the Kubernetes control plane binaries (e2e/control-plane/build.sh)",
-    )
-    .map(PathBuf::from)
+    ))
 }
 
 impl ControlPlane {
     /// Starts a fresh control plane (a few seconds) in a new directory below
     /// the harness's state directory (kept for the logs when a test fails).
     pub async fn start() -> Self {
-        let bin = binaries().expect("control plane binaries");
+        let bin = binaries();
         let base =
             std::env::var_os("ENCLAVE_TEST_STATE").map_or_else(std::env::temp_dir, PathBuf::from);
         let dir = base.join(crate::support::unique("k8s-"));
@@ -104,16 +103,15 @@ impl ControlPlane {
     }
 
     /// The control plane the harness started for the whole run (tests that
-    /// only read, dry-run or use names of their own share it), or `None`
-    /// (printed) when the run opted out.
-    pub async fn shared() -> Option<Self> {
-        let bin = binaries()?;
+    /// only read, dry-run or use names of their own share it).
+    pub async fn shared() -> Self {
+        let bin = binaries();
         let kubeconfig = crate::support::service(
             "ENCLAVE_TEST_KUBECONFIG",
             "the control plane e2e/run-tests.sh starts",
-        )?;
+        );
         let dir = Path::new(&kubeconfig).parent().unwrap().to_path_buf();
-        Some(Self::at(dir, bin, false).await)
+        Self::at(dir, bin, false).await
     }
 
     async fn at(dir: PathBuf, bin: PathBuf, owned: bool) -> Self {
@@ -190,9 +188,8 @@ impl ControlPlane {
     /// `token_reviewer_jwt`, so this writes the configuration over HTTP.
     pub async fn configure_vault_auth(&self, mount: &str) {
         let reviewer = self.token_reviewer().await;
-        let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").unwrap();
-        let token =
-            crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap();
+        let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server");
+        let token = crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token");
         let body = json!({
             "kubernetes_host": self.api,
             "kubernetes_ca_cert": self.ca_pem,

@@ -571,9 +571,7 @@ async fn fsx_developers_get_private_directories_removed_per_policy() {
     use enclave::crd::Developer;
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
     use std::os::unix::fs::MetadataExt;
-    if !crate::harness::root_or_skip() {
-        return;
-    }
+    crate::harness::require_root();
     let h = setup().await;
     let client = h.client.clone();
     let name = crate::support::unique("fs");
@@ -680,9 +678,7 @@ async fn changes_to_tenants_are_followed_exactly() {
     use k8s_openapi::api::{
         apps::v1::StatefulSet, networking::v1::NetworkPolicy, rbac::v1::RoleBinding,
     };
-    if !crate::harness::root_or_skip() {
-        return;
-    }
+    crate::harness::require_root();
     let h = setup().await;
     let client = h.client.clone();
     let name = crate::support::unique("ch");
@@ -883,9 +879,7 @@ async fn changes_to_tenants_are_followed_exactly() {
 #[tokio::test]
 async fn a_person_recreated_gets_their_retained_directory_and_uid_back_and_no_one_else_does() {
     use enclave::crd::Developer;
-    if !crate::harness::root_or_skip() {
-        return;
-    }
+    crate::harness::require_root();
     let h = setup().await;
     let client = h.client.clone();
     let name = crate::support::unique("rt");

@@ -25,9 +25,9 @@ fn tag() -> String {
     crate::support::unique("d")
 }
 
-async fn vault() -> Option<Arc<VaultClientBackend>> {
-    let address = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server")?;
-    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")?;
+async fn vault() -> Arc<VaultClientBackend> {
+    let address = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server");
+    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token");
     let settings = VaultSettings {
         address,
         kv_mount: "secret".into(),
@@ -35,9 +35,7 @@ async fn vault() -> Option<Arc<VaultClientBackend>> {
         ca_cert: None,
         auth: VaultAuth::Token(token),
     };
-    Some(Arc::new(
-        VaultClientBackend::connect(settings).await.unwrap(),
-    ))
+    Arc::new(VaultClientBackend::connect(settings).await.unwrap())
 }
 
 /// The request of Company `name` with `spec`, uid `uid`, no subnet group (moto checks it exists).
@@ -67,18 +65,18 @@ struct Rds {
     vault: Arc<VaultClientBackend>,
 }
 
-async fn rds() -> Option<Rds> {
+async fn rds() -> Rds {
     let moto = service(
         "ENCLAVE_TEST_AWS_ENDPOINT",
         "moto_server (the AWS API emulator)",
-    )?;
-    let vault = vault().await?;
+    );
+    let vault = vault().await;
     let proxy = aws_proxy::start(&moto).await;
-    Some(Rds {
+    Rds {
         proxy,
         direct: aws_sdk_rds::Client::from_conf(rds_config(&moto)),
         vault,
-    })
+    }
 }
 
 fn fast_limits() -> CallLimits {
@@ -118,7 +116,7 @@ fn dedicated_spec() -> serde_json::Value {
 
 #[tokio::test]
 async fn dedicated_instance_is_created_once_with_tags_encryption_and_settings() {
-    let Some(env) = rds().await else { return };
+    let env = rds().await;
     let name = tag();
     let req = request(&name, dedicated_spec(), &format!("uid-{name}"));
     let db = env.backend(fast_limits());
@@ -156,7 +154,7 @@ async fn dedicated_instance_is_created_once_with_tags_encryption_and_settings() 
 
 #[tokio::test]
 async fn an_instance_that_is_not_ours_is_refused_and_left_untouched() {
-    let Some(env) = rds().await else { return };
+    let env = rds().await;
     let name = tag();
     let req = request(&name, dedicated_spec(), &format!("uid-{name}"));
     env.direct
@@ -199,7 +197,7 @@ async fn an_instance_that_is_not_ours_is_refused_and_left_untouched() {
 
 #[tokio::test]
 async fn dedicated_crash_after_each_step_converges_to_one_instance() {
-    let Some(env) = rds().await else { return };
+    let env = rds().await;
     let mut table = String::from(
         "crash after          | then            | instances | credentials version (vault = instance)\n",
     );
@@ -259,7 +257,7 @@ async fn dedicated_crash_after_each_step_converges_to_one_instance() {
 
 #[tokio::test]
 async fn throttling_is_retried_with_backoff_within_the_call_rate() {
-    let Some(env) = rds().await else { return };
+    let env = rds().await;
     let limits = CallLimits {
         max_per_second: 4.0,
         base_backoff: Duration::from_millis(50),
@@ -306,7 +304,7 @@ async fn throttling_is_retried_with_backoff_within_the_call_rate() {
 
 #[tokio::test]
 async fn dedicated_delete_follows_the_deletion_policy() {
-    let Some(env) = rds().await else { return };
+    let env = rds().await;
     let db = env.backend(fast_limits());
     for policy in [
         DeletionPolicy::Snapshot,
@@ -351,7 +349,7 @@ async fn dedicated_delete_follows_the_deletion_policy() {
 
 #[tokio::test]
 async fn dedicated_drift_is_applied_or_reported() {
-    let Some(env) = rds().await else { return };
+    let env = rds().await;
     let name = tag();
     let uid = format!("uid-{name}");
     let db = env.backend(fast_limits());
@@ -408,9 +406,9 @@ async fn connect(
     Ok(client)
 }
 
-async fn pg() -> Option<Pg> {
-    let conninfo = service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server")?;
-    let vault = vault().await?;
+async fn pg() -> Pg {
+    let conninfo = service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server");
+    let vault = vault().await;
     let field = |key: &str| {
         conninfo
             .split(' ')
@@ -423,8 +421,8 @@ async fn pg() -> Option<Pg> {
         .await
         .unwrap();
     let path = format!("enclave/pg-admin-{}", tag());
-    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap();
-    let addr = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").unwrap();
+    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token");
+    let addr = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server");
     let root = crate::support::vault_client(&addr, &token);
     let creds = BTreeMap::from([("username", field("user")), ("password", field("password"))]);
     vaultrs::kv2::set(&root, "secret", &path, &creds)
@@ -438,13 +436,13 @@ async fn pg() -> Option<Pg> {
         tls: false,
         ca_file: String::new(),
     };
-    Some(Pg {
+    Pg {
         host,
         port,
         admin,
         vault,
         settings,
-    })
+    }
 }
 
 impl Pg {
@@ -502,7 +500,7 @@ fn sqlstate(e: &tokio_postgres::Error) -> String {
 
 #[tokio::test]
 async fn shared_credentials_reach_only_their_own_database() {
-    let Some(env) = pg().await else { return };
+    let env = pg().await;
     let (a, b) = (shared(&tag()), shared(&format!("{}-b", tag())));
     let db = env.backend();
     db.ensure(&a, None).await.unwrap();
@@ -592,7 +590,7 @@ async fn shared_credentials_reach_only_their_own_database() {
 
 #[tokio::test]
 async fn shared_crash_after_each_step_converges_and_the_credentials_work() {
-    let Some(env) = pg().await else { return };
+    let env = pg().await;
     let mut table = String::from(
         "crash after          | roles | databases | login with Vault credentials | PUBLIC can connect\n",
     );
@@ -636,7 +634,7 @@ async fn shared_crash_after_each_step_converges_and_the_credentials_work() {
 
 #[tokio::test]
 async fn hostile_names_stay_inside_their_quotes() {
-    let Some(env) = pg().await else { return };
+    let env = pg().await;
     let db = env.backend();
     let hostile = [
         "x\"; DROP ROLE postgres; --",
@@ -684,7 +682,7 @@ async fn hostile_names_stay_inside_their_quotes() {
 
 #[tokio::test]
 async fn shared_delete_follows_the_deletion_policy_and_rotation_changes_the_password() {
-    let Some(env) = pg().await else { return };
+    let env = pg().await;
     let db = env.backend();
     for policy in [
         DeletionPolicy::Retain,

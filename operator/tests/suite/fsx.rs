@@ -37,15 +37,15 @@ struct Env {
     direct: aws_sdk_fsx::Client,
 }
 
-async fn env() -> Option<Env> {
+async fn env() -> Env {
     let moto = service(
         "ENCLAVE_TEST_AWS_ENDPOINT",
         "moto_server (the AWS API emulator)",
-    )?;
-    Some(Env {
+    );
+    Env {
         proxy: aws_proxy::start(&moto).await,
         direct: aws_sdk_fsx::Client::from_conf(config(&moto)),
-    })
+    }
 }
 
 impl Env {
@@ -96,7 +96,7 @@ fn openzfs(name: &str) -> FileSystemRequest {
 
 #[tokio::test]
 async fn a_file_system_is_created_once_with_the_company_tags() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     for req in [
         openzfs(&tag()),
         request(
@@ -135,7 +135,7 @@ async fn a_file_system_is_created_once_with_the_company_tags() {
 
 #[tokio::test]
 async fn a_file_system_tagged_for_the_company_but_not_ours_is_refused_untouched() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     let name = tag();
     let req = openzfs(&name);
     let foreign = env
@@ -182,7 +182,7 @@ async fn a_file_system_tagged_for_the_company_but_not_ours_is_refused_untouched(
 
 #[tokio::test]
 async fn failures_after_each_step_converge_to_exactly_one_file_system() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     let mut table = String::from(
         "failure injected                           | first ensure            | after a fresh ensure\n",
     );
@@ -225,7 +225,7 @@ async fn failures_after_each_step_converge_to_exactly_one_file_system() {
 
 #[tokio::test]
 async fn delete_follows_the_deletion_policy() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     for policy in [
         DeletionPolicy::Snapshot,
         DeletionPolicy::Delete,
@@ -286,7 +286,7 @@ async fn delete_follows_the_deletion_policy() {
 
 #[tokio::test]
 async fn an_existing_file_system_is_used_and_never_deleted() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     let owner = openzfs(&tag());
     let existing = env.backend().ensure(&owner).await.unwrap();
     let mut req = request(

@@ -40,14 +40,11 @@ pub struct Vault {
 }
 
 fn vault(moto: &str) -> Vault {
-    let addr =
-        crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server").expect("OpenBao");
-    let token = crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
-        .expect("token");
+    let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server");
+    let token = crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token");
     let root = crate::support::vault_client(&addr, &token);
     let mount = crate::support::unique("op");
-    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server")
-        .expect("PostgreSQL");
+    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server");
     let pg = |key: &str| {
         conninfo
             .split(' ')
@@ -161,7 +158,6 @@ impl Harness {
                 "VAULT_TOKEN",
                 self.vault_token.clone().unwrap_or_else(|| {
                     crate::support::service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")
-                        .unwrap()
                 }),
             )
             // ENCLAVE_TEST_OPERATOR_LOG, e.g. `enclave::controllers::apply=debug`,
@@ -212,7 +208,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// Starts everything for one test.
 pub async fn setup() -> Harness {
     // The operator reaches moto through a proxy that records every call.
-    let moto = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto_server").expect("moto");
+    let moto = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto_server");
     let aws = crate::aws_proxy::start(&moto).await;
     let vault = vault(&aws.url);
     vaultrs::sys::auth::enable(&vault.root, &vault.mount, "kubernetes", None)
@@ -336,16 +332,14 @@ pub async fn developer_condition(
     .await
 }
 
-/// Whether this process runs as root; if not, says why `test` is skipped
-/// (storage-prep chowns and workspaces run as the developers' uids).
-pub fn root_or_skip() -> bool {
-    if rustix::process::geteuid().as_raw() == 0 {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED: storage-prep chowns and workspace init steps run as the developers' uids, so this test runs only as root (CI runs as root)"
+/// Fails the test unless this process runs as root, saying why and how to
+/// skip it instead.
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().as_raw() == 0,
+        "this test needs root: storage-prep chowns and workspace init steps run as the developers' uids. \
+         Run it as root (CI does), or run `cargo nextest run --profile offline`, which skips it"
     );
-    false
 }
 
 fn ready(

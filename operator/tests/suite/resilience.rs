@@ -103,7 +103,7 @@ async fn footprint(h: &Harness, name: &str) -> Footprint {
             })
             .count();
     }
-    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "PostgreSQL").unwrap();
+    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "PostgreSQL");
     let (db, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -207,9 +207,7 @@ async fn credentials_work(h: &Harness, name: &str) -> bool {
 
 #[tokio::test]
 async fn crash_campaign_converges_with_no_orphans_duplicates_or_broken_credentials() {
-    if !crate::harness::root_or_skip() {
-        return;
-    }
+    crate::harness::require_root();
     let runs: usize = std::env::var("ENCLAVE_CRASH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -303,9 +301,7 @@ fn writes_by_client(h: &Harness) -> BTreeMap<String, u64> {
 
 #[tokio::test]
 async fn two_replicas_only_the_leader_writes_and_a_standby_takes_over() {
-    if !crate::harness::root_or_skip() {
-        return;
-    }
+    crate::harness::require_root();
     let mut h = setup().await;
     let client = h.client.clone();
     let port_b = free_port();
@@ -357,9 +353,7 @@ async fn two_replicas_only_the_leader_writes_and_a_standby_takes_over() {
 
 #[tokio::test]
 async fn api_faults_during_a_full_apply_converge_and_show_in_metrics() {
-    if !crate::harness::root_or_skip() {
-        return;
-    }
+    crate::harness::require_root();
     let h = setup().await;
     let store = &h.kube_proxy;
     let fault = |verb: &str, resource: &str, status: u16, remaining: u32| Fault {
@@ -466,9 +460,7 @@ async fn the_operator_keeps_a_short_lived_vault_token_alive() {
 #[allow(clippy::too_many_lines)]
 async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothing() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    if !crate::harness::root_or_skip() {
-        return;
-    }
+    crate::harness::require_root();
     let h = setup().await;
     let client = h.client.clone();
     let name = crate::support::unique("crd");

@@ -7,10 +7,8 @@ use crate::support::{service, unique};
 
 #[tokio::test]
 async fn openbao_writes_and_reads_a_kv_secret() {
-    let Some(addr) = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server") else {
-        return;
-    };
-    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token").unwrap();
+    let addr = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server");
+    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token");
     let client = crate::support::vault_client(&addr, &token);
     let path = format!("enclave-smoke/{}", unique("kv"));
     let data = HashMap::from([("answer".to_owned(), "42".to_owned())]);
@@ -31,12 +29,10 @@ async fn openbao_writes_and_reads_a_kv_secret() {
 #[tokio::test]
 async fn moto_creates_and_describes_an_rds_instance() {
     use aws_sdk_rds::config::{BehaviorVersion, Credentials, Region};
-    let Some(endpoint) = service(
+    let endpoint = service(
         "ENCLAVE_TEST_AWS_ENDPOINT",
         "moto_server (the AWS API emulator)",
-    ) else {
-        return;
-    };
+    );
     let config = aws_sdk_rds::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -81,9 +77,7 @@ async fn moto_creates_and_describes_an_rds_instance() {
 
 #[tokio::test]
 async fn postgres_accepts_the_right_password_and_refuses_a_wrong_one() {
-    let Some(conninfo) = service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server") else {
-        return;
-    };
+    let conninfo = service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server");
     let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
         .await
         .unwrap();

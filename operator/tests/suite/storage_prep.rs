@@ -13,14 +13,9 @@ use crate::support::enclave;
 const ALICE: u32 = 40_001;
 const BOB: u32 = 40_002;
 
-/// A fresh company root, or `None` (with the reason printed) when not root.
-fn root_dir(name: &str) -> Option<PathBuf> {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!(
-            "SKIPPED: storage-prep must chown, so this test runs only as root (CI runs as root)"
-        );
-        return None;
-    }
+/// A fresh company root (storage-prep must chown: root only).
+fn root_dir(name: &str) -> PathBuf {
+    crate::harness::require_root();
     let base = std::env::temp_dir().join(format!("enclave-prep-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let root = base.join("company-root");
@@ -29,7 +24,7 @@ fn root_dir(name: &str) -> Option<PathBuf> {
     for dir in [&base, &root] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    Some(root)
+    root
 }
 
 fn prep(root: &Path, path: &str, uid: u32, action: &str) -> (i32, String) {
@@ -76,9 +71,7 @@ fn can_list_as(uid: u32, dir: &Path) -> bool {
 
 #[test]
 fn creates_a_private_directory_only_its_owner_can_open() {
-    let Some(root) = root_dir("create") else {
-        return;
-    };
+    let root = root_dir("create");
     let (code, text) = prep(&root, "developers/alice-1a2b3c4d", ALICE, "create");
     assert_eq!(code, 0, "{text}");
     let dir = root.join("developers/alice-1a2b3c4d");
@@ -111,9 +104,7 @@ fn creates_a_private_directory_only_its_owner_can_open() {
 
 #[test]
 fn symlinks_at_any_level_are_refused_and_their_targets_untouched() {
-    let Some(root) = root_dir("symlink") else {
-        return;
-    };
+    let root = root_dir("symlink");
     let outside = root.parent().unwrap().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("secret"), "not yours").unwrap();
@@ -163,9 +154,7 @@ fn symlinks_at_any_level_are_refused_and_their_targets_untouched() {
 
 #[test]
 fn removal_follows_the_deletion_policy_without_following_links() {
-    let Some(root) = root_dir("remove") else {
-        return;
-    };
+    let root = root_dir("remove");
     let outside = root.parent().unwrap().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("keep"), "keep me").unwrap();
@@ -208,9 +197,7 @@ fn removal_follows_the_deletion_policy_without_following_links() {
 
 #[test]
 fn a_tree_too_deep_to_remove_is_refused_and_kept_whole() {
-    let Some(root) = root_dir("deep") else {
-        return;
-    };
+    let root = root_dir("deep");
     assert_eq!(prep(&root, "developers/carl-3", ALICE, "create").0, 0);
     let mut deepest = root.join("developers/carl-3");
     for _ in 0..=enclave::storage_prep::MAX_DEPTH {

@@ -38,21 +38,17 @@ pub fn examples_plan() -> Plan {
     plan_paths(&[root().join("examples")], &OperatorConfig::default()).expect("examples are valid")
 }
 
-/// The value of a variable the harness exports, or `None` (with a printed
-/// reason) when the run opted out with `ENCLAVE_SKIP_SERVICES=1`. Anything
-/// else without it fails, naming what is missing.
-pub fn service(var: &str, what: &str) -> Option<String> {
-    if let Ok(value) = std::env::var(var) {
-        return Some(value);
-    }
-    if std::env::var("ENCLAVE_SKIP_SERVICES").as_deref() == Ok("1") {
-        eprintln!("SKIPPED: {var} is not set ({what}) and ENCLAVE_SKIP_SERVICES=1");
-        return None;
-    }
-    panic!(
-        "{var} is not set: this test needs {what}. Run the suite with e2e/run-tests.sh, which installs and starts it \
-         (or set ENCLAVE_SKIP_SERVICES=1 to skip such tests explicitly)"
-    );
+/// The value of a variable the harness exports. Without it the test fails,
+/// naming what is missing: a test that cannot run never passes. The tests
+/// that need no service run alone with `cargo nextest run --profile
+/// offline`, which reports the others as skipped.
+pub fn service(var: &str, what: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: this test needs {what}. Run the suite with e2e/run-tests.sh, which installs and starts it, \
+             or run `cargo nextest run --profile offline`, which skips the tests that need a service"
+        )
+    })
 }
 
 /// The `enclave` binary under test.
@@ -88,7 +84,7 @@ pub fn vault_client(addr: &str, token: &str) -> vaultrs::client::VaultClient {
 
 /// Clients of moto's RDS and FSx APIs, as the tests look at them.
 pub fn aws_clients() -> (aws_sdk_rds::Client, aws_sdk_fsx::Client) {
-    let endpoint = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto").unwrap();
+    let endpoint = crate::support::service("ENCLAVE_TEST_AWS_ENDPOINT", "moto");
     let creds = aws_sdk_rds::config::Credentials::new("test", "test", None, None, "static");
     let rds = aws_sdk_rds::Client::from_conf(
         aws_sdk_rds::Config::builder()

@@ -165,7 +165,7 @@ async fn workspace_login(
         .unwrap()
         .token
         .unwrap();
-    let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "OpenBao").unwrap();
+    let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "OpenBao");
     let anonymous = crate::support::vault_client(&addr, "");
     let auth =
         vaultrs::auth::kubernetes::login(&anonymous, &h.vault.mount, &names.vault_role(), &jwt)
@@ -203,7 +203,7 @@ async fn forget_earlier_runs(h: &Harness) {
                 .await;
         }
     }
-    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "PostgreSQL").unwrap();
+    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "PostgreSQL");
     let (db, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -242,9 +242,7 @@ async fn forget_earlier_runs(h: &Harness) {
 #[tokio::test]
 #[allow(clippy::too_many_lines)]
 async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
-    if !crate::harness::root_or_skip() {
-        return;
-    }
+    crate::harness::require_root();
     let h = setup().await;
     let client = h.client.clone();
     h.kubelet
@@ -418,7 +416,7 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
         .unwrap()
         .token
         .unwrap();
-    let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "OpenBao").unwrap();
+    let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "OpenBao");
     assert!(
         vaultrs::auth::kubernetes::login(
             &crate::support::vault_client(&addr, ""),
@@ -716,7 +714,7 @@ impl std::fmt::Display for Counts {
 /// Statements that change the shared PostgreSQL (DDL, grants, passwords)
 /// naming `company`, as pg_stat_statements (loaded by the harness) counts them.
 async fn postgres_writes(company: &str) -> u64 {
-    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "PostgreSQL").unwrap();
+    let conninfo = crate::support::service("ENCLAVE_TEST_POSTGRES", "PostgreSQL");
     let (db, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
         .await
         .unwrap();

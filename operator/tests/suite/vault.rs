@@ -36,9 +36,9 @@ fn tag() -> String {
     crate::support::unique("t")
 }
 
-async fn env() -> Option<Env> {
-    let addr = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server")?;
-    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token")?;
+async fn env() -> Env {
+    let addr = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server");
+    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token");
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let root = client(&addr, &token);
     let tag = tag();
@@ -46,13 +46,13 @@ async fn env() -> Option<Env> {
     vaultrs::sys::auth::enable(&root, &mount, "kubernetes", None)
         .await
         .unwrap();
-    Some(Env {
+    Env {
         addr,
         token,
         root,
         mount,
         tag,
-    })
+    }
 }
 
 fn client(addr: &str, token: &str) -> VaultClient {
@@ -149,7 +149,7 @@ fn area_path(company: &str, area: &Area) -> String {
 
 #[tokio::test]
 async fn access_matrix_matches_the_security_model() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     // `x` and `x-a` share a prefix: a policy one glob too broad shows here.
     let names = [env.tag.clone(), format!("{}-a", env.tag)];
     let plan = tenants(&names);
@@ -265,8 +265,8 @@ fn audited_writes(log: &str, accessor: &str) -> u64 {
 
 #[tokio::test]
 async fn ensure_is_idempotent_and_corrects_drift() {
-    let Some(env) = env().await else { return };
-    let audit_log = service("ENCLAVE_TEST_VAULT_AUDIT_LOG", "OpenBao's audit log").unwrap();
+    let env = env().await;
+    let audit_log = service("ENCLAVE_TEST_VAULT_AUDIT_LOG", "OpenBao's audit log");
     let plan = tenants(std::slice::from_ref(&env.tag));
     // A token of its own, so the audit log tells this backend's requests apart.
     let mut opts = vaultrs::api::token::requests::CreateTokenRequest::builder();
@@ -348,7 +348,7 @@ async fn ensure_is_idempotent_and_corrects_drift() {
 
 #[tokio::test]
 async fn what_enclave_did_not_create_is_never_overwritten() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     let plan = tenants(std::slice::from_ref(&env.tag));
     let vault = backend(&env, &env.token).await;
     let dev = &plan.tenants[0].developers[0];
@@ -394,7 +394,7 @@ async fn what_enclave_did_not_create_is_never_overwritten() {
 
 #[tokio::test]
 async fn credentials_are_written_ahead_reused_after_a_crash_and_rotated_as_new_versions() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     let path = format!("companies/{}/platform/database", env.tag);
     let first = backend(&env, &env.token).await;
     let written = first
@@ -500,7 +500,7 @@ async fn snapshot(env: &Env, plan: &Plan, company: &str) -> Value {
 
 #[tokio::test]
 async fn deleting_one_tenant_leaves_every_other_tenant_unchanged() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     let (gone, kept) = (env.tag.clone(), format!("{}-a", env.tag));
     let plan = tenants(&[gone.clone(), kept.clone()]);
     let vault = backend(&env, &env.token).await;
@@ -591,7 +591,7 @@ async fn deleting_one_tenant_leaves_every_other_tenant_unchanged() {
 
 #[tokio::test]
 async fn hostile_names_never_reach_vault() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     let vault = backend(&env, &env.token).await;
     let config = OperatorConfig::default();
     let hostile = [
@@ -627,7 +627,7 @@ async fn hostile_names_never_reach_vault() {
 
 #[tokio::test]
 async fn the_backend_works_with_only_enclaves_own_policy() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     // Not named enclave-*: the operator must not be able to rewrite its own policy.
     let own = format!("enclave{}", env.tag);
     vaultrs::sys::policy::set(&env.root, &own, &operator_policy(KV, &env.mount))
@@ -704,16 +704,14 @@ async fn the_backend_works_with_only_enclaves_own_policy() {
 
 /// Points this test's auth mount at the shared real API server.
 async fn configure_kubernetes_auth(env: &Env) -> crate::control_plane::ControlPlane {
-    let cp = crate::control_plane::ControlPlane::shared()
-        .await
-        .expect("the shared control plane");
+    let cp = crate::control_plane::ControlPlane::shared().await;
     cp.configure_vault_auth(&env.mount).await;
     cp
 }
 
 #[tokio::test]
 async fn workspaces_log_in_with_their_own_service_account_only() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     let cp = configure_kubernetes_auth(&env).await;
     let plan = tenants(std::slice::from_ref(&env.tag));
     let vault = backend(&env, &env.token).await;
@@ -765,7 +763,7 @@ async fn workspaces_log_in_with_their_own_service_account_only() {
 
 #[tokio::test]
 async fn the_operator_logs_in_with_kubernetes_auth_and_refreshes() {
-    let Some(env) = env().await else { return };
+    let env = env().await;
     let cp = configure_kubernetes_auth(&env).await;
     let own = format!("enclave{}", env.tag);
     vaultrs::sys::policy::set(&env.root, &own, &operator_policy(KV, &env.mount))
