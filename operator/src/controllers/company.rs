@@ -14,7 +14,7 @@ use kube::{
 
 use super::{
     Context, Error, apply_status,
-    conditions::{reasons, set},
+    conditions::{reasons, set, set_outcome, set_ready},
     prune::{Owner, prune},
     storage,
 };
@@ -23,7 +23,7 @@ use crate::{
         database::{DatabaseBackend, DatabaseState, Deletion, Phase},
         vault::{VaultBackend, delete_tenant, ensure_company},
     },
-    builders::{CompanyContext, KubeObject, build_company, database_request},
+    builders::{CompanyContext, CompanyPlan, KubeObject, build_company, database_request},
     crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, Developer},
     names::LABEL_COMPANY,
 };
@@ -86,90 +86,181 @@ async fn write_status(
 async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
     let build = CompanyContext::new(company, &ctx.config);
     let name = company.name_any();
-    let namespace = build.names.namespace().to_owned();
     let generation = company.metadata.generation;
     let mut status = company.status.clone().unwrap_or_default();
     status.observed_generation = generation;
-    status.namespace = Some(namespace.clone());
+    status.namespace = Some(build.names.namespace().to_owned());
 
     // Validate: the namespace must be free or already ours.
-    if let NamespaceOwner::Other(owner) = namespace_owner(ctx, &namespace, &name).await? {
-        let message = format!(
-            "namespace {namespace} exists and belongs to {owner}; Enclave leaves it untouched: choose another spec.namespace (a new Company) or remove that namespace"
-        );
-        set(
-            &mut status.conditions,
-            "NamespaceReady",
-            Some(false),
-            reasons::CONFLICT,
-            &message,
-            generation,
-        );
-        set(
-            &mut status.conditions,
-            "Ready",
-            Some(false),
-            reasons::CONFLICT,
-            &message,
-            generation,
-        );
+    if let Some(message) = namespace_conflict(ctx, &build).await? {
+        for type_ in ["NamespaceReady", "Ready"] {
+            set(
+                &mut status.conditions,
+                type_,
+                Some(false),
+                reasons::CONFLICT,
+                &message,
+                generation,
+            );
+        }
         write_status(ctx, company, &status).await?;
         return Ok(Action::await_change());
     }
-
-    // Build (pure) and apply the in-cluster objects; the storage volumes
-    // wait for the file system (see `storage`).
+    // Build (pure), apply, prune.
     let plan = build_company(&build);
-    for object in &plan.objects {
-        if matches!(
-            object,
-            KubeObject::PersistentVolume(_) | KubeObject::PersistentVolumeClaim(_)
-        ) {
-            continue;
-        }
-        if object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str()) {
-            continue;
-        }
-        ctx.apply(object).await?;
-    }
-    tracing::debug!(company = %name, namespace = %namespace, objects = plan.objects.len(), "applied the company's objects");
-    // The set of children changes only with the spec (or a restart with
-    // another configuration, which also reconciles every object).
-    if company.status.as_ref().and_then(|s| s.observed_generation) != generation
-        || !ctx.pruned_since_start(&format!("Company/{name}"))
-    {
-        let owner = Owner::Company {
-            name: &name,
-            uid: company.metadata.uid.as_deref().unwrap_or_default(),
-        };
-        let pruned = prune(ctx, &namespace, &owner, &plan.objects).await?;
-        if !pruned.is_empty() {
-            let why = format!("no longer implied by the spec: {}", pruned.join(", "));
-            ctx.audit(company, &name, "ObjectsPruned", &why, true).await;
-        }
-    }
-
-    let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), &namespace);
-    let count = developers
-        .list_metadata(&ListParams::default())
-        .await?
-        .items
-        .len();
-    status.developer_count = i32::try_from(count).ok();
+    apply_objects(ctx, company, &build, &plan).await?;
+    status.developer_count = developer_count(ctx, &build).await?;
+    let message = format!(
+        "namespace {} with quota, limits, network policies and RBAC",
+        build.names.namespace()
+    );
     set(
         &mut status.conditions,
         "NamespaceReady",
         Some(true),
         reasons::READY,
-        &format!("namespace {namespace} with quota, limits, network policies and RBAC"),
+        &message,
         generation,
     );
-    // Vault, the database and the file system are checked at the resync
-    // interval, on a spec change, and while anything is not ready; other
-    // events (a Developer's status, a namespace edit) do not repeat them.
+
+    // External systems: at the resync interval, on a spec change and while
+    // anything is not ready; other events (a Developer's status, a
+    // namespace edit) do not repeat them.
     let key = format!("Company/{name}");
-    let skip = company.status.as_ref().is_some_and(|s| {
-        s.observed_generation == generation
+    let skip = external_systems_converged(ctx, company, &status, &key);
+    let vault = if skip {
+        Ok(())
+    } else {
+        vault_step(ctx, company, &plan).await
+    };
+    set_outcome(
+        &mut status.conditions,
+        "VaultReady",
+        &vault,
+        "the company controller's Vault policy and role are in place",
+        reasons::VAULT_ERROR,
+        generation,
+    );
+    let database = if skip {
+        Ok(true)
+    } else {
+        database_step(ctx, company, &build, &mut status).await
+    };
+    let storage = if skip {
+        Ok(None)
+    } else {
+        storage_step(ctx, company, &mut status).await
+    };
+
+    // Status, then any failed step goes up: the error policy chooses the
+    // retry by its category.
+    let pending: Vec<&str> = [
+        ("Vault", vault.is_ok()),
+        ("the database", matches!(database, Ok(true))),
+        ("storage", matches!(storage, Ok(None))),
+    ]
+    .into_iter()
+    .filter_map(|(what, ok)| (!ok).then_some(what))
+    .collect();
+    if pending.is_empty() && !skip {
+        ctx.mark_checked(&key);
+    }
+    set_ready(
+        &mut status.conditions,
+        &pending,
+        "the tenant's namespace, Vault, database and storage are in place",
+        generation,
+    );
+    write_status(ctx, company, &status).await?;
+    vault?;
+    // Unfinished work is looked at again; a converged tenant is checked
+    // for drift at the resync interval.
+    let retry = [(!database?).then_some(Duration::from_secs(15)), storage?]
+        .into_iter()
+        .flatten()
+        .min();
+    Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+}
+
+/// Why the Company's namespace cannot be used, if it cannot: it exists and
+/// belongs to someone else.
+async fn namespace_conflict(
+    ctx: &Context,
+    build: &CompanyContext<'_>,
+) -> Result<Option<String>, Error> {
+    let namespace = build.names.namespace();
+    let name = build.names.company();
+    Ok(match namespace_owner(ctx, namespace, name).await? {
+        NamespaceOwner::Other(owner) => Some(format!(
+            "namespace {namespace} exists and belongs to {owner}; Enclave leaves it untouched: choose another spec.namespace (a new Company) or remove that namespace"
+        )),
+        NamespaceOwner::Free | NamespaceOwner::Ours => None,
+    })
+}
+
+/// Applies the Company's in-cluster objects and prunes those it no longer
+/// implies. The storage volumes wait for the file system (see `storage`);
+/// objects in the operator's namespace are the storage step's.
+async fn apply_objects(
+    ctx: &Context,
+    company: &Company,
+    build: &CompanyContext<'_>,
+    plan: &CompanyPlan,
+) -> Result<(), Error> {
+    let name = build.names.company();
+    let namespace = build.names.namespace();
+    for object in &plan.objects {
+        let storage = matches!(
+            object,
+            KubeObject::PersistentVolume(_) | KubeObject::PersistentVolumeClaim(_)
+        );
+        let operators =
+            object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str());
+        if !storage && !operators {
+            ctx.apply(object).await?;
+        }
+    }
+    tracing::debug!(company = %name, %namespace, objects = plan.objects.len(), "applied the company's objects");
+    // The set of children changes only with the spec (or a restart with
+    // another configuration, which also reconciles every object).
+    if company.status.as_ref().and_then(|s| s.observed_generation) != company.metadata.generation
+        || !ctx.pruned_since_start(&format!("Company/{name}"))
+    {
+        let owner = Owner::Company {
+            name,
+            uid: company.metadata.uid.as_deref().unwrap_or_default(),
+        };
+        let pruned = prune(ctx, namespace, &owner, &plan.objects).await?;
+        if !pruned.is_empty() {
+            let why = format!("no longer implied by the spec: {}", pruned.join(", "));
+            ctx.audit(company, name, "ObjectsPruned", &why, true).await;
+        }
+    }
+    Ok(())
+}
+
+/// How many Developers the Company's namespace holds.
+async fn developer_count(ctx: &Context, build: &CompanyContext<'_>) -> Result<Option<i32>, Error> {
+    let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), build.names.namespace());
+    let count = developers
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .len();
+    Ok(i32::try_from(count).ok())
+}
+
+/// Whether Vault, the database and storage were all ready for this
+/// generation and checked within half the resync interval, with no
+/// rotation asked for.
+fn external_systems_converged(
+    ctx: &Context,
+    company: &Company,
+    status: &CompanyStatus,
+    key: &str,
+) -> bool {
+    company.status.as_ref().is_some_and(|s| {
+        s.observed_generation == company.metadata.generation
             && ["VaultReady", "DatabaseReady", "StorageReady"]
                 .iter()
                 .all(|t| {
@@ -177,120 +268,128 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
                         .iter()
                         .any(|c| c.type_ == *t && c.status == "True")
                 })
-    }) && rotation_requested(company, &status).is_none()
-        && ctx.checked_recently(&key);
-    let vault = if skip {
-        Ok(())
-    } else {
-        let vault = match &ctx.vault {
-            Ok(vault) => ensure_company(vault.as_ref(), &plan)
-                .await
-                .map_err(Error::from),
-            Err(e) => Err(Error::VaultUnavailable(e.clone())),
-        };
-        ctx.vault_step(company, &name, "the company controller", vault)
+    }) && rotation_requested(company, status).is_none()
+        && ctx.checked_recently(key)
+}
+
+/// The company controller's Vault policy and role.
+async fn vault_step(ctx: &Context, company: &Company, plan: &CompanyPlan) -> Result<(), Error> {
+    let result = match &ctx.vault {
+        Ok(vault) => ensure_company(vault.as_ref(), plan)
             .await
+            .map_err(Error::from),
+        Err(e) => Err(Error::VaultUnavailable(e.clone())),
     };
-    match &vault {
-        Ok(()) => set(
-            &mut status.conditions,
-            "VaultReady",
-            Some(true),
-            reasons::READY,
-            "the company controller's Vault policy and role are in place",
-            generation,
-        ),
-        Err(e) => set(
-            &mut status.conditions,
-            "VaultReady",
-            Some(false),
-            reasons::VAULT_ERROR,
-            &e.to_string(),
-            generation,
-        ),
-    }
-    // The database: credentials written to Vault first, inside the backend.
-    let database = if skip {
-        None
+    ctx.vault_step(
+        company,
+        &company.name_any(),
+        "the company controller",
+        result,
+    )
+    .await
+}
+
+/// The database (credentials written to Vault first, inside the backend):
+/// records it in `status` with its condition and audit lines; `Ok(true)`
+/// once it is available.
+async fn database_step(
+    ctx: &Context,
+    company: &Company,
+    build: &CompanyContext<'_>,
+    status: &mut CompanyStatus,
+) -> Result<bool, Error> {
+    let generation = company.metadata.generation;
+    let result = ensure_database(ctx, build, status).await;
+    ctx.health.metrics.backend("database", result.is_ok());
+    let state = match result {
+        Ok(state) => state,
+        Err(e) => {
+            let message = e.to_string();
+            set(
+                &mut status.conditions,
+                "DatabaseReady",
+                Some(false),
+                reasons::DATABASE_ERROR,
+                &message,
+                generation,
+            );
+            return Err(e);
+        }
+    };
+    let previous = status.database.clone();
+    status.database = Some(database_status(ctx, company, status, &state));
+    let available = state.phase == Phase::Available;
+    let mut message = if available {
+        "the database is available".to_owned()
     } else {
-        let database = ensure_database(ctx, &build, &status).await;
-        ctx.health.metrics.backend("database", database.is_ok());
-        Some(database)
+        format!("the database is {}", state.phase)
     };
-    let previous_database = status.database.clone();
-    let database_ready = match &database {
-        None => true,
-        Some(database) => match database {
-            Ok(state) => {
-                let before = status.database.as_ref().and_then(|d| d.credentials_version);
-                let now = state
-                    .credentials_version
-                    .and_then(|v| i64::try_from(v).ok());
-                let rotated_for = match (&status.database, rotation_requested(company, &status)) {
-                    // Fresh credentials: an annotation present at creation asks for nothing more.
-                    (None, _) => company.annotations().get(ROTATE_ANNOTATION).cloned(),
-                    (Some(_), Some(wanted)) if now > before => Some(wanted.to_owned()),
-                    (Some(db), _) => db.rotated_for.clone(),
-                };
-                status.database = Some(DatabaseStatus {
-                    rotated_for,
-                    identifier: Some(state.identifier.clone()),
-                    endpoint: state.endpoint.clone(),
-                    port: state.port,
-                    name: Some(state.database_name.clone()),
-                    credentials_path: Some(format!(
-                        "{}/data/{}",
-                        ctx.config.vault.kv_mount, state.credentials_path
-                    )),
-                    phase: Some(state.phase.to_string()),
-                    credentials_version: state
-                        .credentials_version
-                        .and_then(|v| i64::try_from(v).ok()),
-                });
-                let available = state.phase == Phase::Available;
-                let mut message = if available {
-                    "the database is available".to_owned()
-                } else {
-                    format!("the database is {}", state.phase)
-                };
-                if !state.unapplied.is_empty() {
-                    message = format!("{message}; not applied: {}", state.unapplied.join("; "));
-                }
-                set(
-                    &mut status.conditions,
-                    "DatabaseReady",
-                    Some(available),
-                    if available {
-                        reasons::READY
-                    } else {
-                        reasons::WAITING
-                    },
-                    &message,
-                    generation,
-                );
-                available
-            }
-            Err(e) => {
-                set(
-                    &mut status.conditions,
-                    "DatabaseReady",
-                    Some(false),
-                    reasons::DATABASE_ERROR,
-                    &e.to_string(),
-                    generation,
-                );
-                false
-            }
-        },
+    if !state.unapplied.is_empty() {
+        message = format!("{message}; not applied: {}", state.unapplied.join("; "));
+    }
+    let reason = if available {
+        reasons::READY
+    } else {
+        reasons::WAITING
     };
-    let rotated = status
-        .database
-        .as_ref()
-        .and_then(|d| d.rotated_for.as_ref())
-        != previous_database
-            .as_ref()
-            .and_then(|d| d.rotated_for.as_ref());
-    if rotated && let Some(db) = &status.database {
+    set(
+        &mut status.conditions,
+        "DatabaseReady",
+        Some(available),
+        reason,
+        &message,
+        generation,
+    );
+    audit_database(ctx, company, previous.as_ref(), status.database.as_ref()).await;
+    Ok(available)
+}
+
+/// What `status.database` says of `state`, including for which value of
+/// the rotation annotation credentials were last rotated.
+fn database_status(
+    ctx: &Context,
+    company: &Company,
+    status: &CompanyStatus,
+    state: &DatabaseState,
+) -> DatabaseStatus {
+    let before = status.database.as_ref().and_then(|d| d.credentials_version);
+    let now = state
+        .credentials_version
+        .and_then(|v| i64::try_from(v).ok());
+    let rotated_for = match (&status.database, rotation_requested(company, status)) {
+        // Fresh credentials: an annotation present at creation asks for nothing more.
+        (None, _) => company.annotations().get(ROTATE_ANNOTATION).cloned(),
+        (Some(_), Some(wanted)) if now > before => Some(wanted.to_owned()),
+        (Some(db), _) => db.rotated_for.clone(),
+    };
+    DatabaseStatus {
+        rotated_for,
+        identifier: Some(state.identifier.clone()),
+        endpoint: state.endpoint.clone(),
+        port: state.port,
+        name: Some(state.database_name.clone()),
+        credentials_path: Some(format!(
+            "{}/data/{}",
+            ctx.config.vault.kv_mount, state.credentials_path
+        )),
+        phase: Some(state.phase.to_string()),
+        credentials_version: now,
+    }
+}
+
+/// One audit line (and Event) per change of the database's status: a
+/// rotation carried out, a new phase or credentials version.
+async fn audit_database(
+    ctx: &Context,
+    company: &Company,
+    previous: Option<&DatabaseStatus>,
+    current: Option<&DatabaseStatus>,
+) {
+    let name = company.name_any();
+    let rotated_for = |d: Option<&DatabaseStatus>| d.and_then(|d| d.rotated_for.clone());
+    if rotated_for(current) != rotated_for(previous)
+        && let Some(db) = current
+    {
         let why = format!(
             "database credentials rotated to version {} as asked by annotation {ROTATE_ANNOTATION}",
             db.credentials_version.unwrap_or_default()
@@ -298,8 +397,8 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         ctx.audit(company, &name, "CredentialsRotated", &why, true)
             .await;
     }
-    if status.database != previous_database
-        && let Some(db) = &status.database
+    if current != previous
+        && let Some(db) = current
     {
         let why = format!(
             "database {} is {} (credentials version {})",
@@ -310,69 +409,33 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         ctx.audit(company, &name, "DatabaseEnsured", &why, true)
             .await;
     }
-    let previous_storage = status.storage.clone();
-    let storage_retry = if skip {
-        None
-    } else {
-        Box::pin(storage::ensure_company(ctx, company, &mut status)).await?
-    };
-    if status.storage != previous_storage
+}
+
+/// The file system (see `storage`): `Ok(Some(delay))` while it is not ready.
+async fn storage_step(
+    ctx: &Context,
+    company: &Company,
+    status: &mut CompanyStatus,
+) -> Result<Option<Duration>, Error> {
+    let previous = status.storage.clone();
+    let retry = Box::pin(storage::ensure_company(ctx, company, status)).await?;
+    if status.storage != previous
         && let Some(id) = status
             .storage
             .as_ref()
             .and_then(|s| s.file_system_id.as_deref())
     {
         let why = format!("FSx file system {id} recorded for the company");
-        ctx.audit(company, &name, "FileSystemEnsured", &why, true)
-            .await;
+        ctx.audit(
+            company,
+            &company.name_any(),
+            "FileSystemEnsured",
+            &why,
+            true,
+        )
+        .await;
     }
-    let pending: Vec<&str> = [
-        ("Vault", vault.is_ok()),
-        ("the database", database_ready),
-        ("storage", storage_retry.is_none()),
-    ]
-    .into_iter()
-    .filter_map(|(what, ok)| (!ok).then_some(what))
-    .collect();
-    if pending.is_empty() {
-        if !skip {
-            ctx.mark_checked(&key);
-        }
-        set(
-            &mut status.conditions,
-            "Ready",
-            Some(true),
-            reasons::READY,
-            "the tenant's namespace, Vault, database and storage are in place",
-            generation,
-        );
-    } else {
-        set(
-            &mut status.conditions,
-            "Ready",
-            Some(false),
-            reasons::WAITING,
-            &format!("waiting for {}", pending.join(", ")),
-            generation,
-        );
-    }
-    write_status(ctx, company, &status).await?;
-    // A failed step goes up, its status written: the error policy chooses
-    // the retry by its category.
-    vault?;
-    if let Some(Err(e)) = database {
-        return Err(e);
-    }
-    // Unfinished work is looked at again; a converged tenant is checked
-    // for drift at the resync interval.
-    let retry = [
-        (!database_ready).then_some(Duration::from_secs(15)),
-        storage_retry,
-    ]
-    .into_iter()
-    .flatten()
-    .min();
-    Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+    Ok(retry)
 }
 
 /// Ensures the company database with the backend of its mode.

@@ -62,3 +62,63 @@ pub fn set(
         None => conditions.push(condition),
     }
 }
+
+/// Sets condition `type_` from the outcome of a step: True with
+/// `ok_message`, or False with `reason` and the error, which says what to do.
+pub fn set_outcome(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    outcome: &Result<(), super::Error>,
+    ok_message: &str,
+    reason: &str,
+    generation: Option<i64>,
+) {
+    match outcome {
+        Ok(()) => set(
+            conditions,
+            type_,
+            Some(true),
+            reasons::READY,
+            ok_message,
+            generation,
+        ),
+        Err(e) => set(
+            conditions,
+            type_,
+            Some(false),
+            reason,
+            &e.to_string(),
+            generation,
+        ),
+    }
+}
+
+/// Sets `Ready`: True with `ready_message` when nothing is `pending`,
+/// otherwise False, naming what it waits for.
+pub fn set_ready(
+    conditions: &mut Vec<Condition>,
+    pending: &[&str],
+    ready_message: &str,
+    generation: Option<i64>,
+) {
+    if pending.is_empty() {
+        set(
+            conditions,
+            "Ready",
+            Some(true),
+            reasons::READY,
+            ready_message,
+            generation,
+        );
+    } else {
+        let message = format!("waiting for {}", pending.join(", "));
+        set(
+            conditions,
+            "Ready",
+            Some(false),
+            reasons::WAITING,
+            &message,
+            generation,
+        );
+    }
+}

@@ -17,13 +17,13 @@ use kube::{
 
 use super::{
     Context, Error, apply_status,
-    conditions::{reasons, set},
+    conditions::{reasons, set, set_outcome, set_ready},
     prune::{Owner, prune},
     storage,
 };
 use crate::{
     backends::vault::{Change, VaultBackend, ensure_developer},
-    builders::{CompanyContext, DeveloperContext, KubeObject, build_developer},
+    builders::{CompanyContext, DeveloperContext, DeveloperPlan, KubeObject, build_developer},
     crd::{Company, DeletionPolicy, Developer, DeveloperStatus},
     names::CompanyNames,
     posix_ids,
@@ -254,68 +254,150 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
     let mut status = developer.status.clone().unwrap_or_default();
     status.observed_generation = generation;
 
-    let Some(company) = company_of(ctx, &namespace).await? else {
-        let message = format!(
-            "no Company owns namespace {namespace}: a Developer must live in its company's namespace; nothing was created"
-        );
-        set(
-            &mut status.conditions,
-            "Ready",
-            Some(false),
-            reasons::NO_COMPANY,
-            &message,
-            generation,
-        );
-        write_status(ctx, &developer, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(30)));
+    // Dereference and validate: its Company, with namespace and Vault ready.
+    let company = match company_of(ctx, &namespace).await? {
+        Some(company) if company_base_ready(&company) => company,
+        found => {
+            let (reason, message, retry) = match found {
+                None => (
+                    reasons::NO_COMPANY,
+                    format!(
+                        "no Company owns namespace {namespace}: a Developer must live in its company's namespace; nothing was created"
+                    ),
+                    Duration::from_secs(30),
+                ),
+                Some(company) => (
+                    reasons::WAITING,
+                    format!(
+                        "waiting for Company {} to have its namespace and Vault ready",
+                        company.name_any()
+                    ),
+                    Duration::from_secs(2),
+                ),
+            };
+            set(
+                &mut status.conditions,
+                "Ready",
+                Some(false),
+                reason,
+                &message,
+                generation,
+            );
+            write_status(ctx, &developer, &status).await?;
+            return Ok(Action::requeue(retry));
+        }
     };
-    if !company_base_ready(&company) {
+    let Some(id) = posix_id(ctx, &developer, &company, &mut status).await? else {
+        return Ok(Action::requeue(Duration::from_mins(1)));
+    };
+
+    // Build (pure), apply identity and network, prune.
+    let company_ctx = CompanyContext::new(&company, &ctx.config);
+    let dev_ctx = DeveloperContext::new(&company_ctx, &developer, id);
+    let plan = build_developer(&dev_ctx);
+    apply_objects(ctx, &developer, &dev_ctx, &plan).await?;
+    status.pod_name = Some(dev_ctx.names.workspace_pod());
+    status.storage_path = Some(dev_ctx.names.storage_path());
+    status.vault_role = Some(dev_ctx.names.vault_role());
+    status.vault_policy = Some(dev_ctx.names.vault_role());
+
+    // Storage, then the workspace once its directory is ready.
+    let storage_retry = storage_step(ctx, &developer, &dev_ctx, &mut status).await?;
+    workspace_step(ctx, &dev_ctx, &plan, storage_retry.is_some(), &mut status).await?;
+    // Vault: at the resync interval, on a spec change and while not ready,
+    // not on every event (its Company's status, its pod's).
+    let checked_key = format!("Developer/{namespace}/{}", developer.name_any());
+    let skip_vault = developer.status.as_ref().is_some_and(|s| {
+        s.observed_generation == generation && condition_true(&s.conditions, "VaultReady")
+    }) && ctx.checked_recently(&checked_key);
+    let vault = if skip_vault {
+        Ok(())
+    } else {
+        vault_step(ctx, &developer, &company, &plan, &checked_key).await
+    };
+    set_outcome(
+        &mut status.conditions,
+        "VaultReady",
+        &vault,
+        "the workspace's Vault policy and role are in place",
+        reasons::VAULT_ERROR,
+        generation,
+    );
+
+    // Status, then a failed step goes up.
+    let pending: Vec<&str> = ["StorageReady", "VaultReady", "WorkspaceReady"]
+        .into_iter()
+        .filter(|t| !condition_true(&status.conditions, t))
+        .collect();
+    set_ready(
+        &mut status.conditions,
+        &pending,
+        "the workspace, its storage and its Vault access are in place",
+        generation,
+    );
+    write_status(ctx, &developer, &status).await?;
+    vault?;
+    let workspace_ready = condition_true(&status.conditions, "WorkspaceReady");
+    let retry = [
+        storage_retry,
+        (!workspace_ready).then_some(Duration::from_secs(10)),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+}
+
+/// Whether condition `type_` is True.
+fn condition_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// The Developer's uid/gid: allocated once and recorded in its status
+/// before anything uses it; `None` (status written) when the range is full.
+async fn posix_id(
+    ctx: &Context,
+    developer: &Developer,
+    company: &Company,
+    status: &mut DeveloperStatus,
+) -> Result<Option<i64>, Error> {
+    if let Some(id) = status.uid {
+        return Ok(Some(id));
+    }
+    let namespace = developer.namespace().unwrap_or_default();
+    let names = CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref())
+        .developer(&developer.name_any(), &developer.spec.subject);
+    let Some(id) = allocate_id(ctx, &namespace, &names).await? else {
+        let message = "no free uid/gid left in the operator's workspace.posixIds range; widen it";
+        let generation = developer.metadata.generation;
         set(
             &mut status.conditions,
             "Ready",
             Some(false),
             reasons::WAITING,
-            &format!(
-                "waiting for Company {} to have its namespace and Vault ready",
-                company.name_any()
-            ),
+            message,
             generation,
         );
-        write_status(ctx, &developer, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(2)));
-    }
-
-    // Allocate the uid/gid once and record it before anything uses it.
-    let id = if let Some(id) = status.uid {
-        id
-    } else {
-        let names = CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref())
-            .developer(&developer.name_any(), &developer.spec.subject);
-        let Some(id) = allocate_id(ctx, &namespace, &names).await? else {
-            let message =
-                "no free uid/gid left in the operator's workspace.posixIds range; widen it";
-            set(
-                &mut status.conditions,
-                "Ready",
-                Some(false),
-                reasons::WAITING,
-                message,
-                generation,
-            );
-            write_status(ctx, &developer, &status).await?;
-            return Ok(Action::requeue(Duration::from_mins(1)));
-        };
-        status.uid = Some(id);
-        status.gid = Some(id);
-        write_status(ctx, &developer, &status).await?;
-        id
+        write_status(ctx, developer, status).await?;
+        return Ok(None);
     };
+    status.uid = Some(id);
+    status.gid = Some(id);
+    write_status(ctx, developer, status).await?;
+    Ok(Some(id))
+}
 
-    let company_ctx = CompanyContext::new(&company, &ctx.config);
-    let dev_ctx = DeveloperContext::new(&company_ctx, &developer, id);
-    let plan = build_developer(&dev_ctx);
-    // Identity and network first; volumes and the preparation Job in the
-    // storage step; the workspace only once its directory is ready.
+/// Applies the Developer's identity and network objects (volumes and the
+/// preparation Job are the storage step's, the workspace waits for its
+/// directory) and prunes those it no longer implies.
+async fn apply_objects(
+    ctx: &Context,
+    developer: &Developer,
+    dev_ctx: &DeveloperContext<'_>,
+    plan: &DeveloperPlan,
+) -> Result<(), Error> {
     for object in &plan.objects {
         if !matches!(
             object,
@@ -327,61 +409,71 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
             ctx.apply(object).await?;
         }
     }
+    let namespace = developer.namespace().unwrap_or_default();
     let key = format!("Developer/{namespace}/{}", developer.name_any());
     if developer
         .status
         .as_ref()
         .and_then(|s| s.observed_generation)
-        != generation
+        != developer.metadata.generation
         || !ctx.pruned_since_start(&key)
     {
+        let company = dev_ctx.company.names.company();
         let owner = Owner::Developer {
-            company: company_ctx.names.company(),
+            company,
             name: dev_ctx.names.name(),
             uid: developer.metadata.uid.as_deref().unwrap_or_default(),
         };
         let pruned = prune(ctx, &namespace, &owner, &plan.objects).await?;
         if !pruned.is_empty() {
             let why = format!("no longer implied by the spec: {}", pruned.join(", "));
-            ctx.audit(
-                developer.as_ref(),
-                company_ctx.names.company(),
-                "ObjectsPruned",
-                &why,
-                true,
-            )
-            .await;
+            ctx.audit(developer, company, "ObjectsPruned", &why, true)
+                .await;
         }
     }
+    Ok(())
+}
+
+/// The Developer's private directory (see `storage`): `Some(delay)` while
+/// it is not ready.
+async fn storage_step(
+    ctx: &Context,
+    developer: &Developer,
+    dev_ctx: &DeveloperContext<'_>,
+    status: &mut DeveloperStatus,
+) -> Result<Option<Duration>, Error> {
     let was_prepared = storage_ready(&status.conditions);
-    let storage_retry = storage::ensure_developer(ctx, &dev_ctx, &mut status).await?;
+    let retry = storage::ensure_developer(ctx, dev_ctx, status).await?;
     if !was_prepared && storage_ready(&status.conditions) {
         let why = format!(
-            "private storage {} ready for uid {id}",
-            dev_ctx.names.storage_path()
+            "private storage {} ready for uid {}",
+            dev_ctx.names.storage_path(),
+            status.uid.unwrap_or_default()
         );
-        ctx.audit(
-            developer.as_ref(),
-            company_ctx.names.company(),
-            "StoragePrepared",
-            &why,
-            true,
-        )
-        .await;
+        let company = dev_ctx.company.names.company();
+        ctx.audit(developer, company, "StoragePrepared", &why, true)
+            .await;
     }
-    if storage_retry.is_none() {
+    Ok(retry)
+}
+
+/// The workspace StatefulSet (once storage is ready) and its condition.
+async fn workspace_step(
+    ctx: &Context,
+    dev_ctx: &DeveloperContext<'_>,
+    plan: &DeveloperPlan,
+    storage_pending: bool,
+    status: &mut DeveloperStatus,
+) -> Result<(), Error> {
+    if !storage_pending {
         for object in &plan.objects {
             if matches!(object, KubeObject::StatefulSet(_)) {
                 ctx.apply(object).await?;
             }
         }
     }
-    status.pod_name = Some(dev_ctx.names.workspace_pod());
-    status.storage_path = Some(dev_ctx.names.storage_path());
-    status.vault_role = Some(dev_ctx.names.vault_role());
-    status.vault_policy = Some(dev_ctx.names.vault_role());
-
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let namespace = dev_ctx.company.names.namespace();
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
     let ready_pods = sets
         .get_opt(&dev_ctx.names.workspace())
         .await?
@@ -389,7 +481,7 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let (ok, reason, message) = match (dev_ctx.settings.suspended, ready_pods) {
-        _ if storage_retry.is_some() => (
+        _ if storage_pending => (
             false,
             reasons::WAITING,
             "the workspace starts once its storage is ready".to_owned(),
@@ -413,6 +505,7 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
             "the workspace pod is ready".to_owned(),
         ),
     };
+    let generation = status.observed_generation;
     set(
         &mut status.conditions,
         "WorkspaceReady",
@@ -421,92 +514,29 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         &message,
         generation,
     );
+    Ok(())
+}
+
+/// The workspace's Vault policy and role.
+async fn vault_step(
+    ctx: &Context,
+    developer: &Developer,
+    company: &Company,
+    plan: &DeveloperPlan,
+    checked_key: &str,
+) -> Result<(), Error> {
     let tenant = company.name_any();
-    // Vault is checked at the resync interval, on a spec change and while
-    // not ready, not on every event (its Company's status, its pod's).
-    let checked_key = format!("Developer/{namespace}/{}", developer.name_any());
-    let skip_vault = developer.status.as_ref().is_some_and(|s| {
-        s.observed_generation == generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == "VaultReady" && c.status == "True")
-    }) && ctx.checked_recently(&checked_key);
-    let vault = if skip_vault {
-        Ok(())
-    } else {
-        let vault = match &ctx.vault {
-            Ok(vault) => ensure_developer(vault.as_ref(), &tenant, &plan)
-                .await
-                .map_err(Error::from),
-            Err(e) => Err(Error::VaultUnavailable(e.clone())),
-        };
-        let vault = ctx
-            .vault_step(developer.as_ref(), &tenant, "the workspace", vault)
-            .await;
-        if vault.is_ok() {
-            ctx.mark_checked(&checked_key);
-        }
-        vault
+    let result = match &ctx.vault {
+        Ok(vault) => ensure_developer(vault.as_ref(), &tenant, plan)
+            .await
+            .map_err(Error::from),
+        Err(e) => Err(Error::VaultUnavailable(e.clone())),
     };
-    match &vault {
-        Ok(()) => set(
-            &mut status.conditions,
-            "VaultReady",
-            Some(true),
-            reasons::READY,
-            "the workspace's Vault policy and role are in place",
-            generation,
-        ),
-        Err(e) => set(
-            &mut status.conditions,
-            "VaultReady",
-            Some(false),
-            reasons::VAULT_ERROR,
-            &e.to_string(),
-            generation,
-        ),
+    let result = ctx
+        .vault_step(developer, &tenant, "the workspace", result)
+        .await;
+    if result.is_ok() {
+        ctx.mark_checked(checked_key);
     }
-    let ready = |conditions: &[Condition], type_: &str| {
-        conditions
-            .iter()
-            .any(|c| c.type_ == type_ && c.status == "True")
-    };
-    let pending: Vec<&str> = ["StorageReady", "VaultReady", "WorkspaceReady"]
-        .into_iter()
-        .filter(|t| !ready(&status.conditions, t))
-        .collect();
-    let workspace_ready = ready(&status.conditions, "WorkspaceReady");
-    let (ok, reason, message) = if pending.is_empty() {
-        (
-            Some(true),
-            reasons::READY,
-            "the workspace, its storage and its Vault access are in place".to_owned(),
-        )
-    } else {
-        (
-            Some(false),
-            reasons::WAITING,
-            format!("waiting for {}", pending.join(", ")),
-        )
-    };
-    set(
-        &mut status.conditions,
-        "Ready",
-        ok,
-        reason,
-        &message,
-        generation,
-    );
-    write_status(ctx, &developer, &status).await?;
-    // A failed step goes up, its status written: the error policy chooses
-    // the retry by its category.
-    vault?;
-    let retry = [
-        storage_retry,
-        (!workspace_ready).then_some(Duration::from_secs(10)),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
-    Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+    result
 }
