@@ -85,7 +85,6 @@ async fn write_status(
 
 async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
     let build = CompanyContext::new(company, &ctx.config);
-    let name = company.name_any();
     let generation = company.metadata.generation;
     let mut status = company.status.clone().unwrap_or_default();
     status.observed_generation = generation;
@@ -106,7 +105,7 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, company, &status).await?;
         return Ok(Action::await_change());
     }
-    // Build (pure), apply, prune.
+    // Build (pure), apply, prune; then the external systems.
     let plan = build_company(&build);
     apply_objects(ctx, company, &build, &plan).await?;
     status.developer_count = developer_count(ctx, &build).await?;
@@ -122,64 +121,94 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         &message,
         generation,
     );
+    let outcome = external_systems(ctx, company, &build, &plan, &mut status).await;
 
-    // External systems: at the resync interval, on a spec change and while
-    // anything is not ready; other events (a Developer's status, a
-    // namespace edit) do not repeat them.
-    let key = format!("Company/{name}");
-    let skip = external_systems_converged(ctx, company, &status, &key);
-    let vault = if skip {
-        Ok(())
-    } else {
-        vault_step(ctx, company, &plan).await
-    };
+    // Status, then any failed step goes up: the error policy chooses the
+    // retry by its category.
+    set_ready(
+        &mut status.conditions,
+        &outcome.pending(),
+        "the tenant's namespace, Vault, database and storage are in place",
+        generation,
+    );
+    write_status(ctx, company, &status).await?;
+    outcome.next(ctx)
+}
+
+/// What the external-systems steps of one reconcile found.
+struct Outcome {
+    vault: Result<(), Error>,
+    /// `Ok(true)` once the database is available.
+    database: Result<bool, Error>,
+    /// `Ok(Some(delay))` while the file system is not ready.
+    storage: Result<Option<Duration>, Error>,
+}
+
+impl Outcome {
+    /// What the Company still waits for.
+    fn pending(&self) -> Vec<&'static str> {
+        [
+            ("Vault", self.vault.is_ok()),
+            ("the database", matches!(self.database, Ok(true))),
+            ("storage", matches!(self.storage, Ok(None))),
+        ]
+        .into_iter()
+        .filter_map(|(what, ok)| (!ok).then_some(what))
+        .collect()
+    }
+
+    /// The first failed step as the reconcile's error; otherwise unfinished
+    /// work is looked at again soon, a converged tenant at the resync
+    /// interval.
+    fn next(self, ctx: &Context) -> Result<Action, Error> {
+        self.vault?;
+        let retry = [
+            (!self.database?).then_some(Duration::from_secs(15)),
+            self.storage?,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+    }
+}
+
+/// Vault, the database and the file system, with their conditions: at the
+/// resync interval, on a spec change and while anything is not ready; other
+/// events (a Developer's status, a namespace edit) do not repeat them.
+async fn external_systems(
+    ctx: &Context,
+    company: &Company,
+    build: &CompanyContext<'_>,
+    plan: &CompanyPlan,
+    status: &mut CompanyStatus,
+) -> Outcome {
+    let key = format!("Company/{}", company.name_any());
+    if external_systems_converged(ctx, company, status, &key) {
+        return Outcome {
+            vault: Ok(()),
+            database: Ok(true),
+            storage: Ok(None),
+        };
+    }
+    let vault = vault_step(ctx, company, plan).await;
     set_outcome(
         &mut status.conditions,
         "VaultReady",
         &vault,
         "the company controller's Vault policy and role are in place",
         reasons::VAULT_ERROR,
-        generation,
+        company.metadata.generation,
     );
-    let database = if skip {
-        Ok(true)
-    } else {
-        database_step(ctx, company, &build, &mut status).await
+    let outcome = Outcome {
+        vault,
+        database: database_step(ctx, company, build, status).await,
+        storage: storage_step(ctx, company, status).await,
     };
-    let storage = if skip {
-        Ok(None)
-    } else {
-        storage_step(ctx, company, &mut status).await
-    };
-
-    // Status, then any failed step goes up: the error policy chooses the
-    // retry by its category.
-    let pending: Vec<&str> = [
-        ("Vault", vault.is_ok()),
-        ("the database", matches!(database, Ok(true))),
-        ("storage", matches!(storage, Ok(None))),
-    ]
-    .into_iter()
-    .filter_map(|(what, ok)| (!ok).then_some(what))
-    .collect();
-    if pending.is_empty() && !skip {
+    if outcome.pending().is_empty() {
         ctx.mark_checked(&key);
     }
-    set_ready(
-        &mut status.conditions,
-        &pending,
-        "the tenant's namespace, Vault, database and storage are in place",
-        generation,
-    );
-    write_status(ctx, company, &status).await?;
-    vault?;
-    // Unfinished work is looked at again; a converged tenant is checked
-    // for drift at the resync interval.
-    let retry = [(!database?).then_some(Duration::from_secs(15)), storage?]
-        .into_iter()
-        .flatten()
-        .min();
-    Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+    outcome
 }
 
 /// Why the Company's namespace cannot be used, if it cannot: it exists and
@@ -500,31 +529,10 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
         return Err(Error::DeletionProtected(name));
     }
     let build = CompanyContext::new(company, &ctx.config);
-    let namespace = build.names.namespace().to_owned();
     // Developers first: each carries out the storage deletion policy on
     // its own directory and removes its Vault role while the company's
     // file system and namespace still exist.
-    if matches!(
-        namespace_owner(ctx, &namespace, &name).await?,
-        NamespaceOwner::Ours
-    ) {
-        let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), &namespace);
-        let remaining = developers.list(&ListParams::default()).await?.items;
-        if !remaining.is_empty() {
-            for developer in remaining
-                .iter()
-                .filter(|d| d.metadata.deletion_timestamp.is_none())
-            {
-                developers
-                    .delete(&developer.name_any(), &DeleteParams::default())
-                    .await?;
-            }
-            return Err(Error::Waiting(format!(
-                "{} Developer(s) of Company {name} to be removed first",
-                remaining.len()
-            )));
-        }
-    }
+    delete_developers(ctx, &build).await?;
     // The company's Vault policy and role go; its secrets stay (their
     // deletion follows a policy that is not wired in yet).
     let vault = ctx.vault.as_ref().map_err(|e| {
@@ -532,25 +540,9 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
             "Vault to remove the company's policy and role ({e})"
         ))
     })?;
-    // The database per its deletion policy, before anything else goes.
-    if let Some(databases) = &ctx.databases {
-        let req = database_request(&build);
-        let outcome = match req.mode {
-            DatabaseMode::Dedicated => databases.rds.delete(&req).await?,
-            DatabaseMode::Shared => databases.shared.delete(&req).await?,
-        };
-        if outcome == Deletion::InProgress {
-            return Err(Error::CloudInProgress(format!(
-                "the database of Company {name} to be deleted"
-            )));
-        }
-        let why = format!(
-            "database deletion policy {:?} carried out: {outcome:?}",
-            req.deletion_policy
-        );
-        ctx.audit(company, &name, "DatabaseDeletionPolicyApplied", &why, true)
-            .await;
-    }
+    // The database and the file system per their deletion policies,
+    // before anything else goes.
+    delete_database(ctx, company, &build).await?;
     if let Some(why) = storage::cleanup_company(ctx, &build).await? {
         ctx.audit(
             company,
@@ -568,28 +560,98 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
         false,
     )
     .await?;
-    match namespace_owner(ctx, &namespace, &name).await? {
-        NamespaceOwner::Ours => {
-            let api: Api<Namespace> = Api::all(ctx.client.clone());
-            if api
-                .get_opt(&namespace)
-                .await?
-                .is_some_and(|ns| ns.metadata.deletion_timestamp.is_none())
-            {
-                api.delete(&namespace, &DeleteParams::default()).await?;
-                let why = format!("namespace {namespace} deleted with the Company");
-                ctx.audit(company, &name, "NamespaceDeleted", &why, true)
-                    .await;
-            }
-            if api.get_opt(&namespace).await?.is_some() {
-                return Err(Error::Waiting(format!(
-                    "namespace {namespace} to be deleted"
-                )));
-            }
-        }
-        // Never delete what is not ours.
-        NamespaceOwner::Free | NamespaceOwner::Other(_) => {}
-    }
+    delete_namespace(ctx, company, &build).await?;
     tracing::info!(company = %name, "cleaned up");
     Ok(Action::await_change())
+}
+
+/// Deletes the Company's Developers; waits until they are gone.
+async fn delete_developers(ctx: &Context, build: &CompanyContext<'_>) -> Result<(), Error> {
+    let (name, namespace) = (build.names.company(), build.names.namespace());
+    if !matches!(
+        namespace_owner(ctx, namespace, name).await?,
+        NamespaceOwner::Ours
+    ) {
+        return Ok(());
+    }
+    let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
+    let remaining = developers.list(&ListParams::default()).await?.items;
+    if remaining.is_empty() {
+        return Ok(());
+    }
+    for developer in remaining
+        .iter()
+        .filter(|d| d.metadata.deletion_timestamp.is_none())
+    {
+        developers
+            .delete(&developer.name_any(), &DeleteParams::default())
+            .await?;
+    }
+    Err(Error::Waiting(format!(
+        "{} Developer(s) of Company {name} to be removed first",
+        remaining.len()
+    )))
+}
+
+/// Carries out the database's deletion policy; polls while it is in
+/// progress.
+async fn delete_database(
+    ctx: &Context,
+    company: &Company,
+    build: &CompanyContext<'_>,
+) -> Result<(), Error> {
+    let Some(databases) = &ctx.databases else {
+        return Ok(());
+    };
+    let name = build.names.company();
+    let req = database_request(build);
+    let outcome = match req.mode {
+        DatabaseMode::Dedicated => databases.rds.delete(&req).await?,
+        DatabaseMode::Shared => databases.shared.delete(&req).await?,
+    };
+    if outcome == Deletion::InProgress {
+        return Err(Error::CloudInProgress(format!(
+            "the database of Company {name} to be deleted"
+        )));
+    }
+    let why = format!(
+        "database deletion policy {:?} carried out: {outcome:?}",
+        req.deletion_policy
+    );
+    ctx.audit(company, name, "DatabaseDeletionPolicyApplied", &why, true)
+        .await;
+    Ok(())
+}
+
+/// Deletes the Company's namespace if it is its own; waits until it is gone.
+async fn delete_namespace(
+    ctx: &Context,
+    company: &Company,
+    build: &CompanyContext<'_>,
+) -> Result<(), Error> {
+    let (name, namespace) = (build.names.company(), build.names.namespace());
+    // Never delete what is not ours.
+    if !matches!(
+        namespace_owner(ctx, namespace, name).await?,
+        NamespaceOwner::Ours
+    ) {
+        return Ok(());
+    }
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    if api
+        .get_opt(namespace)
+        .await?
+        .is_some_and(|ns| ns.metadata.deletion_timestamp.is_none())
+    {
+        api.delete(namespace, &DeleteParams::default()).await?;
+        let why = format!("namespace {namespace} deleted with the Company");
+        ctx.audit(company, name, "NamespaceDeleted", &why, true)
+            .await;
+    }
+    if api.get_opt(namespace).await?.is_some() {
+        return Err(Error::Waiting(format!(
+            "namespace {namespace} to be deleted"
+        )));
+    }
+    Ok(())
 }

@@ -5,9 +5,13 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use k8s_openapi::{api::apps::v1::StatefulSet, apimachinery::pkg::apis::meta::v1::Condition};
+use k8s_openapi::{
+    api::apps::v1::StatefulSet,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
 use kube::{
-    Api, ResourceExt,
+    Api, CustomResourceExt, ResourceExt,
     api::ListParams,
     runtime::{
         controller::Action,
@@ -153,6 +157,22 @@ pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<A
 /// Removes the Developer's Vault role and policy (recorded in its status).
 /// The company comes from the namespace's label, which outlives the
 /// Company during its deletion.
+/// Whether Enclave's CRDs are being deleted (an uninstall, not a person
+/// removing one Developer).
+async fn uninstalling(ctx: &Context) -> Result<bool, Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    for name in [Developer::crd_name(), Company::crd_name()] {
+        if crds
+            .get_opt(name)
+            .await?
+            .is_none_or(|crd| crd.metadata.deletion_timestamp.is_some())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> {
     let Some(status) = &developer.status else {
         return Ok(Action::await_change());
@@ -167,9 +187,13 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
             None => None,
         };
         if let Some(company) = company {
-            // The whole tenant is going (its CRDs deleted, say) while the
-            // Company is protected: its Developers are held with it.
-            if company.spec.deletion_protection && company.metadata.deletion_timestamp.is_some() {
+            // The whole tenant is going (the Company deleted, or the CRDs:
+            // the API server then deletes Developers and Companies in no
+            // set order) while the Company is protected: its Developers
+            // are held with it.
+            if company.spec.deletion_protection
+                && (company.metadata.deletion_timestamp.is_some() || uninstalling(ctx).await?)
+            {
                 let mut status = status.clone();
                 set(
                     &mut status.conditions,
@@ -249,43 +273,14 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
 }
 
 async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error> {
-    let namespace = developer.namespace().unwrap_or_default();
     let generation = developer.metadata.generation;
     let mut status = developer.status.clone().unwrap_or_default();
     status.observed_generation = generation;
 
     // Dereference and validate: its Company, with namespace and Vault ready.
-    let company = match company_of(ctx, &namespace).await? {
-        Some(company) if company_base_ready(&company) => company,
-        found => {
-            let (reason, message, retry) = match found {
-                None => (
-                    reasons::NO_COMPANY,
-                    format!(
-                        "no Company owns namespace {namespace}: a Developer must live in its company's namespace; nothing was created"
-                    ),
-                    Duration::from_secs(30),
-                ),
-                Some(company) => (
-                    reasons::WAITING,
-                    format!(
-                        "waiting for Company {} to have its namespace and Vault ready",
-                        company.name_any()
-                    ),
-                    Duration::from_secs(2),
-                ),
-            };
-            set(
-                &mut status.conditions,
-                "Ready",
-                Some(false),
-                reason,
-                &message,
-                generation,
-            );
-            write_status(ctx, &developer, &status).await?;
-            return Ok(Action::requeue(retry));
-        }
+    let company = match ready_company(ctx, &developer, &mut status).await? {
+        Ok(company) => company,
+        Err(later) => return Ok(later),
     };
     let Some(id) = posix_id(ctx, &developer, &company, &mut status).await? else {
         return Ok(Action::requeue(Duration::from_mins(1)));
@@ -304,25 +299,7 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
     // Storage, then the workspace once its directory is ready.
     let storage_retry = storage_step(ctx, &developer, &dev_ctx, &mut status).await?;
     workspace_step(ctx, &dev_ctx, &plan, storage_retry.is_some(), &mut status).await?;
-    // Vault: at the resync interval, on a spec change and while not ready,
-    // not on every event (its Company's status, its pod's).
-    let checked_key = format!("Developer/{namespace}/{}", developer.name_any());
-    let skip_vault = developer.status.as_ref().is_some_and(|s| {
-        s.observed_generation == generation && condition_true(&s.conditions, "VaultReady")
-    }) && ctx.checked_recently(&checked_key);
-    let vault = if skip_vault {
-        Ok(())
-    } else {
-        vault_step(ctx, &developer, &company, &plan, &checked_key).await
-    };
-    set_outcome(
-        &mut status.conditions,
-        "VaultReady",
-        &vault,
-        "the workspace's Vault policy and role are in place",
-        reasons::VAULT_ERROR,
-        generation,
-    );
+    let vault = vault_step(ctx, &developer, &company, &plan, &mut status).await;
 
     // Status, then a failed step goes up.
     let pending: Vec<&str> = ["StorageReady", "VaultReady", "WorkspaceReady"]
@@ -337,6 +314,8 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
     );
     write_status(ctx, &developer, &status).await?;
     vault?;
+    // Unfinished work is looked at again soon; a converged Developer at the
+    // resync interval.
     let workspace_ready = condition_true(&status.conditions, "WorkspaceReady");
     let retry = [
         storage_retry,
@@ -346,6 +325,45 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
     .flatten()
     .min();
     Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+}
+
+/// The Developer's Company once it has its namespace and Vault ready, or
+/// (status written) when to look again.
+async fn ready_company(
+    ctx: &Context,
+    developer: &Developer,
+    status: &mut DeveloperStatus,
+) -> Result<Result<Company, Action>, Error> {
+    let namespace = developer.namespace().unwrap_or_default();
+    let (reason, message, retry) = match company_of(ctx, &namespace).await? {
+        Some(company) if company_base_ready(&company) => return Ok(Ok(company)),
+        None => (
+            reasons::NO_COMPANY,
+            format!(
+                "no Company owns namespace {namespace}: a Developer must live in its company's namespace; nothing was created"
+            ),
+            Duration::from_secs(30),
+        ),
+        Some(company) => (
+            reasons::WAITING,
+            format!(
+                "waiting for Company {} to have its namespace and Vault ready",
+                company.name_any()
+            ),
+            Duration::from_secs(2),
+        ),
+    };
+    let generation = developer.metadata.generation;
+    set(
+        &mut status.conditions,
+        "Ready",
+        Some(false),
+        reason,
+        &message,
+        generation,
+    );
+    write_status(ctx, developer, status).await?;
+    Ok(Err(Action::requeue(retry)))
 }
 
 /// Whether condition `type_` is True.
@@ -517,14 +535,25 @@ async fn workspace_step(
     Ok(())
 }
 
-/// The workspace's Vault policy and role.
+/// The workspace's Vault policy and role, with their condition: at the
+/// resync interval, on a spec change and while not ready, not on every
+/// event (its Company's status, its pod's).
 async fn vault_step(
     ctx: &Context,
     developer: &Developer,
     company: &Company,
     plan: &DeveloperPlan,
-    checked_key: &str,
+    status: &mut DeveloperStatus,
 ) -> Result<(), Error> {
+    let namespace = developer.namespace().unwrap_or_default();
+    let checked_key = format!("Developer/{namespace}/{}", developer.name_any());
+    let generation = developer.metadata.generation;
+    let converged = developer.status.as_ref().is_some_and(|s| {
+        s.observed_generation == generation && condition_true(&s.conditions, "VaultReady")
+    }) && ctx.checked_recently(&checked_key);
+    if converged {
+        return Ok(());
+    }
     let tenant = company.name_any();
     let result = match &ctx.vault {
         Ok(vault) => ensure_developer(vault.as_ref(), &tenant, plan)
@@ -536,7 +565,15 @@ async fn vault_step(
         .vault_step(developer, &tenant, "the workspace", result)
         .await;
     if result.is_ok() {
-        ctx.mark_checked(checked_key);
+        ctx.mark_checked(&checked_key);
     }
+    set_outcome(
+        &mut status.conditions,
+        "VaultReady",
+        &result,
+        "the workspace's Vault policy and role are in place",
+        reasons::VAULT_ERROR,
+        generation,
+    );
     result
 }

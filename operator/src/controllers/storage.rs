@@ -21,7 +21,7 @@ use super::{
     conditions::{reasons, set},
 };
 use crate::{
-    backends::storage::{FileSystemBackend, FsDeletion, FsPhase},
+    backends::storage::{FileSystemBackend, FileSystemState, FsDeletion, FsPhase},
     builders::{
         CompanyContext, DeveloperContext, KubeObject, StorageKind, cleanup_job, file_system_request,
     },
@@ -77,24 +77,23 @@ pub async fn ensure_company(
     let state = match ensured {
         Ok(state) => state,
         Err(e) => {
+            // The condition says what to do; the error goes up for the
+            // retry its category asks for.
             let reason = if e.is_transient() {
                 reasons::STORAGE_ERROR
             } else {
                 reasons::CONFLICT
             };
+            let message = e.to_string();
             set(
                 &mut status.conditions,
                 "StorageReady",
                 Some(false),
                 reason,
-                &e.to_string(),
+                &message,
                 generation,
             );
-            return Ok(Some(if e.is_transient() {
-                Duration::from_secs(30)
-            } else {
-                Duration::from_mins(10)
-            }));
+            return Err(e.into());
         }
     };
     status.storage = Some(StorageStatus {
@@ -104,20 +103,71 @@ pub async fn ensure_company(
         dns_name: state.dns_name.clone(),
         mount_name: state.mount_name.clone(),
     });
-    let id = &state.file_system_id;
-    let waiting = |status: &mut CompanyStatus, ok, reason, message: &str| {
+    if let Some(wait) = not_available(ctx, status, &state) {
         set(
             &mut status.conditions,
             "StorageReady",
+            wait.ok,
+            wait.reason,
+            &wait.message,
+            generation,
+        );
+        return Ok(Some(wait.retry));
+    }
+    // The root volume is built from the recorded file system.
+    let mut recorded = company.clone();
+    recorded.status = Some(status.clone());
+    let build = CompanyContext::new(&recorded, &ctx.config);
+    for object in crate::builders::build_company(&build).objects {
+        if object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str())
+            || matches!(object, KubeObject::PersistentVolume(_))
+        {
+            ctx.apply(&object).await?;
+        }
+    }
+    let message = format!(
+        "FSx file system {} is available; the company's directories live below {}",
+        state.file_system_id,
+        build.names.storage_root()
+    );
+    set(
+        &mut status.conditions,
+        "StorageReady",
+        Some(true),
+        reasons::READY,
+        &message,
+        generation,
+    );
+    Ok(None)
+}
+
+/// A file system that is not (yet) available: its condition and when to
+/// look again.
+struct NotAvailable {
+    ok: Option<bool>,
+    reason: &'static str,
+    message: String,
+    retry: Duration,
+}
+
+/// Why the file system `state` cannot be used yet, if it cannot.
+fn not_available(
+    ctx: &Context,
+    status: &CompanyStatus,
+    state: &FileSystemState,
+) -> Option<NotAvailable> {
+    let id = &state.file_system_id;
+    let wait = |ok, reason, message: String, retry| {
+        Some(NotAvailable {
             ok,
             reason,
             message,
-            generation,
-        );
+            retry,
+        })
     };
     match &state.phase {
-        FsPhase::Available => {}
-        FsPhase::Unknown if ctx.config.storage.fsx_missing_lifecycle_is_available => {}
+        FsPhase::Available => None,
+        FsPhase::Unknown if ctx.config.storage.fsx_missing_lifecycle_is_available => None,
         FsPhase::Unknown => {
             let previous = status
                 .conditions
@@ -132,72 +182,47 @@ pub async fn ensure_company(
                 "FSx reports no lifecycle for file system {id}; Enclave checks again every minute"
             );
             if overdue {
-                waiting(
-                    status,
+                let message = format!(
+                    "{message}; it has not reported one for over 30 minutes: check the file system in the FSx console"
+                );
+                wait(
                     Some(false),
                     reasons::FSX_LIFECYCLE_MISSING,
-                    &format!(
-                        "{message}; it has not reported one for over 30 minutes: check the file system in the FSx console"
-                    ),
-                );
+                    message,
+                    Duration::from_mins(1),
+                )
             } else {
-                waiting(status, None, reasons::FSX_LIFECYCLE_MISSING, &message);
+                wait(
+                    None,
+                    reasons::FSX_LIFECYCLE_MISSING,
+                    message,
+                    Duration::from_mins(1),
+                )
             }
-            return Ok(Some(Duration::from_mins(1)));
         }
-        FsPhase::Creating => {
-            waiting(
-                status,
-                Some(false),
-                reasons::WAITING,
-                &format!("FSx file system {id} is being created"),
-            );
-            return Ok(Some(Duration::from_secs(30)));
-        }
-        FsPhase::Deleting => {
-            waiting(
-                status,
-                Some(false),
-                reasons::STORAGE_ERROR,
-                &format!(
-                    "FSx file system {id} is being deleted by someone else; Enclave waits for it to go and then creates a new one"
-                ),
-            );
-            return Ok(Some(Duration::from_mins(1)));
-        }
-        FsPhase::Failed(why) => {
-            waiting(
-                status,
-                Some(false),
-                reasons::STORAGE_ERROR,
-                &format!(
-                    "FSx file system {id} failed: {why}; delete it in FSx (its data per your backups) and Enclave creates a new one"
-                ),
-            );
-            return Ok(Some(Duration::from_mins(10)));
-        }
-    }
-    // The root volume is built from the recorded file system.
-    let mut recorded = company.clone();
-    recorded.status = Some(status.clone());
-    let build = CompanyContext::new(&recorded, &ctx.config);
-    for object in crate::builders::build_company(&build).objects {
-        if object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str())
-            || matches!(object, KubeObject::PersistentVolume(_))
-        {
-            ctx.apply(&object).await?;
-        }
-    }
-    waiting(
-        status,
-        Some(true),
-        reasons::READY,
-        &format!(
-            "FSx file system {id} is available; the company's directories live below {}",
-            build.names.storage_root()
+        FsPhase::Creating => wait(
+            Some(false),
+            reasons::WAITING,
+            format!("FSx file system {id} is being created"),
+            Duration::from_secs(30),
         ),
-    );
-    Ok(None)
+        FsPhase::Deleting => wait(
+            Some(false),
+            reasons::STORAGE_ERROR,
+            format!(
+                "FSx file system {id} is being deleted by someone else; Enclave waits for it to go and then creates a new one"
+            ),
+            Duration::from_mins(1),
+        ),
+        FsPhase::Failed(why) => wait(
+            Some(false),
+            reasons::STORAGE_ERROR,
+            format!(
+                "FSx file system {id} failed: {why}; delete it in FSx (its data per your backups) and Enclave creates a new one"
+            ),
+            Duration::from_mins(10),
+        ),
+    }
 }
 
 fn company_storage_ready(company: &Company) -> bool {

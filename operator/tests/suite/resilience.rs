@@ -504,10 +504,29 @@ async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothi
     let footprint_before = footprint(&h, &name).await;
 
     // The CRDs are deleted (a chart uninstalled, say): the tenant is held.
+    // The Developers' CRD first, alone: its Developers are deleted while
+    // their Company is not (yet) — an uninstall, not a person leaving.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in ["developers.enclave.dev", "companies.enclave.dev"] {
-        crds.delete(crd, &DeleteParams::default()).await.unwrap();
-    }
+    crds.delete("developers.enclave.dev", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait("the Developer held while only its CRD goes", async || {
+        let d = devs.get("kim").await.ok()?;
+        d.status?
+            .conditions
+            .iter()
+            .any(|c| c.reason == "DeletionProtected")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&notes).unwrap(),
+        "kim's work",
+        "kim's directory was not archived"
+    );
+    crds.delete("companies.enclave.dev", &DeleteParams::default())
+        .await
+        .unwrap();
     wait("the Company held by its protection", async || {
         let c = companies.get(&name).await.ok()?;
         c.status?
