@@ -32,6 +32,10 @@ use crate::{
     names::{CompanyNames, LABEL_COMPANY},
 };
 
+/// How often setting up leader election is retried (after 2, 4, 8, 16 s)
+/// before `enclave run` gives up.
+const LEASE_SETUP_RETRIES: u32 = 4;
+
 /// How `enclave run` runs (flags; the tenant defaults are in the config).
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -318,15 +322,34 @@ pub async fn run(
         controllers(client, ctx).await;
         return Ok(());
     }
-    let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
-        .with_namespace(&lease_namespace)
-        .with_identity(&options.identity)
-        .with_duration(options.lease_seconds)
-        .with_grace((options.lease_seconds / 3).max(1))
-        .with_field_manager("enclave-leader-election")
-        .build()
-        .await
-        .map_err(|e| format!("cannot set up leader election: {e}"))?;
+    // A brief API error at start (an apiserver restarting, a 5xx) is
+    // retried; one that lasts is reported and the process exits.
+    let mut attempt = 0;
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+            .with_namespace(&lease_namespace)
+            .with_identity(&options.identity)
+            .with_duration(options.lease_seconds)
+            .with_grace((options.lease_seconds / 3).max(1))
+            .with_field_manager("enclave-leader-election")
+            .build()
+            .await;
+        match built {
+            Ok(manager) => break manager,
+            Err(e) if attempt < LEASE_SETUP_RETRIES => {
+                attempt += 1;
+                let delay = Duration::from_secs(1 << attempt);
+                tracing::warn!(error = %e, attempt, retry_in = ?delay, "cannot set up leader election yet");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot set up leader election: {e}; check that the operator's Role allows create, get and patch on Lease {lease_namespace}/{}",
+                    options.lease_name
+                ));
+            }
+        }
+    };
     let (mut leading, lease_task) = manager.watch().await;
     tracing::info!(identity = %options.identity, lease = %format!("{lease_namespace}/{}", options.lease_name), "waiting to lead");
     let acquired = tokio::select! {

@@ -656,3 +656,36 @@ async fn without_vault_the_operator_is_alive_but_not_ready_and_says_why() {
     assert!(body.contains("Vault"), "{body}");
     assert_eq!(crate::harness::http_get(port, "/healthz").unwrap().0, 200);
 }
+
+#[tokio::test]
+async fn a_brief_api_error_while_setting_up_leader_election_is_retried() {
+    let mut h = setup().await;
+    h.kill_operator();
+    let count = |h: &Harness, what: &str| h.kube_proxy.counts().get(what).copied().unwrap_or(0);
+    let (reads, renewals) = (count(&h, "get leases"), count(&h, "patch leases"));
+    // The next two reads of the Lease fail, as from an API server that is
+    // restarting: the operator retries instead of exiting.
+    h.kube_proxy.inject(Fault {
+        verb: Some("get".into()),
+        resource: Some("leases".into()),
+        remaining: 2,
+        status: 500,
+        retry_after: None,
+    });
+    h.start_operator();
+    wait(
+        "the operator to take the Lease after retrying",
+        async || (count(&h, "patch leases") > renewals).then_some(()),
+    )
+    .await;
+    assert!(
+        count(&h, "get leases") >= reads + 3,
+        "two failed reads, then a good one: {:?}",
+        h.kube_proxy.counts()
+    );
+    wait("the operator to lead", async || {
+        let (_, metrics) = h.http_get("/metrics")?;
+        metrics.contains("enclave_leader 1").then_some(())
+    })
+    .await;
+}
