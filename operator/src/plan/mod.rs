@@ -88,6 +88,17 @@ pub struct TenantPlan {
     pub developers: Vec<DeveloperPlan>,
 }
 
+impl TenantPlan {
+    /// Every Kubernetes object of the tenant: the company's, then each
+    /// developer's.
+    pub fn objects(&self) -> impl Iterator<Item = &crate::builders::KubeObject> {
+        self.company
+            .objects
+            .iter()
+            .chain(self.developers.iter().flat_map(|d| d.objects.iter()))
+    }
+}
+
 /// What all given tenants imply.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {

@@ -145,15 +145,7 @@ pub fn render_summary(plan: &Plan) -> String {
 
 /// Every Kubernetes object, in apply order.
 pub fn all_objects(plan: &Plan) -> Vec<&KubeObject> {
-    plan.tenants
-        .iter()
-        .flat_map(|t| {
-            t.company
-                .objects
-                .iter()
-                .chain(t.developers.iter().flat_map(|d| d.objects.iter()))
-        })
-        .collect()
+    plan.tenants.iter().flat_map(TenantPlan::objects).collect()
 }
 
 /// The exact Kubernetes objects as multi-document YAML.

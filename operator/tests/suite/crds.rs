@@ -136,12 +136,7 @@ fn the_charts_rules_let_the_operator_create_and_patch_every_kind_plan_renders() 
     let mut missing = Vec::new();
     for (_, plan) in crate::support::all_plans() {
         for tenant in &plan.tenants {
-            let objects = tenant
-                .company
-                .objects
-                .iter()
-                .chain(tenant.developers.iter().flat_map(|d| d.objects.iter()));
-            for object in objects {
+            for object in tenant.objects() {
                 let (group, resource) = object.api_resource();
                 let in_operator_namespace =
                     object.metadata().namespace.as_deref() == Some(&operator_namespace);

@@ -456,6 +456,13 @@ async fn the_operator_keeps_a_short_lived_vault_token_alive() {
     wait_gone("the Company", &companies, &name).await;
 }
 
+/// Whether `conditions` say deletion is held by deletion protection.
+fn deletion_protected(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> bool {
+    conditions.iter().any(|c| c.reason == "DeletionProtected")
+}
+
 #[tokio::test]
 #[allow(clippy::too_many_lines)]
 async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothing() {
@@ -511,12 +518,7 @@ async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothi
         .await
         .unwrap();
     wait("the Developer held while only its CRD goes", async || {
-        let d = devs.get("kim").await.ok()?;
-        d.status?
-            .conditions
-            .iter()
-            .any(|c| c.reason == "DeletionProtected")
-            .then_some(())
+        deletion_protected(&devs.get("kim").await.ok()?.status?.conditions).then_some(())
     })
     .await;
     assert_eq!(
@@ -528,21 +530,11 @@ async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothi
         .await
         .unwrap();
     wait("the Company held by its protection", async || {
-        let c = companies.get(&name).await.ok()?;
-        c.status?
-            .conditions
-            .iter()
-            .any(|c| c.reason == "DeletionProtected")
-            .then_some(())
+        deletion_protected(&companies.get(&name).await.ok()?.status?.conditions).then_some(())
     })
     .await;
     wait("the Developer held with it", async || {
-        let d = devs.get("kim").await.ok()?;
-        d.status?
-            .conditions
-            .iter()
-            .any(|c| c.reason == "DeletionProtected")
-            .then_some(())
+        deletion_protected(&devs.get("kim").await.ok()?.status?.conditions).then_some(())
     })
     .await;
     assert_eq!(

@@ -262,12 +262,7 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
         enclave::plan::plan_paths(&[crate::support::root().join("examples")], &config).unwrap();
     let mut checked = 0;
     for tenant in &plan.tenants {
-        let objects = tenant
-            .company
-            .objects
-            .iter()
-            .chain(tenant.developers.iter().flat_map(|d| d.objects.iter()));
-        for object in objects {
+        for object in tenant.objects() {
             let json = object.to_json();
             let gvk = kube::api::GroupVersionKind::try_from(&kube::api::TypeMeta {
                 api_version: json["apiVersion"].as_str().unwrap().to_owned(),
