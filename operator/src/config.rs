@@ -151,6 +151,14 @@ impl OperatorConfig {
                 self.operator_namespace
             )));
         }
+        if !(0.1..=100.0).contains(&self.aws.max_calls_per_second)
+            || !(1..=64).contains(&self.aws.max_concurrent_calls)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "aws.maxCallsPerSecond must be between 0.1 and 100 and aws.maxConcurrentCalls between 1 and 64, got {} and {}",
+                self.aws.max_calls_per_second, self.aws.max_concurrent_calls
+            )));
+        }
         if !(60..=86_400).contains(&self.vault.token_ttl_seconds) {
             return Err(ConfigError::Invalid(format!(
                 "vault.tokenTtlSeconds must be between 60 and 86400, got {}",
@@ -501,6 +509,8 @@ mod tests {
         assert!(err.to_string().contains("vualt"), "{err}");
         let err = load("workspace:\n  posixIds: {first: 10, last: 5}\n").unwrap_err();
         assert!(err.to_string().contains("posixIds"), "{err}");
+        let err = load("aws:\n  maxCallsPerSecond: 0\n").unwrap_err();
+        assert!(err.to_string().contains("aws.maxCallsPerSecond"), "{err}");
     }
 }
 
@@ -513,6 +523,12 @@ pub struct AwsConfig {
     pub region: String,
     /// Endpoint override (an emulator in tests); empty: AWS.
     pub endpoint_url: String,
+    /// Calls per second the operator starts against each AWS service (RDS,
+    /// FSx), retries and status polls included. Keep it below the account's
+    /// API rate for that service minus what other tools in the account use.
+    pub max_calls_per_second: f64,
+    /// Calls in flight at once per AWS service.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for AwsConfig {
@@ -520,6 +536,19 @@ impl Default for AwsConfig {
         Self {
             region: "us-east-1".into(),
             endpoint_url: String::new(),
+            max_calls_per_second: 5.0,
+            max_concurrent_calls: 4,
+        }
+    }
+}
+
+impl AwsConfig {
+    /// The call budget of each AWS service's gate.
+    pub fn call_limits(&self) -> crate::backends::aws_calls::CallLimits {
+        crate::backends::aws_calls::CallLimits {
+            max_concurrent: self.max_concurrent_calls,
+            max_per_second: self.max_calls_per_second,
+            ..crate::backends::aws_calls::CallLimits::default()
         }
     }
 }

@@ -21,7 +21,8 @@ pub use cloud::{ExternalAction, System, aws_tags, quote_ident};
 pub use database::{DatabaseRequest, InstanceSettings, database_request};
 pub use objects::KubeObject;
 pub use settings::{
-    CompanySettings, DeveloperSettings, STORAGE_KIND_FSX, STORAGE_KIND_VOLUME, StorageKind,
+    CompanySettings, DeveloperSettings, FileSystemFacts, Observed, STORAGE_KIND_FSX,
+    STORAGE_KIND_VOLUME, StorageKind,
 };
 pub use storage::{FileSystemRequest, cleanup_job, file_system_request, home_volume, prep_job};
 pub use vault::{
@@ -80,19 +81,22 @@ pub struct CompanyContext<'a> {
     pub names: CompanyNames,
     /// Resolved settings.
     pub settings: CompanySettings,
+    /// What was observed of its external resources.
+    pub observed: Observed,
 }
 
 impl<'a> CompanyContext<'a> {
-    /// Resolves `company` against `config`.
-    pub fn new(company: &'a Company, config: &'a OperatorConfig) -> Self {
+    /// Resolves `company` against `config` and what was `observed`.
+    pub fn new(company: &'a Company, config: &'a OperatorConfig, observed: Observed) -> Self {
         let name = company.metadata.name.as_deref().unwrap_or_default();
         let names = CompanyNames::new(name, company.spec.namespace.as_deref());
-        let settings = CompanySettings::resolve(company, config, &names);
+        let settings = CompanySettings::resolve(company, config, &names, &observed);
         Self {
             company,
             config,
             names,
             settings,
+            observed,
         }
     }
 

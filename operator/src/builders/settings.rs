@@ -7,8 +7,8 @@ use super::CompanyContext;
 use crate::{
     config::{DefaultStorage, OperatorConfig},
     crd::{
-        Company, DatabaseMode, DeletionPolicy, Developer, DeveloperRole, EgressRule, FsxType,
-        ResourceSettings,
+        Company, CompanyStatus, DatabaseMode, DeletionPolicy, Developer, DeveloperRole, EgressRule,
+        FsxType, ResourceSettings,
     },
     names::{CompanyNames, DeveloperNames},
 };
@@ -17,6 +17,51 @@ use crate::{
 pub const STORAGE_KIND_FSX: &str = "Fsx";
 /// `status.storage.kind` of a Company on per-developer volumes.
 pub const STORAGE_KIND_VOLUME: &str = "Volume";
+
+/// What the controllers observed of a Company's external resources and
+/// pass to the builders explicitly: the builders never read status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The storage backend recorded at the Company's first reconcile:
+    /// changing the operator's default must not move a Company's data.
+    pub storage_backend: Option<DefaultStorage>,
+    /// The company's file system, once FSx reported it; the volumes that
+    /// mount it are built only then.
+    pub file_system: Option<FileSystemFacts>,
+}
+
+/// A company file system as FSx reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSystemFacts {
+    /// Its id.
+    pub id: String,
+    /// The DNS name clients mount it by.
+    pub dns_name: String,
+    /// The Lustre mount name (empty for OpenZFS).
+    pub mount_name: String,
+}
+
+impl Observed {
+    /// The facts a Company's status records (what earlier reconciles
+    /// observed); none for a new Company.
+    pub fn recorded(status: Option<&CompanyStatus>) -> Self {
+        let storage = status.and_then(|s| s.storage.as_ref());
+        Self {
+            storage_backend: match storage.and_then(|s| s.kind.as_deref()) {
+                Some(STORAGE_KIND_VOLUME) => Some(DefaultStorage::Volume),
+                Some(STORAGE_KIND_FSX) => Some(DefaultStorage::Fsx),
+                _ => None,
+            },
+            file_system: storage.and_then(|s| {
+                Some(FileSystemFacts {
+                    id: s.file_system_id.clone()?,
+                    dns_name: s.dns_name.clone()?,
+                    mount_name: s.mount_name.clone().unwrap_or_default(),
+                })
+            }),
+        }
+    }
+}
 
 /// Where a company's files live.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -149,8 +194,13 @@ pub struct CompanySettings {
 }
 
 impl CompanySettings {
-    /// Merges `company`'s spec with `config`.
-    pub fn resolve(company: &Company, config: &OperatorConfig, names: &CompanyNames) -> Self {
+    /// Merges `company`'s spec with `config` and what was `observed`.
+    pub fn resolve(
+        company: &Company,
+        config: &OperatorConfig,
+        names: &CompanyNames,
+        observed: &Observed,
+    ) -> Self {
         let spec = &company.spec;
         let quota = spec.quota.clone().unwrap_or_default();
         let network = spec.network.clone().unwrap_or_default();
@@ -159,16 +209,7 @@ impl CompanySettings {
         let sc = &config.storage;
         // A Company that names no backend keeps the one recorded at its
         // first reconcile: changing the operator's default must not move data.
-        let default_backend = match company
-            .status
-            .as_ref()
-            .and_then(|s| s.storage.as_ref())
-            .and_then(|s| s.kind.as_deref())
-        {
-            Some(STORAGE_KIND_VOLUME) => DefaultStorage::Volume,
-            Some(STORAGE_KIND_FSX) => DefaultStorage::Fsx,
-            _ => sc.default_backend,
-        };
+        let default_backend = observed.storage_backend.unwrap_or(sc.default_backend);
         let storage = match (&spec.storage.fsx, &spec.storage.volume, default_backend) {
             (Some(fsx), _, _) => StorageKind::Fsx {
                 fsx_type: fsx.fsx_type,
@@ -261,14 +302,30 @@ impl CompanySettings {
                     .unwrap_or(dbc.backup_retention_days),
                 deletion_policy: db.deletion_policy,
             },
+            storage_deletion_policy: spec.storage.deletion_policy.unwrap_or(match storage {
+                StorageKind::Fsx { .. } => DeletionPolicy::Snapshot,
+                StorageKind::Volume { .. } => DeletionPolicy::Retain,
+            }),
             storage,
-            storage_deletion_policy: spec.storage.deletion_policy,
             workspace_image: workspace.image.unwrap_or_else(|| wc.image.clone()),
             workspace_resources: defaults.overlay(workspace.resources.as_ref()),
             git_repository: workspace.git_repository,
             controller_image: spec.controller.as_ref().map(|c| c.image.clone()),
             deletion_protection: spec.deletion_protection,
         }
+    }
+}
+
+impl CompanySettings {
+    /// Why the resolved settings cannot be carried out, if they cannot:
+    /// what the CRD cannot check because it depends on the operator's
+    /// configuration.
+    pub fn problem(&self) -> Option<String> {
+        (matches!(self.storage, StorageKind::Volume { .. })
+            && self.storage_deletion_policy == DeletionPolicy::Snapshot)
+            .then(|| {
+                "spec.storage.deletionPolicy Snapshot archives directories on FSx, but this Company's storage is a per-developer volume (the operator's default backend), which cannot be archived: set it to Retain or Delete".to_owned()
+            })
     }
 }
 

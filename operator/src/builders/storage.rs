@@ -20,54 +20,19 @@ use k8s_openapi::{
 };
 use kube::api::ObjectMeta;
 
-use super::{CompanyContext, DeveloperContext, StorageKind, labels};
+use super::{CompanyContext, DeveloperContext, FileSystemFacts, StorageKind, labels};
 use crate::{crd::FsxType, storage_prep::Action as PrepAction};
 
-/// Shown where a value exists only once the file system was created.
-pub const PENDING_DNS_NAME: &str = "pending-fsx-dns-name.invalid";
-const PENDING_FILE_SYSTEM: &str = "fs-pending";
-const PENDING_MOUNT_NAME: &str = "pending";
 const FS_ROOT_MOUNT: &str = "/mnt/fsx-root";
 
-/// What the company's file system is known as, from status or placeholders.
-struct FileSystem {
-    id: String,
-    dns_name: String,
-    mount_name: String,
-}
-
-fn file_system(ctx: &CompanyContext<'_>) -> FileSystem {
-    let status = ctx.company.status.as_ref().and_then(|s| s.storage.as_ref());
-    let existing = match &ctx.settings.storage {
-        StorageKind::Fsx {
-            existing_file_system_id,
-            ..
-        } => existing_file_system_id.clone(),
-        StorageKind::Volume { .. } => None,
-    };
-    FileSystem {
-        id: status
-            .and_then(|s| s.file_system_id.clone())
-            .or(existing)
-            .unwrap_or_else(|| PENDING_FILE_SYSTEM.into()),
-        dns_name: status
-            .and_then(|s| s.dns_name.clone())
-            .unwrap_or_else(|| PENDING_DNS_NAME.into()),
-        mount_name: status
-            .and_then(|s| s.mount_name.clone())
-            .unwrap_or_else(|| PENDING_MOUNT_NAME.into()),
-    }
-}
-
 /// Volume source of `path` (absolute, below the file system root; empty
-/// for the root itself).
-fn fsx_source(ctx: &CompanyContext<'_>, fsx_type: FsxType, path: &str) -> PersistentVolumeSpec {
-    let fs = file_system(ctx);
+/// for the root itself) on file system `fs`.
+fn fsx_source(fs: &FileSystemFacts, fsx_type: FsxType, path: &str) -> PersistentVolumeSpec {
     match fsx_type {
         FsxType::OpenZfs => PersistentVolumeSpec {
             // OpenZFS exports the root volume as /fsx.
             nfs: Some(NFSVolumeSource {
-                server: fs.dns_name,
+                server: fs.dns_name.clone(),
                 path: format!("/fsx{path}"),
                 read_only: None,
             }),
@@ -78,12 +43,12 @@ fn fsx_source(ctx: &CompanyContext<'_>, fsx_type: FsxType, path: &str) -> Persis
             csi: Some(CSIPersistentVolumeSource {
                 driver: "fsx.csi.aws.com".into(),
                 volume_handle: if path.is_empty() {
-                    fs.id
+                    fs.id.clone()
                 } else {
                     format!("{}:{path}", fs.id)
                 },
                 volume_attributes: Some(BTreeMap::from([
-                    ("dnsname".to_owned(), fs.dns_name),
+                    ("dnsname".to_owned(), fs.dns_name.clone()),
                     // Lustre mounts a subdirectory as <mountname>/<path>.
                     ("mountname".to_owned(), format!("{}{path}", fs.mount_name)),
                 ])),
@@ -104,7 +69,7 @@ fn meta(name: &str, labels: &BTreeMap<String, String>) -> ObjectMeta {
 
 /// A retained, pre-bound PersistentVolume rooted at `path` of the file system.
 fn static_volume(
-    ctx: &CompanyContext<'_>,
+    fs: &FileSystemFacts,
     fsx_type: FsxType,
     path: &str,
     metadata: ObjectMeta,
@@ -123,7 +88,7 @@ fn static_volume(
             persistent_volume_reclaim_policy: Some("Retain".into()),
             storage_class_name: Some(String::new()),
             claim_ref: Some(claim),
-            ..fsx_source(ctx, fsx_type, path)
+            ..fsx_source(fs, fsx_type, path)
         }),
         ..PersistentVolume::default()
     }
@@ -172,7 +137,8 @@ fn claim(
 
 /// The file system root, mounted only by the company's storage-prep Jobs in
 /// the operator namespace (FSx only), so they can create the company's and
-/// the developer's directories. Retained: it holds data.
+/// the developer's directories. Retained: it holds data. Built once the
+/// file system was observed.
 pub fn company_root(ctx: &CompanyContext<'_>) -> Option<(PersistentVolume, PersistentVolumeClaim)> {
     let StorageKind::Fsx {
         fsx_type,
@@ -182,12 +148,13 @@ pub fn company_root(ctx: &CompanyContext<'_>) -> Option<(PersistentVolume, Persi
     else {
         return None;
     };
+    let fs = ctx.observed.file_system.as_ref()?;
     let name = ctx.names.storage_root_volume();
     let operator_ns = &ctx.config.operator_namespace;
     let size = format!("{capacity_gib}Gi");
     let labels = labels::with_component(labels::company(ctx.names.company()), "company-root");
     let pv = static_volume(
-        ctx,
+        fs,
         *fsx_type,
         // The file system root: the prep Job creates the company's directory too.
         "",
@@ -234,7 +201,8 @@ pub fn prep_network_policy(ctx: &CompanyContext<'_>) -> Option<NetworkPolicy> {
 }
 
 /// The developer's private volume: a PersistentVolume rooted at their
-/// directory plus its claim (FSx), or a claim from the StorageClass (volume).
+/// directory plus its claim (FSx; the volume once the file system was
+/// observed), or a claim from the StorageClass (volume).
 pub fn home_volume(
     ctx: &DeveloperContext<'_>,
 ) -> (Option<PersistentVolume>, PersistentVolumeClaim) {
@@ -249,15 +217,17 @@ pub fn home_volume(
     match &company.settings.storage {
         StorageKind::Fsx { fsx_type, .. } => {
             let pv_name = ctx.names.home_volume();
-            let pv = static_volume(
-                company,
-                *fsx_type,
-                &ctx.names.storage_path(),
-                meta(&pv_name, &labels),
-                size,
-                "ReadWriteOnce",
-                claim_ref(ns, &claim_name),
-            );
+            let pv = company.observed.file_system.as_ref().map(|fs| {
+                static_volume(
+                    fs,
+                    *fsx_type,
+                    &ctx.names.storage_path(),
+                    meta(&pv_name, &labels),
+                    size,
+                    "ReadWriteOnce",
+                    claim_ref(ns, &claim_name),
+                )
+            });
             let mut pvc = claim(
                 ns,
                 &claim_name,
@@ -268,7 +238,7 @@ pub fn home_volume(
                 "ReadWriteOnce",
             );
             pvc.metadata.owner_references = ctx.owner().map(|o| vec![o]);
-            (Some(pv), pvc)
+            (pv, pvc)
         }
         StorageKind::Volume { storage_class } => {
             // No owner reference: with a dynamically provisioned volume the
@@ -441,6 +411,9 @@ pub struct FileSystemRequest {
     pub request_token: String,
     /// Idempotency token of DeleteFileSystem.
     pub delete_request_token: String,
+    /// The id an earlier reconcile recorded: looked up by id (one call)
+    /// instead of a scan of the account's file systems by tag.
+    pub recorded_file_system_id: Option<String>,
     /// Tags on the file system and its final backup; adoption requires all.
     pub tags: BTreeMap<String, String>,
     /// On deletion.
@@ -474,6 +447,7 @@ pub fn file_system_request(ctx: &CompanyContext<'_>) -> Option<FileSystemRequest
         kms_key_id: kms_key_id.clone(),
         request_token: ctx.names.fsx_request_token(ctx.uid()),
         delete_request_token: ctx.names.fsx_delete_request_token(ctx.uid()),
+        recorded_file_system_id: ctx.observed.file_system.as_ref().map(|f| f.id.clone()),
         tags: super::aws_tags(ctx),
         deletion_policy: ctx.settings.storage_deletion_policy,
     })

@@ -13,7 +13,7 @@ use kube::{
 };
 
 use super::{
-    Context, Error, apply_status,
+    Context, Error, RetryClass, apply_status,
     conditions::{reasons, set, set_outcome, set_ready},
     prune::{Owner, prune},
     storage,
@@ -23,7 +23,7 @@ use crate::{
         database::{DatabaseBackend, DatabaseState, Deletion, Phase},
         vault::{VaultBackend, delete_tenant, ensure_company},
     },
-    builders::{CompanyContext, CompanyPlan, KubeObject, build_company, database_request},
+    builders::{CompanyContext, CompanyPlan, build_company, database_request},
     crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, Developer},
     names::LABEL_COMPANY,
 };
@@ -84,7 +84,7 @@ async fn write_status(
 }
 
 async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
-    let build = CompanyContext::new(company, &ctx.config);
+    let build = ctx.company(company);
     let generation = company.metadata.generation;
     let mut status = company.status.clone().unwrap_or_default();
     status.observed_generation = generation;
@@ -157,18 +157,32 @@ impl Outcome {
         .collect()
     }
 
-    /// The first failed step as the reconcile's error; otherwise unfinished
-    /// work is looked at again soon, a converged tenant at the resync
-    /// interval.
+    /// The first failed step as the reconcile's error, before a cloud
+    /// resource still being created (polled ever more slowly by the error
+    /// policy); otherwise unfinished work is looked at again soon, a
+    /// converged tenant at the resync interval.
     fn next(self, ctx: &Context) -> Result<Action, Error> {
-        self.vault?;
-        let retry = [
-            (!self.database?).then_some(Duration::from_secs(15)),
-            self.storage?,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let database = match self.database {
+            Ok(true) => Ok(None),
+            Ok(false) => Err(Error::CloudInProgress(
+                "the company database is not available yet (see DatabaseReady)".into(),
+            )),
+            Err(e) => Err(e),
+        };
+        let mut in_progress = None;
+        let mut retry = None;
+        for step in [self.vault.map(|()| None), database, self.storage] {
+            match step {
+                Ok(delay) => retry = retry.into_iter().chain(delay).min(),
+                Err(e) if e.retry_class() == RetryClass::Polling => {
+                    in_progress = in_progress.or(Some(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(e) = in_progress {
+            return Err(e);
+        }
         Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
     }
 }
@@ -203,7 +217,7 @@ async fn external_systems(
     let outcome = Outcome {
         vault,
         database: database_step(ctx, company, build, status).await,
-        storage: storage_step(ctx, company, status).await,
+        storage: storage_step(ctx, company, build, status).await,
     };
     if outcome.pending().is_empty() {
         ctx.mark_checked(&key);
@@ -228,8 +242,8 @@ async fn namespace_conflict(
 }
 
 /// Applies the Company's in-cluster objects and prunes those it no longer
-/// implies. The storage volumes wait for the file system (see `storage`);
-/// objects in the operator's namespace are the storage step's.
+/// implies (the volumes that mount its file system are in the plan once
+/// the file system was observed).
 async fn apply_objects(
     ctx: &Context,
     company: &Company,
@@ -239,15 +253,7 @@ async fn apply_objects(
     let name = build.names.company();
     let namespace = build.names.namespace();
     for object in &plan.objects {
-        let storage = matches!(
-            object,
-            KubeObject::PersistentVolume(_) | KubeObject::PersistentVolumeClaim(_)
-        );
-        let operators =
-            object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str());
-        if !storage && !operators {
-            ctx.apply(object).await?;
-        }
+        ctx.apply(object).await?;
     }
     tracing::debug!(company = %name, %namespace, objects = plan.objects.len(), "applied the company's objects");
     // The set of children changes only with the spec (or a restart with
@@ -303,12 +309,9 @@ fn external_systems_converged(
 
 /// The company controller's Vault policy and role.
 async fn vault_step(ctx: &Context, company: &Company, plan: &CompanyPlan) -> Result<(), Error> {
-    let result = match &ctx.vault {
-        Ok(vault) => ensure_company(vault.as_ref(), plan)
-            .await
-            .map_err(Error::from),
-        Err(e) => Err(Error::VaultUnavailable(e.clone())),
-    };
+    let result = ensure_company(ctx.vault.as_ref(), plan)
+        .await
+        .map_err(Error::from);
     ctx.vault_step(
         company,
         &company.name_any(),
@@ -444,10 +447,11 @@ async fn audit_database(
 async fn storage_step(
     ctx: &Context,
     company: &Company,
+    build: &CompanyContext<'_>,
     status: &mut CompanyStatus,
 ) -> Result<Option<Duration>, Error> {
     let previous = status.storage.clone();
-    let retry = Box::pin(storage::ensure_company(ctx, company, status)).await?;
+    let retry = Box::pin(storage::ensure_company(ctx, build, status)).await?;
     if status.storage != previous
         && let Some(id) = status
             .storage
@@ -473,10 +477,7 @@ async fn ensure_database(
     build: &CompanyContext<'_>,
     status: &CompanyStatus,
 ) -> Result<DatabaseState, Error> {
-    let databases = ctx
-        .databases
-        .as_ref()
-        .ok_or_else(|| Error::VaultUnavailable("the database backends need Vault".to_owned()))?;
+    let databases = &ctx.databases;
     let req = database_request(build);
     let applied = status
         .database
@@ -486,8 +487,9 @@ async fn ensure_database(
     // Rotation on request: a new KV version first (unless an interrupted
     // rotation already wrote one), then the backend applies it below.
     if rotation_requested(build.company, status).is_some()
-        && let (Ok(vault), Some(applied)) = (&ctx.vault, applied)
+        && let Some(applied) = applied
     {
+        let vault = &ctx.vault;
         let current = vault
             .ensure_credentials(&req.credentials_path, &req.username)
             .await?;
@@ -528,18 +530,14 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, company, &status).await?;
         return Err(Error::DeletionProtected(name));
     }
-    let build = CompanyContext::new(company, &ctx.config);
+    let build = ctx.company(company);
     // Developers first: each carries out the storage deletion policy on
     // its own directory and removes its Vault role while the company's
     // file system and namespace still exist.
     delete_developers(ctx, &build).await?;
     // The company's Vault policy and role go; its secrets stay (their
     // deletion follows a policy that is not wired in yet).
-    let vault = ctx.vault.as_ref().map_err(|e| {
-        Error::Waiting(format!(
-            "Vault to remove the company's policy and role ({e})"
-        ))
-    })?;
+    let vault = &ctx.vault;
     // The database and the file system per their deletion policies,
     // before anything else goes.
     delete_database(ctx, company, &build).await?;
@@ -600,9 +598,7 @@ async fn delete_database(
     company: &Company,
     build: &CompanyContext<'_>,
 ) -> Result<(), Error> {
-    let Some(databases) = &ctx.databases else {
-        return Ok(());
-    };
+    let databases = &ctx.databases;
     let name = build.names.company();
     let req = database_request(build);
     let outcome = match req.mode {

@@ -27,6 +27,9 @@ pub mod reasons {
     pub const STORAGE_CLEANUP_FAILED: &str = "StorageCleanupFailed";
     /// Something else is not ready.
     pub const WAITING: &str = "Waiting";
+    /// The spec asks for something the operator cannot do; the message says
+    /// what to change.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
 /// Sets condition `type_` in `conditions`, keeping its transition time when

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     backends::vault::{Change, VaultBackend, ensure_developer},
-    builders::{CompanyContext, DeveloperContext, DeveloperPlan, KubeObject, build_developer},
+    builders::{DeveloperContext, DeveloperPlan, KubeObject, build_developer},
     crd::{Company, DeletionPolicy, Developer, DeveloperStatus},
     names::CompanyNames,
     posix_ids,
@@ -108,11 +108,7 @@ async fn allocate_id(
     names: &crate::names::DeveloperNames,
 ) -> Result<Option<i64>, Error> {
     let _guard = ctx.allocation.lock().await;
-    let vault = ctx.vault.as_ref().map_err(|e| {
-        Error::Waiting(format!(
-            "Vault, where uids are recorded, to allocate one ({e})"
-        ))
-    })?;
+    let vault = &ctx.vault;
     let peers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
     let live: BTreeSet<i64> = peers
         .list(&ListParams::default())
@@ -154,9 +150,6 @@ pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<A
     super::finalized(result)
 }
 
-/// Removes the Developer's Vault role and policy (recorded in its status).
-/// The company comes from the namespace's label, which outlives the
-/// Company during its deletion.
 /// Whether Enclave's CRDs are being deleted (an uninstall, not a person
 /// removing one Developer).
 async fn uninstalling(ctx: &Context) -> Result<bool, Error> {
@@ -186,79 +179,106 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
             Some(label) => company_named(ctx, label, &namespace).await?,
             None => None,
         };
-        if let Some(company) = company {
-            // The whole tenant is going (the Company deleted, or the CRDs:
-            // the API server then deletes Developers and Companies in no
-            // set order) while the Company is protected: its Developers
-            // are held with it.
-            if company.spec.deletion_protection
-                && (company.metadata.deletion_timestamp.is_some() || uninstalling(ctx).await?)
-            {
-                let mut status = status.clone();
-                set(
-                    &mut status.conditions,
-                    "Ready",
-                    Some(false),
-                    reasons::DELETION_PROTECTED,
-                    "deletion is held: Company deletion protection covers its Developers while the Company is being deleted",
-                    developer.metadata.generation,
-                );
-                write_status(ctx, developer, &status).await?;
-                return Err(Error::DeletionProtected(company.name_any()));
-            }
-            let company_ctx = CompanyContext::new(&company, &ctx.config);
-            let dev_ctx = DeveloperContext::new(&company_ctx, developer, id);
-            if let Err(e) = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await {
-                if let Error::StorageCleanup(message) = &e {
-                    let mut status = status.clone();
-                    set(
-                        &mut status.conditions,
-                        "Ready",
-                        Some(false),
-                        reasons::STORAGE_CLEANUP_FAILED,
-                        message,
-                        developer.metadata.generation,
-                    );
-                    write_status(ctx, developer, &status).await?;
-                }
-                return Err(e);
-            }
-            // Its data gone (policy Delete), the person's uid may be reused;
-            // otherwise it stays recorded for them.
-            let policy = company_ctx.settings.storage_deletion_policy;
-            if policy == DeletionPolicy::Delete
-                && let Ok(vault) = &ctx.vault
-            {
-                vault.forget_posix_id(&dev_ctx.names.kv_posix_id()).await?;
-            }
-            let why = format!(
-                "storage deletion policy {policy:?} carried out on {}",
-                dev_ctx.names.storage_path()
-            );
-            ctx.audit(
-                developer,
-                company_ctx.names.company(),
-                "StorageDeletionPolicyApplied",
-                &why,
-                true,
-            )
-            .await;
-        } else {
-            tracing::warn!(
-                developer = %developer.name_any(),
-                %namespace,
-                "no Company owns the namespace any more; the developer's directory and volume are kept"
-            );
-        }
+        storage_cleanup(ctx, developer, status, company, id).await?;
     }
+    vault_cleanup(ctx, developer, status, label, &namespace).await
+}
+
+/// Carries out the company's storage deletion policy on the Developer's
+/// directory, unless the company's deletion protection holds it.
+async fn storage_cleanup(
+    ctx: &Context,
+    developer: &Developer,
+    status: &DeveloperStatus,
+    company: Option<Company>,
+    id: i64,
+) -> Result<(), Error> {
+    let Some(company) = company else {
+        tracing::warn!(
+            developer = %developer.name_any(),
+            namespace = %developer.namespace().unwrap_or_default(),
+            "no Company owns the namespace any more; the developer's directory and volume are kept"
+        );
+        return Ok(());
+    };
+    // The whole tenant is going (the Company deleted, or the CRDs:
+    // the API server then deletes Developers and Companies in no
+    // set order) while the Company is protected: its Developers
+    // are held with it.
+    if company.spec.deletion_protection
+        && (company.metadata.deletion_timestamp.is_some() || uninstalling(ctx).await?)
+    {
+        let mut status = status.clone();
+        set(
+            &mut status.conditions,
+            "Ready",
+            Some(false),
+            reasons::DELETION_PROTECTED,
+            "deletion is held: Company deletion protection covers its Developers while the Company is being deleted",
+            developer.metadata.generation,
+        );
+        write_status(ctx, developer, &status).await?;
+        return Err(Error::DeletionProtected(company.name_any()));
+    }
+    let company_ctx = ctx.company(&company);
+    let dev_ctx = DeveloperContext::new(&company_ctx, developer, id);
+    if let Err(e) = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await {
+        if let Error::StorageCleanup(message) = &e {
+            let mut status = status.clone();
+            set(
+                &mut status.conditions,
+                "Ready",
+                Some(false),
+                reasons::STORAGE_CLEANUP_FAILED,
+                message,
+                developer.metadata.generation,
+            );
+            write_status(ctx, developer, &status).await?;
+        }
+        return Err(e);
+    }
+    // Its data gone (policy Delete), the person's uid may be reused;
+    // otherwise it stays recorded for them.
+    let policy = company_ctx.settings.storage_deletion_policy;
+    if policy == DeletionPolicy::Delete {
+        ctx.vault
+            .forget_posix_id(&dev_ctx.names.kv_posix_id())
+            .await?;
+    }
+    let why = format!(
+        "storage deletion policy {policy:?} carried out on {}",
+        dev_ctx.names.storage_path()
+    );
+    ctx.audit(
+        developer,
+        company_ctx.names.company(),
+        "StorageDeletionPolicyApplied",
+        &why,
+        true,
+    )
+    .await;
+    Ok(())
+}
+
+/// Removes the Developer's Vault role and policy (recorded in its status).
+/// The company comes from the namespace's label, which outlives the
+/// Company during its deletion.
+async fn vault_cleanup(
+    ctx: &Context,
+    developer: &Developer,
+    status: &DeveloperStatus,
+    label: Option<String>,
+    namespace: &str,
+) -> Result<Action, Error> {
     let Some(role) = &status.vault_role else {
         return Ok(Action::await_change());
     };
-    let (Some(company), Ok(vault)) = (label, &ctx.vault) else {
+    let Some(company) = label else {
         return Err(Error::Waiting(format!(
-            "Vault and the company of namespace {namespace} to remove role {role}"
+            "the company of namespace {namespace} to remove role {role}"
         )));
     };
+    let vault = &ctx.vault;
     let mut removed = vec![vault.delete_role(&company, role).await?];
     if let Some(policy) = &status.vault_policy {
         removed.push(vault.delete_policy(policy).await?);
@@ -287,7 +307,7 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
     };
 
     // Build (pure), apply identity and network, prune.
-    let company_ctx = CompanyContext::new(&company, &ctx.config);
+    let company_ctx = ctx.company(&company);
     let dev_ctx = DeveloperContext::new(&company_ctx, &developer, id);
     let plan = build_developer(&dev_ctx);
     apply_objects(ctx, &developer, &dev_ctx, &plan).await?;
@@ -555,12 +575,9 @@ async fn vault_step(
         return Ok(());
     }
     let tenant = company.name_any();
-    let result = match &ctx.vault {
-        Ok(vault) => ensure_developer(vault.as_ref(), &tenant, plan)
-            .await
-            .map_err(Error::from),
-        Err(e) => Err(Error::VaultUnavailable(e.clone())),
-    };
+    let result = ensure_developer(ctx.vault.as_ref(), &tenant, plan)
+        .await
+        .map_err(Error::from);
     let result = ctx
         .vault_step(developer, &tenant, "the workspace", result)
         .await;

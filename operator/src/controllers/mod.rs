@@ -36,12 +36,13 @@ pub use runner::{RunOptions, run};
 
 use crate::{
     backends::{
-        aws_calls::CallLimits,
         database::{DatabaseError, RdsDatabase, SharedPostgres},
         storage::{FsxFileSystems, StorageError},
         vault::{VaultAuth, VaultClientBackend, VaultError, VaultSettings},
     },
+    builders::{CompanyContext, Observed},
     config::OperatorConfig,
+    crd::Company,
 };
 
 /// What a reconcile needs.
@@ -50,12 +51,12 @@ pub struct Context {
     pub client: Client,
     /// Operator configuration.
     pub config: OperatorConfig,
-    /// Vault, or why it could not be reached at start.
-    pub vault: Result<Arc<VaultClientBackend>, String>,
-    /// The database backends (they need Vault).
-    pub databases: Option<Databases>,
+    /// Vault (the controllers start only once it accepted the operator's token).
+    pub vault: Arc<VaultClientBackend>,
+    /// The database backends.
+    pub databases: Databases,
     /// Company file systems on FSx.
-    pub file_systems: Option<FsxFileSystems>,
+    pub file_systems: FsxFileSystems,
     /// Serialises uid/gid allocation (one active operator, leader-elected).
     pub allocation: tokio::sync::Mutex<()>,
     /// Metrics and readiness.
@@ -73,6 +74,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// `company` resolved against the configuration and what its status
+    /// records of its external resources (the builders' observed facts).
+    pub fn company<'a>(&'a self, company: &'a Company) -> CompanyContext<'a> {
+        CompanyContext::new(
+            company,
+            &self.config,
+            Observed::recorded(company.status.as_ref()),
+        )
+    }
+
     /// Whether `key`'s external resources were all checked within half
     /// the resync interval (so the periodic resync always checks them).
     pub fn checked_recently(&self, key: &str) -> bool {
@@ -199,7 +210,7 @@ pub fn databases(
 ) -> Databases {
     let rds = aws_sdk_rds::config::Builder::from(sdk).build();
     Databases {
-        rds: RdsDatabase::new(&rds, Arc::clone(vault), CallLimits::default()),
+        rds: RdsDatabase::new(&rds, Arc::clone(vault), config.aws.call_limits()),
         shared: SharedPostgres::new(config.database.shared.clone(), Arc::clone(vault)),
     }
 }
@@ -223,12 +234,6 @@ pub enum Error {
     /// Vault refused or failed a step.
     #[error("Vault: {0}")]
     Vault(#[from] VaultError),
-    /// Vault could not be reached or refused the operator's token when the
-    /// operator started; it retries in the background.
-    #[error(
-        "Vault is unavailable ({0}); check vault.address, its CA and the operator's Vault role (see /readyz)"
-    )]
-    VaultUnavailable(String),
     /// The database backend refused or failed a step.
     #[error("database: {0}")]
     Database(#[from] DatabaseError),
@@ -238,6 +243,9 @@ pub enum Error {
     /// A storage cleanup Job failed; deletion waits for a person.
     #[error("storage cleanup: {0}")]
     StorageCleanup(String),
+    /// The spec asks for what cannot be done; a person must change it.
+    #[error("{0}")]
+    InvalidSpec(String),
     /// Deletion is held by `spec.deletionProtection`.
     #[error(
         "deletion of Company {0} is held by spec.deletionProtection; set it to false to delete"
@@ -264,11 +272,12 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Finalizer(_) => "finalizer",
             Self::Waiting(_) | Self::CloudInProgress(_) => "waiting",
-            Self::Vault(_) | Self::VaultUnavailable(_) => "vault",
+            Self::Vault(_) => "vault",
             Self::Database(_) => "database",
             Self::Storage(_) => "storage",
             Self::StorageCleanup(_) => "storage-cleanup",
             Self::DeletionProtected(_) => "deletion-protected",
+            Self::InvalidSpec(_) => "invalid-spec",
         }
     }
 
@@ -277,7 +286,9 @@ impl Error {
         match self.step() {
             Self::Waiting(_) => RetryClass::Waiting,
             Self::CloudInProgress(_) => RetryClass::Polling,
-            Self::DeletionProtected(_) | Self::StorageCleanup(_) => RetryClass::NeedsPerson,
+            Self::DeletionProtected(_) | Self::StorageCleanup(_) | Self::InvalidSpec(_) => {
+                RetryClass::NeedsPerson
+            }
             Self::Kube(kube::Error::Api(e)) if e.code == 429 => RetryClass::Throttled,
             Self::Kube(kube::Error::Api(e)) if e.code == 409 => RetryClass::Waiting,
             Self::Kube(kube::Error::Api(e)) if (400..500).contains(&e.code) => {
@@ -429,7 +440,7 @@ mod tests {
     use crate::backends::database::DatabaseError;
 
     #[test]
-    fn a_conflict_waits_for_a_person_and_an_unreachable_vault_is_retried() {
+    fn a_conflict_waits_for_a_person() {
         let conflict = Error::Database(DatabaseError::Conflict {
             what: "RDS instance",
             name: "enclave-acme".into(),
@@ -442,9 +453,6 @@ mod tests {
             retry_delay(conflict.retry_class(), 50),
             "the longest delay at once"
         );
-        let vault = Error::VaultUnavailable("connection refused".into());
-        assert_eq!(vault.retry_class(), RetryClass::Transient);
-        assert!(vault.to_string().contains("vault.address"), "{vault}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use kube::{
         watcher,
     },
 };
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tracing::Instrument;
 
 use super::{
@@ -26,7 +26,7 @@ use super::{
     error_policy, http, reset_failures,
 };
 use crate::{
-    backends::{aws_calls::CallLimits, storage::FsxFileSystems, vault::VaultClientBackend},
+    backends::{storage::FsxFileSystems, vault::VaultClientBackend},
     config::OperatorConfig,
     crd::{Company, Developer},
     names::{CompanyNames, LABEL_COMPANY},
@@ -89,17 +89,38 @@ async fn reconcile_developer(
 
 /// Runs both controllers until SIGTERM/SIGINT.
 async fn controllers(client: Client, ctx: Arc<Context>) {
-    let concurrency = ctx.config.controller.max_concurrent_reconciles;
-    let config = controller::Config::default().concurrency(concurrency);
-    let companies: Api<Company> = Api::all(client.clone());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let developers: Api<Developer> = Api::all(client.clone());
-    let (ctx_company, ctx_developer) = (Arc::clone(&ctx), Arc::clone(&ctx));
-    let company_controller = Controller::new(companies, watcher::Config::default());
+    let config =
+        controller::Config::default().concurrency(ctx.config.controller.max_concurrent_reconciles);
+    futures::future::join(
+        company_controller(client.clone(), config.clone(), Arc::clone(&ctx)),
+        developer_controller(client, config, ctx),
+    )
+    .await;
+}
+
+/// Forgets the failures of objects whose reconcile succeeded.
+fn settle<K>(ctx: &Context, result: Result<(ObjectRef<K>, Action), impl std::fmt::Display>)
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    match result {
+        Ok((object, _)) => reset_failures(ctx, &object.erase().to_string()),
+        Err(error) => tracing::debug!(%error, "reconcile error"),
+    }
+}
+
+/// The Company controller: woken by its Companies, their Developers
+/// (count) and their namespaces.
+async fn company_controller(client: Client, config: controller::Config, ctx: Arc<Context>) {
+    let controller = Controller::new(
+        Api::<Company>::all(client.clone()),
+        watcher::Config::default(),
+    );
     // A Developer added or removed changes its Company's developer count.
-    let known_companies = company_controller.store();
-    let company_controller = company_controller
-        .with_config(config.clone())
+    let known_companies = controller.store();
+    let settled = Arc::clone(&ctx);
+    controller
+        .with_config(config)
         .watches(
             Api::<Developer>::all(client.clone()),
             watcher::Config::default(),
@@ -119,7 +140,7 @@ async fn controllers(client: Client, ctx: Arc<Context>) {
         // Namespaces carry no owner reference (deleting a Company must never
         // cascade into a tenant's data), so they are mapped by label.
         .watches(
-            namespaces,
+            Api::<Namespace>::all(client.clone()),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
             |ns| {
                 ns.labels()
@@ -128,21 +149,26 @@ async fn controllers(client: Client, ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(reconcile_company, error_policy, Arc::clone(&ctx))
+        .run(reconcile_company, error_policy, ctx)
         .for_each(|result| {
-            let ctx = Arc::clone(&ctx_company);
-            async move {
-                match result {
-                    Ok((object, _)) => reset_failures(&ctx, &object.erase().to_string()),
-                    Err(error) => tracing::debug!(%error, "company reconcile error"),
-                }
-            }
-        });
-    let developer_controller = Controller::new(developers, watcher::Config::default());
+            let ctx = Arc::clone(&settled);
+            async move { settle(&ctx, result) }
+        })
+        .await;
+}
+
+/// The Developer controller: woken by its Developers, their Company and
+/// their workspace StatefulSets.
+async fn developer_controller(client: Client, config: controller::Config, ctx: Arc<Context>) {
+    let controller = Controller::new(
+        Api::<Developer>::all(client.clone()),
+        watcher::Config::default(),
+    );
     // A Company's change (its namespace or storage becoming ready, its
     // spec) reaches its Developers at once instead of at their next poll.
-    let known = developer_controller.store();
-    let developer_controller = developer_controller
+    let known = controller.store();
+    let settled = Arc::clone(&ctx);
+    controller
         .with_config(config)
         .watches(
             Api::<Company>::all(client.clone()),
@@ -167,15 +193,10 @@ async fn controllers(client: Client, ctx: Arc<Context>) {
         .shutdown_on_signal()
         .run(reconcile_developer, error_policy, ctx)
         .for_each(|result| {
-            let ctx = Arc::clone(&ctx_developer);
-            async move {
-                match result {
-                    Ok((object, _)) => reset_failures(&ctx, &object.erase().to_string()),
-                    Err(error) => tracing::debug!(%error, "developer reconcile error"),
-                }
-            }
-        });
-    futures::future::join(company_controller, developer_controller).await;
+            let ctx = Arc::clone(&settled);
+            async move { settle(&ctx, result) }
+        })
+        .await;
 }
 
 /// Renews (or re-obtains) the operator's Vault token at half its TTL, so
@@ -212,29 +233,23 @@ async fn sample_backend_counters(ctx: Arc<Context>) {
     let (mut rds, mut fsx, mut vault) = ((0, 0), (0, 0), 0);
     loop {
         let metrics = &ctx.health.metrics;
-        if let Some(databases) = &ctx.databases {
-            let now = databases.rds.calls();
-            metrics.aws(
-                "rds",
-                now.attempts.saturating_sub(rds.0),
-                now.retried.saturating_sub(rds.1),
-            );
-            rds = (now.attempts, now.retried);
-        }
-        if let Some(file_systems) = &ctx.file_systems {
-            let now = file_systems.calls();
-            metrics.aws(
-                "fsx",
-                now.attempts.saturating_sub(fsx.0),
-                now.retried.saturating_sub(fsx.1),
-            );
-            fsx = (now.attempts, now.retried);
-        }
-        if let Ok(backend) = &ctx.vault {
-            let now = backend.writes();
-            metrics.vault_writes(now.saturating_sub(vault));
-            vault = now;
-        }
+        let now = ctx.databases.rds.calls();
+        metrics.aws(
+            "rds",
+            now.attempts.saturating_sub(rds.0),
+            now.retried.saturating_sub(rds.1),
+        );
+        rds = (now.attempts, now.retried);
+        let now = ctx.file_systems.calls();
+        metrics.aws(
+            "fsx",
+            now.attempts.saturating_sub(fsx.0),
+            now.retried.saturating_sub(fsx.1),
+        );
+        fsx = (now.attempts, now.retried);
+        let now = ctx.vault.writes();
+        metrics.vault_writes(now.saturating_sub(vault));
+        vault = now;
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
@@ -267,40 +282,16 @@ pub async fn run(
         .await
         .map_err(|e| format!("cannot serve on {}: {e}", options.http_address))?;
     tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
-
-    // Nearly every step needs Vault: wait for it (not ready meanwhile,
-    // saying why) rather than run controllers that can only fail.
-    if let Ok(mut waiting) = health.waiting_for.lock() {
-        *waiting = "connecting to Vault".into();
-    }
-    let mut attempt = 0u32;
-    let vault = loop {
-        match connect_vault(&config).await {
-            Ok(vault) => break Ok(vault),
-            Err(e) => {
-                attempt += 1;
-                let delay = super::retry_delay(super::RetryClass::Transient, attempt);
-                tracing::error!(error = %e, retry_in = ?delay, "cannot reach or log in to Vault; not ready until it can");
-                if let Ok(mut waiting) = health.waiting_for.lock() {
-                    *waiting = format!("Vault: {e}");
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = stop_signal() => return Ok(()),
-                }
-            }
-        }
+    let Some(vault) = wait_for_vault(&config, &health).await else {
+        return Ok(());
     };
     let sdk = aws_config(&config).await;
-    let databases = vault.as_ref().ok().map(|v| databases(&config, &sdk, v));
-    let file_systems = Some(FsxFileSystems::new(
+    let databases = databases(&config, &sdk, &vault);
+    let file_systems = FsxFileSystems::new(
         &aws_sdk_fsx::config::Builder::from(&sdk).build(),
-        CallLimits::default(),
-    ));
-    if let Ok(vault) = &vault {
-        tokio::spawn(keep_vault_token_fresh(Arc::clone(vault)));
-    }
-    let lease_namespace = config.operator_namespace.clone();
+        config.aws.call_limits(),
+    );
+    tokio::spawn(keep_vault_token_fresh(Arc::clone(&vault)));
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
@@ -316,18 +307,56 @@ pub async fn run(
     });
     health.ready.store(true, Ordering::Relaxed);
     tokio::spawn(sample_backend_counters(Arc::clone(&ctx)));
-
-    if !options.leader_election {
+    if options.leader_election {
+        lead(client, ctx, &options).await
+    } else {
         health.metrics.set_leader(true);
         controllers(client, ctx).await;
-        return Ok(());
+        Ok(())
     }
-    // A brief API error at start (an apiserver restarting, a 5xx) is
-    // retried; one that lasts is reported and the process exits.
+}
+
+/// Connects to Vault, retrying with backoff (not ready meanwhile, saying
+/// why): nearly every step needs it, so controllers that can only fail do
+/// not start. `None`: told to stop first.
+async fn wait_for_vault(
+    config: &OperatorConfig,
+    health: &http::Health,
+) -> Option<Arc<VaultClientBackend>> {
+    if let Ok(mut waiting) = health.waiting_for.lock() {
+        *waiting = "connecting to Vault".into();
+    }
+    let mut attempt = 0u32;
+    loop {
+        match connect_vault(config).await {
+            Ok(vault) => return Some(vault),
+            Err(e) => {
+                attempt += 1;
+                let delay = super::retry_delay(super::RetryClass::Transient, attempt);
+                tracing::error!(error = %e, retry_in = ?delay, "cannot reach or log in to Vault; not ready until it can");
+                if let Ok(mut waiting) = health.waiting_for.lock() {
+                    *waiting = format!("Vault: {e}");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop_signal() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Sets up leader election; a brief API error at start (an apiserver
+/// restarting, a 5xx) is retried, one that lasts names the rights to check.
+async fn lease_manager(
+    client: Client,
+    namespace: &str,
+    options: &RunOptions,
+) -> Result<LeaseManager, String> {
     let mut attempt = 0;
-    let manager = loop {
+    loop {
         let built = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
-            .with_namespace(&lease_namespace)
+            .with_namespace(namespace)
             .with_identity(&options.identity)
             .with_duration(options.lease_seconds)
             .with_grace((options.lease_seconds / 3).max(1))
@@ -335,7 +364,7 @@ pub async fn run(
             .build()
             .await;
         match built {
-            Ok(manager) => break manager,
+            Ok(manager) => return Ok(manager),
             Err(e) if attempt < LEASE_SETUP_RETRIES => {
                 attempt += 1;
                 let delay = Duration::from_secs(1 << attempt);
@@ -344,12 +373,18 @@ pub async fn run(
             }
             Err(e) => {
                 return Err(format!(
-                    "cannot set up leader election: {e}; check that the operator's Role allows create, get and patch on Lease {lease_namespace}/{}",
+                    "cannot set up leader election: {e}; check that the operator's Role allows create, get and patch on Lease {namespace}/{}",
                     options.lease_name
                 ));
             }
         }
-    };
+    }
+}
+
+/// Runs the controllers while this replica holds the Lease.
+async fn lead(client: Client, ctx: Arc<Context>, options: &RunOptions) -> Result<(), String> {
+    let lease_namespace = ctx.config.operator_namespace.clone();
+    let manager = lease_manager(client.clone(), &lease_namespace, options).await?;
     let (mut leading, lease_task) = manager.watch().await;
     tracing::info!(identity = %options.identity, lease = %format!("{lease_namespace}/{}", options.lease_name), "waiting to lead");
     let acquired = tokio::select! {
@@ -368,6 +403,7 @@ pub async fn run(
         }
     }
     tracing::info!(identity = %options.identity, "leading: starting the controllers");
+    let health = Arc::clone(&ctx.health);
     health.metrics.set_leader(true);
     let outcome = tokio::select! {
         () = controllers(client, ctx) => Ok(()),

@@ -23,7 +23,8 @@ use super::{
 use crate::{
     backends::storage::{FileSystemBackend, FileSystemState, FsDeletion, FsPhase},
     builders::{
-        CompanyContext, DeveloperContext, KubeObject, StorageKind, cleanup_job, file_system_request,
+        CompanyContext, DeveloperContext, KubeObject, Observed, StorageKind, cleanup_job,
+        file_system_request,
     },
     crd::{Company, CompanyStatus, DeletionPolicy, DeveloperStatus, StorageStatus},
     storage_prep::Action as PrepAction,
@@ -34,16 +35,29 @@ use crate::{
 const LIFECYCLE_GRACE: Duration = Duration::from_mins(30);
 
 /// Ensures the company's storage and records it in `status`; `None` when
-/// it is ready, else when to look again. Sets `StorageReady`.
+/// it is ready, else when to look again (an FSx file system being created
+/// is polled through [`Error::CloudInProgress`]). Sets `StorageReady`.
 pub async fn ensure_company(
     ctx: &Context,
-    company: &Company,
+    build: &CompanyContext<'_>,
     status: &mut CompanyStatus,
 ) -> Result<Option<Duration>, Error> {
-    let build = CompanyContext::new(company, &ctx.config);
-    let generation = company.metadata.generation;
+    let generation = build.company.metadata.generation;
     let kind = build.settings.storage.kind_name().to_owned();
-    let StorageKind::Fsx { .. } = &build.settings.storage else {
+    if let Some(problem) = build.settings.problem() {
+        set(
+            &mut status.conditions,
+            "StorageReady",
+            Some(false),
+            reasons::INVALID_SPEC,
+            &problem,
+            generation,
+        );
+        return Err(Error::InvalidSpec(problem));
+    }
+    let (StorageKind::Fsx { .. }, Some(req)) =
+        (&build.settings.storage, file_system_request(build))
+    else {
         status.storage = Some(StorageStatus {
             kind: Some(kind),
             ..StorageStatus::default()
@@ -58,44 +72,7 @@ pub async fn ensure_company(
         );
         return Ok(None);
     };
-    let Some(req) = file_system_request(&build) else {
-        return Ok(None);
-    };
-    let Some(file_systems) = &ctx.file_systems else {
-        set(
-            &mut status.conditions,
-            "StorageReady",
-            Some(false),
-            reasons::STORAGE_ERROR,
-            "the FSx backend is not configured (see the operator's aws settings)",
-            generation,
-        );
-        return Ok(Some(Duration::from_mins(5)));
-    };
-    let ensured = file_systems.ensure(&req).await;
-    ctx.health.metrics.backend("fsx", ensured.is_ok());
-    let state = match ensured {
-        Ok(state) => state,
-        Err(e) => {
-            // The condition says what to do; the error goes up for the
-            // retry its category asks for.
-            let reason = if e.is_transient() {
-                reasons::STORAGE_ERROR
-            } else {
-                reasons::CONFLICT
-            };
-            let message = e.to_string();
-            set(
-                &mut status.conditions,
-                "StorageReady",
-                Some(false),
-                reason,
-                &message,
-                generation,
-            );
-            return Err(e.into());
-        }
-    };
+    let state = ensure_file_system(ctx, &req, status, generation).await?;
     status.storage = Some(StorageStatus {
         kind: Some(kind),
         file_system_id: Some(state.file_system_id.clone()),
@@ -103,42 +80,72 @@ pub async fn ensure_company(
         dns_name: state.dns_name.clone(),
         mount_name: state.mount_name.clone(),
     });
-    if let Some(wait) = not_available(ctx, status, &state) {
-        set(
-            &mut status.conditions,
-            "StorageReady",
-            wait.ok,
-            wait.reason,
-            &wait.message,
-            generation,
-        );
-        return Ok(Some(wait.retry));
-    }
-    // The root volume is built from the recorded file system.
-    let mut recorded = company.clone();
-    recorded.status = Some(status.clone());
-    let build = CompanyContext::new(&recorded, &ctx.config);
-    for object in crate::builders::build_company(&build).objects {
-        if object.metadata().namespace.as_deref() == Some(ctx.config.operator_namespace.as_str())
-            || matches!(object, KubeObject::PersistentVolume(_))
-        {
-            ctx.apply(&object).await?;
-        }
-    }
-    let message = format!(
-        "FSx file system {} is available; the company's directories live below {}",
-        state.file_system_id,
-        build.names.storage_root()
-    );
+    let (ok, reason, message, retry) = match not_available(ctx, status, &state) {
+        Some(wait) => (wait.ok, wait.reason, wait.message, Some(wait.retry)),
+        // The volumes that mount the file system were built from what the
+        // status recorded when this reconcile began: once they match what
+        // FSx reports, the storage is ready; else the status write starts
+        // a reconcile that builds them from the new facts.
+        None if build.observed != Observed::recorded(Some(status)) => (
+            Some(false),
+            reasons::WAITING,
+            format!(
+                "FSx file system {} recorded; its volumes follow",
+                state.file_system_id
+            ),
+            Some(Duration::from_secs(2)),
+        ),
+        None => (
+            Some(true),
+            reasons::READY,
+            format!(
+                "FSx file system {} is available; the company's directories live below {}",
+                state.file_system_id,
+                build.names.storage_root()
+            ),
+            None,
+        ),
+    };
     set(
         &mut status.conditions,
         "StorageReady",
-        Some(true),
-        reasons::READY,
+        ok,
+        reason,
         &message,
         generation,
     );
-    Ok(None)
+    if state.phase == FsPhase::Creating {
+        return Err(Error::CloudInProgress(message));
+    }
+    Ok(retry)
+}
+
+/// The file system as FSx reports it (created first if needed); a failure
+/// sets `StorageReady` to what to do and goes up for its retry.
+async fn ensure_file_system(
+    ctx: &Context,
+    req: &crate::builders::FileSystemRequest,
+    status: &mut CompanyStatus,
+    generation: Option<i64>,
+) -> Result<FileSystemState, Error> {
+    let ensured = ctx.file_systems.ensure(req).await;
+    ctx.health.metrics.backend("fsx", ensured.is_ok());
+    ensured.map_err(|e| {
+        let reason = if e.is_transient() {
+            reasons::STORAGE_ERROR
+        } else {
+            reasons::CONFLICT
+        };
+        set(
+            &mut status.conditions,
+            "StorageReady",
+            Some(false),
+            reason,
+            &e.to_string(),
+            generation,
+        );
+        e.into()
+    })
 }
 
 /// A file system that is not (yet) available: its condition and when to
@@ -204,6 +211,7 @@ fn not_available(
             Some(false),
             reasons::WAITING,
             format!("FSx file system {id} is being created"),
+            // Unused: creation is polled with a growing interval.
             Duration::from_secs(30),
         ),
         FsPhase::Deleting => wait(
@@ -328,6 +336,17 @@ pub async fn ensure_developer(
         // fixed), so a finished preparation is not repeated.
         return Ok(None);
     }
+    prepare_directory(ctx, dev, status).await
+}
+
+/// Runs the Job that creates the developer's directory and sets
+/// `StorageReady` by its outcome; `Some(delay)` while it is not done.
+async fn prepare_directory(
+    ctx: &Context,
+    dev: &DeveloperContext<'_>,
+    status: &mut DeveloperStatus,
+) -> Result<Option<Duration>, Error> {
+    let generation = dev.developer.metadata.generation;
     let Some(job) = crate::builders::prep_job(dev) else {
         return Ok(None);
     };
@@ -485,9 +504,7 @@ pub async fn cleanup_company(
     let Some(req) = file_system_request(build) else {
         return Ok(None);
     };
-    let file_systems = ctx.file_systems.as_ref().ok_or_else(|| {
-        Error::Waiting("the FSx backend to carry out the file system's deletion policy".into())
-    })?;
+    let file_systems = &ctx.file_systems;
     let outcome = file_systems.delete(&req).await?;
     if outcome == FsDeletion::InProgress {
         return Err(Error::CloudInProgress(format!(

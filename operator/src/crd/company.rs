@@ -189,6 +189,7 @@ pub struct DatabaseSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.fsx) && has(self.volume))").message("set at most one of storage.fsx and storage.volume"))]
 #[x_kube(validation = Rule::new("has(self.fsx) == has(oldSelf.fsx) && has(self.volume) == has(oldSelf.volume)").message("the storage kind (fsx or volume) is immutable"))]
+#[x_kube(validation = Rule::new("!(has(self.volume) && has(self.deletionPolicy) && self.deletionPolicy == 'Snapshot')").message("storage.deletionPolicy Snapshot archives directories on FSx; a per-developer volume cannot be archived: use Retain (the default for volumes) or Delete").field_path(".deletionPolicy"))]
 pub struct StorageSpec {
     /// An FSx file system for the company (created, or an existing one given by id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,9 +198,10 @@ pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeSpec>,
     /// What happens to the file system and developer directories when they are
-    /// no longer implied: `Snapshot` (default: final backup or archive), `Delete` or `Retain`.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    /// no longer implied: `Snapshot` (FSx only, its default: final backup or
+    /// archive), `Delete` or `Retain` (the default for volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 }
 
 /// FSx file system type.

@@ -279,7 +279,11 @@ fn resolve(
     let mut plan = Plan::default();
     for c in &companies {
         let name = c.object.metadata.name.clone().unwrap_or_default();
-        let ctx = CompanyContext::new(&c.object, config);
+        let ctx = CompanyContext::new(&c.object, config, preview(c.object.status.as_ref()));
+        if let Some(problem) = ctx.settings.problem() {
+            problems.push(Problem::at(&c.doc, "spec.storage.deletionPolicy", problem));
+            continue;
+        }
         let company_plan = builders::build_company(&ctx);
         let devs = members.get(&name).map(Vec::as_slice).unwrap_or_default();
         // Ids recorded in status (a plan of `kubectl get -o yaml` output) are kept.
@@ -315,4 +319,20 @@ fn resolve(
     } else {
         Err(problems)
     }
+}
+
+/// What a plan assumes of a Company's external resources: what its status
+/// records (a plan of `kubectl get -o yaml` output), else stand-ins for a
+/// file system not yet created, named so that nobody mistakes them, so the
+/// plan shows the volumes that will mount it.
+fn preview(status: Option<&crate::crd::CompanyStatus>) -> builders::Observed {
+    let mut observed = builders::Observed::recorded(status);
+    observed
+        .file_system
+        .get_or_insert_with(|| builders::FileSystemFacts {
+            id: "fs-pending".into(),
+            dns_name: "pending-fsx-dns-name.invalid".into(),
+            mount_name: "pending".into(),
+        });
+    observed
 }

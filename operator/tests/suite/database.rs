@@ -13,7 +13,7 @@ use enclave::{
         },
         vault::{VaultAuth, VaultBackend, VaultClientBackend, VaultSettings},
     },
-    builders::{CompanyContext, DatabaseRequest, database_request},
+    builders::{CompanyContext, DatabaseRequest, Observed, database_request},
     config::{OperatorConfig, SharedDatabase},
     crd::{Company, DeletionPolicy},
 };
@@ -44,7 +44,7 @@ fn request(name: &str, spec: serde_json::Value, uid: &str) -> DatabaseRequest {
     company.metadata.uid = Some(uid.to_owned());
     let mut config = OperatorConfig::default();
     config.database.subnet_group = String::new();
-    database_request(&CompanyContext::new(&company, &config))
+    database_request(&CompanyContext::new(&company, &config, Observed::default()))
 }
 
 // ---------- Dedicated: RDS on moto ----------

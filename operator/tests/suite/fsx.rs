@@ -11,7 +11,7 @@ use enclave::{
         aws_calls::CallLimits,
         storage::{FileSystemBackend, FsDeletion, FsPhase, FsxFileSystems, StorageError},
     },
-    builders::{CompanyContext, FileSystemRequest, file_system_request},
+    builders::{CompanyContext, FileSystemRequest, Observed, file_system_request},
     config::OperatorConfig,
     crd::{Company, DeletionPolicy},
 };
@@ -84,7 +84,12 @@ fn request(name: &str, storage: &serde_json::Value) -> FileSystemRequest {
         serde_json::from_value(json!({"storage": storage})).unwrap(),
     );
     company.metadata.uid = Some(format!("uid-{name}"));
-    file_system_request(&CompanyContext::new(&company, &OperatorConfig::default())).unwrap()
+    file_system_request(&CompanyContext::new(
+        &company,
+        &OperatorConfig::default(),
+        Observed::default(),
+    ))
+    .unwrap()
 }
 
 fn openzfs(name: &str) -> FileSystemRequest {
@@ -311,4 +316,68 @@ async fn an_existing_file_system_is_used_and_never_deleted() {
         env.backend().ensure(&missing).await.unwrap_err(),
         StorageError::NotFound(_)
     ));
+}
+
+/// Whether `seen` is a DescribeFileSystems call for exactly `id` (a lookup
+/// by id, not a scan of the account).
+fn describes_only(seen: &aws_proxy::Seen, id: &str) -> bool {
+    let body: serde_json::Value = serde_json::from_str(&seen.body).unwrap_or_default();
+    body["FileSystemIds"] == json!([id])
+}
+
+#[tokio::test]
+async fn a_recorded_file_system_is_looked_up_by_id_and_its_deletion_polled_by_id() {
+    let env = env().await;
+    let fsx = env.backend();
+    let mut req = openzfs(&tag());
+    req.deletion_policy = DeletionPolicy::Delete;
+    let id = fsx.ensure(&req).await.unwrap().file_system_id;
+    // What the controller passes once the status recorded the id.
+    req.recorded_file_system_id = Some(id.clone());
+
+    let from = env.proxy.seen().len();
+    for _ in 0..3 {
+        assert_eq!(fsx.ensure(&req).await.unwrap().file_system_id, id);
+    }
+    let calls = &env.proxy.seen()[from..];
+    assert_eq!(calls.len(), 3, "one call per ensure: {calls:?}");
+    assert!(calls.iter().all(|c| describes_only(c, &id)), "{calls:?}");
+
+    let from = env.proxy.seen().len();
+    let mut outcome = fsx.delete(&req).await.unwrap();
+    for _ in 0..5 {
+        if outcome != FsDeletion::InProgress {
+            break;
+        }
+        outcome = fsx.delete(&req).await.unwrap();
+    }
+    assert_eq!(
+        outcome,
+        FsDeletion::Deleted {
+            final_backup: false
+        }
+    );
+    let calls = &env.proxy.seen()[from..];
+    let scans = calls
+        .iter()
+        .filter(|c| c.action == "DescribeFileSystems" && !describes_only(c, &id))
+        .count();
+    assert!(
+        scans <= 1,
+        "only the end of the deletion looks for others by tag: {calls:?}"
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.action == "DeleteFileSystem")
+            .count(),
+        1
+    );
+
+    // A recorded id that no longer exists (deleted by someone) falls back
+    // to the tags, and a new file system is created.
+    let created = env.proxy.requests("CreateFileSystem").len();
+    let again = fsx.ensure(&req).await.unwrap();
+    assert_ne!(again.file_system_id, id);
+    assert_eq!(env.proxy.requests("CreateFileSystem").len(), created + 1);
 }

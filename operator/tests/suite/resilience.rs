@@ -681,3 +681,148 @@ async fn a_brief_api_error_while_setting_up_leader_election_is_retried() {
     })
     .await;
 }
+
+/// The AWS service an action of the recording proxy belongs to.
+fn aws_service(action: &str) -> &'static str {
+    if action.contains("FileSystem") || action.contains("Backup") {
+        "fsx"
+    } else {
+        "rds"
+    }
+}
+
+/// The most calls of each AWS service that started within one second.
+fn busiest_second(seen: &[crate::aws_proxy::Seen]) -> BTreeMap<&'static str, usize> {
+    let mut most = BTreeMap::new();
+    for (i, first) in seen.iter().enumerate() {
+        let service = aws_service(&first.action);
+        let within = seen[i..]
+            .iter()
+            .take_while(|s| s.at.duration_since(first.at) < Duration::from_secs(1))
+            .filter(|s| aws_service(&s.action) == service)
+            .count();
+        let entry = most.entry(service).or_insert(0);
+        *entry = (*entry).max(within);
+    }
+    most
+}
+
+#[tokio::test]
+async fn deleting_thirty_companies_with_rds_and_fsx_stays_within_the_aws_call_budget() {
+    const COMPANIES: usize = 30;
+    const BUDGET: usize = 4;
+    let mut h = setup().await;
+    h.kill_operator();
+    let text = std::fs::read_to_string(&h.vault.config)
+        .unwrap()
+        .replace("resyncSeconds: 5", "resyncSeconds: 60");
+    let aws = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("endpointUrl:"))
+        .unwrap()
+        .to_owned();
+    let config = h.vault.config.with_extension("budget.yaml");
+    std::fs::write(
+        &config,
+        text.replace(&aws, &format!("{aws}\n  maxCallsPerSecond: {BUDGET}")),
+    )
+    .unwrap();
+    let _operator = h.spawn_operator_with("replica-a", h.http_port, &config);
+
+    let companies = Api::<Company>::all(h.client.clone());
+    let names: Vec<String> = (0..COMPANIES)
+        .map(|i| crate::support::unique(&format!("b{i}")))
+        .collect();
+    for name in &names {
+        let company = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name},
+            "spec": {"database": {"mode": "Dedicated", "instanceClass": "db.t4g.micro", "deletionPolicy": "Delete"},
+                     "storage": {"fsx": {"type": "OpenZfs"}, "deletionPolicy": "Delete"}}});
+        companies
+            .patch(name, &PatchParams::apply("user"), &Patch::Apply(&company))
+            .await
+            .unwrap();
+    }
+    let deadline = |minutes| std::time::Instant::now() + Duration::from_mins(minutes);
+    let until = deadline(6);
+    loop {
+        let list = companies.list(&ListParams::default()).await.unwrap();
+        let ready = list
+            .items
+            .iter()
+            .filter(|c| names.contains(&c.name_any()))
+            .filter(|c| {
+                ["DatabaseReady", "StorageReady"]
+                    .iter()
+                    .all(|t| crate::harness::condition(c, t).is_some_and(|(s, _)| s == "True"))
+            })
+            .count();
+        if ready == COMPANIES {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{ready} of {COMPANIES} companies have their database and file system"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let created = h.aws.seen().len();
+
+    let started = std::time::Instant::now();
+    for name in &names {
+        companies
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let until = deadline(6);
+    loop {
+        let list = companies.list(&ListParams::default()).await.unwrap();
+        let left = list
+            .items
+            .iter()
+            .filter(|c| names.contains(&c.name_any()))
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{left} of {COMPANIES} companies still being deleted"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let took = started.elapsed();
+    let seen = h.aws.seen();
+    let deletion = &seen[created..];
+    let mut per_service: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in deletion {
+        *per_service.entry(aws_service(&s.action)).or_default() += 1;
+    }
+    let busiest = busiest_second(&seen);
+    println!(
+        "deleted {COMPANIES} companies in {took:?}: {per_service:?} AWS calls; busiest second over creation and deletion {busiest:?} (budget {BUDGET}/s per service)"
+    );
+    // Paced starts 1/BUDGET s apart: at most BUDGET (+1 at a window's
+    // edge) in any second, over creation and deletion alike.
+    for (service, most) in &busiest {
+        assert!(
+            *most <= BUDGET + 1,
+            "{service}: {most} calls within one second, budget {BUDGET}/s"
+        );
+    }
+    for (service, calls) in &per_service {
+        assert!(
+            u128::try_from(*calls).unwrap() * 1000
+                <= u128::try_from(BUDGET).unwrap() * took.as_millis() + 2000,
+            "{service}: {calls} calls in {took:?}"
+        );
+    }
+    for name in &names {
+        let left = footprint(&h, name).await;
+        assert_eq!(
+            (left.rds_instances, left.file_systems, left.namespace),
+            (0, 0, false),
+            "{name}: {left:?}"
+        );
+    }
+}

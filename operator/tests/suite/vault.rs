@@ -9,7 +9,7 @@ use enclave::{
         Change, VaultAuth, VaultBackend, VaultClientBackend, VaultError, VaultSettings,
         delete_developer, delete_tenant, ensure_company, ensure_developer,
     },
-    builders::{self, CompanyContext, operator_policy},
+    builders::{self, CompanyContext, Observed, operator_policy},
     config::OperatorConfig,
     crd::Company,
     names::CompanyNames,
@@ -600,7 +600,7 @@ async fn hostile_names_never_reach_vault() {
     for name in hostile {
         // Bypass the CRD schema on purpose: the backend is the last line.
         let company = Company::new(name, serde_json::from_value(json!({})).unwrap());
-        let ctx = CompanyContext::new(&company, &config);
+        let ctx = CompanyContext::new(&company, &config, Observed::default());
         let plan = builders::build_company(&ctx);
         let writes = vault.writes();
         let err = vault.ensure_policy(&plan.policies[0]).await.unwrap_err();

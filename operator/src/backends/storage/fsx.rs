@@ -42,6 +42,20 @@ fn tags(req: &FileSystemRequest) -> Vec<Tag> {
         .collect()
 }
 
+/// Whether `fs` carries every tag of `req` (it is this Company's).
+fn carries_tags(fs: &FileSystem, req: &FileSystemRequest) -> bool {
+    req.tags.iter().all(|(k, v)| {
+        fs.tags()
+            .iter()
+            .any(|t| t.key() == Some(k) && t.value() == Some(v))
+    })
+}
+
+/// Whether `fs` is not being deleted.
+fn live(fs: &FileSystem) -> bool {
+    fs.lifecycle() != Some(&FileSystemLifecycle::Deleting)
+}
+
 fn state(fs: &FileSystem, owned: bool) -> FileSystemState {
     let phase = match fs.lifecycle() {
         Some(FileSystemLifecycle::Available) => FsPhase::Available,
@@ -135,14 +149,8 @@ impl FsxFileSystems {
     /// system tagged for the company name without the rest is a conflict.
     async fn find_ours(&self, req: &FileSystemRequest) -> Result<Option<FileSystem>, StorageError> {
         let candidates = self.tagged_for_company(&req.company).await?;
-        let (ours, others): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|fs| {
-            req.tags.iter().all(|(k, v)| {
-                fs.tags()
-                    .iter()
-                    .any(|t| t.key() == Some(k) && t.value() == Some(v))
-            })
-        });
-        let live = |fs: &FileSystem| fs.lifecycle() != Some(&FileSystemLifecycle::Deleting);
+        let (ours, others): (Vec<_>, Vec<_>) =
+            candidates.into_iter().partition(|fs| carries_tags(fs, req));
         let mut ours: Vec<_> = ours.into_iter().filter(live).collect();
         if ours.len() > 1 {
             return Err(StorageError::Duplicate {
@@ -167,6 +175,19 @@ impl FsxFileSystems {
             });
         }
         Ok(ours.pop())
+    }
+
+    /// This Company's file system: by its recorded id when that one is
+    /// still ours and not being deleted (one call), else by its tags.
+    async fn find(&self, req: &FileSystemRequest) -> Result<Option<FileSystem>, StorageError> {
+        if let Some(id) = &req.recorded_file_system_id {
+            match self.describe_existing(id).await {
+                Ok(fs) if carries_tags(&fs, req) && live(&fs) => return Ok(Some(fs)),
+                Ok(_) | Err(StorageError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.find_ours(req).await
     }
 
     async fn describe_existing(&self, id: &str) -> Result<FileSystem, StorageError> {
@@ -239,7 +260,7 @@ impl FileSystemBackend for FsxFileSystems {
         if let Some(id) = &req.existing_file_system_id {
             return Ok(state(&self.describe_existing(id).await?, false));
         }
-        if let Some(fs) = self.find_ours(req).await? {
+        if let Some(fs) = self.find(req).await? {
             return Ok(state(&fs, true));
         }
         let created = self.create(req).await?;
@@ -253,7 +274,24 @@ impl FileSystemBackend for FsxFileSystems {
         if req.existing_file_system_id.is_some() || req.deletion_policy == DeletionPolicy::Retain {
             return Ok(FsDeletion::Retained);
         }
-        let Some(fs) = self.find_ours(req).await? else {
+        // By the recorded id (a deletion in progress is polled with one
+        // call), else by tags.
+        let recorded = match &req.recorded_file_system_id {
+            Some(id) => match self.describe_existing(id).await {
+                Ok(fs) if carries_tags(&fs, req) => Some(fs),
+                Ok(_) | Err(StorageError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        if recorded.as_ref().is_some_and(|fs| !live(fs)) {
+            return Ok(FsDeletion::InProgress);
+        }
+        let found = match recorded {
+            Some(fs) => Some(fs),
+            None => self.find_ours(req).await?,
+        };
+        let Some(fs) = found else {
             return Ok(FsDeletion::Deleted {
                 final_backup: req.deletion_policy == DeletionPolicy::Snapshot,
             });
@@ -291,18 +329,12 @@ impl FileSystemBackend for FsxFileSystems {
             Err(SdkError::ServiceError(e)) if e.err().is_file_system_not_found() => {}
             Err(e) => return Err(aws("DeleteFileSystem")(e)),
         }
-        let remaining = self.tagged_for_company(&req.company).await?;
-        Ok(
-            if remaining
-                .iter()
-                .any(|fs| fs.file_system_id() == Some(id.as_str()))
-            {
-                FsDeletion::InProgress
-            } else {
-                FsDeletion::Deleted {
-                    final_backup: !skip,
-                }
+        Ok(match self.describe_existing(&id).await {
+            Ok(_) => FsDeletion::InProgress,
+            Err(StorageError::NotFound(_)) => FsDeletion::Deleted {
+                final_backup: !skip,
             },
-        )
+            Err(e) => return Err(e),
+        })
     }
 }
