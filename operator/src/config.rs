@@ -32,7 +32,7 @@ pub enum ConfigError {
 }
 
 /// Everything the operator needs to know beyond the custom resources.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct OperatorConfig {
     /// Namespace the operator runs in; storage-prep Jobs run here too.
@@ -62,7 +62,7 @@ pub struct OperatorConfig {
 }
 
 /// How the controllers schedule their work.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ControllerConfig {
     /// Seconds between drift checks of a converged tenant (±10 % jitter,
@@ -170,7 +170,7 @@ impl OperatorConfig {
 }
 
 /// Vault settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct VaultConfig {
     /// Address workspaces use to reach Vault.
@@ -208,7 +208,7 @@ impl Default for VaultConfig {
 }
 
 /// Defaults for a company namespace.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TenantDefaults {
     /// Total CPU of a company.
@@ -236,7 +236,7 @@ impl Default for TenantDefaults {
 }
 
 /// Range of POSIX ids given to developers.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PosixIdRange {
     /// First id.
@@ -246,7 +246,7 @@ pub struct PosixIdRange {
 }
 
 /// Workspace defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct WorkspaceConfig {
     /// Image used when neither Company nor Developer names one.
@@ -283,7 +283,7 @@ impl Default for WorkspaceConfig {
 }
 
 /// A destination every tenant may reach (Vault, the database network).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlatformEgress {
     /// Why this egress exists, shown in the plan.
@@ -295,7 +295,7 @@ pub struct PlatformEgress {
 }
 
 /// Network defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct NetworkConfig {
     /// Namespaces that may reach workspaces when a Company names none.
@@ -331,7 +331,7 @@ impl Default for NetworkConfig {
 }
 
 /// Database defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// Instance class of dedicated instances.
@@ -368,7 +368,7 @@ impl Default for DatabaseConfig {
 }
 
 /// The shared PostgreSQL instance.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct SharedDatabase {
     /// Name used in status and plans.
@@ -401,7 +401,9 @@ impl Default for SharedDatabase {
 }
 
 /// Which storage backend a Company without `storage.fsx`/`storage.volume` gets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum DefaultStorage {
     /// An FSx file system per company.
     #[default]
@@ -411,7 +413,7 @@ pub enum DefaultStorage {
 }
 
 /// Storage defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Backend of Companies that name none.
@@ -447,7 +449,7 @@ impl Default for StorageConfig {
 }
 
 /// How the cluster's authenticator names people and groups.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RbacConfig {
     /// Prefix the API server's OIDC authenticator puts before a subject
@@ -516,7 +518,7 @@ mod tests {
 
 /// Where the AWS APIs are; credentials come from the usual chain (IRSA,
 /// environment, instance metadata).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AwsConfig {
     /// Region of the RDS instances and FSx file systems.
@@ -551,4 +553,30 @@ impl AwsConfig {
             ..crate::backends::aws_calls::CallLimits::default()
         }
     }
+}
+
+/// The `definitions` of the chart's `values.schema.json`: the operator
+/// configuration (`OperatorConfig`, what `config:` in the values may hold)
+/// and the types it uses, so `helm install` refuses what `enclave run`
+/// would. The chart sets `operatorNamespace` and `operatorImage` itself.
+pub fn chart_values_definitions() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let mut root = generator
+        .into_root_schema_for::<OperatorConfig>()
+        .to_value();
+    let mut definitions = root
+        .as_object_mut()
+        .and_then(|o| o.remove("definitions"))
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(config) = root.as_object_mut() {
+        config.remove("$schema");
+        if let Some(properties) = config.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            properties.remove("operatorNamespace");
+            properties.remove("operatorImage");
+        }
+    }
+    if let Some(all) = definitions.as_object_mut() {
+        all.insert("OperatorConfig".to_owned(), root);
+    }
+    definitions
 }

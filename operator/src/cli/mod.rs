@@ -1,6 +1,9 @@
 //! The `enclave` command line.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -120,6 +123,10 @@ enum Command {
         /// Write one file per CRD into this directory instead of printing.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Also write the CRDs into this Helm chart's `crds/` and the
+        /// operator configuration's schema into its `values.schema.json`.
+        #[arg(long)]
+        chart: Option<PathBuf>,
     },
 }
 
@@ -277,6 +284,23 @@ fn crdgen(out_dir: Option<&PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// The generated parts of the Helm chart at `chart`: `crds/` and the
+/// `definitions` of `values.schema.json`.
+fn chartgen(chart: &Path) -> Result<(), String> {
+    let crds = chart.join("crds");
+    std::fs::create_dir_all(&crds).map_err(|e| format!("cannot create {}: {e}", crds.display()))?;
+    crdgen(Some(&crds))?;
+    let path = chart.join("values.schema.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut schema: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    schema["definitions"] = crate::config::chart_values_definitions();
+    let text = serde_json::to_string_pretty(&schema).map_err(|e| e.to_string())?;
+    std::fs::write(&path, format!("{text}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 fn run_plan(files: &[PathBuf], output: Output, config: Option<PathBuf>) -> ExitCode {
     let config = match config.map(|p| OperatorConfig::load(&p)).transpose() {
         Ok(c) => c.unwrap_or_default(),
@@ -344,7 +368,9 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Crdgen { out_dir } => match crdgen(out_dir.as_ref()) {
+        Command::Crdgen { out_dir, chart } => match crdgen(out_dir.as_ref())
+            .and_then(|()| chart.as_ref().map_or(Ok(()), |c| chartgen(c)))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

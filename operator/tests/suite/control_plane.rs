@@ -3,8 +3,8 @@
 //! manager and the scheduler, started per test by
 //! `e2e/control-plane/start.sh` from the binaries `e2e/control-plane/build.sh`
 //! built (`ENCLAVE_TEST_K8S_BIN`), and the operator's identity on it: a
-//! ServiceAccount bound to the rules the chart ships
-//! (`charts/enclave/files/rbac.yaml`), never `system:masters`.
+//! ServiceAccount bound to the rules the chart ships (`manifests/enclave.yaml`,
+//! rendered from `charts/enclave/`), never `system:masters`.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,7 +15,7 @@ use k8s_openapi::{
     api::{
         authentication::v1::TokenRequest,
         core::v1::{Namespace, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
+        rbac::v1::{ClusterRoleBinding, PolicyRule},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -291,77 +291,45 @@ impl ControlPlane {
 
     /// The operator's namespace (Pod Security `baseline`: storage-prep Jobs
     /// run as root with CHOWN/FOWNER/DAC_OVERRIDE, which `restricted`
-    /// refuses), its ServiceAccount, and the chart's rules bound to it.
+    /// refuses), its ServiceAccounts and RBAC, exactly as a user installs
+    /// them: the objects of `manifests/enclave.yaml`, the chart rendered
+    /// with its default values (a test keeps the two in step).
     pub async fn install_operator_identity(&self) {
-        let rules = chart_rules();
+        let text =
+            std::fs::read_to_string(crate::support::root().join("manifests/enclave.yaml")).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
         let ssa = PatchParams::apply("enclave-tests").force();
-        let namespace: Namespace = serde_json::from_value(json!({
-            "metadata": {"name": OPERATOR_NAMESPACE, "labels": {
-                "pod-security.kubernetes.io/enforce": "baseline",
-                "pod-security.kubernetes.io/warn": "baseline",
-            }}
-        }))
-        .unwrap();
-        Api::<Namespace>::all(self.admin.clone())
-            .patch(OPERATOR_NAMESPACE, &ssa, &Patch::Apply(&namespace))
-            .await
-            .unwrap();
-        // The operator's account, and the one its storage-prep Jobs run
-        // under (no API token: they only touch the file system).
-        for (name, automount) in [(OPERATOR_ACCOUNT, true), ("enclave-storage-prep", false)] {
-            let account: ServiceAccount = serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
-                "automountServiceAccountToken": automount,
-            }))
-            .unwrap();
-            Api::<ServiceAccount>::namespaced(self.admin.clone(), OPERATOR_NAMESPACE)
-                .patch(name, &ssa, &Patch::Apply(&account))
-                .await
+        let identity = [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ];
+        for kind in identity {
+            for doc in docs.iter().filter(|d| d["kind"] == kind) {
+                let gvk = kube::api::GroupVersionKind::try_from(&kube::api::TypeMeta {
+                    api_version: doc["apiVersion"].as_str().unwrap().to_owned(),
+                    kind: kind.to_owned(),
+                })
                 .unwrap();
+                let resource = kube::api::ApiResource::from_gvk(&gvk);
+                let api: Api<kube::api::DynamicObject> = match doc["metadata"]["namespace"].as_str()
+                {
+                    Some(ns) => Api::namespaced_with(self.admin.clone(), ns, &resource),
+                    None => Api::all_with(self.admin.clone(), &resource),
+                };
+                let name = doc["metadata"]["name"].as_str().unwrap();
+                api.patch(name, &ssa, &Patch::Apply(doc)).await.unwrap();
+            }
         }
-        let subject = json!([{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}]);
-        let cluster_roles: Api<ClusterRole> = Api::all(self.admin.clone());
-        for (name, rules) in [
-            ("enclave-operator", &rules.operator),
-            ("enclave-company-admin", &rules.company_admin),
-        ] {
-            let role: ClusterRole =
-                serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules}))
-                    .unwrap();
-            cluster_roles
-                .patch(name, &ssa, &Patch::Apply(&role))
-                .await
-                .unwrap();
-        }
-        let binding: ClusterRoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": "enclave-operator"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "enclave-operator"},
-            "subjects": subject,
-        }))
-        .unwrap();
-        Api::<ClusterRoleBinding>::all(self.admin.clone())
-            .patch("enclave-operator", &ssa, &Patch::Apply(&binding))
-            .await
-            .unwrap();
-        let role: Role = serde_json::from_value(json!({
-            "metadata": {"name": "enclave-operator", "namespace": OPERATOR_NAMESPACE},
-            "rules": rules.operator_namespace,
-        }))
-        .unwrap();
-        Api::<Role>::namespaced(self.admin.clone(), OPERATOR_NAMESPACE)
-            .patch("enclave-operator", &ssa, &Patch::Apply(&role))
-            .await
-            .unwrap();
-        let binding: RoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": "enclave-operator", "namespace": OPERATOR_NAMESPACE},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "enclave-operator"},
-            "subjects": subject,
-        }))
-        .unwrap();
-        Api::<RoleBinding>::namespaced(self.admin.clone(), OPERATOR_NAMESPACE)
-            .patch("enclave-operator", &ssa, &Patch::Apply(&binding))
-            .await
-            .unwrap();
+        assert!(
+            docs.iter().any(|d| d["kind"] == "Namespace"
+                && d["metadata"]["name"] == OPERATOR_NAMESPACE
+                && d["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"),
+            "manifests/enclave.yaml creates the operator's namespace, Pod Security baseline"
+        );
     }
 
     /// A ServiceAccount that may review tokens (`system:auth-delegator`),

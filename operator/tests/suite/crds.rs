@@ -163,3 +163,16 @@ fn the_charts_rules_let_the_operator_create_and_patch_every_kind_plan_renders() 
         "charts/enclave/files/rbac.yaml lacks: {missing:#?}"
     );
 }
+
+#[test]
+fn the_values_schema_of_config_is_the_operators() {
+    let text =
+        std::fs::read_to_string(crate::support::root().join("charts/enclave/values.schema.json"))
+            .unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        schema["definitions"],
+        enclave::config::chart_values_definitions(),
+        "charts/enclave/values.schema.json is stale: run `cargo run -p enclave-operator -- crdgen --out-dir crds` (it writes its definitions)"
+    );
+}

@@ -58,6 +58,16 @@ async fn the_operator_holds_the_charts_rules_and_nothing_more() {
     cp.install_operator_identity().await;
     let user = operator_user();
     let rules = chart_rules();
+    // The company-admin role as installed is the one files/rbac.yaml says.
+    let installed = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(cp.admin.clone())
+        .get("enclave-company-admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        installed.rules.unwrap_or_default(),
+        rules.company_admin,
+        "the installed company-admin ClusterRole"
+    );
     let mut table = vec![format!(
         "{:<8} {:<58} {:<16} answer",
         "verb", "resource", "scope"
@@ -268,7 +278,8 @@ fn pod_from(
 
 /// A dry-run create of `pod`. The ServiceAccount admission plugin looks
 /// accounts up in its informer cache, which may not hold one created a
-/// moment ago yet: that one refusal is retried for a few seconds.
+/// moment ago yet (seconds on a loaded machine): that one refusal is
+/// retried for up to 30 s.
 async fn dry_run_pod(cp: &ControlPlane, pod: &Pod) -> Result<(), String> {
     let api = Api::<Pod>::namespaced(cp.admin.clone(), pod.metadata.namespace.as_deref().unwrap());
     let params = PostParams {
@@ -280,7 +291,7 @@ async fn dry_run_pod(cp: &ControlPlane, pod: &Pod) -> Result<(), String> {
         match api.create(&params, pod).await {
             Ok(_) => return Ok(()),
             Err(e)
-                if e.to_string().contains("error looking up service account") && attempts < 50 =>
+                if e.to_string().contains("error looking up service account") && attempts < 300 =>
             {
                 attempts += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -316,7 +327,12 @@ async fn pod_security_admission_admits_enclaves_pods_and_refuses_a_noncompliant_
             for developer in &tenant.developers {
                 for object in &developer.objects {
                     if let KubeObject::ServiceAccount(sa) = object {
-                        admin_apply(&cp, sa).await;
+                        // Without its owner reference: no Developer of that
+                        // uid exists here, and the garbage collector would
+                        // delete the account under the test.
+                        let mut sa = sa.clone();
+                        sa.metadata.owner_references = None;
+                        admin_apply(&cp, &sa).await;
                     }
                 }
                 for object in &developer.objects {
