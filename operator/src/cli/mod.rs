@@ -118,6 +118,30 @@ enum Command {
         #[arg(long, default_value = "kubernetes")]
         auth_mount: String,
     },
+    /// Set Vault up for Enclave, idempotently: the KV v2 and Kubernetes auth
+    /// mounts of the operator configuration, Enclave's own policy
+    /// (`enclave`) and the operator's login role. Run once by an
+    /// administrator, with `VAULT_TOKEN` a token that may manage mounts,
+    /// policies and roles; prints what it created, updated or found in place.
+    VaultSetup {
+        /// The operator configuration (Vault address, mounts, role, namespace).
+        #[arg(long, env = "ENCLAVE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The operator's ServiceAccount (the chart's is `enclave`).
+        #[arg(long, default_value = "enclave")]
+        service_account: String,
+        /// Configure the auth mount to review tokens with this API server
+        /// (a Vault outside the cluster); unset: leave its configuration.
+        #[arg(long)]
+        kubernetes_host: Option<String>,
+        /// PEM file of that API server's CA.
+        #[arg(long, requires = "kubernetes_host")]
+        kubernetes_ca_file: Option<PathBuf>,
+        /// File with a token allowed to create TokenReviews
+        /// (`system:auth-delegator`); unset: Vault uses its own pod's token.
+        #[arg(long, requires = "kubernetes_host")]
+        token_reviewer_jwt_file: Option<PathBuf>,
+    },
     /// Print the CustomResourceDefinitions, or write them into a directory.
     Crdgen {
         /// Write one file per CRD into this directory instead of printing.
@@ -284,6 +308,96 @@ fn crdgen(out_dir: Option<&PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// The arguments of `enclave vault-setup`.
+struct VaultSetupArgs {
+    config: Option<PathBuf>,
+    service_account: String,
+    kubernetes_host: Option<String>,
+    kubernetes_ca_file: Option<PathBuf>,
+    token_reviewer_jwt_file: Option<PathBuf>,
+}
+
+fn vault_setup(args: &VaultSetupArgs) -> ExitCode {
+    match vault_setup_steps(args) {
+        Ok(steps) => {
+            for step in steps {
+                println!(
+                    "{:<10} {}",
+                    format!("{:?}", step.change).to_lowercase(),
+                    step.what
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn vault_setup_steps(
+    args: &VaultSetupArgs,
+) -> Result<Vec<crate::backends::vault::SetupStep>, String> {
+    use crate::backends::vault::{
+        KubernetesAuthConfig, SetupRequest, VaultAuth, VaultClientBackend, VaultSettings,
+    };
+    let config = args
+        .config
+        .as_ref()
+        .map(|p| OperatorConfig::load(p))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let token = std::env::var("VAULT_TOKEN").map_err(|_| {
+        "VAULT_TOKEN is not set: give a token that may manage mounts, policies and roles (an administrator's)".to_owned()
+    })?;
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let kubernetes = match &args.kubernetes_host {
+        Some(host) => Some(KubernetesAuthConfig {
+            host: host.clone(),
+            ca_pem: args.kubernetes_ca_file.as_ref().map(read).transpose()?,
+            reviewer_jwt: args
+                .token_reviewer_jwt_file
+                .as_ref()
+                .map(read)
+                .transpose()?,
+        }),
+        None => None,
+    };
+    let vault = &config.vault;
+    let settings = VaultSettings {
+        address: vault.address.clone(),
+        kv_mount: vault.kv_mount.clone(),
+        auth_mount: vault.auth_mount.clone(),
+        ca_cert: (!vault.ca_file.is_empty()).then(|| vault.ca_file.clone().into()),
+        auth: VaultAuth::Token(token),
+    };
+    let request = SetupRequest {
+        kv_mount: vault.kv_mount.clone(),
+        auth_mount: vault.auth_mount.clone(),
+        role: vault.operator_role.clone(),
+        service_account: args.service_account.clone(),
+        namespace: config.operator_namespace.clone(),
+        token_ttl_seconds: vault.token_ttl_seconds,
+        kubernetes,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let backend = VaultClientBackend::connect(settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        backend.setup(&request).await.map_err(|e| e.to_string())
+    })
+}
+
 /// The generated parts of the Helm chart at `chart`: `crds/` and the
 /// `definitions` of `values.schema.json`.
 fn chartgen(chart: &Path) -> Result<(), String> {
@@ -368,6 +482,19 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::VaultSetup {
+            config,
+            service_account,
+            kubernetes_host,
+            kubernetes_ca_file,
+            token_reviewer_jwt_file,
+        } => vault_setup(&VaultSetupArgs {
+            config,
+            service_account,
+            kubernetes_host,
+            kubernetes_ca_file,
+            token_reviewer_jwt_file,
+        }),
         Command::Crdgen { out_dir, chart } => match crdgen(out_dir.as_ref())
             .and_then(|()| chart.as_ref().map_or(Ok(()), |c| chartgen(c)))
         {

@@ -832,3 +832,153 @@ async fn the_operator_logs_in_with_kubernetes_auth_and_refreshes() {
     );
     std::fs::remove_file(&jwt_path).unwrap();
 }
+
+/// `enclave vault-setup` with `config`, as an administrator (root here).
+fn vault_setup(config: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = crate::support::enclave()
+        .arg("vault-setup")
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env(
+            "VAULT_TOKEN",
+            service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token"),
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn vault_setup_prepares_a_fresh_vault_once_and_the_operator_logs_in_with_it() {
+    let addr = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server");
+    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token");
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let root = client(&addr, &token);
+    let cp = crate::control_plane::ControlPlane::shared().await;
+    cp.install_operator_identity().await;
+    let tag = tag();
+    let (kv, auth) = (format!("kv-{tag}"), format!("k8s-{tag}"));
+    let dir = std::env::temp_dir().join(format!("vault-setup-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("vault:\n  address: {addr}\n  kvMount: {kv}\n  authMount: {auth}\n"),
+    )
+    .unwrap();
+    let (ca, jwt) = (dir.join("ca.crt"), dir.join("reviewer.jwt"));
+    std::fs::write(&ca, &cp.ca_pem).unwrap();
+    std::fs::write(&jwt, cp.token_reviewer().await).unwrap();
+    let flags = [
+        "--kubernetes-host".as_ref(),
+        cp.api.as_ref(),
+        "--kubernetes-ca-file".as_ref(),
+        ca.as_os_str(),
+    ];
+
+    // A fresh Vault: everything is created.
+    let mut first = flags.to_vec();
+    first.extend(["--token-reviewer-jwt-file".as_ref(), jwt.as_os_str()]);
+    let (ok, out) = vault_setup(&config, &first);
+    assert!(ok, "{out}");
+    println!("{out}");
+    // (The policy's name is global: an earlier run against this server
+    // left it with other mounts, so it may be updated rather than created.)
+    let written = out
+        .lines()
+        .filter(|l| l.starts_with("created") || l.starts_with("updated    policy"))
+        .count();
+    assert_eq!(
+        written, 5,
+        "two mounts, the auth configuration, the policy and the role:\n{out}"
+    );
+
+    // A second run changes nothing.
+    let (ok, again) = vault_setup(&config, &flags);
+    assert!(ok, "{again}");
+    assert!(
+        again.lines().all(|l| l.starts_with("unchanged")),
+        "a second run writes nothing:\n{again}"
+    );
+
+    // The KV mount is version 2, and the operator's own policy is Enclave's
+    // policy under a name the operator itself cannot write.
+    let mounts = vaultrs::sys::mount::list(&root).await.unwrap();
+    let mount = &mounts[&format!("{kv}/")];
+    assert_eq!(mount.mount_type, "kv");
+    assert_eq!(
+        mount
+            .options
+            .as_ref()
+            .and_then(|o| o.get("version"))
+            .map(String::as_str),
+        Some("2")
+    );
+    let policy = vaultrs::sys::policy::read(&root, enclave::backends::vault::OPERATOR_POLICY)
+        .await
+        .unwrap();
+    assert_eq!(policy.rules, enclave::builders::operator_policy(&kv, &auth));
+    assert!(!enclave::backends::vault::OPERATOR_POLICY.starts_with("enclave-"));
+
+    // The operator's ServiceAccount logs in with the role and gets the policy.
+    let sa_token = cp
+        .token(
+            crate::control_plane::OPERATOR_NAMESPACE,
+            crate::control_plane::OPERATOR_ACCOUNT,
+            &[],
+        )
+        .await;
+    let anonymous = client(&addr, "");
+    let login = vaultrs::auth::kubernetes::login(&anonymous, &auth, "enclave", &sa_token)
+        .await
+        .unwrap();
+    assert!(
+        login.policies.contains(&"enclave".to_owned()),
+        "{:?}",
+        login.policies
+    );
+    // Another account of the same namespace is refused.
+    let other = cp
+        .token(
+            crate::control_plane::OPERATOR_NAMESPACE,
+            "enclave-storage-prep",
+            &[],
+        )
+        .await;
+    assert!(
+        vaultrs::auth::kubernetes::login(&anonymous, &auth, "enclave", &other)
+            .await
+            .is_err()
+    );
+
+    // A KV version 1 mount where the configuration names the KV mount is
+    // refused, untouched.
+    let v1 = format!("kv1-{tag}");
+    vaultrs::sys::mount::enable(&root, &v1, "kv", None)
+        .await
+        .unwrap();
+    std::fs::write(
+        &config,
+        format!("vault:\n  address: {addr}\n  kvMount: {v1}\n  authMount: {auth}\n"),
+    )
+    .unwrap();
+    let (ok, out) = vault_setup(&config, &[]);
+    assert!(!ok);
+    assert!(out.contains("Enclave needs kv v2"), "{out}");
+    let mounts = vaultrs::sys::mount::list(&root).await.unwrap();
+    assert!(
+        mounts[&format!("{v1}/")]
+            .options
+            .as_ref()
+            .and_then(|o| o.get("version"))
+            .is_none_or(|v| v == "1")
+    );
+}

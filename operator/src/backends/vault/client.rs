@@ -253,7 +253,7 @@ impl VaultClientBackend {
         self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn read_raw(&self, path: &str) -> Result<Option<Value>, VaultError> {
+    pub(super) async fn read_raw(&self, path: &str) -> Result<Option<Value>, VaultError> {
         match vaultrs::api::exec_with_result(
             &*self.client(),
             RawRead {
@@ -277,7 +277,7 @@ impl VaultClientBackend {
         ))
     }
 
-    async fn write_raw(
+    pub(super) async fn write_raw(
         &self,
         operation: &'static str,
         path: String,

@@ -9,6 +9,7 @@
 mod client;
 mod credentials;
 mod guard;
+mod setup;
 mod tenant;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ pub use credentials::{
     PASSWORD_ALPHABET, PASSWORD_LENGTH, Password, StoredCredentials, generate_password,
 };
 pub use guard::{check_kv_path, check_platform_path, check_policy, check_role};
+pub use setup::{KubernetesAuthConfig, OPERATOR_POLICY, SetupRequest, SetupStep};
 pub use tenant::{delete_developer, delete_tenant, ensure_company, ensure_developer};
 use thiserror::Error;
 
