@@ -12,6 +12,6 @@ cargo run -q -p enclave-operator -- crdgen --out-dir crds --chart charts/enclave
 {
   echo "# Enclave, rendered from charts/enclave with its default values by manifests/render.sh;"
   echo "# do not edit. Install: kubectl apply --server-side -f manifests/enclave.yaml"
-  "$HELM" template enclave charts/enclave --namespace enclave-system --include-crds --set namespace.create=true --kube-version 1.37.0
+  "$HELM" template enclave charts/enclave --namespace enclave-system --include-crds --set namespace.create=true --set crds.upgradeHook=false --kube-version 1.37.0
 } >manifests/enclave.yaml
 echo "wrote crds/, charts/enclave/crds/, charts/enclave/values.schema.json, manifests/enclave.yaml" >&2

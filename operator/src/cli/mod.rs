@@ -151,6 +151,11 @@ enum Command {
         /// operator configuration's schema into its `values.schema.json`.
         #[arg(long)]
         chart: Option<PathBuf>,
+        /// Server-side apply them to the cluster instead (in-cluster
+        /// credentials or `KUBECONFIG`): the chart's upgrade hook, since
+        /// Helm never upgrades `crds/`.
+        #[arg(long, conflicts_with_all = ["out_dir", "chart"])]
+        apply: bool,
     },
 }
 
@@ -398,6 +403,31 @@ fn vault_setup_steps(
     })
 }
 
+/// Server-side applies the CRDs (field manager `enclave-crds`, taking
+/// over fields an earlier `helm install` set).
+fn apply_crds() -> Result<(), String> {
+    use kube::api::{Api, Patch, PatchParams};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("cannot reach the API server: {e}"))?;
+        let api: Api<CustomResourceDefinition> = Api::all(client);
+        for crd in crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(&name, &PatchParams::apply("enclave-crds").force(), &Patch::Apply(&crd))
+                .await
+                .map_err(|e| format!("cannot apply CRD {name}: {e}; the hook's ServiceAccount needs get and patch on it"))?;
+            println!("applied {name}");
+        }
+        Ok(())
+    })
+}
+
 /// The generated parts of the Helm chart at `chart`: `crds/` and the
 /// `definitions` of `values.schema.json`.
 fn chartgen(chart: &Path) -> Result<(), String> {
@@ -495,7 +525,14 @@ pub fn main() -> ExitCode {
             kubernetes_ca_file,
             token_reviewer_jwt_file,
         }),
-        Command::Crdgen { out_dir, chart } => match crdgen(out_dir.as_ref())
+        Command::Crdgen { apply: true, .. } => match apply_crds() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Crdgen { out_dir, chart, .. } => match crdgen(out_dir.as_ref())
             .and_then(|()| chart.as_ref().map_or(Ok(()), |c| chartgen(c)))
         {
             Ok(()) => ExitCode::SUCCESS,

@@ -5,15 +5,19 @@
 
 use std::{path::PathBuf, process::Command};
 
-use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet},
-    core::v1::Pod,
-    policy::v1::PodDisruptionBudget,
-    rbac::v1::ClusterRole,
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, ReplicaSet},
+        authentication::v1::TokenRequest,
+        core::v1::{Pod, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::ClusterRole,
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    Api,
-    api::{ListParams, PostParams},
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
 };
 
 use crate::{
@@ -33,6 +37,8 @@ pub const RENDER_ARGS: &[&str] = &[
     "--include-crds",
     "--set",
     "namespace.create=true",
+    "--set",
+    "crds.upgradeHook=false",
     "--kube-version",
     "1.37.0",
 ];
@@ -262,19 +268,60 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_control_plane
     assert!(!can("escalate", "clusterroles.rbac.authorization.k8s.io"));
     assert!(!can("create", "pods/exec"));
 
-    // An upgrade with new values rolls the pods (the config's checksum).
+    // An upgrade with new values rolls the pods (the config's checksum),
+    // and its hook puts back the CRDs of this version (someone emptied the
+    // Company printer columns): this test runs the hook pod's real command
+    // with its account's token, as a kubelet would.
+    let (ok, out) = run(cp.kubectl().args([
+        "patch",
+        "crd",
+        "companies.enclave.dev",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/versions/0/additionalPrinterColumns", "value": []}]"#,
+    ]));
+    assert!(ok, "{out}");
     let deployments: Api<Deployment> = Api::namespaced(cp.admin.clone(), "enclave-system");
     let before = deployments.get("enclave-operator").await.unwrap();
-    let (ok, out) = run(helm_on().args([
+    let mut upgrade = helm_on();
+    upgrade.args([
         "upgrade",
         "enclave",
         "charts/enclave",
         "--namespace",
         "enclave-system",
+        "--timeout",
+        "2m",
         "--set",
         "config.controller.resyncSeconds=300",
-    ]));
+    ]);
+    let (hook_output, upgraded) = tokio::join!(
+        run_hook_pod(cp.admin.clone(), cp.api.clone(), cp.dir.clone()),
+        tokio::task::spawn_blocking(move || run(&mut upgrade)),
+    );
+    let (ok, out) = upgraded.unwrap();
     assert!(ok, "helm upgrade: {out}");
+    assert!(
+        hook_output.contains("applied companies.enclave.dev"),
+        "{hook_output}"
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(cp.admin.clone());
+    let company = crds.get("companies.enclave.dev").await.unwrap();
+    assert!(
+        company.spec.versions[0]
+            .additional_printer_columns
+            .as_ref()
+            .is_some_and(|c| !c.is_empty()),
+        "the hook restored the CRD of this version"
+    );
+    assert!(
+        Api::<ClusterRole>::all(cp.admin.clone())
+            .get_opt("enclave-crd-upgrade")
+            .await
+            .unwrap()
+            .is_none(),
+        "the hook's rights are removed once it succeeded"
+    );
     let after = deployments.get("enclave-operator").await.unwrap();
     let checksum = |d: &Deployment| -> String {
         let spec = &d.spec;
@@ -305,9 +352,65 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_control_plane
             .unwrap()
             .is_none()
     );
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(cp.admin.clone());
     for name in ["companies.enclave.dev", "developers.enclave.dev"] {
         assert!(crds.get_opt(name).await.unwrap().is_some(), "{name}");
     }
+}
+
+/// Plays the kubelet for the chart's CRD upgrade hook: once its pod is
+/// bound to the Node, runs the pod's command (`enclave crdgen --apply`)
+/// with a token of the pod's ServiceAccount and reports how it exited.
+async fn run_hook_pod(admin: Client, api_url: String, dir: PathBuf) -> String {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "enclave-system");
+    let pod = wait("the CRD upgrade hook's pod on the Node", async || {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=crd-upgrade"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+    })
+    .await;
+    let spec = pod.spec.as_ref().unwrap();
+    let account = spec.service_account_name.clone().unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"expirationSeconds": 600}})).unwrap();
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), "enclave-system")
+        .create_token_request(&account, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    let kubeconfig = dir.join("hook.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {api_url}\n    certificate-authority: {}\nusers:\n- name: hook\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: hook}}\ncurrent-context: c\n",
+            dir.join("ca.crt").display()
+        ),
+    )
+    .unwrap();
+    let args = spec.containers[0].args.clone().unwrap();
+    let out = crate::support::enclave()
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = crate::kubelet::terminated(out.status.success(), said.trim());
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": status})),
+    )
+    .await
+    .unwrap();
+    said
 }

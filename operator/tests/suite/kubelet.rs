@@ -217,7 +217,7 @@ fn running() -> serde_json::Value {
 }
 
 /// The status of a pod whose one container exited.
-fn terminated(ok: bool, output: &str) -> serde_json::Value {
+pub fn terminated(ok: bool, output: &str) -> serde_json::Value {
     let at = now();
     let code = i32::from(!ok);
     json!({
