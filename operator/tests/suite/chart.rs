@@ -43,7 +43,8 @@ pub const RENDER_ARGS: &[&str] = &[
     "1.37.0",
 ];
 
-fn helm() -> Command {
+/// `helm` as the tests run it (the one the control plane build made).
+pub fn helm() -> Command {
     let mut cmd = Command::new(binaries().join("helm"));
     cmd.current_dir(root())
         // No repository cache or config of the machine's user.
@@ -76,6 +77,48 @@ fn run(cmd: &mut Command) -> (bool, String) {
     }
 }
 
+/// The chart's value files the tests render: the defaults and each
+/// `charts/enclave/ci/*-values.yaml`.
+pub fn values_files() -> Vec<Option<PathBuf>> {
+    let mut files: Vec<Option<PathBuf>> = std::fs::read_dir(root().join("charts/enclave/ci"))
+        .unwrap()
+        .map(|e| Some(e.unwrap().path()))
+        .filter(|p| {
+            p.as_ref()
+                .is_some_and(|p| p.to_string_lossy().ends_with("-values.yaml"))
+        })
+        .collect();
+    files.sort();
+    files.insert(0, None);
+    files
+}
+
+/// The objects the chart renders with `values` (its defaults: `None`),
+/// hooks and CRDs included.
+pub fn render(values: Option<&std::path::Path>) -> Vec<serde_json::Value> {
+    let mut cmd = helm();
+    cmd.args([
+        "template",
+        "enclave",
+        "charts/enclave",
+        "--namespace",
+        "enclave-system",
+        "--include-crds",
+        "--kube-version",
+        "1.37.0",
+    ]);
+    if let Some(values) = values {
+        cmd.arg("-f").arg(values);
+    }
+    let (ok, out) = run(&mut cmd);
+    assert!(ok, "helm template with {values:?}: {out}");
+    serde_saphyr::from_multiple::<serde_json::Value>(&out)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
 /// The committed rendering, without its header comment.
 fn committed_manifests() -> String {
     let text = std::fs::read_to_string(root().join("manifests/enclave.yaml")).unwrap();
@@ -87,14 +130,28 @@ fn committed_manifests() -> String {
 
 #[test]
 fn the_chart_lints_and_the_committed_manifests_are_its_rendering() {
-    let (ok, out) = run(helm().args([
-        "lint",
-        "--strict",
-        "--kube-version",
-        "1.37.0",
-        "charts/enclave",
-    ]));
-    assert!(ok, "helm lint: {out}");
+    for values in values_files() {
+        let mut lint = helm();
+        lint.args([
+            "lint",
+            "--strict",
+            "--kube-version",
+            "1.37.0",
+            "charts/enclave",
+        ]);
+        if let Some(values) = &values {
+            lint.arg("-f").arg(values);
+        }
+        let (ok, out) = run(&mut lint);
+        assert!(ok, "helm lint with {values:?}: {out}");
+        let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+        for object in render(values.as_deref()) {
+            *kinds
+                .entry(object["kind"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        println!("{values:?}: {kinds:?}");
+    }
     let (ok, rendered) = run(helm().args(RENDER_ARGS));
     assert!(ok, "helm template: {rendered}");
     assert_eq!(

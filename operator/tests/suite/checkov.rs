@@ -11,6 +11,10 @@ use crate::support::{all_plans, root, service};
 
 fn scan(checkov: &str, config: &Path, objects: &[&KubeObject]) -> Vec<String> {
     let values: Vec<Value> = objects.iter().map(|o| o.to_json()).collect();
+    scan_values(checkov, config, &values)
+}
+
+fn scan_values(checkov: &str, config: &Path, values: &[Value]) -> Vec<String> {
     let dir = std::env::temp_dir().join(format!(
         "enclave-checkov-{}-{}",
         std::process::id(),
@@ -18,7 +22,7 @@ fn scan(checkov: &str, config: &Path, objects: &[&KubeObject]) -> Vec<String> {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("plan.yaml");
-    std::fs::write(&file, serde_saphyr::to_string_multiple(&values).unwrap()).unwrap();
+    std::fs::write(&file, serde_saphyr::to_string_multiple(values).unwrap()).unwrap();
     let out = std::process::Command::new(checkov)
         .arg("--config-file")
         .arg(config)
@@ -83,4 +87,22 @@ fn checkov_finds_no_unjustified_failures() {
         "checkov failures:\n{}",
         failed.join("\n")
     );
+}
+
+#[test]
+fn checkov_finds_no_unjustified_failures_in_what_the_chart_renders() {
+    let checkov = service("ENCLAVE_TEST_CHECKOV", "the checkov scanner");
+    for values in crate::chart::values_files() {
+        let objects: Vec<Value> = crate::chart::render(values.as_deref())
+            .into_iter()
+            // checkov scans workloads and RBAC; the CRDs are schema.
+            .filter(|o| o["kind"] != "CustomResourceDefinition")
+            .collect();
+        let failed = scan_values(&checkov, &root().join("e2e/checkov-chart.yaml"), &objects);
+        assert!(
+            failed.is_empty(),
+            "{values:?}: unjustified checkov failures (fix them or add a reasoned skip to e2e/checkov-chart.yaml):\n{}",
+            failed.join("\n")
+        );
+    }
 }
