@@ -119,6 +119,29 @@ pub fn render(values: Option<&std::path::Path>) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The operator configuration (`config.yaml` of the ConfigMap) the chart
+/// renders for values `config: <config>`.
+pub fn rendered_config(config: &serde_json::Value) -> String {
+    let mut cmd = helm();
+    cmd.args([
+        "template",
+        "enclave",
+        "charts/enclave",
+        "--namespace",
+        "enclave-system",
+        "--kube-version",
+        "1.37.0",
+        "--show-only",
+        "templates/configmap.yaml",
+        "--set-json",
+    ])
+    .arg(format!("config={config}"));
+    let (ok, out) = run(&mut cmd);
+    assert!(ok, "helm template with config {config}: {out}");
+    let map: serde_json::Value = serde_saphyr::from_str(&out).unwrap();
+    map["data"]["config.yaml"].as_str().unwrap().to_owned()
+}
+
 /// The committed rendering, without its header comment.
 fn committed_manifests() -> String {
     let text = std::fs::read_to_string(root().join("manifests/enclave.yaml")).unwrap();
@@ -253,6 +276,10 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_control_plane
         )
         .await
         .expect("a Company against the chart's CRDs");
+    Api::<enclave::crd::Company>::all(cp.admin.clone())
+        .create(&PostParams::default(), &company)
+        .await
+        .unwrap();
 
     // Two replicas: the Deployment controller creates their pods, which
     // Pod Security admitted (no kubelet runs them here).
@@ -412,6 +439,14 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_control_plane
     for name in ["companies.enclave.dev", "developers.enclave.dev"] {
         assert!(crds.get_opt(name).await.unwrap().is_some(), "{name}");
     }
+    assert!(
+        Api::<enclave::crd::Company>::all(cp.admin.clone())
+            .get_opt("acme")
+            .await
+            .unwrap()
+            .is_some(),
+        "the tenant outlives the uninstall"
+    );
 }
 
 /// Plays the kubelet for the chart's CRD upgrade hook: once its pod is

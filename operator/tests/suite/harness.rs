@@ -53,15 +53,19 @@ fn vault(moto: &str) -> Vault {
             .to_owned()
     };
     let config = std::env::temp_dir().join(format!("enclave-config-{mount}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "clusterId: {mount}\nvault:\n  address: {addr}\n  authMount: {mount}\naws:\n  endpointUrl: {moto}\nstorage:\n  fsxMissingLifecycleIsAvailable: true\ncontroller:\n  resyncSeconds: 5\ndatabase:\n  subnetGroup: \"\"\n  shared:\n    host: {}\n    port: {}\n    adminCredentialsPath: enclave/pg-admin-{mount}\n    tls: false\n",
-            pg("host"),
-            pg("port")
-        ),
-    )
-    .unwrap();
+    // The operator's configuration is what the chart renders from these
+    // values (its schema checks them, it adds the namespace and image).
+    let values = json!({
+        "clusterId": mount,
+        "vault": {"address": addr, "authMount": mount},
+        "aws": {"endpointUrl": moto},
+        "storage": {"fsxMissingLifecycleIsAvailable": true},
+        "controller": {"resyncSeconds": 5},
+        "database": {"subnetGroup": "", "shared": {
+            "host": pg("host"), "port": pg("port").parse::<u16>().unwrap(),
+            "adminCredentialsPath": format!("enclave/pg-admin-{mount}"), "tls": false}},
+    });
+    std::fs::write(&config, crate::chart::rendered_config(&values)).unwrap();
     let admin =
         std::collections::BTreeMap::from([("username", pg("user")), ("password", pg("password"))]);
     Vault {
