@@ -29,6 +29,9 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "enclave";
 /// Label naming the company an object belongs to.
 pub const LABEL_COMPANY: &str = "enclave.dev/company";
+/// Annotation of a company namespace with the uid of the Company that owns
+/// it: a label alone can be set by anyone who may label namespaces.
+pub const ANNOTATION_COMPANY_UID: &str = "enclave.dev/company-uid";
 /// Label naming the developer an object belongs to.
 pub const LABEL_DEVELOPER: &str = "enclave.dev/developer";
 /// Label naming the part of the tenant an object is (`workspace`, `storage-prep`, …).

@@ -25,10 +25,18 @@ pub fn namespace(ctx: &CompanyContext<'_>) -> Namespace {
             "latest".into(),
         );
     }
+    // The owner's uid (none in a plan of files, where no uid exists yet).
+    let annotations = (!ctx.uid().is_empty()).then(|| {
+        BTreeMap::from([(
+            crate::names::ANNOTATION_COMPANY_UID.to_owned(),
+            ctx.uid().to_owned(),
+        )])
+    });
     Namespace {
         metadata: ObjectMeta {
             name: Some(ctx.names.namespace().to_owned()),
             labels: Some(labels),
+            annotations,
             ..ObjectMeta::default()
         },
         ..Namespace::default()

@@ -183,6 +183,8 @@ pub struct CompanySettings {
     pub storage_deletion_policy: DeletionPolicy,
     /// Default workspace image.
     pub workspace_image: String,
+    /// Further images Developers may choose (exact, or prefixes ending in `/`).
+    pub allowed_images: Vec<String>,
     /// Default workspace resources.
     pub workspace_resources: Resources,
     /// Repository cloned into new workspaces.
@@ -308,6 +310,7 @@ impl CompanySettings {
             }),
             storage,
             workspace_image: workspace.image.unwrap_or_else(|| wc.image.clone()),
+            allowed_images: workspace.allowed_images,
             workspace_resources: defaults.overlay(workspace.resources.as_ref()),
             git_repository: workspace.git_repository,
             controller_image: spec.controller.as_ref().map(|c| c.image.clone()),
@@ -317,6 +320,16 @@ impl CompanySettings {
 }
 
 impl CompanySettings {
+    /// Whether a Developer may run `image`: the company's workspace image,
+    /// or one its allow-list names.
+    pub fn image_allowed(&self, image: &str) -> bool {
+        image == self.workspace_image
+            || self
+                .allowed_images
+                .iter()
+                .any(|a| a == image || (a.ends_with('/') && image.starts_with(a.as_str())))
+    }
+
     /// Why the resolved settings cannot be carried out, if they cannot:
     /// what the CRD cannot check because it depends on the operator's
     /// configuration.
@@ -360,6 +373,17 @@ pub struct DeveloperSettings {
 }
 
 impl DeveloperSettings {
+    /// Why this Developer's workspace may not run as specified: an image
+    /// outside its company's allow-list.
+    pub fn image_problem(&self, company: &CompanySettings) -> Option<String> {
+        (!company.image_allowed(&self.image)).then(|| {
+            format!(
+                "spec.workspace.image {} is neither the company's workspace image ({}) nor in its spec.workspace.allowedImages; the platform team allows images on the Company",
+                self.image, company.workspace_image
+            )
+        })
+    }
+
     /// Merges `developer`'s spec with its company's settings.
     pub fn resolve(
         company: &CompanyContext<'_>,

@@ -23,9 +23,11 @@ use crate::{
         database::{DatabaseBackend, DatabaseState, Deletion, Phase},
         vault::{VaultBackend, delete_tenant, ensure_company},
     },
-    builders::{CompanyContext, CompanyPlan, build_company, database_request},
+    builders::{
+        ADOPT_UID_ANNOTATION, CompanyContext, CompanyPlan, build_company, database_request,
+    },
     crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, Developer},
-    names::LABEL_COMPANY,
+    names::{ANNOTATION_COMPANY_UID, LABEL_COMPANY},
 };
 
 /// Guards what only the operator can clean up (the namespace now; Vault,
@@ -53,18 +55,32 @@ enum NamespaceOwner {
     Other(String),
 }
 
+/// Whose namespace `build`'s namespace is: the Company's only when it
+/// carries both the Company's name label and its uid annotation (a label
+/// alone can be set by anyone allowed to label namespaces).
 async fn namespace_owner(
     ctx: &Context,
-    name: &str,
-    company: &str,
+    build: &CompanyContext<'_>,
 ) -> Result<NamespaceOwner, Error> {
+    let (name, company, uid) = (build.names.namespace(), build.names.company(), build.uid());
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     Ok(match api.get_opt(name).await? {
         None => NamespaceOwner::Free,
-        Some(ns) => match ns.labels().get(LABEL_COMPANY) {
-            Some(owner) if owner == company => NamespaceOwner::Ours,
-            Some(owner) => NamespaceOwner::Other(format!("Company {owner}")),
-            None => NamespaceOwner::Other("no Company (it was not created by Enclave)".into()),
+        Some(ns) => match (
+            ns.labels().get(LABEL_COMPANY),
+            ns.annotations().get(ANNOTATION_COMPANY_UID),
+        ) {
+            (Some(owner), Some(owner_uid)) if owner == company && owner_uid == uid => {
+                NamespaceOwner::Ours
+            }
+            (Some(owner), Some(owner_uid)) if owner == company => NamespaceOwner::Other(format!(
+                "an earlier Company {company} (uid {owner_uid}); to take it over with its data, annotate this Company {ADOPT_UID_ANNOTATION}={owner_uid}"
+            )),
+            (Some(owner), None) if owner == company => NamespaceOwner::Other(format!(
+                "no Company: it carries the label {LABEL_COMPANY}={company} but not this Company's uid (annotation {ANNOTATION_COMPANY_UID}), so someone else labelled it"
+            )),
+            (Some(owner), _) => NamespaceOwner::Other(format!("Company {owner}")),
+            (None, _) => NamespaceOwner::Other("no Company (it was not created by Enclave)".into()),
         },
     })
 }
@@ -232,8 +248,7 @@ async fn namespace_conflict(
     build: &CompanyContext<'_>,
 ) -> Result<Option<String>, Error> {
     let namespace = build.names.namespace();
-    let name = build.names.company();
-    Ok(match namespace_owner(ctx, namespace, name).await? {
+    Ok(match namespace_owner(ctx, build).await? {
         NamespaceOwner::Other(owner) => Some(format!(
             "namespace {namespace} exists and belongs to {owner}; Enclave leaves it untouched: choose another spec.namespace (a new Company) or remove that namespace"
         )),
@@ -566,10 +581,7 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
 /// Deletes the Company's Developers; waits until they are gone.
 async fn delete_developers(ctx: &Context, build: &CompanyContext<'_>) -> Result<(), Error> {
     let (name, namespace) = (build.names.company(), build.names.namespace());
-    if !matches!(
-        namespace_owner(ctx, namespace, name).await?,
-        NamespaceOwner::Ours
-    ) {
+    if !matches!(namespace_owner(ctx, build).await?, NamespaceOwner::Ours) {
         return Ok(());
     }
     let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
@@ -627,10 +639,7 @@ async fn delete_namespace(
 ) -> Result<(), Error> {
     let (name, namespace) = (build.names.company(), build.names.namespace());
     // Never delete what is not ours.
-    if !matches!(
-        namespace_owner(ctx, namespace, name).await?,
-        NamespaceOwner::Ours
-    ) {
+    if !matches!(namespace_owner(ctx, build).await?, NamespaceOwner::Ours) {
         return Ok(());
     }
     let api: Api<Namespace> = Api::all(ctx.client.clone());

@@ -30,6 +30,8 @@ pub mod reasons {
     /// The spec asks for something the operator cannot do; the message says
     /// what to change.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A Developer's workspace image is not one its Company allows.
+    pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
 }
 
 /// Sets condition `type_` in `conditions`, keeping its transition time when

@@ -306,9 +306,25 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
         return Ok(Action::requeue(Duration::from_mins(1)));
     };
 
-    // Build (pure), apply identity and network, prune.
+    // Validate what only the Company can allow; refused, nothing changes.
     let company_ctx = ctx.company(&company);
     let dev_ctx = DeveloperContext::new(&company_ctx, &developer, id);
+    if let Some(problem) = dev_ctx.settings.image_problem(&company_ctx.settings) {
+        for type_ in ["WorkspaceReady", "Ready"] {
+            set(
+                &mut status.conditions,
+                type_,
+                Some(false),
+                reasons::IMAGE_NOT_ALLOWED,
+                &problem,
+                generation,
+            );
+        }
+        write_status(ctx, &developer, &status).await?;
+        return Err(Error::InvalidSpec(problem));
+    }
+
+    // Build (pure), apply identity and network, prune.
     let plan = build_developer(&dev_ctx);
     apply_objects(ctx, &developer, &dev_ctx, &plan).await?;
     status.pod_name = Some(dev_ctx.names.workspace_pod());

@@ -285,6 +285,21 @@ pub struct WorkspaceDefaults {
         pattern(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
     )]
     pub image: Option<String>,
+    /// Images a Developer may choose for their own workspace
+    /// (`Developer.spec.workspace.image`) besides `image`: exact references,
+    /// or prefixes ending in `/` (every image below that path). Any other
+    /// is refused (`ImageNotAllowed`). Only the platform sets it: a company
+    /// admin, who may edit Developers, cannot run arbitrary code as another
+    /// person.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(
+            length(min = 1, max = 512),
+            pattern(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+        )
+    )]
+    pub allowed_images: Vec<String>,
     /// CPU and memory of each workspace container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceSettings>,

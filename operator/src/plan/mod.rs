@@ -306,6 +306,10 @@ fn resolve(
             };
             used.insert(id);
             let dctx = DeveloperContext::new(&ctx, &d.object, id);
+            if let Some(problem) = dctx.settings.image_problem(&ctx.settings) {
+                problems.push(Problem::at(&d.doc, "spec.workspace.image", problem));
+                continue;
+            }
             developer_plans.push(builders::build_developer(&dctx));
         }
         plan.tenants.push(TenantPlan {

@@ -96,52 +96,91 @@ async fn a_namespace_that_is_not_ours_is_a_conflict_and_left_untouched() {
     let h = setup().await;
     let client = h.client.clone();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let taken: Namespace = serde_json::from_value(
-        json!({"metadata": {"name": "taken", "labels": {"team": "someone"}}}),
-    )
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &taken)
-        .await
-        .unwrap();
     let companies: Api<Company> = Api::all(client.clone());
-    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "grabby"}, "spec": {"namespace": "taken"}});
-    companies
-        .patch("grabby", &PatchParams::apply("user"), &Patch::Apply(&co))
-        .await
+    // Someone else's namespace; and one someone labelled for the Company,
+    // which a label alone does not make its own (no uid annotation).
+    for (company, namespace, labels, says) in [
+        (
+            "grabby",
+            "taken",
+            json!({"team": "someone"}),
+            "not created by Enclave",
+        ),
+        (
+            "forged",
+            "forged-ns",
+            json!({"team": "someone", "enclave.dev/company": "forged"}),
+            "someone else labelled it",
+        ),
+    ] {
+        let taken: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": namespace, "labels": labels}}))
+                .unwrap();
+        namespaces
+            .create(&PostParams::default(), &taken)
+            .await
+            .unwrap();
+        let held: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": "their-data", "namespace": namespace}, "data": {"k": "v"}}),
+        )
         .unwrap();
-    let conflicted = wait("the Conflict condition", async || {
-        let c = companies.get("grabby").await.unwrap();
-        (condition(&c, "NamespaceReady").map(|(_, r)| r).as_deref() == Some("Conflict"))
-            .then_some(c)
-    })
-    .await;
-    let message = &conflicted
-        .status
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message
-        .clone();
-    assert!(
-        message.contains("taken") && message.contains("untouched"),
-        "{message}"
-    );
-    let ns = namespaces.get("taken").await.unwrap();
-    assert_eq!(ns.labels().get("team").map(String::as_str), Some("someone"));
-    assert!(
-        ns.labels().get("enclave.dev/company").is_none(),
-        "not relabelled"
-    );
-    // Deleting the Company does not delete a namespace that is not ours.
-    companies
-        .delete("grabby", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_gone("the Company to go", &companies, "grabby").await;
-    assert!(namespaces.get_opt("taken").await.unwrap().is_some());
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &held)
+            .await
+            .unwrap();
+        let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": company}, "spec": {"namespace": namespace}});
+        companies
+            .patch(company, &PatchParams::apply("user"), &Patch::Apply(&co))
+            .await
+            .unwrap();
+        let conflicted = wait("the Conflict condition", async || {
+            let c = companies.get(company).await.unwrap();
+            (condition(&c, "NamespaceReady").map(|(_, r)| r).as_deref() == Some("Conflict"))
+                .then_some(c)
+        })
+        .await;
+        let message = &conflicted
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .message
+            .clone();
+        assert!(
+            message.contains(namespace) && message.contains("untouched") && message.contains(says),
+            "{message}"
+        );
+        let ns = namespaces.get(namespace).await.unwrap();
+        assert_eq!(ns.labels().get("team").map(String::as_str), Some("someone"));
+        assert!(
+            ns.labels()
+                .get("pod-security.kubernetes.io/enforce")
+                .is_none()
+                && ns.annotations().get("enclave.dev/company-uid").is_none(),
+            "not taken over: {:?}",
+            ns.metadata
+        );
+        // Deleting the Company deletes neither the namespace nor what is in it.
+        companies
+            .delete(company, &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_gone("the Company to go", &companies, company).await;
+        let ns = namespaces.get(namespace).await.unwrap();
+        assert!(
+            ns.metadata.deletion_timestamp.is_none(),
+            "{namespace} is being deleted"
+        );
+        assert!(
+            Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace)
+                .get_opt("their-data")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
 }
 
 #[tokio::test]
@@ -944,4 +983,90 @@ async fn a_person_recreated_gets_their_retained_directory_and_uid_back_and_no_on
         .await
         .unwrap();
     wait_gone("the Company", &companies, &name).await;
+}
+
+#[tokio::test]
+async fn a_workspace_image_outside_the_companys_allow_list_is_refused_and_nothing_rolls() {
+    let h = setup().await;
+    let client = h.client.clone();
+    let companies: Api<Company> = Api::all(client.clone());
+    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": "imgco"},
+        "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                 "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"},
+                 "workspace": {"image": "registry.example.com/ws:1",
+                               "allowedImages": ["registry.example.com/tools/", "registry.example.com/dbt:1.8"]}}});
+    companies
+        .patch("imgco", &PatchParams::apply("user"), &Patch::Apply(&co))
+        .await
+        .unwrap();
+    let devs: Api<enclave::crd::Developer> = Api::namespaced(client.clone(), "company-imgco");
+    let apply_dev = |image: Option<&str>| {
+        let mut workspace = json!({});
+        if let Some(image) = image {
+            workspace["image"] = json!(image);
+        }
+        json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+            "metadata": {"name": "dana", "namespace": "company-imgco"},
+            "spec": {"subject": "imgco-dana", "workspace": workspace}})
+    };
+    wait("the Developer applied", async || {
+        devs.patch(
+            "dana",
+            &PatchParams::apply("admin"),
+            &Patch::Apply(apply_dev(None)),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), "company-imgco");
+    let image_of = async || {
+        let set = sets.get_opt("workspace-dana").await.unwrap()?;
+        set.spec.template.spec?.containers[0].image.clone()
+    };
+    wait("the workspace with the company's image", async || {
+        (image_of().await.as_deref() == Some("registry.example.com/ws:1")).then_some(())
+    })
+    .await;
+
+    // An admin points dana's workspace at an image of their choosing.
+    devs.patch(
+        "dana",
+        &PatchParams::apply("admin"),
+        &Patch::Apply(apply_dev(Some("attacker.example.com/miner:latest"))),
+    )
+    .await
+    .unwrap();
+    let refused = wait("ImageNotAllowed", async || {
+        let d = devs.get("dana").await.unwrap();
+        let c = d
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "WorkspaceReady" && c.reason == "ImageNotAllowed")?;
+        Some(c.message)
+    })
+    .await;
+    assert!(refused.contains("allowedImages"), "{refused}");
+    // Resyncs later, the workspace still runs the company's image.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(
+        image_of().await.as_deref(),
+        Some("registry.example.com/ws:1")
+    );
+
+    // An allowed image rolls out.
+    devs.patch(
+        "dana",
+        &PatchParams::apply("admin"),
+        &Patch::Apply(apply_dev(Some("registry.example.com/tools/dbt:2"))),
+    )
+    .await
+    .unwrap();
+    wait("the allowed image rolled out", async || {
+        (image_of().await.as_deref() == Some("registry.example.com/tools/dbt:2")).then_some(())
+    })
+    .await;
+    developer_condition(&devs, "dana", "Ready").await;
 }

@@ -454,6 +454,10 @@ const PLAN_ONLY: &[(&str, &str)] = &[
         "40-unsupported-version.yaml",
         "the API server serves no such version at all",
     ),
+    (
+        "44-image-not-allowed.yaml",
+        "the allow-list is on another object (the Company): condition ImageNotAllowed",
+    ),
 ];
 
 #[tokio::test]

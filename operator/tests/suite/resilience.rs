@@ -578,20 +578,23 @@ async fn deleting_and_reinstalling_the_crds_with_deletion_protection_loses_nothi
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "kim's work");
 
     // Re-installed and re-applied, the new Company (another uid) takes
-    // nothing over silently: its database and file system are conflicts...
+    // nothing over silently: the earlier Company's namespace (its uid in
+    // the annotation) is a conflict that names the way to adopt it...
     h.control_plane.install_crds().await;
     apply(&company(json!({}))).await;
-    let conflicted = wait("the conflicts reported", async || {
+    let conflicted = wait("the conflict reported", async || {
         let c = companies.get(&name).await.ok()?;
         let conditions = c.status?.conditions;
-        let failed = |t: &str| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == t && c.status == "False")
-        };
-        (failed("StorageReady") && failed("DatabaseReady")).then_some(conditions)
+        conditions
+            .iter()
+            .find(|c| c.type_ == "NamespaceReady" && c.reason == "Conflict")
+            .map(|c| c.message.clone())
     })
     .await;
+    assert!(
+        conflicted.contains(&format!("enclave.dev/adopt-uid={old_uid}")),
+        "{conflicted}"
+    );
     println!("{conflicted:#?}");
     assert_eq!(
         footprint(&h, &name).await.file_systems,
