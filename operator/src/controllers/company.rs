@@ -148,7 +148,7 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
         generation,
     );
     write_status(ctx, company, &status).await?;
-    outcome.next(ctx)
+    outcome.next(ctx.resync())
 }
 
 /// What the external-systems steps of one reconcile found.
@@ -177,7 +177,7 @@ impl Outcome {
     /// resource still being created (polled ever more slowly by the error
     /// policy); otherwise unfinished work is looked at again soon, a
     /// converged tenant at the resync interval.
-    fn next(self, ctx: &Context) -> Result<Action, Error> {
+    fn next(self, resync: Duration) -> Result<Action, Error> {
         let database = match self.database {
             Ok(true) => Ok(None),
             Ok(false) => Err(Error::CloudInProgress(
@@ -199,7 +199,7 @@ impl Outcome {
         if let Some(e) = in_progress {
             return Err(e);
         }
-        Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+        Ok(Action::requeue(retry.unwrap_or(resync)))
     }
 }
 
@@ -659,4 +659,76 @@ async fn delete_namespace(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kube::runtime::controller::Action;
+
+    use super::{Error, Outcome};
+    use crate::{backends::storage::StorageError, controllers::RetryClass};
+
+    fn conflict() -> Error {
+        Error::Storage(StorageError::Conflict {
+            id: "fs-1".into(),
+            company: "acme".into(),
+            reason: "tags".into(),
+        })
+    }
+
+    const RESYNC: Duration = Duration::from_mins(10);
+
+    #[test]
+    fn a_failed_step_goes_up_before_a_cloud_resource_in_progress() {
+        let outcome = Outcome {
+            vault: Ok(()),
+            database: Ok(false),
+            storage: Err(conflict()),
+        };
+        assert_eq!(outcome.pending(), ["the database", "storage"]);
+        let error = outcome.next(RESYNC).unwrap_err();
+        assert_eq!(error.retry_class(), RetryClass::NeedsPerson, "{error}");
+    }
+
+    #[test]
+    fn a_database_in_progress_is_polled_and_a_converged_tenant_waits_for_the_resync() {
+        let creating = Outcome {
+            vault: Ok(()),
+            database: Ok(false),
+            storage: Ok(None),
+        };
+        let error = creating.next(RESYNC).unwrap_err();
+        assert_eq!(error.retry_class(), RetryClass::Polling);
+        assert!(error.to_string().contains("DatabaseReady"), "{error}");
+
+        let recording = Outcome {
+            vault: Ok(()),
+            database: Ok(true),
+            storage: Ok(Some(Duration::from_secs(2))),
+        };
+        assert_eq!(
+            recording.next(RESYNC).unwrap(),
+            Action::requeue(Duration::from_secs(2))
+        );
+        let converged = Outcome {
+            vault: Ok(()),
+            database: Ok(true),
+            storage: Ok(None),
+        };
+        assert!(converged.pending().is_empty());
+        assert_eq!(converged.next(RESYNC).unwrap(), Action::requeue(RESYNC));
+    }
+
+    #[test]
+    fn vault_failing_fails_the_reconcile_even_when_the_rest_is_ready() {
+        let outcome = Outcome {
+            vault: Err(Error::InvalidSpec("x".into())),
+            database: Ok(true),
+            storage: Ok(None),
+        };
+        assert_eq!(outcome.pending(), ["Vault"]);
+        assert!(matches!(outcome.next(RESYNC), Err(Error::InvalidSpec(_))));
+    }
 }
