@@ -26,7 +26,7 @@ use crate::{
     builders::{
         ADOPT_UID_ANNOTATION, CompanyContext, CompanyPlan, build_company, database_request,
     },
-    crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, Developer},
+    crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, DeletionPolicies, Developer},
     names::{ANNOTATION_COMPANY_UID, LABEL_COMPANY},
 };
 
@@ -90,13 +90,15 @@ async fn write_status(
     company: &Company,
     status: &CompanyStatus,
 ) -> Result<(), Error> {
+    let mut status = status.clone();
+    super::conditions::set_stalled(&mut status.conditions, status.observed_generation);
     // An unchanged status is not written (no write, no watch event, no
     // reconcile it would trigger).
-    if company.status.as_ref() == Some(status) {
+    if company.status.as_ref() == Some(&status) {
         return Ok(());
     }
     let api: Api<Company> = Api::all(ctx.client.clone());
-    Ok(apply_status(&api, &company.name_any(), status).await?)
+    Ok(apply_status(&api, &company.name_any(), &status).await?)
 }
 
 async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
@@ -105,6 +107,10 @@ async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
     let mut status = company.status.clone().unwrap_or_default();
     status.observed_generation = generation;
     status.namespace = Some(build.names.namespace().to_owned());
+    status.deletion_policies = Some(DeletionPolicies {
+        database: build.settings.database.deletion_policy,
+        storage: build.settings.storage_deletion_policy,
+    });
 
     // Validate: the namespace must be free or already ours.
     if let Some(message) = namespace_conflict(ctx, &build).await? {

@@ -98,6 +98,42 @@ pub fn set_outcome(
     }
 }
 
+/// Reasons no retry can clear: a person must change something.
+const TERMINAL: &[&str] = &[
+    reasons::CONFLICT,
+    reasons::NO_COMPANY,
+    reasons::IMAGE_NOT_ALLOWED,
+    reasons::INVALID_SPEC,
+    reasons::STORAGE_PREP_FAILED,
+    reasons::STORAGE_CLEANUP_FAILED,
+];
+
+/// Sets `Stalled=True` (kstatus: Flux and Argo CD stop waiting and report
+/// it) while a condition is False for a reason no retry can clear, with
+/// that reason and message; removes it otherwise.
+pub fn set_stalled(conditions: &mut Vec<Condition>, generation: Option<i64>) {
+    let terminal = conditions
+        .iter()
+        .find(|c| {
+            c.type_ != "Ready"
+                && c.type_ != "Stalled"
+                && c.status == "False"
+                && TERMINAL.contains(&c.reason.as_str())
+        })
+        .map(|c| (c.reason.clone(), format!("{}: {}", c.type_, c.message)));
+    match terminal {
+        Some((reason, message)) => set(
+            conditions,
+            "Stalled",
+            Some(true),
+            &reason,
+            &message,
+            generation,
+        ),
+        None => conditions.retain(|c| c.type_ != "Stalled"),
+    }
+}
+
 /// Sets `Ready`: True with `ready_message` when nothing is `pending`,
 /// otherwise False, naming what it waits for.
 pub fn set_ready(
@@ -125,5 +161,57 @@ pub fn set_ready(
             &message,
             generation,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{reasons, set, set_stalled};
+
+    #[test]
+    fn a_terminal_reason_stalls_and_clearing_it_unstalls() {
+        let mut conditions = Vec::new();
+        set(
+            &mut conditions,
+            "StorageReady",
+            Some(false),
+            reasons::WAITING,
+            "creating",
+            Some(1),
+        );
+        set_stalled(&mut conditions, Some(1));
+        assert!(
+            conditions.iter().all(|c| c.type_ != "Stalled"),
+            "waiting is progress"
+        );
+        set(
+            &mut conditions,
+            "WorkspaceReady",
+            Some(false),
+            reasons::IMAGE_NOT_ALLOWED,
+            "image x",
+            Some(2),
+        );
+        set_stalled(&mut conditions, Some(2));
+        let stalled = conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", reasons::IMAGE_NOT_ALLOWED)
+        );
+        assert!(
+            stalled.message.starts_with("WorkspaceReady: "),
+            "{}",
+            stalled.message
+        );
+        set(
+            &mut conditions,
+            "WorkspaceReady",
+            Some(true),
+            reasons::READY,
+            "ok",
+            Some(3),
+        );
+        set_stalled(&mut conditions, Some(3));
+        assert!(conditions.iter().all(|c| c.type_ != "Stalled"));
     }
 }

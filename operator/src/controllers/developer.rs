@@ -70,14 +70,16 @@ async fn write_status(
     developer: &Developer,
     status: &DeveloperStatus,
 ) -> Result<(), Error> {
-    if developer.status.as_ref() == Some(status) {
+    let mut status = status.clone();
+    super::conditions::set_stalled(&mut status.conditions, status.observed_generation);
+    if developer.status.as_ref() == Some(&status) {
         return Ok(());
     }
     let api: Api<Developer> = Api::namespaced(
         ctx.client.clone(),
         &developer.namespace().unwrap_or_default(),
     );
-    Ok(apply_status(&api, &developer.name_any(), status).await?)
+    Ok(apply_status(&api, &developer.name_any(), &status).await?)
 }
 
 /// Whether the Company's namespace and Vault are in place, which every

@@ -25,6 +25,9 @@ use super::common::{
     printcolumn(name = "Database", type_ = "string", json_path = ".spec.database.mode"),
     printcolumn(name = "Developers", type_ = "integer", json_path = ".status.developerCount"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = "1"),
+    printcolumn(name = "DatabaseDeletion", type_ = "string", json_path = ".status.deletionPolicies.database", priority = "1"),
+    printcolumn(name = "StorageDeletion", type_ = "string", json_path = ".status.deletionPolicies.storage", priority = "1"),
+    printcolumn(name = "Credentials", type_ = "integer", json_path = ".status.database.credentialsVersion", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 40").message("Company name must be at most 40 characters (it is part of the namespace, RDS and Vault names)").field_path(".metadata.name"),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-]?[a-z0-9])*$')").message("Company name must start with a lowercase letter and contain only lowercase letters, digits and single hyphens, not ending in a hyphen (it is part of DNS, RDS and Postgres names)").field_path(".metadata.name"),
@@ -350,6 +353,19 @@ pub struct CompanyStatus {
     /// How many Developers the company has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub developer_count: Option<i32>,
+    /// The deletion policies in force (the storage default depends on its kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policies: Option<DeletionPolicies>,
+}
+
+/// What deleting the Company does to its data.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionPolicies {
+    /// The database's.
+    pub database: DeletionPolicy,
+    /// The file system's and the developer directories'.
+    pub storage: DeletionPolicy,
 }
 
 /// Where the company database is; the credentials are in Vault at `credentialsPath`.

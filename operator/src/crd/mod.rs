@@ -14,8 +14,8 @@ mod developer;
 pub use common::{DeletionPolicy, ResourceSettings};
 pub use company::{
     Company, CompanySpec, CompanyStatus, ControllerSpec, DatabaseMode, DatabaseSpec,
-    DatabaseStatus, EgressRule, FsxSpec, FsxType, NetworkSpec, QuotaSpec, StorageSpec,
-    StorageStatus, VolumeSpec, WorkspaceDefaults,
+    DatabaseStatus, DeletionPolicies, EgressRule, FsxSpec, FsxType, NetworkSpec, QuotaSpec,
+    StorageSpec, StorageStatus, VolumeSpec, WorkspaceDefaults,
 };
 pub use developer::{
     Developer, DeveloperGit, DeveloperRole, DeveloperSpec, DeveloperStatus, DeveloperStorage,

@@ -48,6 +48,26 @@ async fn a_company_gets_its_namespace_and_loses_it_on_deletion() {
         (condition(&c, "NamespaceReady").map(|(s, _)| s).as_deref() == Some("True")).then_some(c)
     })
     .await;
+    // The namespace carries the Company's uid; the policies in force show.
+    assert_eq!(
+        ns.annotations().get("enclave.dev/company-uid"),
+        ready.metadata.uid.as_ref()
+    );
+    let policies = ready
+        .status
+        .as_ref()
+        .unwrap()
+        .deletion_policies
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (policies.database, policies.storage),
+        (
+            enclave::crd::DeletionPolicy::Snapshot,
+            enclave::crd::DeletionPolicy::Snapshot
+        ),
+        "the defaults: a final snapshot, an archive"
+    );
     assert_eq!(
         ready.status.as_ref().unwrap().observed_generation,
         ready.metadata.generation
@@ -139,15 +159,19 @@ async fn a_namespace_that_is_not_ours_is_a_conflict_and_left_untouched() {
                 .then_some(c)
         })
         .await;
-        let message = &conflicted
-            .status
-            .unwrap()
-            .conditions
+        let conditions = conflicted.status.unwrap().conditions;
+        let message = &conditions
             .iter()
             .find(|c| c.type_ == "Ready")
             .unwrap()
             .message
             .clone();
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.status == "True" && c.reason == "Conflict"),
+            "{conditions:?}"
+        );
         assert!(
             message.contains(namespace) && message.contains("untouched") && message.contains(says),
             "{message}"
@@ -1049,6 +1073,16 @@ async fn a_workspace_image_outside_the_companys_allow_list_is_refused_and_nothin
     })
     .await;
     assert!(refused.contains("allowedImages"), "{refused}");
+    // Stalled, so Flux and Argo CD stop waiting and say why.
+    let stalled = wait("Stalled", async || {
+        let d = devs.get("dana").await.unwrap();
+        d.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Stalled" && c.status == "True")
+    })
+    .await;
+    assert_eq!(stalled.reason, "ImageNotAllowed");
     // Resyncs later, the workspace still runs the company's image.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     assert_eq!(
