@@ -130,6 +130,10 @@ enum Command {
         /// The operator's ServiceAccount (the chart's is `enclave`).
         #[arg(long, default_value = "enclave")]
         service_account: String,
+        /// Its namespace (the Helm release's); default: the configuration's
+        /// `operatorNamespace`, else `enclave-system`.
+        #[arg(long)]
+        namespace: Option<String>,
         /// Configure the auth mount to review tokens with this API server
         /// (a Vault outside the cluster); unset: leave its configuration.
         #[arg(long)]
@@ -317,6 +321,7 @@ fn crdgen(out_dir: Option<&PathBuf>) -> Result<(), String> {
 struct VaultSetupArgs {
     config: Option<PathBuf>,
     service_account: String,
+    namespace: Option<String>,
     kubernetes_host: Option<String>,
     kubernetes_ca_file: Option<PathBuf>,
     token_reviewer_jwt_file: Option<PathBuf>,
@@ -387,7 +392,10 @@ fn vault_setup_steps(
         auth_mount: vault.auth_mount.clone(),
         role: vault.operator_role.clone(),
         service_account: args.service_account.clone(),
-        namespace: config.operator_namespace.clone(),
+        namespace: args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.operator_namespace.clone()),
         token_ttl_seconds: vault.token_ttl_seconds,
         kubernetes,
     };
@@ -419,6 +427,17 @@ fn apply_crds() -> Result<(), String> {
         let api: Api<CustomResourceDefinition> = Api::all(client);
         for crd in crds() {
             let name = crd.metadata.name.clone().unwrap_or_default();
+            // The hook may only get and patch: a CRD that is not installed
+            // (an Argo CD PreSync before its first sync, `--skip-crds`) is
+            // left to whoever installs crds/.
+            let present = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("cannot read CRD {name}: {e}"))?;
+            if present.is_none() {
+                println!("skipped {name}: not installed; apply crds/ to install it");
+                continue;
+            }
             api.patch(&name, &PatchParams::apply("enclave-crds").force(), &Patch::Apply(&crd))
                 .await
                 .map_err(|e| format!("cannot apply CRD {name}: {e}; the hook's ServiceAccount needs get and patch on it"))?;
@@ -515,12 +534,14 @@ pub fn main() -> ExitCode {
         Command::VaultSetup {
             config,
             service_account,
+            namespace,
             kubernetes_host,
             kubernetes_ca_file,
             token_reviewer_jwt_file,
         } => vault_setup(&VaultSetupArgs {
             config,
             service_account,
+            namespace,
             kubernetes_host,
             kubernetes_ca_file,
             token_reviewer_jwt_file,

@@ -552,6 +552,13 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
         return Err(Error::DeletionProtected(name));
     }
     let build = ctx.company(company);
+    // A Company that never got its namespace (a Conflict) never created
+    // anything: what carries its name outside (a Vault policy, a database,
+    // a file system) belongs to someone else, e.g. an earlier Company.
+    if never_owned_anything(ctx, company, &build).await? {
+        tracing::info!(company = %name, "never had its namespace: nothing to clean up");
+        return Ok(Action::await_change());
+    }
     // Developers first: each carries out the storage deletion policy on
     // its own directory and removes its Vault role while the company's
     // file system and namespace still exist.
@@ -582,6 +589,22 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
     delete_namespace(ctx, company, &build).await?;
     tracing::info!(company = %name, "cleaned up");
     Ok(Action::await_change())
+}
+
+/// Whether the Company's namespace is not its own and its status records
+/// no database or file system of its own.
+async fn never_owned_anything(
+    ctx: &Context,
+    company: &Company,
+    build: &CompanyContext<'_>,
+) -> Result<bool, Error> {
+    let recorded = company.status.as_ref().is_some_and(|s| {
+        s.database.is_some()
+            || s.storage
+                .as_ref()
+                .is_some_and(|st| st.file_system_id.is_some())
+    });
+    Ok(!recorded && matches!(namespace_owner(ctx, build).await?, NamespaceOwner::Other(_)))
 }
 
 /// Deletes the Company's Developers; waits until they are gone.

@@ -311,20 +311,7 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
     // Validate what only the Company can allow; refused, nothing changes.
     let company_ctx = ctx.company(&company);
     let dev_ctx = DeveloperContext::new(&company_ctx, &developer, id);
-    if let Some(problem) = dev_ctx.settings.image_problem(&company_ctx.settings) {
-        for type_ in ["WorkspaceReady", "Ready"] {
-            set(
-                &mut status.conditions,
-                type_,
-                Some(false),
-                reasons::IMAGE_NOT_ALLOWED,
-                &problem,
-                generation,
-            );
-        }
-        write_status(ctx, &developer, &status).await?;
-        return Err(Error::InvalidSpec(problem));
-    }
+    validate(ctx, &developer, &dev_ctx, &mut status).await?;
 
     // Build (pure), apply identity and network, prune.
     let plan = build_developer(&dev_ctx);
@@ -363,6 +350,32 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
     .flatten()
     .min();
     Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+}
+
+/// Refuses what only the Company can allow (an image outside its
+/// allow-list): the conditions say why, the status is written, nothing
+/// else changes.
+async fn validate(
+    ctx: &Context,
+    developer: &Developer,
+    dev_ctx: &DeveloperContext<'_>,
+    status: &mut DeveloperStatus,
+) -> Result<(), Error> {
+    let Some(problem) = dev_ctx.settings.image_problem(&dev_ctx.company.settings) else {
+        return Ok(());
+    };
+    for type_ in ["WorkspaceReady", "Ready"] {
+        set(
+            &mut status.conditions,
+            type_,
+            Some(false),
+            reasons::IMAGE_NOT_ALLOWED,
+            &problem,
+            developer.metadata.generation,
+        );
+    }
+    write_status(ctx, developer, status).await?;
+    Err(Error::InvalidSpec(problem))
 }
 
 /// The Developer's Company once it has its namespace and Vault ready, or

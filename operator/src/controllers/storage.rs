@@ -44,17 +44,7 @@ pub async fn ensure_company(
 ) -> Result<Option<Duration>, Error> {
     let generation = build.company.metadata.generation;
     let kind = build.settings.storage.kind_name().to_owned();
-    if let Some(problem) = build.settings.problem() {
-        set(
-            &mut status.conditions,
-            "StorageReady",
-            Some(false),
-            reasons::INVALID_SPEC,
-            &problem,
-            generation,
-        );
-        return Err(Error::InvalidSpec(problem));
-    }
+    check_settings(build, status)?;
     let (StorageKind::Fsx { .. }, Some(req)) =
         (&build.settings.storage, file_system_request(build))
     else {
@@ -118,6 +108,23 @@ pub async fn ensure_company(
         return Err(Error::CloudInProgress(message));
     }
     Ok(retry)
+}
+
+/// Refuses storage settings that cannot be carried out (they depend on the
+/// operator's configuration, so the CRD cannot check them).
+fn check_settings(build: &CompanyContext<'_>, status: &mut CompanyStatus) -> Result<(), Error> {
+    let Some(problem) = build.settings.problem() else {
+        return Ok(());
+    };
+    set(
+        &mut status.conditions,
+        "StorageReady",
+        Some(false),
+        reasons::INVALID_SPEC,
+        &problem,
+        build.company.metadata.generation,
+    );
+    Err(Error::InvalidSpec(problem))
 }
 
 /// The file system as FSx reports it (created first if needed); a failure

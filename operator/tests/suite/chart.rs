@@ -506,3 +506,52 @@ async fn run_hook_pod(admin: Client, api_url: String, dir: PathBuf) -> String {
     .unwrap();
     said
 }
+
+#[tokio::test]
+async fn kubectl_apply_of_the_plain_manifests_installs_enclave_on_a_real_control_plane() {
+    let cp = ControlPlane::start().await;
+    // The CRD hook's command before any CRD exists (an Argo CD PreSync):
+    // it creates nothing and says so.
+    let (ok, out) = run(crate::support::enclave()
+        .args(["crdgen", "--apply"])
+        .env("KUBECONFIG", cp.dir.join("kubeconfig")));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("skipped companies.enclave.dev: not installed"),
+        "{out}"
+    );
+    let (ok, out) = run(cp
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(root().join("manifests/enclave.yaml")));
+    assert!(ok, "kubectl apply: {out}");
+    // The namespace came labelled for Pod Security baseline, the CRDs serve,
+    // and the Deployment's two pods were admitted.
+    let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(cp.admin.clone())
+        .get("enclave-system")
+        .await
+        .unwrap();
+    assert_eq!(
+        ns.labels()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("baseline")
+    );
+    let pods: Api<Pod> = Api::namespaced(cp.admin.clone(), "enclave-system");
+    wait("the operator's two pods", async || {
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+            .await
+            .ok()?;
+        (list.items.len() == 2).then_some(())
+    })
+    .await;
+    let (ok, out) = run(cp.kubectl().args(["get", "companies,developers", "-A"]));
+    assert!(ok, "the CRDs serve: {out}");
+    // Applying it again (a GitOps re-sync) conflicts with nothing.
+    let (ok, out) = run(cp
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(root().join("manifests/enclave.yaml")));
+    assert!(ok, "a second apply: {out}");
+}

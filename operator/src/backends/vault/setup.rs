@@ -61,13 +61,25 @@ impl VaultClientBackend {
     /// second run changes nothing. A mount of the wrong type, or a policy
     /// named `enclave` that Enclave did not write, is refused untouched.
     pub async fn setup(&self, req: &SetupRequest) -> Result<Vec<SetupStep>, VaultError> {
-        let mut steps = vec![
-            self.ensure_mount("sys/mounts", &req.kv_mount, "kv", Some("2"))
-                .await?,
-            self.ensure_mount("sys/auth", &req.auth_mount, "kubernetes", None)
-                .await?,
-        ];
-        if let Some(config) = &req.kubernetes {
+        let kv = self
+            .ensure_mount("sys/mounts", &req.kv_mount, "kv", Some("2"))
+            .await?;
+        let auth = self
+            .ensure_mount("sys/auth", &req.auth_mount, "kubernetes", None)
+            .await?;
+        // A new auth mount without configuration refuses every login: one
+        // inside the cluster reviews tokens with the API server it runs in.
+        let in_cluster = KubernetesAuthConfig {
+            host: "https://kubernetes.default.svc".to_owned(),
+            ca_pem: None,
+            reviewer_jwt: None,
+        };
+        let kubernetes = req
+            .kubernetes
+            .as_ref()
+            .or((auth.change == Change::Created).then_some(&in_cluster));
+        let mut steps = vec![kv, auth];
+        if let Some(config) = kubernetes {
             steps.push(
                 self.ensure_kubernetes_config(&req.auth_mount, config)
                     .await?,
