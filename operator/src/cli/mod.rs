@@ -123,29 +123,7 @@ enum Command {
     /// (`enclave`) and the operator's login role. Run once by an
     /// administrator, with `VAULT_TOKEN` a token that may manage mounts,
     /// policies and roles; prints what it created, updated or found in place.
-    VaultSetup {
-        /// The operator configuration (Vault address, mounts, role, namespace).
-        #[arg(long, env = "ENCLAVE_CONFIG")]
-        config: Option<PathBuf>,
-        /// The operator's ServiceAccount (the chart's is `enclave`).
-        #[arg(long, default_value = "enclave")]
-        service_account: String,
-        /// Its namespace (the Helm release's); default: the configuration's
-        /// `operatorNamespace`, else `enclave-system`.
-        #[arg(long)]
-        namespace: Option<String>,
-        /// Configure the auth mount to review tokens with this API server
-        /// (a Vault outside the cluster); unset: leave its configuration.
-        #[arg(long)]
-        kubernetes_host: Option<String>,
-        /// PEM file of that API server's CA.
-        #[arg(long, requires = "kubernetes_host")]
-        kubernetes_ca_file: Option<PathBuf>,
-        /// File with a token allowed to create TokenReviews
-        /// (`system:auth-delegator`); unset: Vault uses its own pod's token.
-        #[arg(long, requires = "kubernetes_host")]
-        token_reviewer_jwt_file: Option<PathBuf>,
-    },
+    VaultSetup(VaultSetupArgs),
     /// Print the CustomResourceDefinitions, or write them into a directory.
     Crdgen {
         /// Write one file per CRD into this directory instead of printing.
@@ -318,12 +296,28 @@ fn crdgen(out_dir: Option<&PathBuf>) -> Result<(), String> {
 }
 
 /// The arguments of `enclave vault-setup`.
+#[derive(clap::Args, Debug)]
 struct VaultSetupArgs {
+    /// The operator configuration (Vault address, mounts, role, namespace).
+    #[arg(long, env = "ENCLAVE_CONFIG")]
     config: Option<PathBuf>,
+    /// The operator's ServiceAccount (the chart's is `enclave`).
+    #[arg(long, default_value = "enclave")]
     service_account: String,
+    /// Its namespace (the Helm release's); default: the configuration's
+    /// `operatorNamespace`, else `enclave-system`.
+    #[arg(long)]
     namespace: Option<String>,
+    /// Configure the auth mount to review tokens with this API server
+    /// (a Vault outside the cluster); unset: leave its configuration.
+    #[arg(long)]
     kubernetes_host: Option<String>,
+    /// PEM file of that API server's CA.
+    #[arg(long, requires = "kubernetes_host")]
     kubernetes_ca_file: Option<PathBuf>,
+    /// File with a token allowed to create TokenReviews
+    /// (`system:auth-delegator`); unset: Vault uses its own pod's token.
+    #[arg(long, requires = "kubernetes_host")]
     token_reviewer_jwt_file: Option<PathBuf>,
 }
 
@@ -399,10 +393,7 @@ fn vault_setup_steps(
         token_ttl_seconds: vault.token_ttl_seconds,
         kubernetes,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let runtime = current_thread_runtime()?;
     runtime.block_on(async {
         let backend = VaultClientBackend::connect(settings)
             .await
@@ -415,10 +406,7 @@ fn vault_setup_steps(
 /// over fields an earlier `helm install` set).
 fn apply_crds() -> Result<(), String> {
     use kube::api::{Api, Patch, PatchParams};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let runtime = current_thread_runtime()?;
     runtime.block_on(async {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client = kube::Client::try_default()
@@ -445,6 +433,14 @@ fn apply_crds() -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+/// A single-threaded runtime for the one-shot commands.
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 /// The generated parts of the Helm chart at `chart`: `crds/` and the
@@ -531,21 +527,7 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::VaultSetup {
-            config,
-            service_account,
-            namespace,
-            kubernetes_host,
-            kubernetes_ca_file,
-            token_reviewer_jwt_file,
-        } => vault_setup(&VaultSetupArgs {
-            config,
-            service_account,
-            namespace,
-            kubernetes_host,
-            kubernetes_ca_file,
-            token_reviewer_jwt_file,
-        }),
+        Command::VaultSetup(args) => vault_setup(&args),
         Command::Crdgen { apply: true, .. } => match apply_crds() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

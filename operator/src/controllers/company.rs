@@ -555,17 +555,19 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
     // A Company that never got its namespace (a Conflict) never created
     // anything: what carries its name outside (a Vault policy, a database,
     // a file system) belongs to someone else, e.g. an earlier Company.
-    if never_owned_anything(ctx, company, &build).await? {
+    // Whose namespace it is does not change during the cleanup: asked once.
+    let owner = namespace_owner(ctx, &build).await?;
+    if never_owned_anything(company, &owner) {
         tracing::info!(company = %name, "never had its namespace: nothing to clean up");
         return Ok(Action::await_change());
     }
     // Developers first: each carries out the storage deletion policy on
     // its own directory and removes its Vault role while the company's
     // file system and namespace still exist.
-    delete_developers(ctx, &build).await?;
-    // The company's Vault policy and role go; its secrets stay (their
-    // deletion follows a policy that is not wired in yet).
-    let vault = &ctx.vault;
+    let ours = matches!(owner, NamespaceOwner::Ours);
+    if ours {
+        delete_developers(ctx, &build).await?;
+    }
     // The database and the file system per their deletion policies,
     // before anything else goes.
     delete_database(ctx, company, &build).await?;
@@ -579,40 +581,38 @@ async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
         )
         .await;
     }
+    // The company's Vault policy and role go; its secrets stay (their
+    // deletion follows a policy that is not wired in yet).
     delete_tenant(
-        vault.as_ref(),
+        ctx.vault.as_ref(),
         &build_company(&build),
         &build.names.kv_company_root(),
         false,
     )
     .await?;
-    delete_namespace(ctx, company, &build).await?;
+    if ours {
+        delete_namespace(ctx, company, &build).await?; // never one not ours
+    }
     tracing::info!(company = %name, "cleaned up");
     Ok(Action::await_change())
 }
 
 /// Whether the Company's namespace is not its own and its status records
 /// no database or file system of its own.
-async fn never_owned_anything(
-    ctx: &Context,
-    company: &Company,
-    build: &CompanyContext<'_>,
-) -> Result<bool, Error> {
+fn never_owned_anything(company: &Company, owner: &NamespaceOwner) -> bool {
     let recorded = company.status.as_ref().is_some_and(|s| {
         s.database.is_some()
             || s.storage
                 .as_ref()
                 .is_some_and(|st| st.file_system_id.is_some())
     });
-    Ok(!recorded && matches!(namespace_owner(ctx, build).await?, NamespaceOwner::Other(_)))
+    !recorded && matches!(owner, NamespaceOwner::Other(_))
 }
 
-/// Deletes the Company's Developers; waits until they are gone.
+/// Deletes the Company's Developers (in its own namespace); waits until
+/// they are gone.
 async fn delete_developers(ctx: &Context, build: &CompanyContext<'_>) -> Result<(), Error> {
     let (name, namespace) = (build.names.company(), build.names.namespace());
-    if !matches!(namespace_owner(ctx, build).await?, NamespaceOwner::Ours) {
-        return Ok(());
-    }
     let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
     let remaining = developers.list(&ListParams::default()).await?.items;
     if remaining.is_empty() {
@@ -660,17 +660,13 @@ async fn delete_database(
     Ok(())
 }
 
-/// Deletes the Company's namespace if it is its own; waits until it is gone.
+/// Deletes the Company's namespace (its own); waits until it is gone.
 async fn delete_namespace(
     ctx: &Context,
     company: &Company,
     build: &CompanyContext<'_>,
 ) -> Result<(), Error> {
     let (name, namespace) = (build.names.company(), build.names.namespace());
-    // Never delete what is not ours.
-    if !matches!(namespace_owner(ctx, build).await?, NamespaceOwner::Ours) {
-        return Ok(());
-    }
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     if api
         .get_opt(namespace)

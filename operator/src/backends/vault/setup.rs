@@ -167,11 +167,7 @@ impl VaultClientBackend {
                 Some(body),
             )
             .await?;
-            if current.is_some() {
-                Change::Updated
-            } else {
-                Change::Created
-            }
+            written(current.is_some())
         };
         Ok(SetupStep {
             what: format!(
@@ -206,11 +202,7 @@ impl VaultClientBackend {
                     Some(json!({ "policy": hcl })),
                 )
                 .await?;
-                if current.is_some() {
-                    Change::Updated
-                } else {
-                    Change::Created
-                }
+                written(current.is_some())
             }
         };
         Ok(SetupStep {
@@ -241,11 +233,7 @@ impl VaultClientBackend {
                 Some(serde_json::to_value(&want).unwrap_or_default()),
             )
             .await?;
-            if current.is_some() {
-                Change::Updated
-            } else {
-                Change::Created
-            }
+            written(current.is_some())
         };
         Ok(SetupStep {
             what: format!(
@@ -254,6 +242,15 @@ impl VaultClientBackend {
             ),
             change,
         })
+    }
+}
+
+/// What a write did: replaced what `existed`, or created it.
+fn written(existed: bool) -> Change {
+    if existed {
+        Change::Updated
+    } else {
+        Change::Created
     }
 }
 
