@@ -13,7 +13,7 @@ use kube::{
 };
 
 use super::{
-    Context, Error, RetryClass, apply_status,
+    Backends, Context, Error, RetryClass, apply_status,
     conditions::{reasons, set, set_outcome, set_ready},
     prune::{Owner, prune},
     storage,
@@ -35,7 +35,10 @@ use crate::{
 pub const FINALIZER: &str = "enclave.dev/cleanup";
 
 /// Reconciles one Company.
-pub async fn reconcile(company: Arc<Company>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile<B: Backends>(
+    company: Arc<Company>,
+    ctx: Arc<Context<B>>,
+) -> Result<Action, Error> {
     let api: Api<Company> = Api::all(ctx.client.clone());
     // Boxed: the pipeline's future is large (backend calls inside).
     let result = Box::pin(finalizer(&api, FINALIZER, company, |event| async {
@@ -58,8 +61,8 @@ enum NamespaceOwner {
 /// Whose namespace `build`'s namespace is: the Company's only when it
 /// carries both the Company's name label and its uid annotation (a label
 /// alone can be set by anyone allowed to label namespaces).
-async fn namespace_owner(
-    ctx: &Context,
+async fn namespace_owner<B: Backends>(
+    ctx: &Context<B>,
     build: &CompanyContext<'_>,
 ) -> Result<NamespaceOwner, Error> {
     let (name, company, uid) = (build.names.namespace(), build.names.company(), build.uid());
@@ -85,8 +88,8 @@ async fn namespace_owner(
     })
 }
 
-async fn write_status(
-    ctx: &Context,
+async fn write_status<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     status: &CompanyStatus,
 ) -> Result<(), Error> {
@@ -101,7 +104,7 @@ async fn write_status(
     Ok(apply_status(&api, &company.name_any(), &status).await?)
 }
 
-async fn apply(company: &Company, ctx: &Context) -> Result<Action, Error> {
+async fn apply<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Action, Error> {
     let build = ctx.company(company);
     let generation = company.metadata.generation;
     let mut status = company.status.clone().unwrap_or_default();
@@ -212,8 +215,8 @@ impl Outcome {
 /// Vault, the database and the file system, with their conditions: at the
 /// resync interval, on a spec change and while anything is not ready; other
 /// events (a Developer's status, a namespace edit) do not repeat them.
-async fn external_systems(
-    ctx: &Context,
+async fn external_systems<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     build: &CompanyContext<'_>,
     plan: &CompanyPlan,
@@ -249,8 +252,8 @@ async fn external_systems(
 
 /// Why the Company's namespace cannot be used, if it cannot: it exists and
 /// belongs to someone else.
-async fn namespace_conflict(
-    ctx: &Context,
+async fn namespace_conflict<B: Backends>(
+    ctx: &Context<B>,
     build: &CompanyContext<'_>,
 ) -> Result<Option<String>, Error> {
     let namespace = build.names.namespace();
@@ -265,8 +268,8 @@ async fn namespace_conflict(
 /// Applies the Company's in-cluster objects and prunes those it no longer
 /// implies (the volumes that mount its file system are in the plan once
 /// the file system was observed).
-async fn apply_objects(
-    ctx: &Context,
+async fn apply_objects<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     build: &CompanyContext<'_>,
     plan: &CompanyPlan,
@@ -296,7 +299,10 @@ async fn apply_objects(
 }
 
 /// How many Developers the Company's namespace holds.
-async fn developer_count(ctx: &Context, build: &CompanyContext<'_>) -> Result<Option<i32>, Error> {
+async fn developer_count<B: Backends>(
+    ctx: &Context<B>,
+    build: &CompanyContext<'_>,
+) -> Result<Option<i32>, Error> {
     let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), build.names.namespace());
     let count = developers
         .list_metadata(&ListParams::default())
@@ -309,8 +315,8 @@ async fn developer_count(ctx: &Context, build: &CompanyContext<'_>) -> Result<Op
 /// Whether Vault, the database and storage were all ready for this
 /// generation and checked within half the resync interval, with no
 /// rotation asked for.
-fn external_systems_converged(
-    ctx: &Context,
+fn external_systems_converged<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     status: &CompanyStatus,
     key: &str,
@@ -329,7 +335,11 @@ fn external_systems_converged(
 }
 
 /// The company controller's Vault policy and role.
-async fn vault_step(ctx: &Context, company: &Company, plan: &CompanyPlan) -> Result<(), Error> {
+async fn vault_step<B: Backends>(
+    ctx: &Context<B>,
+    company: &Company,
+    plan: &CompanyPlan,
+) -> Result<(), Error> {
     let result = ensure_company(ctx.vault.as_ref(), plan)
         .await
         .map_err(Error::from);
@@ -345,8 +355,8 @@ async fn vault_step(ctx: &Context, company: &Company, plan: &CompanyPlan) -> Res
 /// The database (credentials written to Vault first, inside the backend):
 /// records it in `status` with its condition and audit lines; `Ok(true)`
 /// once it is available.
-async fn database_step(
-    ctx: &Context,
+async fn database_step<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     build: &CompanyContext<'_>,
     status: &mut CompanyStatus,
@@ -399,8 +409,8 @@ async fn database_step(
 
 /// What `status.database` says of `state`, including for which value of
 /// the rotation annotation credentials were last rotated.
-fn database_status(
-    ctx: &Context,
+fn database_status<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     status: &CompanyStatus,
     state: &DatabaseState,
@@ -432,8 +442,8 @@ fn database_status(
 
 /// One audit line (and Event) per change of the database's status: a
 /// rotation carried out, a new phase or credentials version.
-async fn audit_database(
-    ctx: &Context,
+async fn audit_database<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     previous: Option<&DatabaseStatus>,
     current: Option<&DatabaseStatus>,
@@ -465,8 +475,8 @@ async fn audit_database(
 }
 
 /// The file system (see `storage`): `Ok(Some(delay))` while it is not ready.
-async fn storage_step(
-    ctx: &Context,
+async fn storage_step<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     build: &CompanyContext<'_>,
     status: &mut CompanyStatus,
@@ -493,8 +503,8 @@ async fn storage_step(
 }
 
 /// Ensures the company database with the backend of its mode.
-async fn ensure_database(
-    ctx: &Context,
+async fn ensure_database<B: Backends>(
+    ctx: &Context<B>,
     build: &CompanyContext<'_>,
     status: &CompanyStatus,
 ) -> Result<DatabaseState, Error> {
@@ -536,7 +546,7 @@ fn rotation_requested<'a>(company: &'a Company, status: &CompanyStatus) -> Optio
     (done != Some(wanted.as_str())).then_some(wanted.as_str())
 }
 
-async fn cleanup(company: &Company, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Action, Error> {
     let name = company.name_any();
     if company.spec.deletion_protection {
         let mut status = company.status.clone().unwrap_or_default();
@@ -611,7 +621,10 @@ fn never_owned_anything(company: &Company, owner: &NamespaceOwner) -> bool {
 
 /// Deletes the Company's Developers (in its own namespace); waits until
 /// they are gone.
-async fn delete_developers(ctx: &Context, build: &CompanyContext<'_>) -> Result<(), Error> {
+async fn delete_developers<B: Backends>(
+    ctx: &Context<B>,
+    build: &CompanyContext<'_>,
+) -> Result<(), Error> {
     let (name, namespace) = (build.names.company(), build.names.namespace());
     let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
     let remaining = developers.list(&ListParams::default()).await?.items;
@@ -634,8 +647,8 @@ async fn delete_developers(ctx: &Context, build: &CompanyContext<'_>) -> Result<
 
 /// Carries out the database's deletion policy; polls while it is in
 /// progress.
-async fn delete_database(
-    ctx: &Context,
+async fn delete_database<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     build: &CompanyContext<'_>,
 ) -> Result<(), Error> {
@@ -661,8 +674,8 @@ async fn delete_database(
 }
 
 /// Deletes the Company's namespace (its own); waits until it is gone.
-async fn delete_namespace(
-    ctx: &Context,
+async fn delete_namespace<B: Backends>(
+    ctx: &Context<B>,
     company: &Company,
     build: &CompanyContext<'_>,
 ) -> Result<(), Error> {

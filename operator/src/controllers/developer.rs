@@ -20,7 +20,7 @@ use kube::{
 };
 
 use super::{
-    Context, Error, apply_status,
+    Backends, Context, Error, apply_status,
     conditions::{reasons, set, set_outcome, set_ready},
     prune::{Owner, prune},
     storage,
@@ -35,7 +35,10 @@ use crate::{
 
 /// The company named by `namespace`'s label (set only by the operator, and
 /// kept while the Company is being deleted).
-async fn company_label(ctx: &Context, namespace: &str) -> Result<Option<String>, Error> {
+async fn company_label<B: Backends>(
+    ctx: &Context<B>,
+    namespace: &str,
+) -> Result<Option<String>, Error> {
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
     Ok(namespaces
         .get_opt(namespace)
@@ -45,8 +48,8 @@ async fn company_label(ctx: &Context, namespace: &str) -> Result<Option<String>,
 
 /// Company `label`, if it exists and its namespace is `namespace` (a label
 /// alone, which someone else could set, is not enough).
-async fn company_named(
-    ctx: &Context,
+async fn company_named<B: Backends>(
+    ctx: &Context<B>,
     label: &str,
     namespace: &str,
 ) -> Result<Option<Company>, Error> {
@@ -58,15 +61,18 @@ async fn company_named(
 
 /// The Company whose namespace is `namespace`, if any: two reads, whatever
 /// the number of Companies.
-async fn company_of(ctx: &Context, namespace: &str) -> Result<Option<Company>, Error> {
+async fn company_of<B: Backends>(
+    ctx: &Context<B>,
+    namespace: &str,
+) -> Result<Option<Company>, Error> {
     match company_label(ctx, namespace).await? {
         Some(label) => company_named(ctx, &label, namespace).await,
         None => Ok(None),
     }
 }
 
-async fn write_status(
-    ctx: &Context,
+async fn write_status<B: Backends>(
+    ctx: &Context<B>,
     developer: &Developer,
     status: &DeveloperStatus,
 ) -> Result<(), Error> {
@@ -104,8 +110,8 @@ fn storage_ready(conditions: &[Condition]) -> bool {
 /// Vault for them (their data may still exist, owned by it), or a new one
 /// that no live Developer and no record holds, recorded before it is used.
 /// One allocation at a time, so two new Developers never get one id.
-async fn allocate_id(
-    ctx: &Context,
+async fn allocate_id<B: Backends>(
+    ctx: &Context<B>,
     namespace: &str,
     names: &crate::names::DeveloperNames,
 ) -> Result<Option<i64>, Error> {
@@ -137,7 +143,10 @@ async fn allocate_id(
 pub const FINALIZER: &str = "enclave.dev/cleanup";
 
 /// Reconciles one Developer.
-pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile<B: Backends>(
+    developer: Arc<Developer>,
+    ctx: Arc<Context<B>>,
+) -> Result<Action, Error> {
     let api: Api<Developer> = Api::namespaced(
         ctx.client.clone(),
         &developer.namespace().unwrap_or_default(),
@@ -154,7 +163,7 @@ pub async fn reconcile(developer: Arc<Developer>, ctx: Arc<Context>) -> Result<A
 
 /// Whether Enclave's CRDs are being deleted (an uninstall, not a person
 /// removing one Developer).
-async fn uninstalling(ctx: &Context) -> Result<bool, Error> {
+async fn uninstalling<B: Backends>(ctx: &Context<B>) -> Result<bool, Error> {
     let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
     for name in [Developer::crd_name(), Company::crd_name()] {
         if crds
@@ -168,7 +177,7 @@ async fn uninstalling(ctx: &Context) -> Result<bool, Error> {
     Ok(false)
 }
 
-async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup<B: Backends>(developer: &Developer, ctx: &Context<B>) -> Result<Action, Error> {
     let Some(status) = &developer.status else {
         return Ok(Action::await_change());
     };
@@ -188,8 +197,8 @@ async fn cleanup(developer: &Developer, ctx: &Context) -> Result<Action, Error> 
 
 /// Carries out the company's storage deletion policy on the Developer's
 /// directory, unless the company's deletion protection holds it.
-async fn storage_cleanup(
-    ctx: &Context,
+async fn storage_cleanup<B: Backends>(
+    ctx: &Context<B>,
     developer: &Developer,
     status: &DeveloperStatus,
     company: Option<Company>,
@@ -265,8 +274,8 @@ async fn storage_cleanup(
 /// Removes the Developer's Vault role and policy (recorded in its status).
 /// The company comes from the namespace's label, which outlives the
 /// Company during its deletion.
-async fn vault_cleanup(
-    ctx: &Context,
+async fn vault_cleanup<B: Backends>(
+    ctx: &Context<B>,
     developer: &Developer,
     status: &DeveloperStatus,
     label: Option<String>,
@@ -294,7 +303,7 @@ async fn vault_cleanup(
     Ok(Action::await_change())
 }
 
-async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error> {
+async fn apply<B: Backends>(developer: Arc<Developer>, ctx: &Context<B>) -> Result<Action, Error> {
     let generation = developer.metadata.generation;
     let mut status = developer.status.clone().unwrap_or_default();
     status.observed_generation = generation;
@@ -355,8 +364,8 @@ async fn apply(developer: Arc<Developer>, ctx: &Context) -> Result<Action, Error
 /// Refuses what only the Company can allow (an image outside its
 /// allow-list): the conditions say why, the status is written, nothing
 /// else changes.
-async fn validate(
-    ctx: &Context,
+async fn validate<B: Backends>(
+    ctx: &Context<B>,
     developer: &Developer,
     dev_ctx: &DeveloperContext<'_>,
     status: &mut DeveloperStatus,
@@ -380,8 +389,8 @@ async fn validate(
 
 /// The Developer's Company once it has its namespace and Vault ready, or
 /// (status written) when to look again.
-async fn ready_company(
-    ctx: &Context,
+async fn ready_company<B: Backends>(
+    ctx: &Context<B>,
     developer: &Developer,
     status: &mut DeveloperStatus,
 ) -> Result<Result<Company, Action>, Error> {
@@ -426,8 +435,8 @@ fn condition_true(conditions: &[Condition], type_: &str) -> bool {
 
 /// The Developer's uid/gid: allocated once and recorded in its status
 /// before anything uses it; `None` (status written) when the range is full.
-async fn posix_id(
-    ctx: &Context,
+async fn posix_id<B: Backends>(
+    ctx: &Context<B>,
     developer: &Developer,
     company: &Company,
     status: &mut DeveloperStatus,
@@ -461,8 +470,8 @@ async fn posix_id(
 /// Applies the Developer's identity and network objects (volumes and the
 /// preparation Job are the storage step's, the workspace waits for its
 /// directory) and prunes those it no longer implies.
-async fn apply_objects(
-    ctx: &Context,
+async fn apply_objects<B: Backends>(
+    ctx: &Context<B>,
     developer: &Developer,
     dev_ctx: &DeveloperContext<'_>,
     plan: &DeveloperPlan,
@@ -505,8 +514,8 @@ async fn apply_objects(
 
 /// The Developer's private directory (see `storage`): `Some(delay)` while
 /// it is not ready.
-async fn storage_step(
-    ctx: &Context,
+async fn storage_step<B: Backends>(
+    ctx: &Context<B>,
     developer: &Developer,
     dev_ctx: &DeveloperContext<'_>,
     status: &mut DeveloperStatus,
@@ -527,8 +536,8 @@ async fn storage_step(
 }
 
 /// The workspace StatefulSet (once storage is ready) and its condition.
-async fn workspace_step(
-    ctx: &Context,
+async fn workspace_step<B: Backends>(
+    ctx: &Context<B>,
     dev_ctx: &DeveloperContext<'_>,
     plan: &DeveloperPlan,
     storage_pending: bool,
@@ -589,8 +598,8 @@ async fn workspace_step(
 /// The workspace's Vault policy and role, with their condition: at the
 /// resync interval, on a spec change and while not ready, not on every
 /// event (its Company's status, its pod's).
-async fn vault_step(
-    ctx: &Context,
+async fn vault_step<B: Backends>(
+    ctx: &Context<B>,
     developer: &Developer,
     company: &Company,
     plan: &DeveloperPlan,

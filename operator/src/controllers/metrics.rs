@@ -23,6 +23,7 @@ struct OutcomeLabels {
 struct FailureLabels {
     kind: &'static str,
     category: &'static str,
+    class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,7 +62,7 @@ impl Default for Metrics {
         let failures = Family::<FailureLabels, Counter>::default();
         registry.register(
             "reconcile_failures",
-            "Failed reconciles by kind and error category",
+            "Failed reconciles by kind, error category (the failing system) and class (how it is retried)",
             failures.clone(),
         );
         let durations = Family::<KindLabels, Histogram>::new_with_constructor(|| {
@@ -120,15 +121,18 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records one finished reconcile of `kind`.
-    pub fn reconciled(&self, kind: &'static str, took: Duration, error: Option<&'static str>) {
+    pub fn reconciled(&self, kind: &'static str, took: Duration, error: Option<&super::Error>) {
         let outcome = if error.is_some() { "error" } else { "success" };
         self.reconciles
             .get_or_create(&OutcomeLabels { kind, outcome })
             .inc();
-        if let Some(category) = error {
-            self.failures
-                .get_or_create(&FailureLabels { kind, category })
-                .inc();
+        if let Some(error) = error {
+            let labels = FailureLabels {
+                kind,
+                category: error.category(),
+                class: error.retry_class().label(),
+            };
+            self.failures.get_or_create(&labels).inc();
         }
         self.durations
             .get_or_create(&KindLabels { kind })

@@ -16,6 +16,8 @@ mod conditions;
 mod developer;
 mod http;
 mod metrics;
+#[cfg(test)]
+mod pipeline_tests;
 mod prune;
 mod runner;
 mod storage;
@@ -36,27 +38,50 @@ pub use runner::{RunOptions, run};
 
 use crate::{
     backends::{
-        database::{DatabaseError, RdsDatabase, SharedPostgres},
-        storage::{FsxFileSystems, StorageError},
-        vault::{VaultAuth, VaultClientBackend, VaultError, VaultSettings},
+        database::{DatabaseBackend, DatabaseError, RdsDatabase, SharedPostgres},
+        storage::{FileSystemBackend, FsxFileSystems, StorageError},
+        vault::{VaultAuth, VaultBackend, VaultClientBackend, VaultError, VaultSettings},
     },
     builders::{CompanyContext, Observed},
     config::OperatorConfig,
     crd::Company,
 };
 
+/// The external systems a reconcile talks to besides the API, as types:
+/// the real ones in `enclave run`, in-memory ones in the pipeline tests.
+pub trait Backends: Send + Sync + 'static {
+    /// Vault (policies, roles, credentials, uid/gid records).
+    type Vault: VaultBackend + 'static;
+    /// Dedicated databases (RDS).
+    type Rds: DatabaseBackend;
+    /// Databases in the shared instance.
+    type Shared: DatabaseBackend;
+    /// Company file systems (FSx).
+    type FileSystems: FileSystemBackend;
+}
+
+/// The real backends.
+pub struct Real;
+
+impl Backends for Real {
+    type Vault = VaultClientBackend;
+    type Rds = RdsDatabase<VaultClientBackend>;
+    type Shared = SharedPostgres<VaultClientBackend>;
+    type FileSystems = FsxFileSystems;
+}
+
 /// What a reconcile needs.
-pub struct Context {
+pub struct Context<B: Backends = Real> {
     /// The API.
     pub client: Client,
     /// Operator configuration.
     pub config: OperatorConfig,
     /// Vault (the controllers start only once it accepted the operator's token).
-    pub vault: Arc<VaultClientBackend>,
+    pub vault: Arc<B::Vault>,
     /// The database backends.
-    pub databases: Databases,
+    pub databases: Databases<B>,
     /// Company file systems on FSx.
-    pub file_systems: FsxFileSystems,
+    pub file_systems: B::FileSystems,
     /// Serialises uid/gid allocation (one active operator, leader-elected).
     pub allocation: tokio::sync::Mutex<()>,
     /// Metrics and readiness.
@@ -73,7 +98,7 @@ pub struct Context {
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
-impl Context {
+impl<B: Backends> Context<B> {
     /// `company` resolved against the configuration and what its status
     /// records of its external resources (the builders' observed facts).
     pub fn company<'a>(&'a self, company: &'a Company) -> CompanyContext<'a> {
@@ -184,11 +209,11 @@ impl Context {
 }
 
 /// The two database backends, one per `spec.database.mode`.
-pub struct Databases {
+pub struct Databases<B: Backends = Real> {
     /// Dedicated RDS instances.
-    pub rds: RdsDatabase<VaultClientBackend>,
+    pub rds: B::Rds,
     /// Databases in the shared PostgreSQL instance.
-    pub shared: SharedPostgres<VaultClientBackend>,
+    pub shared: B::Shared,
 }
 
 /// The AWS SDK configuration: region and endpoint as configured,
@@ -332,6 +357,19 @@ pub enum RetryClass {
     NeedsPerson,
 }
 
+impl RetryClass {
+    /// The class as a metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Polling => "polling",
+            Self::Transient => "transient",
+            Self::Throttled => "throttled",
+            Self::NeedsPerson => "needs-person",
+        }
+    }
+}
+
 /// The delay before retry number `failures` (1-based) of `class`.
 pub fn retry_delay(class: RetryClass, failures: u32) -> Duration {
     let exponential = |base_ms: u64, cap_ms: u64| {
@@ -355,9 +393,10 @@ pub fn retry_delay(class: RetryClass, failures: u32) -> Duration {
 }
 
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run asks for
-fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+fn error_policy<K, B>(object: Arc<K>, error: &Error, ctx: Arc<Context<B>>) -> Action
 where
     K: kube::Resource<DynamicType = ()>,
+    B: Backends,
 {
     let key = ObjectRef::from_obj(object.as_ref()).erase().to_string();
     let class = error.retry_class();
@@ -392,7 +431,7 @@ fn waiting_key(object: &str) -> String {
 }
 
 /// Forgets the failures and waits of objects whose reconcile succeeded.
-fn reset_failures(ctx: &Context, object: &str) {
+fn reset_failures<B: Backends>(ctx: &Context<B>, object: &str) {
     let mut failures = ctx
         .failures
         .lock()

@@ -22,7 +22,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::{Context, Error};
+use super::{Backends, Context, Error};
 use crate::{
     builders::KubeObject,
     names::{LABEL_COMPANY, LABEL_DEVELOPER, LABEL_MANAGED_BY, MANAGED_BY},
@@ -74,8 +74,8 @@ fn kind_and_name(object: &KubeObject) -> (&'static str, String) {
     )
 }
 
-async fn prune_kind<K>(
-    ctx: &Context,
+async fn prune_kind<K, B: Backends>(
+    ctx: &Context<B>,
     namespace: &str,
     owner: &Owner<'_>,
     keep: &BTreeSet<(&'static str, String)>,
@@ -116,20 +116,20 @@ where
 
 /// Deletes `owner`'s labelled children in `namespace` that are not in
 /// `desired`; returns what went (for the audit trail).
-pub async fn prune(
-    ctx: &Context,
+pub async fn prune<B: Backends>(
+    ctx: &Context<B>,
     namespace: &str,
     owner: &Owner<'_>,
     desired: &[KubeObject],
 ) -> Result<Vec<String>, Error> {
     let keep: BTreeSet<_> = desired.iter().map(kind_and_name).collect();
     let mut pruned = Vec::new();
-    pruned.extend(prune_kind::<NetworkPolicy>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<RoleBinding>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<ServiceAccount>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<Service>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<StatefulSet>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<ResourceQuota>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<LimitRange>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<NetworkPolicy, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<RoleBinding, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<ServiceAccount, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<Service, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<StatefulSet, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<ResourceQuota, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<LimitRange, B>(ctx, namespace, owner, &keep).await?);
     Ok(pruned)
 }

@@ -22,8 +22,8 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tracing::Instrument;
 
 use super::{
-    Context, Error, audit::Audit, aws_config, company, connect_vault, databases, developer,
-    error_policy, http, reset_failures,
+    Backends, Context, Error, audit::Audit, aws_config, company, connect_vault, databases,
+    developer, error_policy, http, reset_failures,
 };
 use crate::{
     backends::{storage::FsxFileSystems, vault::VaultClientBackend},
@@ -51,23 +51,26 @@ pub struct RunOptions {
     pub identity: String,
 }
 
-async fn reconcile_company(company: Arc<Company>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// One Company reconcile, timed and counted by outcome in the metrics.
+pub(super) async fn reconcile_company<B: Backends>(
+    company: Arc<Company>,
+    ctx: Arc<Context<B>>,
+) -> Result<Action, Error> {
     let span = tracing::info_span!("reconcile", kind = "Company", name = %company.name_any());
     let started = Instant::now();
     let result = company::reconcile(company, Arc::clone(&ctx))
         .instrument(span)
         .await;
-    ctx.health.metrics.reconciled(
-        "Company",
-        started.elapsed(),
-        result.as_ref().err().map(Error::category),
-    );
+    ctx.health
+        .metrics
+        .reconciled("Company", started.elapsed(), result.as_ref().err());
     result
 }
 
-async fn reconcile_developer(
+/// One Developer reconcile, timed and counted by outcome in the metrics.
+pub(super) async fn reconcile_developer<B: Backends>(
     developer: Arc<Developer>,
-    ctx: Arc<Context>,
+    ctx: Arc<Context<B>>,
 ) -> Result<Action, Error> {
     let span = tracing::info_span!(
         "reconcile",
@@ -79,11 +82,9 @@ async fn reconcile_developer(
     let result = developer::reconcile(developer, Arc::clone(&ctx))
         .instrument(span)
         .await;
-    ctx.health.metrics.reconciled(
-        "Developer",
-        started.elapsed(),
-        result.as_ref().err().map(Error::category),
-    );
+    ctx.health
+        .metrics
+        .reconciled("Developer", started.elapsed(), result.as_ref().err());
     result
 }
 

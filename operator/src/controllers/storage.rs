@@ -17,7 +17,7 @@ use kube::{
 };
 
 use super::{
-    Context, Error, FIELD_MANAGER,
+    Backends, Context, Error, FIELD_MANAGER,
     conditions::{reasons, set},
 };
 use crate::{
@@ -37,8 +37,8 @@ const LIFECYCLE_GRACE: Duration = Duration::from_mins(30);
 /// Ensures the company's storage and records it in `status`; `None` when
 /// it is ready, else when to look again (an FSx file system being created
 /// is polled through [`Error::CloudInProgress`]). Sets `StorageReady`.
-pub async fn ensure_company(
-    ctx: &Context,
+pub async fn ensure_company<B: Backends>(
+    ctx: &Context<B>,
     build: &CompanyContext<'_>,
     status: &mut CompanyStatus,
 ) -> Result<Option<Duration>, Error> {
@@ -129,8 +129,8 @@ fn check_settings(build: &CompanyContext<'_>, status: &mut CompanyStatus) -> Res
 
 /// The file system as FSx reports it (created first if needed); a failure
 /// sets `StorageReady` to what to do and goes up for its retry.
-async fn ensure_file_system(
-    ctx: &Context,
+async fn ensure_file_system<B: Backends>(
+    ctx: &Context<B>,
     req: &crate::builders::FileSystemRequest,
     status: &mut CompanyStatus,
     generation: Option<i64>,
@@ -165,8 +165,8 @@ struct NotAvailable {
 }
 
 /// Why the file system `state` cannot be used yet, if it cannot.
-fn not_available(
-    ctx: &Context,
+fn not_available<B: Backends>(
+    ctx: &Context<B>,
     status: &CompanyStatus,
     state: &FileSystemState,
 ) -> Option<NotAvailable> {
@@ -282,7 +282,7 @@ fn job_outcome(job: &Job) -> JobOutcome {
 
 /// The outcome of `job`, creating it first if it does not exist (a Job's
 /// spec cannot change, so an existing one is only read).
-async fn run_job(ctx: &Context, job: &Job) -> Result<JobOutcome, Error> {
+async fn run_job<B: Backends>(ctx: &Context<B>, job: &Job) -> Result<JobOutcome, Error> {
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ctx.config.operator_namespace);
     if let Some(existing) = jobs.get_opt(&job.name_any()).await? {
         return Ok(job_outcome(&existing));
@@ -293,8 +293,8 @@ async fn run_job(ctx: &Context, job: &Job) -> Result<JobOutcome, Error> {
 
 /// Ensures the developer's private directory and volume; `None` when
 /// ready, else when to look again. Sets `StorageReady`.
-pub async fn ensure_developer(
-    ctx: &Context,
+pub async fn ensure_developer<B: Backends>(
+    ctx: &Context<B>,
     dev: &DeveloperContext<'_>,
     status: &mut DeveloperStatus,
 ) -> Result<Option<Duration>, Error> {
@@ -348,8 +348,8 @@ pub async fn ensure_developer(
 
 /// Runs the Job that creates the developer's directory and sets
 /// `StorageReady` by its outcome; `Some(delay)` while it is not done.
-async fn prepare_directory(
-    ctx: &Context,
+async fn prepare_directory<B: Backends>(
+    ctx: &Context<B>,
     dev: &DeveloperContext<'_>,
     status: &mut DeveloperStatus,
 ) -> Result<Option<Duration>, Error> {
@@ -403,8 +403,8 @@ async fn prepare_directory(
 /// A retained volume still bound to a claim that is gone (its Developer
 /// was deleted without cleanup, say) would never bind to the new claim:
 /// its claim reference's uid is cleared, as an administrator would.
-async fn release_stale_binding(
-    ctx: &Context,
+async fn release_stale_binding<B: Backends>(
+    ctx: &Context<B>,
     volume_name: &str,
     dev: &DeveloperContext<'_>,
 ) -> Result<(), Error> {
@@ -435,7 +435,10 @@ async fn release_stale_binding(
 
 /// Carries out the deletion policy on a deleted Developer's storage; an
 /// `Err(Waiting)` until its cleanup Job finished.
-pub async fn cleanup_developer(ctx: &Context, dev: &DeveloperContext<'_>) -> Result<(), Error> {
+pub async fn cleanup_developer<B: Backends>(
+    ctx: &Context<B>,
+    dev: &DeveloperContext<'_>,
+) -> Result<(), Error> {
     let policy = dev.company.settings.storage_deletion_policy;
     let developer = dev.developer.name_any();
     match &dev.company.settings.storage {
@@ -504,8 +507,8 @@ pub async fn cleanup_developer(ctx: &Context, dev: &DeveloperContext<'_>) -> Res
 /// Carries out the deletion policy on the company's file system, then
 /// removes its root volume objects; `Err(Waiting)` while FSx deletes.
 /// Returns what was done, for the audit trail.
-pub async fn cleanup_company(
-    ctx: &Context,
+pub async fn cleanup_company<B: Backends>(
+    ctx: &Context<B>,
     build: &CompanyContext<'_>,
 ) -> Result<Option<String>, Error> {
     let Some(req) = file_system_request(build) else {
@@ -562,7 +565,7 @@ async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<(), Error> {
     }
 }
 
-async fn retain_volume(ctx: &Context, name: &str) -> Result<(), Error> {
+async fn retain_volume<B: Backends>(ctx: &Context<B>, name: &str) -> Result<(), Error> {
     let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let patch = serde_json::json!({
         "apiVersion": "v1",

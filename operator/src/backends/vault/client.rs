@@ -355,41 +355,6 @@ impl VaultClientBackend {
         }
     }
 
-    /// Every uid/gid recorded below `prefix`, by person key.
-    pub async fn recorded_posix_ids(
-        &self,
-        prefix: &str,
-    ) -> Result<std::collections::BTreeMap<String, i64>, VaultError> {
-        Ok(self
-            .read_secrets_below(prefix)
-            .await?
-            .into_iter()
-            .filter_map(|(key, data)| Some((key, data.get("uid")?.parse().ok()?)))
-            .collect())
-    }
-
-    /// Records `uid` at `path` unless a record exists (check-and-set), and
-    /// returns the recorded one: written before anything uses the uid.
-    pub async fn record_posix_id(&self, path: &str, uid: i64) -> Result<i64, VaultError> {
-        check_kv_path(path)?;
-        let data = HashMap::from([("uid", uid.to_string())]);
-        if self.write_kv(path, &data, 0).await?.is_some() {
-            return Ok(uid);
-        }
-        let recorded = self
-            .read_kv(path)
-            .await?
-            .and_then(|(data, _)| data.get("uid")?.parse().ok());
-        recorded.ok_or_else(|| VaultError::Conflict {
-            path: path.to_owned(),
-        })
-    }
-
-    /// Forgets the uid recorded at `path` (its data is gone).
-    pub async fn forget_posix_id(&self, path: &str) -> Result<(), VaultError> {
-        self.delete_secrets(path).await.map(|_| ())
-    }
-
     fn credentials(
         path: &str,
         data: &HashMap<String, String>,
@@ -413,6 +378,37 @@ impl VaultClientBackend {
 }
 
 impl VaultBackend for VaultClientBackend {
+    async fn recorded_posix_ids(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, i64>, VaultError> {
+        Ok(self
+            .read_secrets_below(prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, data)| Some((key, data.get("uid")?.parse().ok()?)))
+            .collect())
+    }
+
+    async fn record_posix_id(&self, path: &str, uid: i64) -> Result<i64, VaultError> {
+        check_kv_path(path)?;
+        let data = HashMap::from([("uid", uid.to_string())]);
+        if self.write_kv(path, &data, 0).await?.is_some() {
+            return Ok(uid);
+        }
+        let recorded = self
+            .read_kv(path)
+            .await?
+            .and_then(|(data, _)| data.get("uid")?.parse().ok());
+        recorded.ok_or_else(|| VaultError::Conflict {
+            path: path.to_owned(),
+        })
+    }
+
+    async fn forget_posix_id(&self, path: &str) -> Result<(), VaultError> {
+        self.delete_secrets(path).await.map(|_| ())
+    }
+
     async fn ensure_policy(&self, policy: &VaultPolicy) -> Result<Change, VaultError> {
         check_policy(&self.settings.kv_mount, policy)?;
         let change = match self.read_policy(&policy.name).await? {

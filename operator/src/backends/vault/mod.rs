@@ -162,4 +162,18 @@ pub trait VaultBackend: Send + Sync {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<usize, VaultError>> + Send;
+    /// Every uid/gid recorded below `prefix`, by person key.
+    fn recorded_posix_ids(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, i64>, VaultError>> + Send;
+    /// Records `uid` at `path` unless a record exists (check-and-set), and
+    /// returns the recorded one: written before anything uses the uid.
+    fn record_posix_id(
+        &self,
+        path: &str,
+        uid: i64,
+    ) -> impl Future<Output = Result<i64, VaultError>> + Send;
+    /// Forgets the uid recorded at `path` (its data is gone).
+    fn forget_posix_id(&self, path: &str) -> impl Future<Output = Result<(), VaultError>> + Send;
 }

@@ -1,0 +1,692 @@
+//! Fast tests of the reconcile pipeline: step order, error → condition,
+//! retry class and delay, metrics, pruning and deletion, on an in-memory
+//! API and in-memory backends (no service, well under a second each). The
+//! end-to-end tests prove the same on the real API server and services.
+
+mod fake_api;
+mod fake_backends;
+
+use std::{sync::Arc, time::Duration};
+
+use hyper::http::Method;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use self::{
+    fake_api::FakeApi,
+    fake_backends::{Behaviour, FakeDatabase, FakeFileSystems, FakeVault, Fakes},
+};
+use super::{
+    Context, Databases, Error, RetryClass,
+    audit::Audit,
+    error_policy,
+    http::Health,
+    runner::{reconcile_company, reconcile_developer},
+};
+use crate::{
+    config::OperatorConfig,
+    crd::{Company, Developer},
+};
+
+const COMPANIES: &str = "/apis/enclave.dev/v1alpha1/companies";
+const NAMESPACES: &str = "/api/v1/namespaces";
+const DEVELOPERS: &str = "/apis/enclave.dev/v1alpha1/namespaces/company-acme/developers";
+const SETS: &str = "/apis/apps/v1/namespaces/company-acme/statefulsets";
+const JOBS: &str = "/apis/batch/v1/namespaces/enclave-system/jobs";
+
+struct Harness {
+    api: FakeApi,
+    ctx: Arc<Context<Fakes>>,
+    vault: Arc<FakeVault>,
+}
+
+/// A harness whose databases take `creating_calls` ensures to create (and
+/// as many calls to delete).
+fn harness(creating_calls: u32) -> Harness {
+    let api = FakeApi::default();
+    let client = api.client();
+    let vault = Arc::new(FakeVault::default());
+    let ctx = Context::<Fakes> {
+        client: client.clone(),
+        config: OperatorConfig::default(),
+        vault: Arc::clone(&vault),
+        databases: Databases {
+            rds: FakeDatabase::new(Arc::clone(&vault), creating_calls),
+            shared: FakeDatabase::new(Arc::clone(&vault), creating_calls),
+        },
+        file_systems: FakeFileSystems::default(),
+        allocation: tokio::sync::Mutex::new(()),
+        health: Arc::new(Health::default()),
+        pruned: std::sync::Mutex::default(),
+        checked: std::sync::Mutex::default(),
+        audit: Audit::new(client, "pipeline-test"),
+        failures: std::sync::Mutex::default(),
+    };
+    Harness {
+        api,
+        ctx: Arc::new(ctx),
+        vault,
+    }
+}
+
+fn company_json(name: &str) -> Value {
+    json!({
+        "apiVersion": "enclave.dev/v1alpha1",
+        "kind": "Company",
+        "metadata": {"name": name},
+        "spec": {
+            "displayName": "Acme Analytics",
+            "network": {"egress": [{"cidr": "10.40.0.0/16", "ports": [443, 5439]}]},
+            "database": {"mode": "Dedicated", "deletionPolicy": "Delete"},
+            "storage": {"fsx": {"type": "OpenZfs"}, "deletionPolicy": "Delete"},
+        }
+    })
+}
+
+impl Harness {
+    fn create_company(&self, name: &str) {
+        self.api
+            .insert(&format!("{COMPANIES}/{name}"), company_json(name));
+    }
+
+    fn company(&self, name: &str) -> Option<Arc<Company>> {
+        let value = self.api.get(&format!("{COMPANIES}/{name}"))?;
+        Some(Arc::new(serde_json::from_value(value).expect("a Company")))
+    }
+
+    /// One reconcile of the Company as stored now.
+    async fn reconcile(&self, name: &str) -> Result<Action, Error> {
+        let company = self.company(name).expect("the Company exists");
+        reconcile_company(company, Arc::clone(&self.ctx)).await
+    }
+
+    /// Reconciles (as the watch and the requeues would) until a reconcile
+    /// neither fails nor leaves the Company unready, at most ten times; the
+    /// outcomes on the way.
+    async fn converge(&self, name: &str) -> Vec<Result<Action, Error>> {
+        let mut outcomes = Vec::new();
+        for _ in 0..10 {
+            let outcome = self.reconcile(name).await;
+            let done =
+                matches!(&outcome, Ok(a) if *a != Action::await_change()) && self.ready(name);
+            outcomes.push(outcome);
+            if done {
+                break;
+            }
+        }
+        outcomes
+    }
+
+    fn ready(&self, name: &str) -> bool {
+        self.company(name)
+            .and_then(|c| c.status.clone())
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+    }
+
+    fn condition(&self, name: &str, type_: &str) -> (String, String, String) {
+        let company = self
+            .api
+            .get(&format!("{COMPANIES}/{name}"))
+            .expect("company");
+        let c = company["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or_else(|| panic!("no {type_} condition in {company}"));
+        let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+        (s("status"), s("reason"), s("message"))
+    }
+
+    fn writes(&self) -> Vec<(Method, String)> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|(m, _)| *m != Method::GET)
+            .collect()
+    }
+
+    fn vault_calls(&self) -> Vec<String> {
+        self.vault.calls.lock().expect("calls").clone()
+    }
+}
+
+fn retry_class(outcome: &Result<Action, Error>) -> Option<RetryClass> {
+    outcome.as_ref().err().map(Error::retry_class)
+}
+
+#[tokio::test]
+async fn a_new_company_converges_step_by_step_and_a_resync_writes_nothing() {
+    let h = harness(0);
+    h.create_company("acme");
+    let outcomes = h.converge("acme").await;
+    let last = outcomes.last().expect("an outcome");
+    assert!(
+        matches!(last, Ok(a) if *a != Action::await_change()),
+        "{outcomes:?}"
+    );
+    // The finalizer first (nothing external before it), then everything.
+    assert_eq!(outcomes.first().map(Result::is_ok), Some(true));
+    let namespace = h
+        .api
+        .get(&format!("{NAMESPACES}/company-acme"))
+        .expect("ns");
+    assert_eq!(
+        namespace["metadata"]["labels"]["enclave.dev/company"],
+        "acme"
+    );
+    let uid = h.company("acme").and_then(|c| c.metadata.uid.clone());
+    assert_eq!(
+        namespace["metadata"]["annotations"]["enclave.dev/company-uid"].as_str(),
+        uid.as_deref()
+    );
+    for kind in ["resourcequotas", "limitranges"] {
+        assert!(
+            !h.api
+                .names(&format!("{NAMESPACES}/company-acme/{kind}"))
+                .is_empty(),
+            "{kind}"
+        );
+    }
+    assert!(
+        !h.api
+            .names("/apis/networking.k8s.io/v1/namespaces/company-acme/networkpolicies")
+            .is_empty()
+    );
+    assert_eq!(h.condition("acme", "Ready").0, "True");
+    assert!(h.vault.policies.lock().expect("p").len() == 1);
+    assert!(h.vault.roles.lock().expect("r").len() == 1);
+    assert_eq!(
+        h.ctx.databases.rds.databases.lock().expect("db").len(),
+        1,
+        "Dedicated mode uses the RDS backend"
+    );
+    assert!(
+        h.ctx
+            .databases
+            .shared
+            .databases
+            .lock()
+            .expect("db")
+            .is_empty()
+    );
+
+    // A resync of the converged tenant: no write to the API, no Vault call.
+    h.api.clear_requests();
+    let vault_calls = h.vault_calls().len();
+    let again = h.reconcile("acme").await;
+    assert!(
+        matches!(&again, Ok(a) if *a != Action::await_change()),
+        "{again:?}"
+    );
+    assert_eq!(h.writes(), vec![], "a resync writes nothing");
+    assert_eq!(h.vault_calls().len(), vault_calls, "nor calls Vault");
+}
+
+#[tokio::test]
+async fn vault_down_fails_the_step_transiently_after_the_cluster_objects_and_the_status() {
+    let h = harness(0);
+    h.create_company("acme");
+    *h.vault.behaviour.lock().expect("b") = Behaviour::Unreachable;
+    let outcomes = h.converge("acme").await;
+    let last = outcomes.last().expect("an outcome");
+    let error = last
+        .as_ref()
+        .expect_err("Vault is down: the reconcile fails");
+    assert_eq!(error.retry_class(), RetryClass::Transient, "{error}");
+    assert_eq!(error.category(), "vault");
+    // The in-cluster steps ran before it, the status says what failed.
+    assert!(h.api.get(&format!("{NAMESPACES}/company-acme")).is_some());
+    let (status, reason, message) = h.condition("acme", "VaultReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "VaultError"));
+    assert!(message.contains("connection refused"), "{message}");
+    assert_eq!(h.condition("acme", "Ready").0, "False");
+    assert!(h.condition("acme", "Ready").2.contains("Vault"));
+
+    // The error policy backs off exponentially, and /metrics counts it.
+    let company = h.company("acme").expect("company");
+    let delays: Vec<Duration> = (0..6)
+        .map(|_| error_policy(Arc::clone(&company), error, Arc::clone(&h.ctx)))
+        .map(|a| requeue_after(&a))
+        .collect();
+    assert!(delays[5] > delays[0] * 4, "{delays:?}");
+    let metrics = h.ctx.health.metrics.render();
+    assert!(
+        metrics.contains(r#"kind="Company",category="vault",class="transient""#),
+        "{metrics}"
+    );
+
+    // Vault back: the next reconcile converges.
+    *h.vault.behaviour.lock().expect("b") = Behaviour::Works;
+    let outcomes = h.converge("acme").await;
+    assert!(outcomes.last().is_some_and(Result::is_ok), "{outcomes:?}");
+    assert_eq!(h.condition("acme", "Ready").0, "True");
+}
+
+fn requeue_after(action: &Action) -> Duration {
+    // Action keeps its delay private; its Debug form shows the Duration's.
+    let text = format!("{action:?}");
+    let value = text
+        .split_once("Some(")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map_or_else(|| panic!("no delay in {text}"), |(v, _)| v);
+    let unit_at = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .expect("a unit");
+    let (number, unit) = value.split_at(unit_at);
+    let number: f64 = number.parse().expect("a number");
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" => 1e-6,
+        "ns" => 1e-9,
+        other => panic!("unit {other}"),
+    };
+    Duration::from_secs_f64(number * scale)
+}
+
+#[tokio::test]
+async fn a_database_conflict_needs_a_person_and_waits_the_longest() {
+    let h = harness(0);
+    h.create_company("acme");
+    *h.ctx.databases.rds.behaviour.lock().expect("b") = Behaviour::Conflict;
+    let outcomes = h.converge("acme").await;
+    let last = outcomes.last().expect("an outcome");
+    assert_eq!(
+        retry_class(last),
+        Some(RetryClass::NeedsPerson),
+        "{outcomes:?}"
+    );
+    let (status, _, message) = h.condition("acme", "DatabaseReady");
+    assert_eq!(status, "False");
+    assert!(message.contains("not this Company's"), "{message}");
+    // Vault is unaffected by the database's failure.
+    assert_eq!(h.condition("acme", "VaultReady").0, "True");
+    let company = h.company("acme").expect("company");
+    let error = last.as_ref().expect_err("failed");
+    let first = requeue_after(&error_policy(
+        Arc::clone(&company),
+        error,
+        Arc::clone(&h.ctx),
+    ));
+    assert_eq!(first, Duration::from_mins(5), "the longest delay at once");
+    let metrics = h.ctx.health.metrics.render();
+    assert!(
+        metrics.contains(r#"category="database",class="needs-person""#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_database_being_created_is_polled_ever_more_slowly_not_failed() {
+    let h = harness(3);
+    h.create_company("acme");
+    let outcomes = h.converge("acme").await;
+    let polls: Vec<_> = outcomes.iter().filter_map(retry_class).collect();
+    assert_eq!(
+        polls,
+        vec![RetryClass::Polling; 3],
+        "three polls while it is created: {outcomes:?}"
+    );
+    assert!(outcomes.last().is_some_and(Result::is_ok), "{outcomes:?}");
+    assert_eq!(h.condition("acme", "DatabaseReady").0, "True");
+    let company = h.company("acme").expect("company");
+    let waiting = Error::CloudInProgress("creating".into());
+    let delays: Vec<Duration> = (0..8)
+        .map(|_| {
+            requeue_after(&error_policy(
+                Arc::clone(&company),
+                &waiting,
+                Arc::clone(&h.ctx),
+            ))
+        })
+        .collect();
+    assert!(delays[0] <= Duration::from_secs(2), "{delays:?}");
+    assert!(delays[7] >= Duration::from_secs(10), "{delays:?}");
+}
+
+#[tokio::test]
+async fn a_namespace_labelled_by_someone_else_is_a_conflict_and_stays_untouched() {
+    let h = harness(0);
+    h.api.insert(
+        &format!("{NAMESPACES}/company-acme"),
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "company-acme", "labels": {"enclave.dev/company": "acme"}}}),
+    );
+    let before = h.api.get(&format!("{NAMESPACES}/company-acme"));
+    h.create_company("acme");
+    let outcomes = h.converge("acme").await;
+    let (status, reason, message) = h.condition("acme", "Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Conflict"));
+    assert!(message.contains("someone else labelled it"), "{message}");
+    assert_eq!(h.condition("acme", "Stalled").0, "True");
+    assert_eq!(h.api.get(&format!("{NAMESPACES}/company-acme")), before);
+    assert!(
+        h.api
+            .names(&format!("{NAMESPACES}/company-acme/resourcequotas"))
+            .is_empty()
+    );
+    assert!(h.vault_calls().is_empty(), "nothing external: {outcomes:?}");
+}
+
+#[tokio::test]
+async fn a_spec_change_prunes_only_the_companys_own_stale_children() {
+    let h = harness(0);
+    h.create_company("acme");
+    h.converge("acme").await;
+    let uid = h
+        .company("acme")
+        .and_then(|c| c.metadata.uid.clone())
+        .expect("uid");
+    let policies = "/apis/networking.k8s.io/v1/namespaces/company-acme/networkpolicies";
+    let labels = json!({"app.kubernetes.io/managed-by": "enclave", "enclave.dev/company": "acme"});
+    for (name, owner_uid) in [("stale", uid.as_str()), ("someone-elses", "another-uid")] {
+        h.api.insert(
+            &format!("{policies}/{name}"),
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": "company-acme", "labels": labels,
+                    "ownerReferences": [{"apiVersion": "enclave.dev/v1alpha1", "kind": "Company",
+                        "name": "acme", "uid": owner_uid}]},
+                "spec": {"podSelector": {}}}),
+        );
+    }
+    // The egress rule's ports go (all ports) and the spec's generation moves.
+    let mut company = h.api.get(&format!("{COMPANIES}/acme")).expect("company");
+    company["spec"]["network"]["egress"][0]
+        .as_object_mut()
+        .expect("rule")
+        .remove("ports");
+    company["metadata"]["generation"] = json!(2);
+    h.api.insert_raw(&format!("{COMPANIES}/acme"), company);
+    let outcomes = h.converge("acme").await;
+    assert!(outcomes.last().is_some_and(Result::is_ok), "{outcomes:?}");
+    let names = h.api.names(policies);
+    assert!(!names.contains(&"stale".to_owned()), "{names:?}");
+    assert!(names.contains(&"someone-elses".to_owned()), "{names:?}");
+    let egress = names
+        .iter()
+        .filter_map(|n| h.api.get(&format!("{policies}/{n}")))
+        .find(|p| p.to_string().contains("10.40.0.0/16"))
+        .expect("the egress policy");
+    assert!(
+        !egress["spec"].to_string().contains("5439"),
+        "the ports are gone: {egress}"
+    );
+}
+
+#[tokio::test]
+async fn deletion_removes_vault_the_database_and_the_namespace_then_the_finalizer() {
+    let h = harness(2);
+    h.create_company("acme");
+    h.converge("acme").await;
+    assert_eq!(h.condition("acme", "Ready").0, "True");
+    h.api.mark_deleted(&format!("{COMPANIES}/acme"));
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        if h.company("acme").is_none() {
+            break;
+        }
+        outcomes.push(h.reconcile("acme").await);
+    }
+    assert!(
+        h.company("acme").is_none(),
+        "finalizer removed: {outcomes:?}"
+    );
+    let polls = outcomes.iter().filter_map(retry_class).collect::<Vec<_>>();
+    assert!(
+        polls
+            .iter()
+            .all(|c| matches!(c, RetryClass::Polling | RetryClass::Waiting)),
+        "the deletion only waits: {outcomes:?}"
+    );
+    assert!(
+        polls.contains(&RetryClass::Polling),
+        "the database deletion is polled"
+    );
+    assert!(h.vault.policies.lock().expect("p").is_empty());
+    assert!(h.vault.roles.lock().expect("r").is_empty());
+    assert!(h.ctx.databases.rds.databases.lock().expect("db").is_empty());
+    assert!(
+        h.ctx
+            .file_systems
+            .file_systems
+            .lock()
+            .expect("fs")
+            .is_empty()
+    );
+    let namespace = h.api.get(&format!("{NAMESPACES}/company-acme"));
+    assert!(
+        namespace.is_none_or(|n| n["metadata"]["deletionTimestamp"].is_string()),
+        "the namespace is deleted"
+    );
+}
+
+#[tokio::test]
+async fn an_api_failure_while_applying_stops_before_the_external_systems() {
+    let h = harness(0);
+    h.create_company("acme");
+    h.api.set_fault(Some(Box::new(|method, path| {
+        (*method == Method::PATCH && path.contains("/networkpolicies/")).then_some(500)
+    })));
+    let outcomes = h.converge("acme").await;
+    let last = outcomes.last().expect("an outcome");
+    let error = last.as_ref().expect_err("the apply failed");
+    assert_eq!(error.category(), "kube", "{error}");
+    assert_eq!(error.retry_class(), RetryClass::Transient);
+    assert!(h.vault_calls().is_empty(), "Vault comes after the apply");
+    assert!(h.ctx.databases.rds.databases.lock().expect("db").is_empty());
+    h.api.set_fault(None);
+    let outcomes = h.converge("acme").await;
+    assert!(outcomes.last().is_some_and(Result::is_ok), "{outcomes:?}");
+}
+
+impl Harness {
+    /// A converged Company `acme` allowing images under `allowed`, and the
+    /// CRDs (a Developer's cleanup asks whether they are being deleted).
+    async fn converged_company(&self, allowed: &[&str]) {
+        let mut company = company_json("acme");
+        if !allowed.is_empty() {
+            company["spec"]["workspace"] = json!({"allowedImages": allowed});
+        }
+        self.api.insert(&format!("{COMPANIES}/acme"), company);
+        let outcomes = self.converge("acme").await;
+        assert!(self.ready("acme"), "{outcomes:?}");
+        for crd in ["developers.enclave.dev", "companies.enclave.dev"] {
+            self.api.insert(
+                &format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"),
+                json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": crd}, "spec": {}}),
+            );
+        }
+    }
+
+    fn create_developer(&self, name: &str, image: Option<&str>) {
+        let mut developer = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+            "metadata": {"name": name, "namespace": "company-acme"},
+            "spec": {"subject": format!("idp|{name}"), "role": "Developer"}});
+        if let Some(image) = image {
+            developer["spec"]["workspace"] = json!({"image": image});
+        }
+        self.api.insert(&format!("{DEVELOPERS}/{name}"), developer);
+    }
+
+    fn developer(&self, name: &str) -> Arc<Developer> {
+        let value = self
+            .api
+            .get(&format!("{DEVELOPERS}/{name}"))
+            .expect("the Developer exists");
+        Arc::new(serde_json::from_value(value).expect("a Developer"))
+    }
+
+    fn developer_condition(&self, name: &str, type_: &str) -> (String, String, String) {
+        let d = self.developer(name);
+        let c = d
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_).cloned())
+            .unwrap_or_else(|| panic!("no {type_} condition on {name}"));
+        (c.status, c.reason, c.message)
+    }
+
+    /// Plays the kubelet and the Job controller: every storage Job
+    /// succeeded, every workspace StatefulSet has its pod ready.
+    fn finish_jobs_and_pods(&self) {
+        for job in self.api.names(JOBS) {
+            let path = format!("{JOBS}/{job}");
+            let mut object = self.api.get(&path).expect("job");
+            object["status"] = json!({"succeeded": 1, "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True"},
+                {"type": "Complete", "status": "True"}]});
+            self.api.insert_raw(&path, object);
+        }
+        for set in self.api.names(SETS) {
+            let path = format!("{SETS}/{set}");
+            let mut object = self.api.get(&path).expect("set");
+            object["status"] = json!({"replicas": 1, "readyReplicas": 1});
+            self.api.insert_raw(&path, object);
+        }
+    }
+
+    /// Reconciles the Developer (finishing Jobs and pods in between) until
+    /// it is Ready or ten reconciles went by.
+    async fn converge_developer(&self, name: &str) -> Vec<Result<Action, Error>> {
+        let mut outcomes = Vec::new();
+        for _ in 0..10 {
+            let outcome = reconcile_developer(self.developer(name), Arc::clone(&self.ctx)).await;
+            let failed = outcome.is_err();
+            outcomes.push(outcome);
+            if !failed && self.developer_condition_is(name, "Ready", "True") {
+                break;
+            }
+            self.finish_jobs_and_pods();
+        }
+        outcomes
+    }
+
+    fn developer_condition_is(&self, name: &str, type_: &str, value: &str) -> bool {
+        self.developer(name).status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == value)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_developer_gets_its_id_storage_workspace_and_vault_role_in_that_order() {
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    h.create_developer("bob", None);
+    let outcomes = h.converge_developer("bob").await;
+    assert!(
+        h.developer_condition_is("bob", "Ready", "True"),
+        "{outcomes:?}"
+    );
+    let bob = h.developer("bob");
+    let status = bob.status.as_ref().expect("status");
+    let uid = status.uid.expect("a uid");
+    // The uid is recorded in Vault for the person before anything uses it.
+    let calls = h.vault_calls();
+    let recorded = calls
+        .iter()
+        .position(|c| c.starts_with("record_posix_id"))
+        .expect("recorded");
+    let role = calls
+        .iter()
+        .rposition(|c| c.starts_with("ensure_role"))
+        .expect("a role");
+    assert!(recorded < role, "{calls:?}");
+    assert!(
+        h.vault
+            .kv
+            .lock()
+            .expect("kv")
+            .values()
+            .any(|(d, _)| d.get("uid") == Some(&uid.to_string()))
+    );
+    let set = h
+        .api
+        .get(&format!("{SETS}/{}", h.api.names(SETS)[0]))
+        .expect("the workspace");
+    assert_eq!(
+        set["spec"]["template"]["spec"]["securityContext"]["runAsUser"],
+        json!(uid),
+        "{set}"
+    );
+    assert!(
+        !h.api.names(JOBS).is_empty(),
+        "the storage was prepared by a Job"
+    );
+}
+
+#[tokio::test]
+async fn an_image_outside_the_companys_list_is_refused_and_the_workspace_stays() {
+    let h = harness(0);
+    h.converged_company(&["registry.example.com/workspaces/"])
+        .await;
+    h.create_developer("bob", Some("registry.example.com/workspaces/dbt:1.8"));
+    let outcomes = h.converge_developer("bob").await;
+    assert!(
+        h.developer_condition_is("bob", "Ready", "True"),
+        "{outcomes:?}"
+    );
+    let set_path = format!("{SETS}/{}", h.api.names(SETS)[0]);
+    let before = h.api.get(&set_path).expect("the workspace");
+
+    let mut bob = h.api.get(&format!("{DEVELOPERS}/bob")).expect("bob");
+    bob["spec"]["workspace"]["image"] = json!("evil.example.com/miner:latest");
+    bob["metadata"]["generation"] = json!(2);
+    h.api.insert_raw(&format!("{DEVELOPERS}/bob"), bob);
+    let outcome = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
+    let error = outcome.expect_err("refused");
+    assert_eq!(error.retry_class(), RetryClass::NeedsPerson);
+    let (status, reason, message) = h.developer_condition("bob", "Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ImageNotAllowed")
+    );
+    assert!(
+        message.contains("evil.example.com/miner:latest"),
+        "{message}"
+    );
+    assert!(h.developer_condition_is("bob", "Stalled", "True"));
+    assert_eq!(
+        h.api.get(&set_path),
+        Some(before),
+        "the workspace is unchanged"
+    );
+}
+
+#[tokio::test]
+async fn a_developer_outside_any_company_namespace_says_so_and_creates_nothing() {
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    // A Company's label alone does not make a namespace the Company's.
+    let mut namespace = h
+        .api
+        .get(&format!("{NAMESPACES}/company-acme"))
+        .expect("ns");
+    namespace["metadata"]["labels"]
+        .as_object_mut()
+        .expect("labels")
+        .remove("enclave.dev/company");
+    h.api
+        .insert_raw(&format!("{NAMESPACES}/company-acme"), namespace);
+    h.create_developer("mallory", None);
+    h.vault.calls.lock().expect("calls").clear();
+    let outcome = reconcile_developer(h.developer("mallory"), Arc::clone(&h.ctx)).await;
+    // The finalizer first, then the refusal.
+    let outcome = match outcome {
+        Ok(a) if a == Action::await_change() => {
+            reconcile_developer(h.developer("mallory"), Arc::clone(&h.ctx)).await
+        }
+        other => other,
+    };
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (status, reason, _) = h.developer_condition("mallory", "Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NoCompany"));
+    assert!(h.vault_calls().is_empty(), "{:?}", h.vault_calls());
+    assert!(h.api.names(SETS).is_empty());
+}
