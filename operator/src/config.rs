@@ -461,6 +461,14 @@ pub struct RbacConfig {
     /// only binds it inside company namespaces (it holds `bind` on this one
     /// name), so it never needs the admins' permissions itself.
     pub company_admin_cluster_role: String,
+    /// The ClusterRole the chart installs with the access a person gets to
+    /// their own workspace pod. The operator binds it to itself inside
+    /// company namespaces only, so that it holds (there) the rules of the
+    /// per-person Roles it writes: the API server lets nobody grant what
+    /// they do not hold.
+    pub workspace_access_cluster_role: String,
+    /// The operator's ServiceAccount (in `operatorNamespace`).
+    pub operator_service_account: String,
 }
 
 impl Default for RbacConfig {
@@ -469,6 +477,8 @@ impl Default for RbacConfig {
             user_prefix: "oidc:".into(),
             admin_group_prefix: "oidc:enclave-".into(),
             company_admin_cluster_role: "enclave-company-admin".into(),
+            workspace_access_cluster_role: "enclave-workspace-access".into(),
+            operator_service_account: "enclave".into(),
         }
     }
 }

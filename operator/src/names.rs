@@ -113,6 +113,12 @@ impl CompanyNames {
         "company-admin"
     }
 
+    /// RoleBinding that lets the operator hold, in this namespace only, the
+    /// workspace access it grants each person.
+    pub fn operator_access_binding(&self) -> &'static str {
+        "enclave-operator-workspace-access"
+    }
+
     /// Vault policy and Kubernetes-auth role of the company controller.
     pub fn vault_controller(&self) -> String {
         fit(
@@ -258,6 +264,12 @@ impl DeveloperNames {
     /// The one workspace pod.
     pub fn workspace_pod(&self) -> String {
         format!("{}-0", self.workspace())
+    }
+
+    /// Role and RoleBinding that let the person reach their own workspace
+    /// pod (exec, attach, port-forward, logs) and read their own Developer.
+    pub fn workspace_access(&self) -> String {
+        fit(&format!("workspace-access-{}", self.name), DNS_LABEL_MAX)
     }
 
     /// RoleBinding that makes an Admin developer a company admin.

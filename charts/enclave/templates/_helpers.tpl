@@ -33,6 +33,6 @@ app.kubernetes.io/component: operator
 {{- $owned := dict "operatorNamespace" .Release.Namespace "operatorImage" (include "enclave.image" .) -}}
 {{- $rbac := dict "rbac" (dict "companyAdminClusterRole" .Values.companyAdminClusterRole) -}}
 {{- $config := mustMergeOverwrite (deepCopy .Values.config) $owned -}}
-{{- $config = mustMergeOverwrite $config (dict "rbac" (mustMergeOverwrite (deepCopy (.Values.config.rbac | default dict)) (dict "companyAdminClusterRole" .Values.companyAdminClusterRole))) -}}
+{{- $config = mustMergeOverwrite $config (dict "rbac" (mustMergeOverwrite (deepCopy (.Values.config.rbac | default dict)) (dict "companyAdminClusterRole" .Values.companyAdminClusterRole "workspaceAccessClusterRole" "enclave-workspace-access" "operatorServiceAccount" "enclave"))) -}}
 {{- toYaml $config -}}
 {{- end }}

@@ -167,6 +167,7 @@ pub fn build_company(ctx: &CompanyContext<'_>) -> CompanyPlan {
             .map(KubeObject::NetworkPolicy),
     );
     objects.push(KubeObject::RoleBinding(rbac::company_admin_binding(ctx)));
+    objects.push(KubeObject::RoleBinding(rbac::operator_access_binding(ctx)));
     objects.push(KubeObject::ServiceAccount(
         rbac::controller_service_account(ctx),
     ));
@@ -190,7 +191,11 @@ pub fn build_company(ctx: &CompanyContext<'_>) -> CompanyPlan {
 
 /// Builds everything `ctx`'s Developer implies.
 pub fn build_developer(ctx: &DeveloperContext<'_>) -> DeveloperPlan {
-    let mut objects = vec![KubeObject::ServiceAccount(workspace::service_account(ctx))];
+    let mut objects = vec![
+        KubeObject::ServiceAccount(workspace::service_account(ctx)),
+        KubeObject::Role(rbac::workspace_access_role(ctx)),
+        KubeObject::RoleBinding(rbac::workspace_access_binding(ctx)),
+    ];
     if let Some(binding) = rbac::developer_admin_binding(ctx) {
         objects.push(KubeObject::RoleBinding(binding));
     }

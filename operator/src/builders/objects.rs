@@ -6,7 +6,7 @@ use k8s_openapi::api::{
         ServiceAccount,
     },
     networking::v1::NetworkPolicy,
-    rbac::v1::RoleBinding,
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::api::ObjectMeta;
 
@@ -19,6 +19,7 @@ pub enum KubeObject {
     ResourceQuota(ResourceQuota),
     LimitRange(LimitRange),
     NetworkPolicy(NetworkPolicy),
+    Role(Role),
     RoleBinding(RoleBinding),
     ServiceAccount(ServiceAccount),
     PersistentVolume(PersistentVolume),
@@ -35,6 +36,7 @@ macro_rules! each_kind {
             KubeObject::ResourceQuota($o) => $e,
             KubeObject::LimitRange($o) => $e,
             KubeObject::NetworkPolicy($o) => $e,
+            KubeObject::Role($o) => $e,
             KubeObject::RoleBinding($o) => $e,
             KubeObject::ServiceAccount($o) => $e,
             KubeObject::PersistentVolume($o) => $e,

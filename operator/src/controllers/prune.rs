@@ -13,7 +13,7 @@ use k8s_openapi::{
         apps::v1::StatefulSet,
         core::v1::{LimitRange, ResourceQuota, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
-        rbac::v1::RoleBinding,
+        rbac::v1::{Role, RoleBinding},
     },
 };
 use kube::{
@@ -126,6 +126,7 @@ pub async fn prune<B: Backends>(
     let mut pruned = Vec::new();
     pruned.extend(prune_kind::<NetworkPolicy, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<RoleBinding, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<Role, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<ServiceAccount, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<Service, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<StatefulSet, B>(ctx, namespace, owner, &keep).await?);

@@ -378,6 +378,9 @@ pub struct ChartRules {
     pub operator_namespace: Vec<PolicyRule>,
     /// The company-admin ClusterRole.
     pub company_admin: Vec<PolicyRule>,
+    /// The workspace-access ClusterRole (bound by the operator to itself in
+    /// company namespaces).
+    pub workspace_access: Vec<PolicyRule>,
 }
 
 /// Reads `charts/enclave/files/rbac.yaml`.

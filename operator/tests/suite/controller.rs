@@ -1104,3 +1104,135 @@ async fn a_workspace_image_outside_the_companys_allow_list_is_refused_and_nothin
     .await;
     developer_condition(&devs, "dana", "Ready").await;
 }
+
+#[tokio::test]
+async fn each_person_reaches_only_their_own_workspace() {
+    let h = setup().await;
+    let client = h.client.clone();
+    let companies: Api<Company> = Api::all(client.clone());
+    // Two companies, each with one admin and two developers.
+    let people = [("ann", "Admin"), ("bo", "Developer"), ("cy", "Developer")];
+    for company in ["rbaca", "rbacb"] {
+        let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": company},
+            "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                     "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"}}});
+        companies
+            .patch(company, &PatchParams::apply("user"), &Patch::Apply(&co))
+            .await
+            .unwrap();
+        let ns = format!("company-{company}");
+        let devs: Api<enclave::crd::Developer> = Api::namespaced(client.clone(), &ns);
+        for (name, role) in people {
+            let dev = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"subject": format!("{company}-{name}"), "role": role}});
+            wait("the Developer applied", async || {
+                devs.patch(name, &PatchParams::apply("user"), &Patch::Apply(&dev))
+                    .await
+                    .ok()
+            })
+            .await;
+        }
+        let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+            Api::namespaced(client.clone(), &ns);
+        for (name, _) in people {
+            wait("the person's workspace-access binding", async || {
+                bindings
+                    .get_opt(&format!("workspace-access-{name}"))
+                    .await
+                    .unwrap()
+            })
+            .await;
+        }
+        wait("the admin's company-admin binding", async || {
+            bindings.get_opt("company-admin-ann").await.unwrap()
+        })
+        .await;
+    }
+
+    let cp = &h.control_plane;
+    let mut table = vec![format!(
+        "{:<14} {:<9} {:<46} {:<14} want got",
+        "user", "verb", "resource", "namespace"
+    )];
+    let mut wrong = Vec::new();
+    for company in ["rbaca", "rbacb"] {
+        let other = if company == "rbaca" { "rbacb" } else { "rbaca" };
+        let (ns, other_ns) = (format!("company-{company}"), format!("company-{other}"));
+        for (name, role) in people {
+            let admin = role == "Admin";
+            let peer = people.iter().map(|p| p.0).find(|p| *p != name).unwrap();
+            let own_pod = format!("pods/workspace-{name}-0");
+            let peer_pod = format!("pods/workspace-{peer}-0");
+            let checks: Vec<(&str, String, &str, bool)> = vec![
+                ("create", format!("{own_pod}#exec"), &ns, true),
+                ("create", format!("{own_pod}#attach"), &ns, true),
+                ("create", format!("{own_pod}#portforward"), &ns, true),
+                ("get", format!("{own_pod}#log"), &ns, true),
+                ("get", format!("developers.enclave.dev/{name}"), &ns, true),
+                ("create", format!("{peer_pod}#exec"), &ns, false),
+                ("create", format!("{peer_pod}#attach"), &ns, false),
+                ("create", format!("{peer_pod}#portforward"), &ns, false),
+                ("get", format!("{peer_pod}#log"), &ns, false),
+                (
+                    "create",
+                    format!("pods/workspace-{name}-0#exec"),
+                    &other_ns,
+                    false,
+                ),
+                ("get", "pods".into(), &other_ns, false),
+                ("list", "developers.enclave.dev".into(), &other_ns, false),
+                ("get", "secrets".into(), &ns, false),
+                ("list", "secrets".into(), &ns, false),
+                (
+                    "create",
+                    "rolebindings.rbac.authorization.k8s.io".into(),
+                    &ns,
+                    false,
+                ),
+                (
+                    "create",
+                    "roles.rbac.authorization.k8s.io".into(),
+                    &ns,
+                    false,
+                ),
+                (
+                    "patch",
+                    format!("roles.rbac.authorization.k8s.io/workspace-access-{name}"),
+                    &ns,
+                    false,
+                ),
+                ("create", "developers.enclave.dev".into(), &ns, admin),
+                (
+                    "patch",
+                    format!("developers.enclave.dev/{peer}"),
+                    &ns,
+                    admin,
+                ),
+                (
+                    "delete",
+                    format!("developers.enclave.dev/{peer}"),
+                    &ns,
+                    admin,
+                ),
+                ("create", "pods".into(), &ns, false),
+            ];
+            let user = format!("oidc:{company}-{name}");
+            for (verb, resource, namespace, want) in checks {
+                let got = crate::real_api::can_i(cp, &user, verb, &resource, Some(namespace));
+                table.push(format!(
+                    "{user:<14} {verb:<9} {resource:<46} {namespace:<14} {:<4} {}",
+                    if want { "yes" } else { "no" },
+                    if got { "yes" } else { "no" }
+                ));
+                if got != want {
+                    wrong.push(format!(
+                        "{user}: {verb} {resource} in {namespace}: want {want}"
+                    ));
+                }
+            }
+        }
+    }
+    println!("kubectl auth can-i --as=<user>\n{}", table.join("\n"));
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

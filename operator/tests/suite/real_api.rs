@@ -27,7 +27,13 @@ fn operator_user() -> String {
 /// `kubectl auth can-i VERB RESOURCE[/NAME] [--subresource SUB] [-n NS | -A]
 /// --as USER`: yes or no. `resource` is `kind.group[/name][#subresource]`
 /// (kubectl reads `a/b` as a name, never as a subresource).
-fn can_i(cp: &ControlPlane, user: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+pub(crate) fn can_i(
+    cp: &ControlPlane,
+    user: &str,
+    verb: &str,
+    resource: &str,
+    ns: Option<&str>,
+) -> bool {
     let mut cmd = cp.kubectl();
     let (resource, subresource) = match resource.split_once('#') {
         Some((r, sub)) => (r, Some(sub)),
@@ -67,6 +73,15 @@ async fn the_operator_holds_the_charts_rules_and_nothing_more() {
         installed.rules.unwrap_or_default(),
         rules.company_admin,
         "the installed company-admin ClusterRole"
+    );
+    let installed = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(cp.admin.clone())
+        .get("enclave-workspace-access")
+        .await
+        .unwrap();
+    assert_eq!(
+        installed.rules.unwrap_or_default(),
+        rules.workspace_access,
+        "the installed workspace-access ClusterRole"
     );
     let mut table = vec![format!(
         "{:<8} {:<58} {:<16} answer",
@@ -137,12 +152,13 @@ async fn the_operator_holds_the_charts_rules_and_nothing_more() {
             "clusterrolebindings.rbac.authorization.k8s.io",
             None,
         ),
-        ("create", "roles.rbac.authorization.k8s.io", None),
         ("get", "secrets", None),
         ("list", "secrets", Some(OPERATOR_NAMESPACE)),
         ("create", "pods#exec", None),
         ("create", "pods#attach", None),
         ("create", "pods#portforward", None),
+        ("get", "pods", None),
+        ("create", "pods#exec", Some("default")),
         ("create", "pods", None),
         ("create", "serviceaccounts#token", None),
         ("impersonate", "users", None),
@@ -219,6 +235,22 @@ async fn the_operator_holds_the_charts_rules_and_nothing_more() {
         .create(&PostParams::default(), &binding("admin"))
         .await
         .expect_err("binding another ClusterRole is an escalation");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err:?}"
+    );
+    // It may write Roles, but only with rules it holds there: outside a
+    // company namespace (no workspace-access binding to itself) a Role
+    // granting exec is refused.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "exec", "namespace": ns},
+        "rules": [{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}],
+    }))
+    .unwrap();
+    let err = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(bindings.into_client(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect_err("a Role with rules the operator does not hold is an escalation");
     assert!(
         matches!(&err, kube::Error::Api(s) if s.code == 403),
         "{err:?}"
