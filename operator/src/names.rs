@@ -132,6 +132,16 @@ impl CompanyNames {
         format!("companies/{}", self.company)
     }
 
+    /// KV v2 path of the company's shared secrets (`dev/`, `prod/`).
+    pub fn kv_company_shared(&self) -> String {
+        format!("companies/{}/shared", self.company)
+    }
+
+    /// KV v2 path below which every developer's personal secrets are.
+    pub fn kv_company_developers(&self) -> String {
+        format!("companies/{}/developers", self.company)
+    }
+
     /// KV path of the credentials the operator generated for the database.
     pub fn kv_database_credentials(&self) -> String {
         format!("companies/{}/platform/database", self.company)

@@ -181,6 +181,8 @@ pub struct CompanySettings {
     pub storage: StorageKind,
     /// On deletion of storage.
     pub storage_deletion_policy: DeletionPolicy,
+    /// On deletion of the Company (shared secrets) or a Developer (personal).
+    pub secrets_deletion_policy: DeletionPolicy,
     /// Default workspace image.
     pub workspace_image: String,
     /// Further images Developers may choose (exact, or prefixes ending in `/`).
@@ -309,6 +311,11 @@ impl CompanySettings {
                 StorageKind::Volume { .. } => DeletionPolicy::Retain,
             }),
             storage,
+            secrets_deletion_policy: spec
+                .secrets
+                .as_ref()
+                .and_then(|s| s.deletion_policy)
+                .unwrap_or(DeletionPolicy::Retain),
             workspace_image: workspace.image.unwrap_or_else(|| wc.image.clone()),
             allowed_images: workspace.allowed_images,
             workspace_resources: defaults.overlay(workspace.resources.as_ref()),

@@ -26,7 +26,10 @@ use crate::{
     builders::{
         ADOPT_UID_ANNOTATION, CompanyContext, CompanyPlan, build_company, database_request,
     },
-    crd::{Company, CompanyStatus, DatabaseMode, DatabaseStatus, DeletionPolicies, Developer},
+    crd::{
+        Company, CompanyStatus, DatabaseMode, DatabaseStatus, DeletionPolicies, DeletionPolicy,
+        Developer,
+    },
     names::{ANNOTATION_COMPANY_UID, LABEL_COMPANY},
 };
 
@@ -113,6 +116,7 @@ async fn apply<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Actio
     status.deletion_policies = Some(DeletionPolicies {
         database: build.settings.database.deletion_policy,
         storage: build.settings.storage_deletion_policy,
+        secrets: Some(build.settings.secrets_deletion_policy),
     });
 
     // Validate: the namespace must be free or already ours.
@@ -591,15 +595,10 @@ async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Act
         )
         .await;
     }
-    // The company's Vault policy and role go; its secrets stay (their
-    // deletion follows a policy that is not wired in yet).
-    delete_tenant(
-        ctx.vault.as_ref(),
-        &build_company(&build),
-        &build.names.kv_company_root(),
-        false,
-    )
-    .await?;
+    // The company's Vault policy and role go; its secrets per policy.
+    let root = build.names.kv_company_root();
+    delete_tenant(ctx.vault.as_ref(), &build_company(&build), &root, false).await?;
+    delete_secrets(ctx, company, &build).await?;
     if ours {
         delete_namespace(ctx, company, &build).await?; // never one not ours
     }
@@ -664,12 +663,47 @@ async fn delete_database<B: Backends>(
             "the database of Company {name} to be deleted"
         )));
     }
+    // Credentials of a database deleted for good open nothing any more
+    // (a snapshot or a retained database still needs them).
+    if req.deletion_policy == DeletionPolicy::Delete && matches!(outcome, Deletion::Deleted { .. })
+    {
+        ctx.vault.delete_secrets(&req.credentials_path).await?;
+    }
     let why = format!(
         "database deletion policy {:?} carried out: {outcome:?}",
         req.deletion_policy
     );
     ctx.audit(company, name, "DatabaseDeletionPolicyApplied", &why, true)
         .await;
+    Ok(())
+}
+
+/// Carries out the secrets deletion policy on the company's shared secrets
+/// and any personal ones its Developers left (`Delete`: every version and
+/// the metadata; `Retain`: nothing). The uid/gid records and the database
+/// credentials follow the storage and database policies instead.
+async fn delete_secrets<B: Backends>(
+    ctx: &Context<B>,
+    company: &Company,
+    build: &CompanyContext<'_>,
+) -> Result<(), Error> {
+    if build.settings.secrets_deletion_policy != DeletionPolicy::Delete {
+        return Ok(());
+    }
+    let mut removed = 0;
+    for prefix in [
+        build.names.kv_company_shared(),
+        build.names.kv_company_developers(),
+    ] {
+        removed += ctx.vault.delete_secrets(&prefix).await?;
+    }
+    if removed > 0 {
+        let why = format!(
+            "secrets deletion policy Delete: {removed} secret(s) of the company removed from Vault with every version"
+        );
+        ctx.audit(company, build.names.company(), "SecretsDeleted", &why, true)
+            .await;
+    }
     Ok(())
 }
 

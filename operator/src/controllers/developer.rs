@@ -183,15 +183,17 @@ async fn cleanup<B: Backends>(developer: &Developer, ctx: &Context<B>) -> Result
     };
     let namespace = developer.namespace().unwrap_or_default();
     let label = company_label(ctx, &namespace).await?;
-    // Storage first, per the company's deletion policy (the Company still
-    // exists: its own deletion waits for its Developers).
+    // Storage first, then the personal secrets, per the company's deletion
+    // policies (the Company still exists: its own deletion waits for its
+    // Developers).
+    let company = match &label {
+        Some(label) => company_named(ctx, label, &namespace).await?,
+        None => None,
+    };
     if let Some(id) = status.uid {
-        let company = match &label {
-            Some(label) => company_named(ctx, label, &namespace).await?,
-            None => None,
-        };
-        storage_cleanup(ctx, developer, status, company, id).await?;
+        storage_cleanup(ctx, developer, status, company.clone(), id).await?;
     }
+    secrets_cleanup(ctx, developer, company.as_ref()).await?;
     vault_cleanup(ctx, developer, status, label, &namespace).await
 }
 
@@ -268,6 +270,41 @@ async fn storage_cleanup<B: Backends>(
         true,
     )
     .await;
+    Ok(())
+}
+
+/// Carries out the company's secrets deletion policy on the person's own
+/// secrets; without a Company to say so, they are kept.
+async fn secrets_cleanup<B: Backends>(
+    ctx: &Context<B>,
+    developer: &Developer,
+    company: Option<&Company>,
+) -> Result<(), Error> {
+    let Some(company) = company else {
+        return Ok(());
+    };
+    let company_ctx = ctx.company(company);
+    if company_ctx.settings.secrets_deletion_policy != DeletionPolicy::Delete {
+        return Ok(());
+    }
+    let names = company_ctx
+        .names
+        .developer(&developer.name_any(), &developer.spec.subject);
+    let removed = ctx.vault.delete_secrets(&names.kv_developer()).await?;
+    if removed > 0 {
+        let why = format!(
+            "secrets deletion policy Delete: {removed} personal secret(s) at {} removed with every version",
+            names.kv_developer()
+        );
+        ctx.audit(
+            developer,
+            company_ctx.names.company(),
+            "SecretsDeleted",
+            &why,
+            true,
+        )
+        .await;
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ use super::common::{
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = "1"),
     printcolumn(name = "DatabaseDeletion", type_ = "string", json_path = ".status.deletionPolicies.database", priority = "1"),
     printcolumn(name = "StorageDeletion", type_ = "string", json_path = ".status.deletionPolicies.storage", priority = "1"),
+    printcolumn(name = "SecretsDeletion", type_ = "string", json_path = ".status.deletionPolicies.secrets", priority = "1"),
     printcolumn(name = "Credentials", type_ = "integer", json_path = ".status.database.credentialsVersion", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 40").message("Company name must be at most 40 characters (it is part of the namespace, RDS and Vault names)").field_path(".metadata.name"),
@@ -68,6 +69,10 @@ pub struct CompanySpec {
     /// Defaults for the company's developer workspaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceDefaults>,
+
+    /// The company's secrets in Vault (shared and personal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretsSpec>,
 
     /// Optional company-specific controller: gets its own ServiceAccount and a
     /// Vault role limited to this company's secrets.
@@ -318,6 +323,20 @@ pub struct WorkspaceDefaults {
     pub git_repository: Option<String>,
 }
 
+/// The company's secrets in Vault.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretsSpec {
+    /// What deleting the Company (its shared secrets) or a Developer (their
+    /// personal secrets) does to them: `Retain` (default: kept in Vault,
+    /// readable by nobody Enclave gave access to) or `Delete` (every version
+    /// and the metadata). The database credentials Enclave generated follow
+    /// the database's policy instead: they go only with a deleted database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self != 'Snapshot'").message("secrets have no snapshot: use Retain or Delete"))]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
 /// The company-specific controller.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -366,6 +385,9 @@ pub struct DeletionPolicies {
     pub database: DeletionPolicy,
     /// The file system's and the developer directories'.
     pub storage: DeletionPolicy,
+    /// The shared and personal secrets' in Vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<DeletionPolicy>,
 }
 
 /// Where the company database is; the credentials are in Vault at `credentialsPath`.

@@ -15,7 +15,7 @@ pub use common::{DeletionPolicy, ResourceSettings};
 pub use company::{
     Company, CompanySpec, CompanyStatus, ControllerSpec, DatabaseMode, DatabaseSpec,
     DatabaseStatus, DeletionPolicies, EgressRule, FsxSpec, FsxType, NetworkSpec, QuotaSpec,
-    StorageSpec, StorageStatus, VolumeSpec, WorkspaceDefaults,
+    SecretsSpec, StorageSpec, StorageStatus, VolumeSpec, WorkspaceDefaults,
 };
 pub use developer::{
     Developer, DeveloperGit, DeveloperRole, DeveloperSpec, DeveloperStatus, DeveloperStorage,

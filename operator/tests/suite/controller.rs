@@ -1236,3 +1236,140 @@ async fn each_person_reaches_only_their_own_workspace() {
     println!("kubectl auth can-i --as=<user>\n{}", table.join("\n"));
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// Every secret below `root` in the harness's KV mount: path → (data, version).
+async fn kv_tree(
+    root_client: &vaultrs::client::VaultClient,
+    root: &str,
+) -> std::collections::BTreeMap<String, (serde_json::Value, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(path) = pending.pop() {
+        for key in vaultrs::kv2::list(root_client, "secret", &path)
+            .await
+            .unwrap_or_default()
+        {
+            let child = format!("{path}/{}", key.trim_end_matches('/'));
+            if key.ends_with('/') {
+                pending.push(child);
+            } else {
+                let data: serde_json::Value = vaultrs::kv2::read(root_client, "secret", &child)
+                    .await
+                    .unwrap();
+                let meta = vaultrs::kv2::read_metadata(root_client, "secret", &child)
+                    .await
+                    .unwrap();
+                out.insert(child, (data, meta.current_version));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn secrets_follow_the_deletion_policy_and_no_other_tenant_is_touched() {
+    let h = setup().await;
+    let client = h.client.clone();
+    let companies: Api<Company> = Api::all(client.clone());
+    // kvdel deletes everything, kvkeep keeps its secrets (default), kvother
+    // stands by.
+    for (company, secrets) in [
+        ("kvdel", json!({"deletionPolicy": "Delete"})),
+        ("kvkeep", json!({})),
+        ("kvother", json!({"deletionPolicy": "Delete"})),
+    ] {
+        let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": company},
+            "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                     "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"},
+                     "secrets": secrets}});
+        companies
+            .patch(company, &PatchParams::apply("user"), &Patch::Apply(&co))
+            .await
+            .unwrap();
+        let ns = format!("company-{company}");
+        let devs: Api<enclave::crd::Developer> = Api::namespaced(client.clone(), &ns);
+        let dev = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+            "metadata": {"name": "pat", "namespace": ns}, "spec": {"subject": format!("{company}-pat")}});
+        wait("the Developer applied", async || {
+            devs.patch("pat", &PatchParams::apply("user"), &Patch::Apply(&dev))
+                .await
+                .ok()
+        })
+        .await;
+        wait("the Company Ready", async || {
+            condition(&companies.get(company).await.unwrap(), "Ready")
+                .filter(|(status, _)| status == "True")
+        })
+        .await;
+        developer_condition(&devs, "pat", "VaultReady").await;
+        // What people put into Vault: shared and personal secrets.
+        let personal = enclave::names::CompanyNames::new(company, None)
+            .developer("pat", &format!("{company}-pat"))
+            .kv_developer();
+        for (path, value) in [
+            (format!("companies/{company}/shared/dev/env"), "dev"),
+            (format!("companies/{company}/shared/prod/env"), "prod"),
+            (format!("{personal}/git"), "key"),
+        ] {
+            let data = std::collections::BTreeMap::from([("value", format!("{company}-{value}"))]);
+            vaultrs::kv2::set(&h.vault.root, "secret", &path, &data)
+                .await
+                .unwrap();
+        }
+    }
+    let status = companies.get("kvdel").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.deletion_policies.unwrap().secrets,
+        Some(enclave::crd::DeletionPolicy::Delete)
+    );
+    let keep_before = kv_tree(&h.vault.root, "companies/kvkeep").await;
+    let other_before = kv_tree(&h.vault.root, "companies/kvother").await;
+    assert!(
+        keep_before.contains_key("companies/kvkeep/platform/database"),
+        "{keep_before:#?}"
+    );
+
+    for company in ["kvdel", "kvkeep"] {
+        companies
+            .delete(company, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for company in ["kvdel", "kvkeep"] {
+        wait_gone("the Company", &companies, company).await;
+    }
+
+    let deleted = kv_tree(&h.vault.root, "companies/kvdel").await;
+    assert!(
+        deleted.is_empty(),
+        "Delete: every Vault path of the tenant is gone: {deleted:#?}"
+    );
+    let kept = kv_tree(&h.vault.root, "companies/kvkeep").await;
+    let mut expected = keep_before.clone();
+    // The database was deleted (its policy): its credentials open nothing.
+    expected.remove("companies/kvkeep/platform/database");
+    for path in ["shared/dev/env", "shared/prod/env"] {
+        assert!(
+            kept.contains_key(&format!("companies/kvkeep/{path}")),
+            "{kept:#?}"
+        );
+    }
+    for (path, value) in &expected {
+        if path.contains("/shared/") || path.contains("/developers/") {
+            assert_eq!(kept.get(path), Some(value), "Retain keeps {path}");
+        }
+    }
+    assert!(!kept.contains_key("companies/kvkeep/platform/database"));
+    assert_eq!(
+        kv_tree(&h.vault.root, "companies/kvother").await,
+        other_before,
+        "another tenant's secrets are byte-identical"
+    );
+    println!(
+        "kvdel after deletion: {} paths; kvkeep: {} of {} kept; kvother: {} unchanged",
+        deleted.len(),
+        kept.len(),
+        keep_before.len(),
+        other_before.len()
+    );
+}
