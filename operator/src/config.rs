@@ -145,6 +145,12 @@ impl OperatorConfig {
                 )));
             }
         }
+        let person_mount = &self.vault.person_auth_mount;
+        if !person_mount.is_empty() && (!plain(person_mount) || person_mount.len() > 64) {
+            return Err(ConfigError::Invalid(format!(
+                "vault.personAuthMount must be empty or letters, digits, '-', '_' (and '/' between parts), at most 64, got {person_mount:?}"
+            )));
+        }
         if !crate::validation::is_dns_label(&self.operator_namespace) {
             return Err(ConfigError::Invalid(format!(
                 "operatorNamespace must be a DNS-1123 label, got {:?}",
@@ -190,6 +196,14 @@ pub struct VaultConfig {
     pub operator_role: String,
     /// PEM bundle of the CAs that sign Vault's certificate; empty: system roots.
     pub ca_file: String,
+    /// JWT/OIDC auth mount that trusts the identity provider people log in
+    /// with (its issuer and keys are that mount's configuration). Each Admin
+    /// person gets a role there, bound to their `spec.subject` (the `sub`
+    /// claim), that writes the company's shared secrets. Empty: no person
+    /// roles, so nobody writes shared secrets through Enclave.
+    pub person_auth_mount: String,
+    /// Audience (`aud`) the identity provider's tokens carry for Vault.
+    pub person_audience: String,
 }
 
 impl Default for VaultConfig {
@@ -203,6 +217,8 @@ impl Default for VaultConfig {
             token_file: String::new(),
             operator_role: "enclave".into(),
             ca_file: String::new(),
+            person_auth_mount: String::new(),
+            person_audience: "vault".into(),
         }
     }
 }

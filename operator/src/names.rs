@@ -330,6 +330,15 @@ impl DeveloperNames {
         )
     }
 
+    /// Vault policy and JWT-auth role of the person (not the pod) when they
+    /// are a company admin.
+    pub fn vault_person(&self) -> String {
+        fit(
+            &format!("enclave-{}--{}--admin", self.company, self.key),
+            DNS_LABEL_MAX,
+        )
+    }
+
     /// KV v2 path (below the mount) of the developer's own secrets.
     pub fn kv_developer(&self) -> String {
         format!("companies/{}/developers/{}", self.company, self.key)

@@ -26,7 +26,8 @@ pub use settings::{
 };
 pub use storage::{FileSystemRequest, cleanup_job, file_system_request, home_volume, prep_job};
 pub use vault::{
-    KubernetesAuthRole, OWNERSHIP_MARKER, VaultPolicy, VaultRule, operator_policy, render_hcl,
+    JwtAuthRole, KubernetesAuthRole, OWNERSHIP_MARKER, PersonAccess, VaultPolicy, VaultRule,
+    operator_policy, render_hcl,
 };
 
 use crate::{
@@ -61,6 +62,11 @@ pub struct DeveloperPlan {
     pub policies: Vec<VaultPolicy>,
     /// Vault Kubernetes-auth roles.
     pub roles: Vec<KubernetesAuthRole>,
+    /// What the person (an Admin) gets in Vault, if anything.
+    pub person: Option<PersonAccess>,
+    /// Name of the person's policy and role (to remove them when the
+    /// person is no Admin any more).
+    pub person_name: String,
     /// Actions on systems outside the cluster, in order.
     pub actions: Vec<ExternalAction>,
 }
@@ -214,6 +220,8 @@ pub fn build_developer(ctx: &DeveloperContext<'_>) -> DeveloperPlan {
         objects,
         policies: vec![vault::developer_policy(ctx)],
         roles: vec![vault::developer_role(ctx)],
+        person: vault::admin_person_access(ctx),
+        person_name: ctx.names.vault_person(),
         actions: cloud::developer_actions(ctx),
     }
 }

@@ -1,4 +1,5 @@
-//! Vault policies (HCL) and Kubernetes-auth roles, as data.
+//! Vault policies (HCL), Kubernetes-auth roles (pods) and JWT-auth roles
+//! (people), as data.
 //!
 //! Every path is built from names the CRD schema already restricted to
 //! `[a-z0-9-]`, so nothing a tenant writes can widen a policy.
@@ -52,6 +53,36 @@ pub struct KubernetesAuthRole {
     pub token_ttl: u32,
     /// Maximum TTL of the issued token, seconds.
     pub token_max_ttl: u32,
+}
+
+/// A JWT-auth role of one person: a token from the identity provider with
+/// their `sub` and the configured audience logs in to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JwtAuthRole {
+    /// Role name.
+    pub name: String,
+    /// The person's identity-provider subject; never empty, never a glob.
+    pub bound_subject: String,
+    /// Audiences the token must carry.
+    pub bound_audiences: Vec<String>,
+    /// Policies of the issued token.
+    pub token_policies: Vec<String>,
+    /// TTL of the issued token, seconds.
+    pub token_ttl: u32,
+    /// Maximum TTL of the issued token, seconds.
+    pub token_max_ttl: u32,
+}
+
+/// What an Admin person (not their pod) gets in Vault: write access to the
+/// company's shared secrets, through a login with their own identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PersonAccess {
+    /// The JWT-auth mount the role lives in.
+    pub mount: String,
+    /// The policy.
+    pub policy: VaultPolicy,
+    /// The role.
+    pub role: JwtAuthRole,
 }
 
 /// Renders `rules` as HCL under the ownership marker and a one-line
@@ -130,16 +161,52 @@ pub fn developer_policy(ctx: &DeveloperContext<'_>) -> VaultPolicy {
             company.names.company()
         ),
     );
-    // Vault applies the most specific matching path, not the union of all
-    // matches: an Admin's write on shared/* must not sit next to a narrower
-    // read-only rule on shared/dev/*, or that rule wins there.
-    match ctx.settings.role {
-        DeveloperRole::Developer => w.kv(&format!("{root}/shared/dev"), READ, READ_LIST),
-        // Writes every shared secret, reads dev and prod ones.
-        DeveloperRole::Admin => w.kv(&format!("{root}/shared"), WRITE, WRITE_META),
-    }
+    // Every workspace, an Admin's included, runs third-party code: it reads
+    // the company's development secrets and its owner's own, nothing more.
+    // Admins write shared secrets as themselves (see `admin_person_access`),
+    // production ones only the company controller reads.
+    w.kv(&format!("{root}/shared/dev"), READ, READ_LIST);
     w.kv(&ctx.names.kv_developer(), WRITE, WRITE_META);
     w.finish(ctx.names.vault_role())
+}
+
+/// An Admin person's policy and JWT-auth role: they write the company's
+/// shared secrets (dev and prod) with their own identity-provider login,
+/// never from a pod. `None` for Developers, or when the operator has no
+/// person auth mount configured.
+pub fn admin_person_access(ctx: &DeveloperContext<'_>) -> Option<PersonAccess> {
+    let company = ctx.company;
+    let vault = &company.config.vault;
+    if ctx.settings.role != DeveloperRole::Admin || vault.person_auth_mount.is_empty() {
+        return None;
+    }
+    let mut w = PolicyWriter::new(
+        &vault.kv_mount,
+        format!(
+            "admin person {} (key {}) of company {}: writes the shared secrets",
+            ctx.names.name(),
+            ctx.names.key(),
+            company.names.company()
+        ),
+    );
+    w.kv(
+        &format!("{}/shared", company.names.kv_company_root()),
+        WRITE,
+        WRITE_META,
+    );
+    let name = ctx.names.vault_person();
+    Some(PersonAccess {
+        mount: vault.person_auth_mount.clone(),
+        policy: w.finish(name.clone()),
+        role: JwtAuthRole {
+            token_policies: vec![name.clone()],
+            name,
+            bound_subject: ctx.developer.spec.subject.clone(),
+            bound_audiences: vec![vault.person_audience.clone()],
+            token_ttl: vault.token_ttl_seconds,
+            token_max_ttl: vault.token_ttl_seconds,
+        },
+    })
 }
 
 /// Policy of the company-specific controller: the company's shared and
@@ -190,8 +257,8 @@ pub fn controller_role(ctx: &CompanyContext<'_>) -> KubernetesAuthRole {
 /// and the tenants' KV paths, nothing else. Shipped in the chart
 /// (`charts/enclave/files/vault-policy.hcl`) and printed by
 /// `enclave vault-policy`.
-pub fn operator_policy(kv_mount: &str, auth_mount: &str) -> String {
-    format!(
+pub fn operator_policy(kv_mount: &str, auth_mount: &str, person_auth_mount: &str) -> String {
+    let mut policy = format!(
         r#"{OWNERSHIP_MARKER}
 # The Enclave operator: tenant ACL policies and Kubernetes-auth roles named
 # enclave-*, the tenants' secrets below companies/, and read access to its
@@ -226,5 +293,17 @@ path "auth/token/renew-self" {{
   capabilities = ["update"]
 }}
 "#
-    )
+    );
+    if !person_auth_mount.is_empty() {
+        let _ = write!(
+            policy,
+            r#"
+# The JWT-auth roles of admin people (the identity provider's login).
+path "auth/{person_auth_mount}/role/enclave-*" {{
+  capabilities = ["create", "read", "update", "delete"]
+}}
+"#
+        );
+    }
+    policy
 }

@@ -117,6 +117,10 @@ enum Command {
         /// Kubernetes auth mount of tenant roles.
         #[arg(long, default_value = "kubernetes")]
         auth_mount: String,
+        /// JWT auth mount of admin people's roles (`vault.personAuthMount`),
+        /// if any.
+        #[arg(long, default_value = "")]
+        person_auth_mount: String,
     },
     /// Set Vault up for Enclave, idempotently: the KV v2 and Kubernetes auth
     /// mounts of the operator configuration, Enclave's own policy
@@ -384,6 +388,7 @@ fn vault_setup_steps(
     let request = SetupRequest {
         kv_mount: vault.kv_mount.clone(),
         auth_mount: vault.auth_mount.clone(),
+        person_auth_mount: vault.person_auth_mount.clone(),
         role: vault.operator_role.clone(),
         service_account: args.service_account.clone(),
         namespace: args
@@ -520,10 +525,11 @@ pub fn main() -> ExitCode {
         Command::VaultPolicy {
             kv_mount,
             auth_mount,
+            person_auth_mount,
         } => {
             print!(
                 "{}",
-                crate::builders::operator_policy(&kv_mount, &auth_mount)
+                crate::builders::operator_policy(&kv_mount, &auth_mount, &person_auth_mount)
             );
             ExitCode::SUCCESS
         }

@@ -331,6 +331,15 @@ async fn vault_cleanup<B: Backends>(
     if let Some(policy) = &status.vault_policy {
         removed.push(vault.delete_policy(policy).await?);
     }
+    // The person's own role (an Admin's), which their status does not name.
+    let mount = &ctx.config.vault.person_auth_mount;
+    if !mount.is_empty() {
+        let person = CompanyNames::new(&company, None)
+            .developer(&developer.name_any(), &developer.spec.subject)
+            .vault_person();
+        removed.push(vault.delete_person_role(&company, mount, &person).await?);
+        removed.push(vault.delete_policy(&person).await?);
+    }
     if removed.contains(&Change::Deleted) {
         let why =
             format!("the workspace's Vault role and policy {role} removed with the Developer");
@@ -366,6 +375,7 @@ async fn apply<B: Backends>(developer: Arc<Developer>, ctx: &Context<B>) -> Resu
     status.storage_path = Some(dev_ctx.names.storage_path());
     status.vault_role = Some(dev_ctx.names.vault_role());
     status.vault_policy = Some(dev_ctx.names.vault_role());
+    status.person_vault_role = plan.person.as_ref().map(|p| p.role.name.clone());
 
     // Storage, then the workspace once its directory is ready.
     let storage_retry = storage_step(ctx, &developer, &dev_ctx, &mut status).await?;
@@ -652,7 +662,8 @@ async fn vault_step<B: Backends>(
         return Ok(());
     }
     let tenant = company.name_any();
-    let result = ensure_developer(ctx.vault.as_ref(), &tenant, plan)
+    let person_mount = &ctx.config.vault.person_auth_mount;
+    let result = ensure_developer(ctx.vault.as_ref(), &tenant, plan, person_mount)
         .await
         .map_err(Error::from);
     let result = ctx

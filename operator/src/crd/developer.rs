@@ -39,8 +39,11 @@ pub struct DeveloperSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("subject is immutable: delete the Developer and create a new one for a different person"))]
     pub subject: String,
 
-    /// `Developer` (default: reads the company's development secrets) or
-    /// `Admin` (also writes the company's shared secrets and reads production ones).
+    /// `Developer` (default) or `Admin`: also manages the company's
+    /// Developers and, as a person (their own identity-provider login, with
+    /// the operator's `vault.personAuthMount`), writes the company's shared
+    /// secrets. Every workspace, an Admin's too, reads only the development
+    /// secrets and its owner's own.
     #[serde(default)]
     pub role: DeveloperRole,
 
@@ -138,4 +141,8 @@ pub struct DeveloperStatus {
     /// Vault policy attached to that role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault_policy: Option<String>,
+    /// Vault JWT-auth role an Admin person logs in to with their own
+    /// identity-provider token (in `vault.personAuthMount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person_vault_role: Option<String>,
 }

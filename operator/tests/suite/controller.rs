@@ -1373,3 +1373,205 @@ async fn secrets_follow_the_deletion_policy_and_no_other_tenant_is_touched() {
         other_before.len()
     );
 }
+
+#[tokio::test]
+async fn admins_write_shared_secrets_as_themselves_never_from_their_pod() {
+    let h = setup().await;
+    let client = h.client.clone();
+    let companies: Api<Company> = Api::all(client.clone());
+    let root = &h.vault.root;
+    let people = [("ann", "Admin"), ("bo", "Developer")];
+    for company in ["jwta", "jwtb"] {
+        let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": company},
+            "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                     "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"}}});
+        companies
+            .patch(company, &PatchParams::apply("user"), &Patch::Apply(&co))
+            .await
+            .unwrap();
+        let ns = format!("company-{company}");
+        let devs: Api<enclave::crd::Developer> = Api::namespaced(client.clone(), &ns);
+        for (name, role) in people {
+            let dev = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"subject": format!("{company}-{name}"), "role": role}});
+            wait("the Developer applied", async || {
+                devs.patch(name, &PatchParams::apply("user"), &Patch::Apply(&dev))
+                    .await
+                    .ok()
+            })
+            .await;
+            developer_condition(&devs, name, "VaultReady").await;
+        }
+        for scope in ["dev", "prod"] {
+            let data = std::collections::BTreeMap::from([("value", format!("{company}-{scope}"))]);
+            vaultrs::kv2::set(
+                root,
+                "secret",
+                &format!("companies/{company}/shared/{scope}/env"),
+                &data,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "OpenBao");
+    let person_login = async |subject: &str, company: &str, name: &str| {
+        let role = enclave::names::CompanyNames::new(company, None)
+            .developer(name, subject)
+            .vault_person();
+        let jwt = h
+            .vault
+            .people
+            .token(subject, crate::harness::PERSON_AUDIENCE);
+        let anonymous = crate::support::vault_client(&addr, "");
+        vaultrs::auth::oidc::login(&anonymous, &h.vault.person_mount, &jwt, Some(role))
+            .await
+            .ok()
+            .map(|auth| crate::support::vault_client(&addr, &auth.client_token))
+    };
+    let can_read = async |client: &vaultrs::client::VaultClient, path: &str| {
+        vaultrs::kv2::read::<serde_json::Value>(client, "secret", path)
+            .await
+            .is_ok()
+    };
+    let can_write = async |client: &vaultrs::client::VaultClient, path: &str| {
+        let data = std::collections::BTreeMap::from([("value", "written")]);
+        vaultrs::kv2::set(client, "secret", path, &data)
+            .await
+            .is_ok()
+    };
+
+    let mut table = vec![format!(
+        "{:<34} {:<6} {:<40} want got",
+        "who", "action", "path"
+    )];
+    let mut wrong = Vec::new();
+    let mut check = |who: &str, action: &str, path: &str, want: bool, got: bool| {
+        table.push(format!(
+            "{who:<34} {action:<6} {path:<40} {:<4} {}",
+            if want { "yes" } else { "no" },
+            if got { "yes" } else { "no" }
+        ));
+        if want != got {
+            wrong.push(format!("{who} {action} {path}: want {want}"));
+        }
+    };
+    // The admin's workspace (its ServiceAccount) is like everyone's.
+    let ann_status = Api::<enclave::crd::Developer>::namespaced(client.clone(), "company-jwta")
+        .get("ann")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(
+        ann_status.person_vault_role,
+        Some(
+            enclave::names::CompanyNames::new("jwta", None)
+                .developer("ann", "jwta-ann")
+                .vault_person()
+        ),
+        "the admin's status names their person role"
+    );
+    let pod = crate::tenants::workspace_login(&h, "jwta", "ann", "jwta-ann")
+        .await
+        .expect("the admin's workspace logs in");
+    for (action, path, want) in [
+        ("read", "companies/jwta/shared/dev/env", true),
+        ("read", "companies/jwta/shared/prod/env", false),
+        ("write", "companies/jwta/shared/dev/env", false),
+        ("write", "companies/jwta/shared/prod/new", false),
+    ] {
+        let got = match action {
+            "read" => can_read(&pod, path).await,
+            _ => can_write(&pod, path).await,
+        };
+        check("workspace of admin jwta/ann", action, path, want, got);
+    }
+    // The admin person, with their own identity-provider token.
+    let ann = person_login("jwta-ann", "jwta", "ann")
+        .await
+        .expect("the admin person logs in with their sub");
+    for (action, path, want) in [
+        ("write", "companies/jwta/shared/prod/env", true),
+        ("write", "companies/jwta/shared/dev/new", true),
+        ("read", "companies/jwta/shared/prod/env", true),
+        ("write", "companies/jwtb/shared/prod/env", false),
+        ("read", "companies/jwtb/shared/dev/env", false),
+        ("read", "companies/jwta/platform/database", false),
+    ] {
+        let got = match action {
+            "read" => can_read(&ann, path).await,
+            _ => can_write(&ann, path).await,
+        };
+        check("person jwta-ann (Admin)", action, path, want, got);
+    }
+    // Someone else's token for ann's role; a Developer person; the other
+    // company's admin for this company.
+    check(
+        "person jwta-bo with ann's role",
+        "login",
+        "-",
+        false,
+        person_login("jwta-bo", "jwta", "ann").await.is_some(),
+    );
+    check(
+        "person jwta-bo (Developer)",
+        "login",
+        "-",
+        false,
+        person_login("jwta-bo", "jwta", "bo").await.is_some(),
+    );
+    let wrong_audience = {
+        let role = enclave::names::CompanyNames::new("jwta", None)
+            .developer("ann", "jwta-ann")
+            .vault_person();
+        let jwt = h.vault.people.token("jwta-ann", "another-audience");
+        vaultrs::auth::oidc::login(
+            &crate::support::vault_client(&addr, ""),
+            &h.vault.person_mount,
+            &jwt,
+            Some(role),
+        )
+        .await
+        .is_ok()
+    };
+    check(
+        "jwta-ann, token for another audience",
+        "login",
+        "-",
+        false,
+        wrong_audience,
+    );
+
+    // Ann is no admin any more: her person role is gone.
+    let devs: Api<enclave::crd::Developer> = Api::namespaced(client.clone(), "company-jwta");
+    devs.patch(
+        "ann",
+        &PatchParams::apply("user"),
+        &Patch::Apply(
+            json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+            "metadata": {"name": "ann", "namespace": "company-jwta"},
+            "spec": {"subject": "jwta-ann", "role": "Developer"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait("ann's person role gone", async || {
+        person_login("jwta-ann", "jwta", "ann")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let still = person_login("jwta-ann", "jwta", "ann").await.is_some();
+    check(
+        "person jwta-ann after Admin -> Developer",
+        "login",
+        "-",
+        false,
+        still,
+    );
+    println!("Vault access\n{}", table.join("\n"));
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

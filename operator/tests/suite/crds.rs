@@ -106,7 +106,7 @@ fn chart_vault_policy_matches_the_code() {
     let path = root().join("charts/enclave/files/vault-policy.hcl");
     let have = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
-        have == enclave::builders::operator_policy("secret", "kubernetes"),
+        have == enclave::builders::operator_policy("secret", "kubernetes", ""),
         "{} is stale: run `cargo run -p enclave-operator -- vault-policy > {}`",
         path.display(),
         path.display()

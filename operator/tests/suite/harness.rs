@@ -37,6 +37,61 @@ pub struct Vault {
     pub config: std::path::PathBuf,
     /// The shared PostgreSQL admin's credentials, written to Vault by setup.
     pub admin: std::collections::BTreeMap<&'static str, String>,
+    /// The JWT auth mount of people (admins), trusting [`Vault::people`].
+    pub person_mount: String,
+    /// The test identity provider people log in with.
+    pub people: IdentityProvider,
+}
+
+/// A test identity provider: an Ed25519 key OpenBao's JWT auth trusts, and
+/// the tokens it issues (as an OIDC provider would, for the Vault audience).
+pub struct IdentityProvider {
+    key: aws_lc_rs::signature::Ed25519KeyPair,
+}
+
+/// Issuer of the test identity provider's tokens.
+pub const ISSUER: &str = "https://idp.enclave-tests.example";
+/// Audience of the people's tokens for Vault (`vault.personAudience`).
+pub const PERSON_AUDIENCE: &str = "enclave-people";
+
+impl IdentityProvider {
+    fn new() -> Self {
+        Self {
+            key: aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap(),
+        }
+    }
+
+    /// The public key, as OpenBao's `jwt_validation_pubkeys` takes it.
+    pub fn public_pem(&self) -> String {
+        use aws_lc_rs::signature::KeyPair;
+        use base64::Engine;
+        // SubjectPublicKeyInfo of an Ed25519 key: a fixed prefix, the key.
+        let mut der = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        der.extend_from_slice(self.key.public_key().as_ref());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")
+    }
+
+    /// A token for `subject` with `audience`, valid for ten minutes.
+    pub fn token(&self, subject: &str, audience: &str) -> String {
+        use base64::Engine;
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = b64(&json!({"alg": "EdDSA", "typ": "JWT"}));
+        let claims = b64(&json!({"iss": ISSUER, "sub": subject, "aud": audience,
+            "iat": now, "nbf": now, "exp": now + 600}));
+        let signing_input = format!("{header}.{claims}");
+        let signature = self.key.sign(signing_input.as_bytes());
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature.as_ref());
+        format!("{signing_input}.{signature}")
+    }
 }
 
 fn vault(moto: &str) -> Vault {
@@ -53,11 +108,13 @@ fn vault(moto: &str) -> Vault {
             .to_owned()
     };
     let config = std::env::temp_dir().join(format!("enclave-config-{mount}.yaml"));
+    let person_mount = format!("{mount}-people");
     // The operator's configuration is what the chart renders from these
     // values (its schema checks them, it adds the namespace and image).
     let values = json!({
         "clusterId": mount,
-        "vault": {"address": addr, "authMount": mount},
+        "vault": {"address": addr, "authMount": mount,
+            "personAuthMount": person_mount, "personAudience": PERSON_AUDIENCE},
         "aws": {"endpointUrl": moto},
         "storage": {"fsxMissingLifecycleIsAvailable": true},
         "controller": {"resyncSeconds": 5},
@@ -72,6 +129,8 @@ fn vault(moto: &str) -> Vault {
         mount,
         root,
         config,
+        person_mount,
+        people: IdentityProvider::new(),
         admin,
     }
 }
@@ -216,6 +275,16 @@ pub async fn setup() -> Harness {
     let aws = crate::aws_proxy::start(&moto).await;
     let vault = vault(&aws.url);
     vaultrs::sys::auth::enable(&vault.root, &vault.mount, "kubernetes", None)
+        .await
+        .unwrap();
+    // People log in with the identity provider's tokens (JWT auth).
+    vaultrs::sys::auth::enable(&vault.root, &vault.person_mount, "jwt", None)
+        .await
+        .unwrap();
+    let mut idp = vaultrs::api::auth::oidc::requests::SetConfigurationRequest::builder();
+    idp.jwt_validation_pubkeys(vec![vault.people.public_pem()])
+        .bound_issuer(ISSUER);
+    vaultrs::auth::oidc::config::set(&vault.root, &vault.person_mount, Some(&mut idp))
         .await
         .unwrap();
     vaultrs::kv2::set(

@@ -101,7 +101,7 @@ async fn ensure_all(vault: &VaultClientBackend, plan: &Plan) -> Vec<Change> {
     for t in &plan.tenants {
         changes.extend(ensure_company(vault, &t.company).await.unwrap());
         for d in &t.developers {
-            changes.extend(ensure_developer(vault, &t.name, d).await.unwrap());
+            changes.extend(ensure_developer(vault, &t.name, d, "").await.unwrap());
         }
     }
     changes
@@ -132,7 +132,10 @@ fn promised(who: &(String, Who), what: &(String, Area)) -> (bool, bool) {
     match (&who.1, &what.1) {
         (Who::Controller, Area::SharedDev | Area::SharedProd | Area::Platform) => (true, false),
         (Who::Admin(me) | Who::Developer(me), Area::Personal(owner)) if me == owner => (true, true),
-        (Who::Admin(_), Area::SharedDev | Area::SharedProd) => (true, true),
+        // Every workspace runs third-party code, an admin's too: it reads the
+        // development secrets and never writes shared ones (the admin person
+        // does, with their own login; tested in the controller tests).
+        (Who::Admin(_), Area::SharedDev) => (true, false),
         (Who::Developer(_), Area::SharedDev) => (true, false),
         _ => (false, false),
     }
@@ -630,7 +633,7 @@ async fn the_backend_works_with_only_enclaves_own_policy() {
     let env = env().await;
     // Not named enclave-*: the operator must not be able to rewrite its own policy.
     let own = format!("enclave{}", env.tag);
-    vaultrs::sys::policy::set(&env.root, &own, &operator_policy(KV, &env.mount))
+    vaultrs::sys::policy::set(&env.root, &own, &operator_policy(KV, &env.mount, ""))
         .await
         .unwrap();
     let mut opts = vaultrs::api::token::requests::CreateTokenRequest::builder();
@@ -766,7 +769,7 @@ async fn the_operator_logs_in_with_kubernetes_auth_and_refreshes() {
     let env = env().await;
     let cp = configure_kubernetes_auth(&env).await;
     let own = format!("enclave{}", env.tag);
-    vaultrs::sys::policy::set(&env.root, &own, &operator_policy(KV, &env.mount))
+    vaultrs::sys::policy::set(&env.root, &own, &operator_policy(KV, &env.mount, ""))
         .await
         .unwrap();
     let mut opts = vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest::builder();
@@ -925,7 +928,10 @@ async fn vault_setup_prepares_a_fresh_vault_once_and_the_operator_logs_in_with_i
     let policy = vaultrs::sys::policy::read(&root, enclave::backends::vault::OPERATOR_POLICY)
         .await
         .unwrap();
-    assert_eq!(policy.rules, enclave::builders::operator_policy(&kv, &auth));
+    assert_eq!(
+        policy.rules,
+        enclave::builders::operator_policy(&kv, &auth, "")
+    );
     assert!(!enclave::backends::vault::OPERATOR_POLICY.starts_with("enclave-"));
 
     // The operator's ServiceAccount logs in with the role and gets the policy.

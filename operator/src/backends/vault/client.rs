@@ -22,9 +22,9 @@ use vaultrs::{
 
 use super::{
     Change, Password, StoredCredentials, VaultBackend, VaultError, check_kv_path,
-    check_platform_path, check_policy, check_role, generate_password,
+    check_person_role, check_platform_path, check_policy, check_role, generate_password,
 };
-use crate::builders::{KubernetesAuthRole, OWNERSHIP_MARKER, VaultPolicy};
+use crate::builders::{JwtAuthRole, KubernetesAuthRole, OWNERSHIP_MARKER, VaultPolicy};
 
 /// How the operator authenticates to Vault.
 #[derive(Clone, Debug)]
@@ -125,6 +125,18 @@ fn request(operation: &'static str, path: &str) -> impl FnOnce(ClientError) -> V
 }
 
 /// Data Enclave writes next to a role it owns.
+/// The strings of list field `key` of a Vault response, sorted.
+fn sorted_strings(value: &Value, key: &str) -> Vec<String> {
+    let mut v: Vec<String> = value[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
+    v.sort();
+    v
+}
+
 fn ownership_record(mount: &str, role: &str) -> HashMap<&'static str, String> {
     HashMap::from([
         ("managed-by", "enclave".to_owned()),
@@ -297,8 +309,70 @@ impl VaultClientBackend {
         .map_err(request(operation, &path))
     }
 
-    fn role_path(&self, name: &str) -> String {
-        format!("auth/{}/role/{name}", self.settings.auth_mount)
+    fn role_path_in(mount: &str, name: &str) -> String {
+        format!("auth/{mount}/role/{name}")
+    }
+
+    /// The role `name` in auth `mount` as Vault holds it (`None`: absent),
+    /// once it is sure to be Enclave's: a role without Enclave's ownership
+    /// record is refused, and the record is written ahead of a new role.
+    async fn claim_role(
+        &self,
+        company: &str,
+        mount: &str,
+        name: &str,
+    ) -> Result<Option<Value>, VaultError> {
+        let record_path = Self::record_path(company, name);
+        check_kv_path(&record_path)?;
+        let current = self.read_raw(&Self::role_path_in(mount, name)).await?;
+        let owned = self.read_kv(&record_path).await?.is_some();
+        if current.is_some() && !owned {
+            return Err(VaultError::NotOwned {
+                what: "role",
+                name: name.to_owned(),
+            });
+        }
+        if !owned {
+            // Write ahead: the record exists before the role it vouches for.
+            self.write_kv(&record_path, &ownership_record(mount, name), 0)
+                .await?;
+        }
+        Ok(current)
+    }
+
+    /// Deletes role `name` in auth `mount` if Enclave owns it, then its
+    /// ownership record; absent is fine.
+    async fn delete_owned_role(
+        &self,
+        company: &str,
+        mount: &str,
+        name: &str,
+    ) -> Result<Change, VaultError> {
+        let record_path = Self::record_path(company, name);
+        check_kv_path(&record_path)?;
+        let path = Self::role_path_in(mount, name);
+        let exists = self.read_raw(&path).await?.is_some();
+        let owned = self.read_kv(&record_path).await?.is_some();
+        if exists && !owned {
+            return Err(VaultError::NotOwned {
+                what: "role",
+                name: name.to_owned(),
+            });
+        }
+        if exists {
+            self.write_raw("delete role", path, RequestMethod::DELETE, None)
+                .await?;
+        }
+        if owned {
+            // The record goes last: a crash in between leaves it, and the
+            // next delete finds an absent role and removes it.
+            self.delete_secrets(&record_path).await?;
+        }
+        Ok(if exists || owned {
+            Change::Deleted
+        } else {
+            Change::Unchanged
+        })
     }
 
     fn record_path(company: &str, name: &str) -> String {
@@ -459,40 +533,13 @@ impl VaultBackend for VaultClientBackend {
         role: &KubernetesAuthRole,
     ) -> Result<Change, VaultError> {
         check_role(role)?;
-        let record_path = Self::record_path(company, &role.name);
-        check_kv_path(&record_path)?;
-        let path = self.role_path(&role.name);
-        let current = self.read_raw(&path).await?;
-        let owned = self.read_kv(&record_path).await?.is_some();
-        if current.is_some() && !owned {
-            return Err(VaultError::NotOwned {
-                what: "role",
-                name: role.name.clone(),
-            });
-        }
-        if !owned {
-            // Write ahead: the record exists before the role it vouches for.
-            self.write_kv(
-                &record_path,
-                &ownership_record(&self.settings.auth_mount, &role.name),
-                0,
-            )
-            .await?;
-        }
+        let mount = &self.settings.auth_mount;
+        let current = self.claim_role(company, mount, &role.name).await?;
         let matches = current.as_ref().is_some_and(|c| {
-            let list = |key: &str| -> Vec<String> {
-                let mut v: Vec<String> = c[key]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect();
-                v.sort();
-                v
-            };
-            list("bound_service_account_names") == role.bound_service_account_names
-                && list("bound_service_account_namespaces") == role.bound_service_account_namespaces
-                && list("token_policies") == role.token_policies
+            sorted_strings(c, "bound_service_account_names") == role.bound_service_account_names
+                && sorted_strings(c, "bound_service_account_namespaces")
+                    == role.bound_service_account_namespaces
+                && sorted_strings(c, "token_policies") == role.token_policies
                 && c["audience"].as_str() == Some(role.audience.as_str())
                 && c["token_ttl"].as_u64() == Some(u64::from(role.token_ttl))
                 && c["token_max_ttl"].as_u64() == Some(u64::from(role.token_max_ttl))
@@ -512,12 +559,15 @@ impl VaultBackend for VaultClientBackend {
             .token_policies(role.token_policies.clone());
         vaultrs::auth::kubernetes::role::create(
             &*self.client(),
-            &self.settings.auth_mount,
+            mount,
             &role.name,
             Some(&mut request_builder),
         )
         .await
-        .map_err(request("write role", &path))?;
+        .map_err(request(
+            "write role",
+            &Self::role_path_in(mount, &role.name),
+        ))?;
         Ok(if current.is_some() {
             Change::Updated
         } else {
@@ -526,37 +576,66 @@ impl VaultBackend for VaultClientBackend {
     }
 
     async fn delete_role(&self, company: &str, name: &str) -> Result<Change, VaultError> {
-        let record_path = Self::record_path(company, name);
-        check_kv_path(&record_path)?;
-        let path = self.role_path(name);
-        let exists = self.read_raw(&path).await?.is_some();
-        let owned = self.read_kv(&record_path).await?.is_some();
-        if exists && !owned {
-            return Err(VaultError::NotOwned {
-                what: "role",
-                name: name.to_owned(),
-            });
-        }
-        if exists {
-            self.wrote();
-            vaultrs::auth::kubernetes::role::delete(
-                &*self.client(),
-                &self.settings.auth_mount,
-                name,
-            )
+        self.delete_owned_role(company, &self.settings.auth_mount, name)
             .await
-            .map_err(request("delete role", &path))?;
+    }
+
+    async fn ensure_person_role(
+        &self,
+        company: &str,
+        mount: &str,
+        role: &JwtAuthRole,
+    ) -> Result<Change, VaultError> {
+        check_person_role(role)?;
+        let current = self.claim_role(company, mount, &role.name).await?;
+        let matches = current.as_ref().is_some_and(|c| {
+            c["role_type"].as_str() == Some("jwt")
+                && c["user_claim"].as_str() == Some("sub")
+                && c["bound_subject"].as_str() == Some(role.bound_subject.as_str())
+                && sorted_strings(c, "bound_audiences") == role.bound_audiences
+                && sorted_strings(c, "token_policies") == role.token_policies
+                && c["token_ttl"].as_u64() == Some(u64::from(role.token_ttl))
+                && c["token_max_ttl"].as_u64() == Some(u64::from(role.token_max_ttl))
+        });
+        if matches {
+            return Ok(Change::Unchanged);
         }
-        if owned {
-            // The record goes last: a crash in between leaves it, and the
-            // next delete finds an absent role and removes it.
-            self.delete_secrets(&record_path).await?;
-        }
-        Ok(if exists || owned {
-            Change::Deleted
+        self.wrote();
+        let mut request_builder = vaultrs::api::auth::oidc::requests::SetRoleRequest::builder();
+        request_builder
+            .role_type("jwt")
+            .bound_subject(role.bound_subject.clone())
+            .bound_audiences(role.bound_audiences.clone())
+            .token_policies(role.token_policies.clone())
+            .token_ttl(role.token_ttl.to_string())
+            .token_max_ttl(role.token_max_ttl.to_string());
+        vaultrs::auth::oidc::role::set(
+            &*self.client(),
+            mount,
+            &role.name,
+            "sub",
+            Vec::new(),
+            Some(&mut request_builder),
+        )
+        .await
+        .map_err(request(
+            "write role",
+            &Self::role_path_in(mount, &role.name),
+        ))?;
+        Ok(if current.is_some() {
+            Change::Updated
         } else {
-            Change::Unchanged
+            Change::Created
         })
+    }
+
+    async fn delete_person_role(
+        &self,
+        company: &str,
+        mount: &str,
+        name: &str,
+    ) -> Result<Change, VaultError> {
+        self.delete_owned_role(company, mount, name).await
     }
 
     async fn ensure_credentials(

@@ -3,7 +3,7 @@
 //! validation; they are the last line before a policy one path too broad.
 
 use super::VaultError;
-use crate::builders::{KubernetesAuthRole, VaultPolicy, render_hcl};
+use crate::builders::{JwtAuthRole, KubernetesAuthRole, VaultPolicy, render_hcl};
 
 const CAPABILITIES: &[&str] = &["create", "read", "update", "patch", "delete", "list"];
 
@@ -168,6 +168,41 @@ pub fn check_role(role: &KubernetesAuthRole) -> Result<(), VaultError> {
         || role.token_max_ttl < role.token_ttl
         || role.token_max_ttl > 86_400
     {
+        return Err(unsafe_(
+            "role",
+            name,
+            "token TTLs must be between 1 s and 24 h",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a person's JWT-auth role that could let anyone but that one
+/// person in: a subject is required and never a glob, an audience too.
+pub fn check_person_role(role: &JwtAuthRole) -> Result<(), VaultError> {
+    let name = &role.name;
+    if !is_enclave_name(name) {
+        return Err(unsafe_(
+            "role",
+            name,
+            "names are enclave- followed by lowercase letters, digits and hyphens",
+        ));
+    }
+    let subject = &role.bound_subject;
+    if subject.is_empty() || subject.contains('*') || subject.len() > 255 {
+        return Err(unsafe_(
+            "role",
+            name,
+            "bind exactly one subject (a person's sub claim), never empty or a glob",
+        ));
+    }
+    if role.bound_audiences.is_empty() || role.bound_audiences.iter().any(String::is_empty) {
+        return Err(unsafe_("role", name, "an audience is required"));
+    }
+    if role.token_policies != [name.clone()] {
+        return Err(unsafe_("role", name, "a role carries only its own policy"));
+    }
+    if role.token_ttl == 0 || role.token_ttl > 86_400 || role.token_max_ttl < role.token_ttl {
         return Err(unsafe_(
             "role",
             name,

@@ -18,12 +18,12 @@ pub use client::{VaultAuth, VaultClientBackend, VaultSettings};
 pub use credentials::{
     PASSWORD_ALPHABET, PASSWORD_LENGTH, Password, StoredCredentials, generate_password,
 };
-pub use guard::{check_kv_path, check_platform_path, check_policy, check_role};
+pub use guard::{check_kv_path, check_person_role, check_platform_path, check_policy, check_role};
 pub use setup::{KubernetesAuthConfig, OPERATOR_POLICY, SetupRequest, SetupStep};
 pub use tenant::{delete_developer, delete_tenant, ensure_company, ensure_developer};
 use thiserror::Error;
 
-use crate::builders::{KubernetesAuthRole, VaultPolicy};
+use crate::builders::{JwtAuthRole, KubernetesAuthRole, VaultPolicy};
 
 /// What an idempotent step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +138,22 @@ pub trait VaultBackend: Send + Sync {
     fn delete_role(
         &self,
         company: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Change, VaultError>> + Send;
+    /// Writes a person's JWT-auth `role` of `company` in `mount` unless Vault
+    /// already holds exactly it.
+    fn ensure_person_role(
+        &self,
+        company: &str,
+        mount: &str,
+        role: &JwtAuthRole,
+    ) -> impl Future<Output = Result<Change, VaultError>> + Send;
+    /// Deletes person role `name` of `company` in `mount` if Enclave owns
+    /// it; absent is fine.
+    fn delete_person_role(
+        &self,
+        company: &str,
+        mount: &str,
         name: &str,
     ) -> impl Future<Output = Result<Change, VaultError>> + Send;
     /// The credentials at `path`; generated and written first if there are none.

@@ -22,6 +22,9 @@ pub struct SetupRequest {
     pub kv_mount: String,
     /// Kubernetes auth mount of the operator's and the tenants' roles.
     pub auth_mount: String,
+    /// JWT auth mount of admin people's roles (empty: none). Its issuer
+    /// and keys are the platform's to configure.
+    pub person_auth_mount: String,
     /// The operator's login role.
     pub role: String,
     /// The operator's ServiceAccount and namespace.
@@ -179,7 +182,7 @@ impl VaultClientBackend {
     }
 
     async fn ensure_operator_policy(&self, req: &SetupRequest) -> Result<SetupStep, VaultError> {
-        let hcl = operator_policy(&req.kv_mount, &req.auth_mount);
+        let hcl = operator_policy(&req.kv_mount, &req.auth_mount, &req.person_auth_mount);
         let path = format!("sys/policies/acl/{OPERATOR_POLICY}");
         let change = match self.read_raw(&path).await? {
             Some(current) if current["policy"].as_str() == Some(hcl.as_str()) => Change::Unchanged,

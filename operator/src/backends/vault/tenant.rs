@@ -19,11 +19,13 @@ pub async fn ensure_company(
     Ok(changes)
 }
 
-/// Ensures one developer's policy and role.
+/// Ensures one developer's policy and role, and the person's own access
+/// (`person_mount`: the configured person auth mount, may be empty).
 pub async fn ensure_developer(
     vault: &impl VaultBackend,
     company: &str,
     plan: &DeveloperPlan,
+    person_mount: &str,
 ) -> Result<Vec<Change>, VaultError> {
     let mut changes = Vec::new();
     for policy in &plan.policies {
@@ -32,7 +34,37 @@ pub async fn ensure_developer(
     for role in &plan.roles {
         changes.push(vault.ensure_role(company, role).await?);
     }
+    changes.extend(person_access(vault, company, plan, person_mount).await?);
     Ok(changes)
+}
+
+/// The person's own access (an Admin's JWT role and policy), or its
+/// removal when they are no Admin any more. `mount` is the configured
+/// person auth mount (empty: none, so nothing to remove either).
+async fn person_access(
+    vault: &impl VaultBackend,
+    company: &str,
+    plan: &DeveloperPlan,
+    mount: &str,
+) -> Result<Vec<Change>, VaultError> {
+    if mount.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(match &plan.person {
+        Some(person) => vec![
+            vault.ensure_policy(&person.policy).await?,
+            vault
+                .ensure_person_role(company, &person.mount, &person.role)
+                .await?,
+        ],
+        // Role first, then the policy it carried.
+        None => vec![
+            vault
+                .delete_person_role(company, mount, &plan.person_name)
+                .await?,
+            vault.delete_policy(&plan.person_name).await?,
+        ],
+    })
 }
 
 /// Removes one developer's role and policy; with `delete_data`, also their

@@ -13,7 +13,7 @@ use crate::{
         storage::{FileSystemBackend, FileSystemState, FsDeletion, FsPhase, StorageError},
         vault::{Change, Password, StoredCredentials, VaultBackend, VaultError},
     },
-    builders::{DatabaseRequest, FileSystemRequest, KubernetesAuthRole, VaultPolicy},
+    builders::{DatabaseRequest, FileSystemRequest, JwtAuthRole, KubernetesAuthRole, VaultPolicy},
     controllers::Backends,
 };
 
@@ -53,6 +53,8 @@ pub struct FakeVault {
     pub policies: Mutex<BTreeMap<String, String>>,
     /// Roles by name.
     pub roles: Mutex<BTreeMap<String, KubernetesAuthRole>>,
+    /// People's JWT-auth roles by mount and name.
+    pub person_roles: Mutex<BTreeMap<(String, String), JwtAuthRole>>,
     /// KV secrets by path, with their version.
     pub kv: Mutex<BTreeMap<String, Secret>>,
     /// Every call, in order (`ensure_policy <name>`, …).
@@ -128,6 +130,36 @@ impl VaultBackend for FakeVault {
     async fn delete_role(&self, _company: &str, name: &str) -> Result<Change, VaultError> {
         self.call(format!("delete_role {name}"))?;
         Ok(match lock(&self.roles).remove(name) {
+            Some(_) => Change::Deleted,
+            None => Change::Unchanged,
+        })
+    }
+
+    async fn ensure_person_role(
+        &self,
+        _company: &str,
+        mount: &str,
+        role: &JwtAuthRole,
+    ) -> Result<Change, VaultError> {
+        self.call(format!("ensure_person_role {mount} {}", role.name))?;
+        let key = (mount.to_owned(), role.name.clone());
+        let previous = lock(&self.person_roles).insert(key, role.clone());
+        Ok(match previous {
+            None => Change::Created,
+            Some(r) if r == *role => Change::Unchanged,
+            Some(_) => Change::Updated,
+        })
+    }
+
+    async fn delete_person_role(
+        &self,
+        _company: &str,
+        mount: &str,
+        name: &str,
+    ) -> Result<Change, VaultError> {
+        self.call(format!("delete_person_role {mount} {name}"))?;
+        let key = (mount.to_owned(), name.to_owned());
+        Ok(match lock(&self.person_roles).remove(&key) {
             Some(_) => Change::Deleted,
             None => Change::Unchanged,
         })

@@ -43,12 +43,16 @@ struct Harness {
 /// A harness whose databases take `creating_calls` ensures to create (and
 /// as many calls to delete).
 fn harness(creating_calls: u32) -> Harness {
+    harness_with(creating_calls, OperatorConfig::default())
+}
+
+fn harness_with(creating_calls: u32, config: OperatorConfig) -> Harness {
     let api = FakeApi::default();
     let client = api.client();
     let vault = Arc::new(FakeVault::default());
     let ctx = Context::<Fakes> {
         client: client.clone(),
-        config: OperatorConfig::default(),
+        config,
         vault: Arc::clone(&vault),
         databases: Databases {
             rds: FakeDatabase::new(Arc::clone(&vault), creating_calls),
@@ -503,9 +507,13 @@ impl Harness {
     }
 
     fn create_developer(&self, name: &str, image: Option<&str>) {
+        self.create_person(name, "Developer", image);
+    }
+
+    fn create_person(&self, name: &str, role: &str, image: Option<&str>) {
         let mut developer = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
             "metadata": {"name": name, "namespace": "company-acme"},
-            "spec": {"subject": format!("idp|{name}"), "role": "Developer"}});
+            "spec": {"subject": format!("idp|{name}"), "role": role}});
         if let Some(image) = image {
             developer["spec"]["workspace"] = json!({"image": image});
         }
@@ -689,4 +697,58 @@ async fn a_developer_outside_any_company_namespace_says_so_and_creates_nothing()
     assert_eq!((status.as_str(), reason.as_str()), ("False", "NoCompany"));
     assert!(h.vault_calls().is_empty(), "{:?}", h.vault_calls());
     assert!(h.api.names(SETS).is_empty());
+}
+
+#[tokio::test]
+async fn an_admin_person_gets_a_jwt_role_that_goes_with_the_admin_role() {
+    let mut config = OperatorConfig::default();
+    config.vault.person_auth_mount = "jwt".into();
+    let h = harness_with(0, config);
+    h.converged_company(&[]).await;
+    h.create_person("ann", "Admin", None);
+    h.create_person("bo", "Developer", None);
+    for name in ["ann", "bo"] {
+        let outcomes = h.converge_developer(name).await;
+        assert!(
+            h.developer_condition_is(name, "Ready", "True"),
+            "{outcomes:?}"
+        );
+    }
+    let roles = h.vault.person_roles.lock().expect("roles").clone();
+    assert_eq!(roles.len(), 1, "only the admin: {roles:?}");
+    let ((mount, name), role) = roles.iter().next().expect("a role");
+    assert_eq!(mount, "jwt");
+    assert_eq!(role.bound_subject, "idp|ann");
+    let policy = h
+        .vault
+        .policies
+        .lock()
+        .expect("p")
+        .get(name)
+        .cloned()
+        .expect("policy");
+    assert!(policy.contains("companies/acme/shared/*"), "{policy}");
+    // Every workspace policy, the admin's included, reads only shared/dev.
+    for (policy_name, hcl) in h.vault.policies.lock().expect("p").iter() {
+        if policy_name != name
+            && policy_name.contains("--")
+            && !policy_name.ends_with("company-controller")
+        {
+            assert!(!hcl.contains("shared/*"), "{policy_name}: {hcl}");
+            assert!(hcl.contains("shared/dev/*"), "{policy_name}: {hcl}");
+        }
+    }
+
+    // Ann is no admin any more: her person role and policy go.
+    let mut ann = h.api.get(&format!("{DEVELOPERS}/ann")).expect("ann");
+    ann["spec"]["role"] = json!("Developer");
+    ann["metadata"]["generation"] = json!(2);
+    h.api.insert_raw(&format!("{DEVELOPERS}/ann"), ann);
+    let outcomes = h.converge_developer("ann").await;
+    assert!(
+        h.developer_condition_is("ann", "Ready", "True"),
+        "{outcomes:?}"
+    );
+    assert!(h.vault.person_roles.lock().expect("roles").is_empty());
+    assert!(!h.vault.policies.lock().expect("p").contains_key(name));
 }
