@@ -117,6 +117,16 @@ spawn kube-apiserver "$BIN/kube-apiserver" \
   --audit-log-format=json --audit-log-mode=blocking \
   --profiling=false --v=0
 
+kubectl() { "$BIN/kubectl" --kubeconfig="$DIR/kubeconfig" "$@"; }
+
+ready=
+for _ in $(seq 1 600); do
+  if kubectl get --raw /readyz >/dev/null 2>&1; then ready=1; break; fi
+  while read -r pid name; do kill -0 "$pid" 2>/dev/null || fail "$name exited"; done <"$DIR/pids"
+  sleep 0.1
+done
+[ -n "$ready" ] || fail "kube-apiserver not ready after 60 s"
+
 # Not the node lifecycle controller: with no kubelet heartbeat it would taint
 # the Node and evict every pod.
 CONTROLLERS=garbage-collector-controller,namespace-controller,serviceaccount-controller
@@ -138,15 +148,9 @@ spawn kube-scheduler "$BIN/kube-scheduler" \
   --kubeconfig="$DIR/kubeconfig" --authentication-kubeconfig="$DIR/kubeconfig" --authorization-kubeconfig="$DIR/kubeconfig" \
   --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" --leader-elect=false --v=0
 
-kubectl() { "$BIN/kubectl" --kubeconfig="$DIR/kubeconfig" "$@"; }
-
-ready=
-for _ in $(seq 1 600); do
-  if kubectl get --raw /readyz >/dev/null 2>&1; then ready=1; break; fi
-  while read -r pid name; do kill -0 "$pid" 2>/dev/null || fail "$name exited"; done <"$DIR/pids"
-  sleep 0.1
-done
-[ -n "$ready" ] || fail "kube-apiserver not ready after 60 s"
+# (Started only once the API server is ready: both exit when it refuses
+# their first request, as it does while starting on a loaded machine.)
+while read -r pid name; do kill -0 "$pid" 2>/dev/null || fail "$name exited"; done <"$DIR/pids"
 
 # The Node the scheduler binds pods to. Status is a subresource: capacity
 # and the Ready condition go in a second write.

@@ -784,13 +784,16 @@ async fn changes_to_tenants_are_followed_exactly() {
         developer_condition(&devs, dev, "Ready").await;
     }
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &namespace);
+    // Besides her workspace-access binding, which every person has.
     let admin_bindings = async || {
         bindings
             .list(&kube::api::ListParams::default().labels("enclave.dev/developer=ann"))
             .await
             .unwrap()
             .items
-            .len()
+            .iter()
+            .filter(|b| b.role_ref.name == "enclave-company-admin")
+            .count()
     };
     assert_eq!(admin_bindings().await, 1, "ann is bound as an Admin");
     let ann_policy_name = devs
@@ -808,10 +811,31 @@ async fn changes_to_tenants_are_followed_exactly() {
             .rules
     };
     assert!(
-        policy()
+        !policy()
             .await
             .contains(&format!("companies/{name}/shared/*")),
-        "an Admin writes shared secrets"
+        "an Admin's workspace does not write shared secrets"
+    );
+    // The person does, with their own login.
+    let person = devs
+        .get("ann")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .person_vault_role
+        .expect("an Admin person role");
+    let person_policy = async || {
+        vaultrs::sys::policy::read(&h.vault.root, &person)
+            .await
+            .ok()
+            .map(|p| p.rules)
+    };
+    assert!(
+        person_policy()
+            .await
+            .is_some_and(|r| r.contains(&format!("companies/{name}/shared/*"))),
+        "an Admin person writes shared secrets"
     );
 
     // A policy someone else made, with Enclave's labels copied onto it:
@@ -910,13 +934,15 @@ async fn changes_to_tenants_are_followed_exactly() {
         (admin_bindings().await == 0).then_some(())
     })
     .await;
-    wait("ann's policy follows her role", async || {
-        let rules = policy().await;
-        (!rules.contains(&format!("companies/{name}/shared/*"))
-            && rules.contains(&format!("companies/{name}/shared/dev/*")))
-        .then_some(())
+    wait("ann's person policy follows her role", async || {
+        person_policy().await.is_none().then_some(())
     })
     .await;
+    assert!(
+        policy()
+            .await
+            .contains(&format!("companies/{name}/shared/dev/*"))
+    );
     let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
         Api::namespaced(client.clone(), &namespace);
     let ben = devs.get("ben").await.unwrap().status.unwrap();
@@ -1112,7 +1138,11 @@ async fn each_person_reaches_only_their_own_workspace() {
     let companies: Api<Company> = Api::all(client.clone());
     // Two companies, each with one admin and two developers.
     let people = [("ann", "Admin"), ("bo", "Developer"), ("cy", "Developer")];
-    for company in ["rbaca", "rbacb"] {
+    let companies_of_test = [
+        crate::support::unique("rbaca"),
+        crate::support::unique("rbacb"),
+    ];
+    for company in companies_of_test.iter().map(String::as_str) {
         let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": company},
             "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
                      "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"}}});
@@ -1152,12 +1182,12 @@ async fn each_person_reaches_only_their_own_workspace() {
 
     let cp = &h.control_plane;
     let mut table = vec![format!(
-        "{:<14} {:<9} {:<46} {:<14} want got",
+        "{:<30} {:<9} {:<46} {:<22} want got",
         "user", "verb", "resource", "namespace"
     )];
     let mut wrong = Vec::new();
-    for company in ["rbaca", "rbacb"] {
-        let other = if company == "rbaca" { "rbacb" } else { "rbaca" };
+    for (i, company) in companies_of_test.iter().enumerate() {
+        let other = &companies_of_test[1 - i];
         let (ns, other_ns) = (format!("company-{company}"), format!("company-{other}"));
         for (name, role) in people {
             let admin = role == "Admin";
@@ -1221,7 +1251,7 @@ async fn each_person_reaches_only_their_own_workspace() {
             for (verb, resource, namespace, want) in checks {
                 let got = crate::real_api::can_i(cp, &user, verb, &resource, Some(namespace));
                 table.push(format!(
-                    "{user:<14} {verb:<9} {resource:<46} {namespace:<14} {:<4} {}",
+                    "{user:<30} {verb:<9} {resource:<46} {namespace:<22} {:<4} {}",
                     if want { "yes" } else { "no" },
                     if got { "yes" } else { "no" }
                 ));
@@ -1271,12 +1301,17 @@ async fn secrets_follow_the_deletion_policy_and_no_other_tenant_is_touched() {
     let h = setup().await;
     let client = h.client.clone();
     let companies: Api<Company> = Api::all(client.clone());
-    // kvdel deletes everything, kvkeep keeps its secrets (default), kvother
+    let (del, keep, other) = (
+        crate::support::unique("kvd"),
+        crate::support::unique("kvk"),
+        crate::support::unique("kvo"),
+    );
+    // del deletes everything, keep keeps its secrets (default), other
     // stands by.
     for (company, secrets) in [
-        ("kvdel", json!({"deletionPolicy": "Delete"})),
-        ("kvkeep", json!({})),
-        ("kvother", json!({"deletionPolicy": "Delete"})),
+        (del.as_str(), json!({"deletionPolicy": "Delete"})),
+        (keep.as_str(), json!({})),
+        (other.as_str(), json!({"deletionPolicy": "Delete"})),
     ] {
         let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": company},
             "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
@@ -1296,10 +1331,14 @@ async fn secrets_follow_the_deletion_policy_and_no_other_tenant_is_touched() {
                 .ok()
         })
         .await;
-        wait("the Company Ready", async || {
-            condition(&companies.get(company).await.unwrap(), "Ready")
-                .filter(|(status, _)| status == "True")
-        })
+        crate::harness::wait_or(
+            "the Company Ready",
+            async || {
+                condition(&companies.get(company).await.unwrap(), "Ready")
+                    .filter(|(status, _)| status == "True")
+            },
+            async || format!("{:#?}", companies.get(company).await.unwrap().status),
+        )
         .await;
         developer_condition(&devs, "pat", "VaultReady").await;
         // What people put into Vault: shared and personal secrets.
@@ -1317,40 +1356,40 @@ async fn secrets_follow_the_deletion_policy_and_no_other_tenant_is_touched() {
                 .unwrap();
         }
     }
-    let status = companies.get("kvdel").await.unwrap().status.unwrap();
+    let status = companies.get(del.as_str()).await.unwrap().status.unwrap();
     assert_eq!(
         status.deletion_policies.unwrap().secrets,
         Some(enclave::crd::DeletionPolicy::Delete)
     );
-    let keep_before = kv_tree(&h.vault.root, "companies/kvkeep").await;
-    let other_before = kv_tree(&h.vault.root, "companies/kvother").await;
+    let keep_before = kv_tree(&h.vault.root, &format!("companies/{keep}")).await;
+    let other_before = kv_tree(&h.vault.root, &format!("companies/{other}")).await;
     assert!(
-        keep_before.contains_key("companies/kvkeep/platform/database"),
+        keep_before.contains_key(&format!("companies/{keep}/platform/database")),
         "{keep_before:#?}"
     );
 
-    for company in ["kvdel", "kvkeep"] {
+    for company in [del.as_str(), keep.as_str()] {
         companies
             .delete(company, &DeleteParams::default())
             .await
             .unwrap();
     }
-    for company in ["kvdel", "kvkeep"] {
+    for company in [del.as_str(), keep.as_str()] {
         wait_gone("the Company", &companies, company).await;
     }
 
-    let deleted = kv_tree(&h.vault.root, "companies/kvdel").await;
+    let deleted = kv_tree(&h.vault.root, &format!("companies/{del}")).await;
     assert!(
         deleted.is_empty(),
         "Delete: every Vault path of the tenant is gone: {deleted:#?}"
     );
-    let kept = kv_tree(&h.vault.root, "companies/kvkeep").await;
+    let kept = kv_tree(&h.vault.root, &format!("companies/{keep}")).await;
     let mut expected = keep_before.clone();
     // The database was deleted (its policy): its credentials open nothing.
-    expected.remove("companies/kvkeep/platform/database");
+    expected.remove(&format!("companies/{keep}/platform/database"));
     for path in ["shared/dev/env", "shared/prod/env"] {
         assert!(
-            kept.contains_key(&format!("companies/kvkeep/{path}")),
+            kept.contains_key(&format!("companies/{keep}/{path}")),
             "{kept:#?}"
         );
     }
@@ -1359,9 +1398,9 @@ async fn secrets_follow_the_deletion_policy_and_no_other_tenant_is_touched() {
             assert_eq!(kept.get(path), Some(value), "Retain keeps {path}");
         }
     }
-    assert!(!kept.contains_key("companies/kvkeep/platform/database"));
+    assert!(!kept.contains_key(&format!("companies/{keep}/platform/database")));
     assert_eq!(
-        kv_tree(&h.vault.root, "companies/kvother").await,
+        kv_tree(&h.vault.root, &format!("companies/{other}")).await,
         other_before,
         "another tenant's secrets are byte-identical"
     );
@@ -1381,7 +1420,11 @@ async fn admins_write_shared_secrets_as_themselves_never_from_their_pod() {
     let companies: Api<Company> = Api::all(client.clone());
     let root = &h.vault.root;
     let people = [("ann", "Admin"), ("bo", "Developer")];
-    for company in ["jwta", "jwtb"] {
+    let (a, b) = (
+        crate::support::unique("jwta"),
+        crate::support::unique("jwtb"),
+    );
+    for company in [a.as_str(), b.as_str()] {
         let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": company},
             "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
                      "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"}}});
@@ -1458,53 +1501,54 @@ async fn admins_write_shared_secrets_as_themselves_never_from_their_pod() {
         }
     };
     // The admin's workspace (its ServiceAccount) is like everyone's.
-    let ann_status = Api::<enclave::crd::Developer>::namespaced(client.clone(), "company-jwta")
-        .get("ann")
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let ann_status =
+        Api::<enclave::crd::Developer>::namespaced(client.clone(), &format!("company-{a}"))
+            .get("ann")
+            .await
+            .unwrap()
+            .status
+            .unwrap();
     assert_eq!(
         ann_status.person_vault_role,
         Some(
-            enclave::names::CompanyNames::new("jwta", None)
-                .developer("ann", "jwta-ann")
+            enclave::names::CompanyNames::new(&a, None)
+                .developer("ann", &format!("{a}-ann"))
                 .vault_person()
         ),
         "the admin's status names their person role"
     );
-    let pod = crate::tenants::workspace_login(&h, "jwta", "ann", "jwta-ann")
+    let pod = crate::tenants::workspace_login(&h, &a, "ann", &format!("{a}-ann"))
         .await
         .expect("the admin's workspace logs in");
     for (action, path, want) in [
-        ("read", "companies/jwta/shared/dev/env", true),
-        ("read", "companies/jwta/shared/prod/env", false),
-        ("write", "companies/jwta/shared/dev/env", false),
-        ("write", "companies/jwta/shared/prod/new", false),
+        ("read", format!("companies/{a}/shared/dev/env"), true),
+        ("read", format!("companies/{a}/shared/prod/env"), false),
+        ("write", format!("companies/{a}/shared/dev/env"), false),
+        ("write", format!("companies/{a}/shared/prod/new"), false),
     ] {
         let got = match action {
-            "read" => can_read(&pod, path).await,
-            _ => can_write(&pod, path).await,
+            "read" => can_read(&pod, &path).await,
+            _ => can_write(&pod, &path).await,
         };
-        check("workspace of admin jwta/ann", action, path, want, got);
+        check("workspace of admin jwta/ann", action, &path, want, got);
     }
     // The admin person, with their own identity-provider token.
-    let ann = person_login("jwta-ann", "jwta", "ann")
+    let ann = person_login(&format!("{a}-ann"), &a, "ann")
         .await
         .expect("the admin person logs in with their sub");
     for (action, path, want) in [
-        ("write", "companies/jwta/shared/prod/env", true),
-        ("write", "companies/jwta/shared/dev/new", true),
-        ("read", "companies/jwta/shared/prod/env", true),
-        ("write", "companies/jwtb/shared/prod/env", false),
-        ("read", "companies/jwtb/shared/dev/env", false),
-        ("read", "companies/jwta/platform/database", false),
+        ("write", format!("companies/{a}/shared/prod/env"), true),
+        ("write", format!("companies/{a}/shared/dev/new"), true),
+        ("read", format!("companies/{a}/shared/prod/env"), true),
+        ("write", format!("companies/{b}/shared/prod/env"), false),
+        ("read", format!("companies/{b}/shared/dev/env"), false),
+        ("read", format!("companies/{a}/platform/database"), false),
     ] {
         let got = match action {
-            "read" => can_read(&ann, path).await,
-            _ => can_write(&ann, path).await,
+            "read" => can_read(&ann, &path).await,
+            _ => can_write(&ann, &path).await,
         };
-        check("person jwta-ann (Admin)", action, path, want, got);
+        check("person jwta-ann (Admin)", action, &path, want, got);
     }
     // Someone else's token for ann's role; a Developer person; the other
     // company's admin for this company.
@@ -1513,20 +1557,23 @@ async fn admins_write_shared_secrets_as_themselves_never_from_their_pod() {
         "login",
         "-",
         false,
-        person_login("jwta-bo", "jwta", "ann").await.is_some(),
+        person_login(&format!("{a}-bo"), &a, "ann").await.is_some(),
     );
     check(
         "person jwta-bo (Developer)",
         "login",
         "-",
         false,
-        person_login("jwta-bo", "jwta", "bo").await.is_some(),
+        person_login(&format!("{a}-bo"), &a, "bo").await.is_some(),
     );
     let wrong_audience = {
-        let role = enclave::names::CompanyNames::new("jwta", None)
-            .developer("ann", "jwta-ann")
+        let role = enclave::names::CompanyNames::new(&a, None)
+            .developer("ann", &format!("{a}-ann"))
             .vault_person();
-        let jwt = h.vault.people.token("jwta-ann", "another-audience");
+        let jwt = h
+            .vault
+            .people
+            .token(&format!("{a}-ann"), "another-audience");
         vaultrs::auth::oidc::login(
             &crate::support::vault_client(&addr, ""),
             &h.vault.person_mount,
@@ -1545,26 +1592,27 @@ async fn admins_write_shared_secrets_as_themselves_never_from_their_pod() {
     );
 
     // Ann is no admin any more: her person role is gone.
-    let devs: Api<enclave::crd::Developer> = Api::namespaced(client.clone(), "company-jwta");
+    let devs: Api<enclave::crd::Developer> =
+        Api::namespaced(client.clone(), &format!("company-{a}"));
     devs.patch(
         "ann",
         &PatchParams::apply("user"),
         &Patch::Apply(
             json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
-            "metadata": {"name": "ann", "namespace": "company-jwta"},
-            "spec": {"subject": "jwta-ann", "role": "Developer"}}),
+            "metadata": {"name": "ann", "namespace": format!("company-{a}")},
+            "spec": {"subject": format!("{a}-ann"), "role": "Developer"}}),
         ),
     )
     .await
     .unwrap();
     wait("ann's person role gone", async || {
-        person_login("jwta-ann", "jwta", "ann")
+        person_login(&format!("{a}-ann"), &a, "ann")
             .await
             .is_none()
             .then_some(())
     })
     .await;
-    let still = person_login("jwta-ann", "jwta", "ann").await.is_some();
+    let still = person_login(&format!("{a}-ann"), &a, "ann").await.is_some();
     check(
         "person jwta-ann after Admin -> Developer",
         "login",
