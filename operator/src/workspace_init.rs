@@ -200,6 +200,25 @@ pub fn render_files(
     if let Some(profiles) = pick("dbt", "profiles.yml") {
         files.insert("profiles.yml".to_owned(), profiles);
     }
+    // The company controller's database credentials (`platform/database`).
+    if let (Some(user), Some(password)) = (
+        own.get("database").and_then(|s| s.get("username")),
+        own.get("database").and_then(|s| s.get("password")),
+    ) {
+        if [user, password]
+            .iter()
+            .any(|v| v.contains(['\n', '\r', '\0']))
+        {
+            return Err(InitError::BadSecret {
+                secret: "database".into(),
+                reason: "the username or password spans lines".into(),
+            });
+        }
+        files.insert(
+            "database.env".to_owned(),
+            format!("PGUSER={user}\nPGPASSWORD={password}\n"),
+        );
+    }
     Ok(files)
 }
 
@@ -334,6 +353,27 @@ mod tests {
         assert_eq!(files["git-ssh-key"], "my-key\n");
         assert_eq!(files["known_hosts"], "host key\n");
         assert_eq!(files["profiles.yml"], "shared: {}\n");
+    }
+
+    #[test]
+    fn the_database_credentials_become_an_env_file_and_only_from_the_own_path() {
+        let own = secrets(&[(
+            "database",
+            &[("username", "acme_owner"), ("password", "p4ss")],
+        )]);
+        let files = render_files(&BTreeMap::new(), &own).unwrap();
+        assert_eq!(
+            files["database.env"],
+            "PGUSER=acme_owner\nPGPASSWORD=p4ss\n"
+        );
+        // A shared secret of that name is no database credential.
+        let files = render_files(&own, &BTreeMap::new()).unwrap();
+        assert!(!files.contains_key("database.env"));
+        let broken = secrets(&[("database", &[("username", "a"), ("password", "x\ny")])]);
+        assert!(matches!(
+            render_files(&BTreeMap::new(), &broken),
+            Err(InitError::BadSecret { .. })
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the controllers apply what these return, `enclave plan` prints it.
 
 mod cloud;
+mod controller;
 mod database;
 mod labels;
 mod namespace;
@@ -18,10 +19,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
 pub use cloud::{ExternalAction, System, aws_tags, quote_ident};
+pub use controller::CREDENTIALS_VERSION_ANNOTATION;
 pub use database::{DatabaseRequest, InstanceSettings, database_request};
 pub use objects::KubeObject;
 pub use settings::{
-    CompanySettings, DeveloperSettings, FileSystemFacts, Observed, STORAGE_KIND_FSX,
+    CompanySettings, DatabaseFacts, DeveloperSettings, FileSystemFacts, Observed, STORAGE_KIND_FSX,
     STORAGE_KIND_VOLUME, StorageKind,
 };
 pub use storage::{FileSystemRequest, cleanup_job, file_system_request, home_volume, prep_job};
@@ -183,6 +185,9 @@ pub fn build_company(ctx: &CompanyContext<'_>) -> CompanyPlan {
     if let Some((pv, pvc)) = storage::company_root(ctx) {
         objects.push(KubeObject::PersistentVolume(pv));
         objects.push(KubeObject::PersistentVolumeClaim(pvc));
+    }
+    if let Some(deployment) = controller::deployment(ctx) {
+        objects.push(KubeObject::Deployment(deployment));
     }
     let mut actions = cloud::database_actions(ctx);
     actions.extend(cloud::storage_actions(ctx));

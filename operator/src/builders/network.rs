@@ -192,7 +192,7 @@ pub fn policies(ctx: &CompanyContext<'_>) -> Vec<NetworkPolicy> {
             NetworkPolicySpec {
                 pod_selector: Some(workspaces.clone()),
                 policy_types: Some(vec!["Egress".into()]),
-                egress: Some(platform),
+                egress: Some(platform.clone()),
                 ..NetworkPolicySpec::default()
             },
         ));
@@ -203,6 +203,27 @@ pub fn policies(ctx: &CompanyContext<'_>) -> Vec<NetworkPolicy> {
         .iter()
         .filter_map(|e| egress_rule(&e.cidr, &e.ports))
         .collect();
+    // The company controller reaches what workspaces reach (Vault, the
+    // database, the company's own systems), through a policy of its own.
+    let controller_egress: Vec<_> = platform.iter().chain(&company).cloned().collect();
+    if ctx.settings.controller_image.is_some() && !controller_egress.is_empty() {
+        out.push(policy(
+            ctx,
+            "allow-company-controller-egress",
+            NetworkPolicySpec {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        LABEL_COMPONENT.to_owned(),
+                        super::controller::COMPONENT.to_owned(),
+                    )])),
+                    ..LabelSelector::default()
+                }),
+                policy_types: Some(vec!["Egress".into()]),
+                egress: Some(controller_egress),
+                ..NetworkPolicySpec::default()
+            },
+        ));
+    }
     if !company.is_empty() {
         out.push(policy(
             ctx,

@@ -1,5 +1,5 @@
 use k8s_openapi::api::{
-    apps::v1::StatefulSet,
+    apps::v1::{Deployment, StatefulSet},
     batch::v1::Job,
     core::v1::{
         LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota, Service,
@@ -27,6 +27,7 @@ pub enum KubeObject {
     Job(Job),
     Service(Service),
     StatefulSet(StatefulSet),
+    Deployment(Deployment),
 }
 
 macro_rules! each_kind {
@@ -44,6 +45,7 @@ macro_rules! each_kind {
             KubeObject::Job($o) => $e,
             KubeObject::Service($o) => $e,
             KubeObject::StatefulSet($o) => $e,
+            KubeObject::Deployment($o) => $e,
         }
     };
 }

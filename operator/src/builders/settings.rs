@@ -28,6 +28,22 @@ pub struct Observed {
     /// The company's file system, once FSx reported it; the volumes that
     /// mount it are built only then.
     pub file_system: Option<FileSystemFacts>,
+    /// The company database, once it is known.
+    pub database: Option<DatabaseFacts>,
+}
+
+/// The company database as its status records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatabaseFacts {
+    /// Host clients connect to.
+    pub endpoint: Option<String>,
+    /// Port.
+    pub port: Option<i32>,
+    /// Database name.
+    pub name: Option<String>,
+    /// The KV version of the credentials the database uses (a rotation
+    /// raises it, and the company controller restarts onto it).
+    pub credentials_version: Option<i64>,
 }
 
 /// A company file system as FSx reported it.
@@ -59,6 +75,14 @@ impl Observed {
                     mount_name: s.mount_name.clone().unwrap_or_default(),
                 })
             }),
+            database: status
+                .and_then(|s| s.database.as_ref())
+                .map(|d| DatabaseFacts {
+                    endpoint: d.endpoint.clone(),
+                    port: d.port,
+                    name: d.name.clone(),
+                    credentials_version: d.credentials_version,
+                }),
         }
     }
 }

@@ -23,8 +23,10 @@ use kube::api::ObjectMeta;
 use super::{DeveloperContext, labels, settings::Resources};
 
 const HOME: &str = "/home/developer";
-const SECRETS_DIR: &str = "/run/enclave/secrets";
-const VAULT_TOKEN_DIR: &str = "/var/run/secrets/vault";
+/// Where the init step writes secrets (a memory volume).
+pub(super) const SECRETS_DIR: &str = "/run/enclave/secrets";
+/// Where the pod's projected token for Vault is.
+pub(super) const VAULT_TOKEN_DIR: &str = "/var/run/secrets/vault";
 const PORT_NAME: &str = "workspace";
 
 fn meta(ctx: &DeveloperContext<'_>, name: String, component: &str) -> ObjectMeta {
@@ -74,8 +76,8 @@ pub fn service(ctx: &DeveloperContext<'_>) -> Service {
     }
 }
 
-/// The container hardening every workspace container gets.
-fn hardened() -> SecurityContext {
+/// The container hardening every Enclave container gets.
+pub(super) fn hardened() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         privileged: Some(false),
@@ -93,7 +95,7 @@ fn hardened() -> SecurityContext {
     }
 }
 
-fn resources(r: &Resources) -> ResourceRequirements {
+pub(super) fn resources(r: &Resources) -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity(r.cpu_request.clone())),
@@ -107,7 +109,7 @@ fn resources(r: &Resources) -> ResourceRequirements {
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -116,7 +118,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn env(name: &str, value: &str) -> EnvVar {
+pub(super) fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -157,18 +159,12 @@ fn init_container(ctx: &DeveloperContext<'_>) -> Container {
             args.extend(["--git-branch".into(), branch.clone()]);
         }
     }
-    let small = Resources {
-        cpu_request: "100m".into(),
-        cpu_limit: "500m".into(),
-        memory_request: "64Mi".into(),
-        memory_limit: "256Mi".into(),
-    };
     Container {
         name: "workspace-init".into(),
         image: Some(company.config.operator_image.clone()),
         image_pull_policy: Some("Always".into()),
         args: Some(args),
-        resources: Some(resources(&small)),
+        resources: Some(resources(&init_resources())),
         security_context: Some(hardened()),
         volume_mounts: Some(vec![
             mount("vault-token", VAULT_TOKEN_DIR, true),
@@ -177,6 +173,78 @@ fn init_container(ctx: &DeveloperContext<'_>) -> Container {
             mount("tmp", "/tmp", false),
         ]),
         ..Container::default()
+    }
+}
+
+/// What an init step (the operator's image reading Vault) gets.
+pub(super) fn init_resources() -> Resources {
+    Resources {
+        cpu_request: "100m".into(),
+        cpu_limit: "500m".into(),
+        memory_request: "64Mi".into(),
+        memory_limit: "256Mi".into(),
+    }
+}
+
+/// A memory-backed volume: secrets never touch a disk.
+pub(super) fn memory_volume(name: &str, limit: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(Quantity(limit.into())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// A scratch volume for `/tmp` (the root file system is read-only).
+pub(super) fn tmp_volume() -> Volume {
+    Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("2Gi".into())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The pod's own short-lived token for Vault (`audience`), projected.
+pub(super) fn vault_token_volume(audience: &str) -> Volume {
+    Volume {
+        name: "vault-token".into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o400),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(audience.to_owned()),
+                    expiration_seconds: Some(600),
+                    path: "token".into(),
+                    ..ServiceAccountTokenProjection::default()
+                }),
+                ..VolumeProjection::default()
+            }]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Pod-level hardening: non-root as `id`, the runtime's seccomp profile.
+pub(super) fn pod_security(id: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(id),
+        run_as_group: Some(id),
+        fs_group: Some(id),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
     }
 }
 
@@ -220,11 +288,6 @@ fn workspace_container(ctx: &DeveloperContext<'_>) -> Container {
 }
 
 fn volumes(ctx: &DeveloperContext<'_>) -> Vec<Volume> {
-    let memory = |limit: &str| EmptyDirVolumeSource {
-        medium: Some("Memory".into()),
-        size_limit: Some(Quantity(limit.into())),
-        ..EmptyDirVolumeSource::default()
-    };
     vec![
         Volume {
             name: "home".into(),
@@ -234,37 +297,9 @@ fn volumes(ctx: &DeveloperContext<'_>) -> Vec<Volume> {
             }),
             ..Volume::default()
         },
-        // Secrets never touch a disk.
-        Volume {
-            name: "secrets".into(),
-            empty_dir: Some(memory("16Mi")),
-            ..Volume::default()
-        },
-        Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(Quantity("2Gi".into())),
-                ..EmptyDirVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-        Volume {
-            name: "vault-token".into(),
-            projected: Some(ProjectedVolumeSource {
-                default_mode: Some(0o400),
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(ctx.company.config.vault.audience.clone()),
-                        expiration_seconds: Some(600),
-                        path: "token".into(),
-                        ..ServiceAccountTokenProjection::default()
-                    }),
-                    ..VolumeProjection::default()
-                }]),
-                ..ProjectedVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
+        memory_volume("secrets", "16Mi"),
+        tmp_volume(),
+        vault_token_volume(&ctx.company.config.vault.audience),
     ]
 }
 
@@ -295,18 +330,7 @@ pub fn stateful_set(ctx: &DeveloperContext<'_>) -> StatefulSet {
                     host_network: Some(false),
                     host_pid: Some(false),
                     host_ipc: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(id),
-                        run_as_group: Some(id),
-                        fs_group: Some(id),
-                        fs_group_change_policy: Some("OnRootMismatch".into()),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(pod_security(id)),
                     init_containers: Some(vec![init_container(ctx)]),
                     containers: vec![workspace_container(ctx)],
                     volumes: Some(volumes(ctx)),

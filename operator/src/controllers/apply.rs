@@ -165,6 +165,7 @@ pub async fn apply_object(client: &Client, object: &KubeObject) -> Result<bool, 
         KubeObject::Job(o) => apply(namespaced(client, o), o).await,
         KubeObject::Service(o) => apply(namespaced(client, o), o).await,
         KubeObject::StatefulSet(o) => apply(namespaced(client, o), o).await,
+        KubeObject::Deployment(o) => apply(namespaced(client, o), o).await,
     }
 }
 

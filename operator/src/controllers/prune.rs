@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, fmt::Debug};
 use k8s_openapi::{
     NamespaceResourceScope,
     api::{
-        apps::v1::StatefulSet,
+        apps::v1::{Deployment, StatefulSet},
         core::v1::{LimitRange, ResourceQuota, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
         rbac::v1::{Role, RoleBinding},
@@ -130,6 +130,7 @@ pub async fn prune<B: Backends>(
     pruned.extend(prune_kind::<ServiceAccount, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<Service, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<StatefulSet, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<Deployment, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<ResourceQuota, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<LimitRange, B>(ctx, namespace, owner, &keep).await?);
     Ok(pruned)

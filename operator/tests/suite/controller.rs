@@ -1623,3 +1623,198 @@ async fn admins_write_shared_secrets_as_themselves_never_from_their_pod() {
     println!("Vault access\n{}", table.join("\n"));
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+#[tokio::test]
+async fn a_company_controller_runs_with_production_secrets_and_restarts_on_rotation() {
+    let h = setup().await;
+    let client = h.client.clone();
+    let companies: Api<Company> = Api::all(client.clone());
+    let (name, other) = (crate::support::unique("cc"), crate::support::unique("cco"));
+    let namespace = format!("company-{name}");
+    let company = |controller: Option<&str>| {
+        let mut spec = json!({"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+            "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"},
+            "network": {"egress": [{"cidr": "10.40.0.0/16", "ports": [443]}]}});
+        if let Some(image) = controller {
+            spec["controller"] = json!({"image": image});
+        }
+        json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name}, "spec": spec})
+    };
+    companies
+        .patch(
+            &name,
+            &PatchParams::apply("user"),
+            &Patch::Apply(company(Some("registry.example.com/acme/jobs:1"))),
+        )
+        .await
+        .unwrap();
+    let bystander = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": other},
+        "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                 "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"}}});
+    companies
+        .patch(
+            &other,
+            &PatchParams::apply("user"),
+            &Patch::Apply(&bystander),
+        )
+        .await
+        .unwrap();
+    for (company, scope) in [(&name, "prod"), (&name, "dev"), (&other, "prod")] {
+        let data = std::collections::BTreeMap::from([("WAREHOUSE", format!("{company}-{scope}"))]);
+        vaultrs::kv2::set(
+            &h.vault.root,
+            "secret",
+            &format!("companies/{company}/shared/{scope}/env"),
+            &data,
+        )
+        .await
+        .unwrap();
+    }
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &namespace);
+    let version_of = async || {
+        deployments
+            .get_opt("company-controller")
+            .await
+            .unwrap()?
+            .spec
+            .template
+            .metadata?
+            .annotations?
+            .get("enclave.dev/credentials-version")
+            .cloned()
+    };
+    let credentials = async || -> std::collections::BTreeMap<String, String> {
+        vaultrs::kv2::read(
+            &h.vault.root,
+            "secret",
+            &format!("companies/{name}/platform/database"),
+        )
+        .await
+        .unwrap()
+    };
+    // The controller's pod, started (by the kubelet stand-in) with the
+    // credentials of `version`: what its init step wrote.
+    let run_with = async |version: &str| {
+        wait(
+            &format!("the controller with credentials {version}"),
+            async || {
+                (version_of().await.as_deref() == Some(version)).then_some(())?;
+                let password = credentials().await["password"].clone();
+                let runs = h.kubelet.workspaces.lock().unwrap().clone();
+                runs.into_iter().find_map(|(key, run)| {
+                    let env = std::fs::read_to_string(run.secrets.join("database.env")).ok()?;
+                    (key.starts_with(&format!("{namespace}/company-controller-"))
+                        && run.ok
+                        && env.contains(&format!("PGPASSWORD={password}\n")))
+                    .then_some(run)
+                })
+            },
+        )
+        .await
+    };
+    let first = run_with("1").await;
+    let env = std::fs::read_to_string(first.secrets.join("env")).unwrap();
+    assert_eq!(
+        env,
+        format!("WAREHOUSE={name}-prod\n"),
+        "production secrets, not dev"
+    );
+    let db_env = std::fs::read_to_string(first.secrets.join("database.env")).unwrap();
+    assert!(db_env.starts_with("PGUSER="), "{db_env}");
+    assert_eq!(first.uid, 65_532);
+
+    // Admitted by the real PodSecurity admission (restricted, enforced on
+    // the namespace): the ReplicaSet's pod exists.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
+    let listed = pods
+        .list(&kube::api::ListParams::default().labels("enclave.dev/component=company-controller"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let ns = Api::<Namespace>::all(client.clone())
+        .get(&namespace)
+        .await
+        .unwrap();
+    assert_eq!(
+        ns.labels()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted")
+    );
+    let policy = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+        client.clone(),
+        &namespace,
+    )
+    .get("allow-company-controller-egress")
+    .await
+    .unwrap();
+    assert!(
+        serde_json::to_string(&policy.spec)
+            .unwrap()
+            .contains("10.40.0.0/16")
+    );
+
+    // Its Vault role reads this company's secrets and nothing of another's.
+    let request: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": ["vault"], "expirationSeconds": 600}}))
+            .unwrap();
+    let jwt =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &namespace)
+            .create_token_request("company-controller", &PostParams::default(), &request)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .token
+            .unwrap();
+    let addr = crate::support::service("ENCLAVE_TEST_VAULT_ADDR", "OpenBao");
+    let role = enclave::names::CompanyNames::new(&name, None).vault_controller();
+    let auth = vaultrs::auth::kubernetes::login(
+        &crate::support::vault_client(&addr, ""),
+        &h.vault.mount,
+        &role,
+        &jwt,
+    )
+    .await
+    .unwrap();
+    let controller = crate::support::vault_client(&addr, &auth.client_token);
+    let read = async |path: String| {
+        vaultrs::kv2::read::<serde_json::Value>(&controller, "secret", &path)
+            .await
+            .is_ok()
+    };
+    assert!(read(format!("companies/{name}/shared/prod/env")).await);
+    assert!(read(format!("companies/{name}/platform/database")).await);
+    assert!(!read(format!("companies/{other}/shared/prod/env")).await);
+    assert!(!read(format!("companies/{other}/platform/database")).await);
+
+    // A rotation: new credentials, and the controller restarts onto them.
+    companies
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"enclave.dev/rotate-credentials": "now"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let second = run_with("2").await;
+    assert_ne!(
+        std::fs::read_to_string(second.secrets.join("database.env")).unwrap(),
+        db_env,
+        "the restarted controller has the new password"
+    );
+
+    // The field removed: the Deployment goes.
+    companies
+        .patch(
+            &name,
+            &PatchParams::apply("user"),
+            &Patch::Apply(company(None)),
+        )
+        .await
+        .unwrap();
+    wait_gone("the company controller", &deployments, "company-controller").await;
+}

@@ -3,8 +3,9 @@
 //! runs containers. This stand-in takes the pods the scheduler bound to the
 //! test Node and runs their real commands as local processes — each
 //! storage-prep pod's `enclave storage-prep` on a local directory that plays
-//! the file system its claim names, each workspace pod's init step
-//! `enclave workspace-init` as the pod's uid with a token from the
+//! the file system its claim names, each workspace pod's (and company
+//! controller pod's) init step `enclave workspace-init` as the pod's uid
+//! with a token from the
 //! TokenRequest API bound to the pod — and reports the outcome in the pod's
 //! status, from which the real controllers derive Job and StatefulSet
 //! status. It finishes pods' deletion (as a kubelet does once containers
@@ -61,6 +62,68 @@ impl Drop for Kubelet {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The local directory that plays the volume bound to `claim`, or why the
+/// pod cannot mount it.
+async fn home_volume(
+    client: &Client,
+    namespace: &str,
+    claim: &str,
+    uid: u32,
+    file_systems: &Path,
+) -> Result<PathBuf, String> {
+    let bound = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get(claim)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .volume_name;
+    let claim_uid = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+        .get(claim)
+        .await
+        .unwrap()
+        .uid();
+    let spec = match bound {
+        Some(volume) => {
+            Api::<PersistentVolume>::all(client.clone())
+                .get(&volume)
+                .await
+                .unwrap()
+                .spec
+        }
+        None => None,
+    };
+    // A volume bound to another claim (uid) cannot be mounted: the pod waits.
+    if let Some(bound_uid) = spec
+        .as_ref()
+        .and_then(|s| s.claim_ref.as_ref()?.uid.clone())
+        && Some(&bound_uid) != claim_uid.as_ref()
+    {
+        return Err(format!(
+            "volume is bound to claim uid {bound_uid}, not to {claim:?}"
+        ));
+    }
+    let nfs = spec.and_then(|s| s.nfs);
+    Ok(if let Some(nfs) = nfs {
+        let relative = nfs.path.trim_start_matches("/fsx/").to_owned();
+        std::fs::read_dir(file_systems)
+            .unwrap()
+            .map(|e| e.unwrap().path().join(&relative))
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| panic!("no prepared directory for {}", nfs.path))
+    } else {
+        let dir = file_systems.join("volumes").join(namespace).join(claim);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+            set_mode(&dir, 0o700);
+            set_mode(&file_systems.join("volumes"), 0o755);
+            set_mode(&file_systems.join("volumes").join(namespace), 0o755);
+        }
+        dir
+    })
 }
 
 impl Kubelet {
@@ -140,7 +203,10 @@ async fn run(client: Client, node: String, file_systems: PathBuf, workspaces: Wo
                     let _ = api
                         .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
                         .await;
-                    if owner_kind(&pod).as_deref() == Some("StatefulSet") {
+                    if matches!(
+                        owner_kind(&pod).as_deref(),
+                        Some("StatefulSet" | "ReplicaSet")
+                    ) {
                         workspaces
                             .lock()
                             .unwrap()
@@ -158,7 +224,8 @@ async fn run(client: Client, node: String, file_systems: PathBuf, workspaces: Wo
                         let (ok, output) = execute(&pod, &file_systems);
                         terminated(ok, &output)
                     }
-                    Some("StatefulSet") => {
+                    // Workspaces, and company controllers (a Deployment's).
+                    Some("StatefulSet" | "ReplicaSet") => {
                         let run = start_workspace(&client, &pod, &file_systems).await;
                         let ok = run.ok;
                         let output = run.output.clone();
@@ -317,74 +384,41 @@ async fn start_workspace(client: &Client, running: &Pod, file_systems: &Path) ->
     std::fs::write(&token_file, token.unwrap()).unwrap();
     std::os::unix::fs::chown(&token_file, Some(uid), Some(uid)).unwrap();
     // The home volume: the claim's static volume (FSx: the developer's
-    // directory on the company file system) or a fresh volume of its own.
+    // directory on the company file system) or a fresh volume of its own;
+    // a pod without one (the company controller) gets an empty directory.
     let claim = volumes
         .iter()
         .find(|v| v.name == "home")
         .and_then(|v| v.persistent_volume_claim.as_ref())
-        .unwrap()
-        .claim_name
-        .clone();
-    let bound = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace)
-        .get(&claim)
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .volume_name;
-    let claim_uid = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace)
-        .get(&claim)
-        .await
-        .unwrap()
-        .uid();
-    let spec = match bound {
-        Some(volume) => {
-            Api::<PersistentVolume>::all(client.clone())
-                .get(&volume)
-                .await
-                .unwrap()
-                .spec
+        .map(|c| c.claim_name.clone());
+    let home = if let Some(claim) = claim {
+        match home_volume(client, &namespace, &claim, uid, file_systems).await {
+            Ok(home) => home,
+            Err(output) => {
+                return PodRun {
+                    ok: false,
+                    output,
+                    secrets,
+                    home: PathBuf::new(),
+                    uid,
+                };
+            }
         }
-        None => None,
-    };
-    // A volume bound to another claim (uid) cannot be mounted: the pod waits.
-    if let Some(bound_uid) = spec
-        .as_ref()
-        .and_then(|s| s.claim_ref.as_ref()?.uid.clone())
-        && Some(&bound_uid) != claim_uid.as_ref()
-    {
-        return PodRun {
-            ok: false,
-            output: format!("volume is bound to claim uid {bound_uid}, not to {claim:?}"),
-            secrets,
-            home: PathBuf::new(),
-            uid,
-        };
-    }
-    let nfs = spec.and_then(|s| s.nfs);
-    let home = if let Some(nfs) = nfs {
-        let relative = nfs.path.trim_start_matches("/fsx/").to_owned();
-        std::fs::read_dir(file_systems)
-            .unwrap()
-            .map(|e| e.unwrap().path().join(&relative))
-            .find(|p| p.is_dir())
-            .unwrap_or_else(|| panic!("no prepared directory for {}", nfs.path))
     } else {
-        let dir = file_systems.join("volumes").join(&namespace).join(&claim);
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
-            set_mode(&dir, 0o700);
-            set_mode(&file_systems.join("volumes"), 0o755);
-            set_mode(&file_systems.join("volumes").join(&namespace), 0o755);
-        }
+        let dir = pod_dir.join("home");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
         dir
     };
+    let tmp = pod_dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::os::unix::fs::chown(&tmp, Some(uid), Some(uid)).unwrap();
     let init = &pod.init_containers.as_ref().unwrap()[0];
     let mounts: std::collections::BTreeMap<String, PathBuf> = [
         ("vault-token", pod_dir.clone()),
         ("secrets", secrets.clone()),
         ("home", home.clone()),
+        ("tmp", tmp),
     ]
     .into_iter()
     .filter_map(|(volume, local)| {
