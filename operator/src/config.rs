@@ -107,11 +107,16 @@ impl OperatorConfig {
             path: path.display().to_string(),
             source,
         })?;
-        let config: Self = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut config: Self = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
         config.check()?;
+        // Unreadable here (a plan on a laptop) is no error yet; `enclave
+        // run` refuses to start without it.
+        if !config.vault.ca_file.is_empty() {
+            config.vault.ca_pem = std::fs::read_to_string(&config.vault.ca_file).ok();
+        }
         Ok(config)
     }
 
@@ -204,6 +209,12 @@ pub struct VaultConfig {
     pub person_auth_mount: String,
     /// Audience (`aud`) the identity provider's tokens carry for Vault.
     pub person_audience: String,
+    /// The PEM text of `caFile`, read when the configuration is loaded (the
+    /// operator gives it to every init step through a ConfigMap in each
+    /// company namespace). Not a configuration key.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub ca_pem: Option<String>,
 }
 
 impl Default for VaultConfig {
@@ -219,6 +230,7 @@ impl Default for VaultConfig {
             ca_file: String::new(),
             person_auth_mount: String::new(),
             person_audience: "vault".into(),
+            ca_pem: None,
         }
     }
 }

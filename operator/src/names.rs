@@ -132,6 +132,11 @@ impl CompanyNames {
         format!("companies/{}", self.company)
     }
 
+    /// ConfigMap with Vault's CA bundle, for the init steps.
+    pub fn vault_ca_config_map(&self) -> &'static str {
+        "enclave-vault-ca"
+    }
+
     /// KV v2 path of the company's shared secrets (`dev/`, `prod/`).
     pub fn kv_company_shared(&self) -> String {
         format!("companies/{}/shared", self.company)

@@ -19,7 +19,7 @@ use super::{
     settings::Resources,
     workspace::{
         SECRETS_DIR, VAULT_TOKEN_DIR, env, hardened, init_resources, memory_volume, mount,
-        pod_security, resources, tmp_volume, vault_token_volume,
+        pod_security, resources, tmp_volume, vault_ca, vault_token_volume,
     },
 };
 
@@ -49,7 +49,8 @@ fn selector(ctx: &CompanyContext<'_>) -> BTreeMap<String, String> {
 fn init_container(ctx: &CompanyContext<'_>) -> Container {
     let vault = &ctx.config.vault;
     let root = ctx.names.kv_company_root();
-    let args = vec![
+    let ca = vault_ca(ctx.config, ctx.names.vault_ca_config_map());
+    let mut args = vec![
         "workspace-init".to_owned(),
         "--vault-address".into(),
         vault.address.clone(),
@@ -70,6 +71,9 @@ fn init_container(ctx: &CompanyContext<'_>) -> Container {
         "--home".into(),
         "/tmp".into(),
     ];
+    if let Some((ca_args, _, _)) = &ca {
+        args.extend(ca_args.iter().cloned());
+    }
     Container {
         name: "secrets-init".into(),
         image: Some(ctx.config.operator_image.clone()),
@@ -77,11 +81,16 @@ fn init_container(ctx: &CompanyContext<'_>) -> Container {
         args: Some(args),
         resources: Some(resources(&init_resources())),
         security_context: Some(hardened()),
-        volume_mounts: Some(vec![
-            mount("vault-token", VAULT_TOKEN_DIR, true),
-            mount("secrets", SECRETS_DIR, false),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("vault-token", VAULT_TOKEN_DIR, true),
+                mount("secrets", SECRETS_DIR, false),
+                mount("tmp", "/tmp", false),
+            ]
+            .into_iter()
+            .chain(ca.map(|(_, _, m)| m))
+            .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -172,11 +181,19 @@ pub fn deployment(ctx: &CompanyContext<'_>) -> Option<Deployment> {
                     security_context: Some(pod_security(CONTROLLER_UID)),
                     init_containers: Some(vec![init_container(ctx)]),
                     containers: vec![controller_container(ctx, image)],
-                    volumes: Some(vec![
-                        memory_volume("secrets", "16Mi"),
-                        tmp_volume(),
-                        vault_token_volume(&ctx.config.vault.audience),
-                    ]),
+                    volumes: Some(
+                        [
+                            memory_volume("secrets", "16Mi"),
+                            tmp_volume(),
+                            vault_token_volume(&ctx.config.vault.audience),
+                        ]
+                        .into_iter()
+                        .chain(
+                            vault_ca(ctx.config, ctx.names.vault_ca_config_map())
+                                .map(|(_, v, _)| v),
+                        )
+                        .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },

@@ -174,6 +174,9 @@ pub fn build_company(ctx: &CompanyContext<'_>) -> CompanyPlan {
             .into_iter()
             .map(KubeObject::NetworkPolicy),
     );
+    if let Some(ca) = namespace::vault_ca(ctx) {
+        objects.push(KubeObject::ConfigMap(ca));
+    }
     objects.push(KubeObject::RoleBinding(rbac::company_admin_binding(ctx)));
     objects.push(KubeObject::RoleBinding(rbac::operator_access_binding(ctx)));
     objects.push(KubeObject::ServiceAccount(

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
+        ConfigMap, LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota,
+        ResourceQuotaSpec,
     },
     apimachinery::pkg::api::resource::Quantity,
 };
@@ -51,6 +52,17 @@ fn meta(ctx: &CompanyContext<'_>, name: &str) -> ObjectMeta {
         owner_references: ctx.owner().map(|o| vec![o]),
         ..ObjectMeta::default()
     }
+}
+
+/// Vault's CA bundle (`vault.caFile`) for the namespace's init steps, when
+/// Vault's certificate is signed by a private CA.
+pub fn vault_ca(ctx: &CompanyContext<'_>) -> Option<ConfigMap> {
+    let pem = ctx.config.vault.ca_pem.as_ref()?;
+    Some(ConfigMap {
+        metadata: meta(ctx, ctx.names.vault_ca_config_map()),
+        data: Some(BTreeMap::from([("ca.crt".to_owned(), pem.clone())])),
+        ..ConfigMap::default()
+    })
 }
 
 fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {

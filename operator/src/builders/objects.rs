@@ -2,8 +2,8 @@ use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     batch::v1::Job,
     core::v1::{
-        LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota, Service,
-        ServiceAccount,
+        ConfigMap, LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota,
+        Service, ServiceAccount,
     },
     networking::v1::NetworkPolicy,
     rbac::v1::{Role, RoleBinding},
@@ -28,6 +28,7 @@ pub enum KubeObject {
     Service(Service),
     StatefulSet(StatefulSet),
     Deployment(Deployment),
+    ConfigMap(ConfigMap),
 }
 
 macro_rules! each_kind {
@@ -46,6 +47,7 @@ macro_rules! each_kind {
             KubeObject::Service($o) => $e,
             KubeObject::StatefulSet($o) => $e,
             KubeObject::Deployment($o) => $e,
+            KubeObject::ConfigMap($o) => $e,
         }
     };
 }

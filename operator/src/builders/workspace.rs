@@ -7,11 +7,11 @@ use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
-            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-            ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec,
-            TCPSocketAction, Volume, VolumeMount, VolumeProjection,
+            Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+            EnvVar, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+            SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort,
+            ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeProjection,
         },
     },
     apimachinery::pkg::{
@@ -21,6 +21,7 @@ use k8s_openapi::{
 use kube::api::ObjectMeta;
 
 use super::{DeveloperContext, labels, settings::Resources};
+use crate::config::OperatorConfig;
 
 const HOME: &str = "/home/developer";
 /// Where the init step writes secrets (a memory volume).
@@ -153,6 +154,10 @@ fn init_container(ctx: &DeveloperContext<'_>) -> Container {
         "--home".into(),
         HOME.into(),
     ];
+    let ca = vault_ca(company.config, company.names.vault_ca_config_map());
+    if let Some((ca_args, _, _)) = &ca {
+        args.extend(ca_args.iter().cloned());
+    }
     if let Some(repo) = &company.settings.git_repository {
         args.extend(["--git-repository".into(), repo.clone()]);
         if let Some(branch) = &ctx.settings.git_branch {
@@ -166,14 +171,44 @@ fn init_container(ctx: &DeveloperContext<'_>) -> Container {
         args: Some(args),
         resources: Some(resources(&init_resources())),
         security_context: Some(hardened()),
-        volume_mounts: Some(vec![
-            mount("vault-token", VAULT_TOKEN_DIR, true),
-            mount("secrets", SECRETS_DIR, false),
-            mount("home", HOME, false),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("vault-token", VAULT_TOKEN_DIR, true),
+                mount("secrets", SECRETS_DIR, false),
+                mount("home", HOME, false),
+                mount("tmp", "/tmp", false),
+            ]
+            .into_iter()
+            .chain(ca.map(|(_, _, m)| m))
+            .collect(),
+        ),
         ..Container::default()
     }
+}
+
+/// Where init steps find Vault's CA bundle, when it is private.
+const VAULT_CA_DIR: &str = "/etc/enclave/vault-ca";
+
+/// The init step's `--vault-ca-file`, its volume and its mount, when the
+/// operator has a private CA for Vault (its ConfigMap in the namespace).
+pub(super) fn vault_ca(
+    config: &OperatorConfig,
+    config_map: &str,
+) -> Option<(Vec<String>, Volume, VolumeMount)> {
+    config.vault.ca_pem.as_ref()?;
+    Some((
+        vec!["--vault-ca-file".into(), format!("{VAULT_CA_DIR}/ca.crt")],
+        Volume {
+            name: "vault-ca".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map.to_owned(),
+                default_mode: Some(0o444),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        mount("vault-ca", VAULT_CA_DIR, true),
+    ))
 }
 
 /// What an init step (the operator's image reading Vault) gets.
@@ -301,6 +336,9 @@ fn volumes(ctx: &DeveloperContext<'_>) -> Vec<Volume> {
         tmp_volume(),
         vault_token_volume(&ctx.company.config.vault.audience),
     ]
+    .into_iter()
+    .chain(vault_ca(ctx.company.config, ctx.company.names.vault_ca_config_map()).map(|(_, v, _)| v))
+    .collect()
 }
 
 /// The StatefulSet of the one workspace pod (zero while suspended).

@@ -193,6 +193,13 @@ fn run_controllers(args: &RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    if !config.vault.ca_file.is_empty() && config.vault.ca_pem.is_none() {
+        eprintln!(
+            "error: vault.caFile {} cannot be read; mount the CA bundle there (the chart: extraVolumes and extraVolumeMounts) or leave vault.caFile empty",
+            config.vault.ca_file
+        );
+        return ExitCode::from(EXIT_INVALID);
+    }
     // The Vault client logs expected 404s as errors; keep them out unless asked for.
     let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     for quiet in ["rustify", "vaultrs"] {
@@ -466,13 +473,20 @@ fn chartgen(chart: &Path) -> Result<(), String> {
 }
 
 fn run_plan(files: &[PathBuf], output: Output, config: Option<PathBuf>) -> ExitCode {
-    let config = match config.map(|p| OperatorConfig::load(&p)).transpose() {
+    let mut config = match config.map(|p| OperatorConfig::load(&p)).transpose() {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    // The plan shows the CA's ConfigMap even where the file is not.
+    if !config.vault.ca_file.is_empty() && config.vault.ca_pem.is_none() {
+        config.vault.ca_pem = Some(format!(
+            "# the PEM bundle at vault.caFile ({}), read by the operator\n",
+            config.vault.ca_file
+        ));
+    }
     let plan = match plan::plan_paths(files, &config) {
         Ok(plan) => plan,
         Err(problems) => {

@@ -166,6 +166,7 @@ pub async fn apply_object(client: &Client, object: &KubeObject) -> Result<bool, 
         KubeObject::Service(o) => apply(namespaced(client, o), o).await,
         KubeObject::StatefulSet(o) => apply(namespaced(client, o), o).await,
         KubeObject::Deployment(o) => apply(namespaced(client, o), o).await,
+        KubeObject::ConfigMap(o) => apply(namespaced(client, o), o).await,
     }
 }
 

@@ -11,7 +11,7 @@ use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::{Deployment, StatefulSet},
-        core::v1::{LimitRange, ResourceQuota, Service, ServiceAccount},
+        core::v1::{ConfigMap, LimitRange, ResourceQuota, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
         rbac::v1::{Role, RoleBinding},
     },
@@ -131,6 +131,7 @@ pub async fn prune<B: Backends>(
     pruned.extend(prune_kind::<Service, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<StatefulSet, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<Deployment, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<ConfigMap, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<ResourceQuota, B>(ctx, namespace, owner, &keep).await?);
     pruned.extend(prune_kind::<LimitRange, B>(ctx, namespace, owner, &keep).await?);
     Ok(pruned)

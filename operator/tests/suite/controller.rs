@@ -1714,6 +1714,30 @@ async fn a_company_controller_runs_with_production_secrets_and_restarts_on_rotat
         .await
     };
     let first = run_with("1").await;
+    // Vault's private CA reached the init step (a ConfigMap the operator
+    // wrote into the namespace, mounted; its path in the arguments).
+    let ca = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &namespace)
+        .get("enclave-vault-ca")
+        .await
+        .unwrap();
+    assert_eq!(
+        ca.data.unwrap()["ca.crt"],
+        h.control_plane.ca_pem,
+        "the CA bundle of vault.caFile"
+    );
+    let template = deployments
+        .get("company-controller")
+        .await
+        .unwrap()
+        .spec
+        .template
+        .spec
+        .unwrap();
+    let init_args = template.init_containers.unwrap()[0].args.clone().unwrap();
+    assert!(
+        init_args.windows(2).any(|w| w[0] == "--vault-ca-file"),
+        "{init_args:?}"
+    );
     let env = std::fs::read_to_string(first.secrets.join("env")).unwrap();
     assert_eq!(
         env,

@@ -161,6 +161,20 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Names a private CA for Vault in the operator's configuration (the
+    /// control plane's: a real certificate; OpenBao speaks plain HTTP on
+    /// loopback, so it is loaded and never used to verify), so that every
+    /// init step gets it through the namespace's ConfigMap as in a cluster
+    /// whose Vault has a private CA.
+    fn give_vault_a_private_ca(&self) {
+        let ca = self.control_plane.dir.join("vault-ca.pem");
+        std::fs::write(&ca, &self.control_plane.ca_pem).unwrap();
+        let text = std::fs::read_to_string(&self.vault.config).unwrap();
+        let mut config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        config["vault"]["caFile"] = json!(ca.display().to_string());
+        std::fs::write(&self.vault.config, config.to_string()).unwrap();
+    }
+
     /// Starts (or restarts) the operator process.
     pub fn start_operator(&mut self) {
         self.operator = None;
@@ -340,6 +354,7 @@ pub async fn setup() -> Harness {
         operator_token,
         control_plane,
     };
+    harness.give_vault_a_private_ca();
     harness.start_operator();
     harness
 }

@@ -413,14 +413,47 @@ async fn start_workspace(client: &Client, running: &Pod, file_systems: &Path) ->
     let tmp = pod_dir.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     std::os::unix::fs::chown(&tmp, Some(uid), Some(uid)).unwrap();
+    // ConfigMap volumes (Vault's CA): their keys as files.
+    let config_maps = pod_dir.join("config-maps");
+    for volume in &volumes {
+        let Some(source) = &volume.config_map else {
+            continue;
+        };
+        let dir = config_maps.join(&volume.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let map =
+            Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &namespace)
+                .get(&source.name)
+                .await;
+        let Ok(map) = map else {
+            return PodRun {
+                ok: false,
+                output: format!("configmap {:?} not found", source.name),
+                secrets,
+                home,
+                uid,
+            };
+        };
+        for (key, value) in map.data.unwrap_or_default() {
+            std::fs::write(dir.join(key), value).unwrap();
+        }
+        set_mode(&config_maps, 0o755);
+        set_mode(&dir, 0o755);
+    }
     let init = &pod.init_containers.as_ref().unwrap()[0];
     let mounts: std::collections::BTreeMap<String, PathBuf> = [
-        ("vault-token", pod_dir.clone()),
-        ("secrets", secrets.clone()),
-        ("home", home.clone()),
-        ("tmp", tmp),
+        ("vault-token".to_owned(), pod_dir.clone()),
+        ("secrets".to_owned(), secrets.clone()),
+        ("home".to_owned(), home.clone()),
+        ("tmp".to_owned(), tmp),
     ]
     .into_iter()
+    .chain(
+        volumes
+            .iter()
+            .filter(|v| v.config_map.is_some())
+            .map(|v| (v.name.clone(), config_maps.join(&v.name))),
+    )
     .filter_map(|(volume, local)| {
         let mount = init
             .volume_mounts

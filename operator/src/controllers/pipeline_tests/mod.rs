@@ -752,3 +752,70 @@ async fn an_admin_person_gets_a_jwt_role_that_goes_with_the_admin_role() {
     assert!(h.vault.person_roles.lock().expect("roles").is_empty());
     assert!(!h.vault.policies.lock().expect("p").contains_key(name));
 }
+
+#[tokio::test]
+async fn a_private_vault_ca_reaches_every_init_step_through_a_config_map() {
+    let mut config = OperatorConfig::default();
+    config.vault.ca_file = "/etc/vault-ca/ca.crt".into();
+    config.vault.ca_pem = Some("-----BEGIN CERTIFICATE-----\nprivate\n".into());
+    let h = harness_with(0, config);
+    let mut company = company_json("acme");
+    company["spec"]["controller"] = json!({"image": "registry.example.com/acme/jobs:1"});
+    h.api.insert(&format!("{COMPANIES}/acme"), company);
+    let outcomes = h.converge("acme").await;
+    assert!(h.ready("acme"), "{outcomes:?}");
+    let ca = h
+        .api
+        .get(&format!(
+            "{NAMESPACES}/company-acme/configmaps/enclave-vault-ca"
+        ))
+        .expect("the CA's ConfigMap");
+    assert_eq!(
+        ca["data"]["ca.crt"],
+        "-----BEGIN CERTIFICATE-----\nprivate\n"
+    );
+    for crd in ["developers.enclave.dev", "companies.enclave.dev"] {
+        h.api.insert(
+            &format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}"),
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": crd}, "spec": {}}),
+        );
+    }
+    h.create_developer("bob", None);
+    let outcomes = h.converge_developer("bob").await;
+    assert!(
+        h.developer_condition_is("bob", "Ready", "True"),
+        "{outcomes:?}"
+    );
+    let workspace = h
+        .api
+        .get(&format!("{SETS}/{}", h.api.names(SETS)[0]))
+        .expect("the workspace");
+    let controller = h
+        .api
+        .get("/apis/apps/v1/namespaces/company-acme/deployments/company-controller")
+        .expect("the company controller");
+    for pod in [
+        &workspace["spec"]["template"]["spec"],
+        &controller["spec"]["template"]["spec"],
+    ] {
+        let init = &pod["initContainers"][0];
+        let args = init["args"].to_string();
+        assert!(
+            args.contains(r#""--vault-ca-file","/etc/enclave/vault-ca/ca.crt""#),
+            "{args}"
+        );
+        assert!(
+            init["volumeMounts"]
+                .to_string()
+                .contains("/etc/enclave/vault-ca")
+        );
+        assert!(
+            pod["volumes"]
+                .to_string()
+                .contains(r#""configMap":{"defaultMode":292,"name":"enclave-vault-ca"}"#),
+            "{}",
+            pod["volumes"]
+        );
+    }
+}
