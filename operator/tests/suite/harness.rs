@@ -172,7 +172,12 @@ impl Harness {
         let text = std::fs::read_to_string(&self.vault.config).unwrap();
         let mut config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         config["vault"]["caFile"] = json!(ca.display().to_string());
-        std::fs::write(&self.vault.config, config.to_string()).unwrap();
+        // YAML, as the chart renders it (tests edit it as text).
+        std::fs::write(
+            &self.vault.config,
+            serde_saphyr::to_string(&config).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Starts (or restarts) the operator process.
