@@ -209,8 +209,10 @@ fn run_controllers(args: &RunArgs) -> ExitCode {
             filter.push_str("=off");
         }
     }
-    let subscriber =
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter));
+    // Colours only on a terminal: a log file or collector gets plain text.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match args.log_format {
         LogFormat::Json => subscriber.json().with_current_span(true).init(),
         LogFormat::Text => subscriber.init(),

@@ -65,7 +65,16 @@ impl Audit {
             },
             reason: change.action.to_owned(),
             note: Some(change.why.chars().take(1024).collect()),
-            action: change.action.to_owned(),
+            // The recorder folds Events of one object, reason and action
+            // into a series that keeps the first note: a second, different
+            // change (the database Creating, then Available) would read as
+            // a repeat of the first. The note's hash keeps them apart; a
+            // true repeat still joins its series.
+            action: format!(
+                "{}-{}",
+                change.action,
+                crate::names::short_hash(&[change.why])
+            ),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &reference).await {

@@ -21,7 +21,7 @@ use super::{
 use crate::{
     backends::{
         database::{DatabaseBackend, DatabaseState, Deletion, Phase},
-        vault::{VaultBackend, delete_tenant, ensure_company},
+        vault::{Change, VaultBackend, delete_tenant, ensure_company},
     },
     builders::{
         ADOPT_UID_ANNOTATION, CompanyContext, CompanyPlan, build_company, database_request,
@@ -584,26 +584,48 @@ async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Act
     }
     // The database and the file system per their deletion policies,
     // before anything else goes.
-    delete_database(ctx, company, &build).await?;
-    if let Some(why) = storage::cleanup_company(ctx, &build).await? {
-        ctx.audit(
-            company,
-            &name,
-            "FileSystemDeletionPolicyApplied",
-            &why,
-            true,
-        )
-        .await;
-    }
+    carry_out_data_policies(ctx, company, &build).await?;
     // The company's Vault policy and role go; its secrets per policy.
     let root = build.names.kv_company_root();
-    delete_tenant(ctx.vault.as_ref(), &build_company(&build), &root, false).await?;
+    let removed = delete_tenant(ctx.vault.as_ref(), &build_company(&build), &root, false).await?;
+    if removed.contains(&Change::Deleted) {
+        let why = "the company controller's Vault role and policy removed with the Company";
+        ctx.audit(company, &name, "VaultPoliciesDeleted", why, true)
+            .await;
+    }
     delete_secrets(ctx, company, &build).await?;
     if ours {
         delete_namespace(ctx, company, &build).await?; // never one not ours
     }
     tracing::info!(company = %name, "cleaned up");
     Ok(Action::await_change())
+}
+
+/// The database's and the file system's deletion policies, each once: what
+/// was carried out is recorded in status, so the passes that follow (while
+/// the namespace goes) neither repeat it nor report it again.
+async fn carry_out_data_policies<B: Backends>(
+    ctx: &Context<B>,
+    company: &Company,
+    build: &CompanyContext<'_>,
+) -> Result<(), Error> {
+    let mut status = company.status.clone().unwrap_or_default();
+    let done = |status: &CompanyStatus, what: &str| status.carried_out.iter().any(|d| d == what);
+    if !done(&status, "database") {
+        delete_database(ctx, company, build).await?;
+        status.carried_out.push("database".into());
+        write_status(ctx, company, &status).await?;
+    }
+    if !done(&status, "storage") {
+        if let Some(why) = storage::cleanup_company(ctx, build).await? {
+            let name = build.names.company();
+            ctx.audit(company, name, "FileSystemDeletionPolicyApplied", &why, true)
+                .await;
+        }
+        status.carried_out.push("storage".into());
+        write_status(ctx, company, &status).await?;
+    }
+    Ok(())
 }
 
 /// Whether the Company's namespace is not its own and its status records

@@ -375,6 +375,10 @@ pub struct CompanyStatus {
     /// The deletion policies in force (the storage default depends on its kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policies: Option<DeletionPolicies>,
+    /// During deletion: the deletion policies already carried out
+    /// (`database`, `storage`), so a later pass does not repeat them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carried_out: Vec<String>,
 }
 
 /// What deleting the Company does to its data.

@@ -1842,3 +1842,164 @@ async fn a_company_controller_runs_with_production_secrets_and_restarts_on_rotat
         .unwrap();
     wait_gone("the company controller", &deployments, "company-controller").await;
 }
+
+/// Every occurrence of an Event Enclave published about `kind/name`:
+/// (reason, note) → occurrences (a repeat joins its Event's series).
+async fn events_about(
+    client: &kube::Client,
+    kind: &str,
+    name: &str,
+) -> std::collections::BTreeMap<(String, String), u64> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let mut out = std::collections::BTreeMap::new();
+    for event in events
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+    {
+        let about = event.regarding.as_ref();
+        if event.reporting_controller.as_deref() != Some("enclave")
+            || about.and_then(|r| r.kind.as_deref()) != Some(kind)
+            || about.and_then(|r| r.name.as_deref()) != Some(name)
+        {
+            continue;
+        }
+        let count = event
+            .series
+            .as_ref()
+            .map_or(1, |s| u64::try_from(s.count).unwrap_or(1));
+        let key = (
+            event.reason.clone().unwrap_or_default(),
+            event.note.clone().unwrap_or_default(),
+        );
+        *out.entry(key).or_insert(0) += count;
+    }
+    out
+}
+
+/// The audit lines about `kind/name` in `log`: (action, why) → lines.
+fn audit_lines(
+    log: &str,
+    kind: &str,
+    name: &str,
+) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let object = format!("object={kind}/{name} ");
+    for line in log
+        .lines()
+        .filter(|l| l.contains("enclave::audit") && l.contains(&object))
+    {
+        let field = |key: &str| {
+            let start = line.find(&format!("{key}="))? + key.len() + 1;
+            let rest = &line[start..];
+            Some(if let Some(quoted) = rest.strip_prefix('"') {
+                quoted[..quoted.find('"')?].to_owned()
+            } else {
+                rest.split(' ').next()?.to_owned()
+            })
+        };
+        let (Some(action), Some(why)) = (field("action"), field("why")) else {
+            continue;
+        };
+        *out.entry((action, why)).or_insert(0) += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_external_change_is_one_event_on_its_object_and_one_audit_line() {
+    let h = setup().await;
+    let client = h.client.clone();
+    let companies: Api<Company> = Api::all(client.clone());
+    let name = crate::support::unique("ev");
+    let namespace = format!("company-{name}");
+    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name},
+        "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                 "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"},
+                 "secrets": {"deletionPolicy": "Delete"}}});
+    companies
+        .patch(&name, &PatchParams::apply("user"), &Patch::Apply(&co))
+        .await
+        .unwrap();
+    let devs: Api<enclave::crd::Developer> = Api::namespaced(client.clone(), &namespace);
+    let dev = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+        "metadata": {"name": "pat", "namespace": namespace}, "spec": {"subject": format!("{name}-pat")}});
+    wait("the Developer applied", async || {
+        devs.patch("pat", &PatchParams::apply("user"), &Patch::Apply(&dev))
+            .await
+            .ok()
+    })
+    .await;
+    developer_condition(&devs, "pat", "Ready").await;
+    let personal = enclave::names::CompanyNames::new(&name, None)
+        .developer("pat", &format!("{name}-pat"))
+        .kv_developer();
+    let data = std::collections::BTreeMap::from([("value", "x")]);
+    vaultrs::kv2::set(&h.vault.root, "secret", &format!("{personal}/env"), &data)
+        .await
+        .unwrap();
+    // Three resyncs of the converged tenant (5 s each) add nothing.
+    tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+    devs.delete("pat", &DeleteParams::default()).await.unwrap();
+    wait_gone("the Developer", &devs, "pat").await;
+    // Its Events live in the company namespace, which goes with the Company.
+    let developer_events = events_about(&client, "Developer", "pat").await;
+    companies
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("the Company", &companies, &name).await;
+    let company_events = events_about(&client, "Company", &name).await;
+    let log = std::fs::read_to_string(h.operator_log("replica-a")).unwrap();
+
+    let mut table = vec![format!(
+        "{:<10} {:<32} {:>6} {:>6}  note",
+        "object", "reason", "events", "audit"
+    )];
+    let mut wrong = Vec::new();
+    for (kind, object, events) in [
+        ("Developer", "pat", &developer_events),
+        ("Company", name.as_str(), &company_events),
+    ] {
+        let audit = audit_lines(&log, kind, object);
+        let keys: std::collections::BTreeSet<_> = events.keys().chain(audit.keys()).collect();
+        for key in keys {
+            let (e, a) = (
+                events.get(key).copied().unwrap_or(0),
+                audit.get(key).copied().unwrap_or(0),
+            );
+            table.push(format!("{kind:<10} {:<32} {e:>6} {a:>6}  {}", key.0, key.1));
+            if e != 1 || a != 1 {
+                wrong.push(format!(
+                    "{kind} {} ({}): {e} Events, {a} audit lines",
+                    key.0, key.1
+                ));
+            }
+        }
+    }
+    println!("{}", table.join("\n"));
+    let reasons: std::collections::BTreeSet<(&str, &str)> = developer_events
+        .keys()
+        .map(|k| ("Developer", k.0.as_str()))
+        .chain(company_events.keys().map(|k| ("Company", k.0.as_str())))
+        .collect();
+    for expected in [
+        ("Developer", "VaultPoliciesWritten"),
+        ("Developer", "StoragePrepared"),
+        ("Developer", "StorageDeletionPolicyApplied"),
+        ("Developer", "SecretsDeleted"),
+        ("Developer", "VaultPoliciesDeleted"),
+        ("Company", "VaultPoliciesWritten"),
+        ("Company", "DatabaseEnsured"),
+        ("Company", "DatabaseDeletionPolicyApplied"),
+        ("Company", "VaultPoliciesDeleted"),
+        ("Company", "NamespaceDeleted"),
+    ] {
+        assert!(
+            reasons.contains(&expected),
+            "{expected:?} missing: {reasons:?}"
+        );
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

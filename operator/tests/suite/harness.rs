@@ -180,6 +180,14 @@ impl Harness {
         .unwrap();
     }
 
+    /// The file replica `identity` logs to (stdout; warnings and the audit
+    /// trail, or what `ENCLAVE_TEST_OPERATOR_LOG` adds).
+    pub fn operator_log(&self, identity: &str) -> std::path::PathBuf {
+        self.control_plane
+            .dir
+            .join(format!("operator-{identity}.log"))
+    }
+
     /// Starts (or restarts) the operator process.
     pub fn start_operator(&mut self) {
         self.operator = None;
@@ -247,15 +255,49 @@ impl Harness {
             .env(
                 "RUST_LOG",
                 format!(
-                    "warn,rustify=off,vaultrs=off,{}",
+                    "warn,rustify=off,vaultrs=off,enclave::audit=info,{}",
                     std::env::var("ENCLAVE_TEST_OPERATOR_LOG").unwrap_or_default()
                 ),
             )
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
+            // What it logs (the audit trail included) goes to a file a
+            // test can read: `Harness::operator_log`.
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.operator_log(identity))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         Operator(child)
+    }
+}
+
+impl Drop for Harness {
+    /// A failed test shows what its operators logged (the last lines).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.control_plane.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log")
+                && path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("operator-"))
+            {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("--- {} (tail)\n{}", path.display(), tail.join("\n"));
+            }
+        }
     }
 }
 

@@ -90,22 +90,26 @@ pub async fn delete_developer(
 
 /// Removes a company's own roles and policies (its developers first, via
 /// [`delete_developer`]); with `delete_data`, every secret of the company.
+/// Returns what each removal did.
 pub async fn delete_tenant(
     vault: &impl VaultBackend,
     plan: &CompanyPlan,
     kv_root: &str,
     delete_data: bool,
-) -> Result<(), VaultError> {
+) -> Result<Vec<Change>, VaultError> {
+    let mut changes = Vec::new();
     for role in &plan.roles {
-        vault
-            .delete_role(&plan.settings.company, &role.name)
-            .await?;
+        changes.push(
+            vault
+                .delete_role(&plan.settings.company, &role.name)
+                .await?,
+        );
     }
     for policy in &plan.policies {
-        vault.delete_policy(&policy.name).await?;
+        changes.push(vault.delete_policy(&policy.name).await?);
     }
     if delete_data {
         vault.delete_secrets(kv_root).await?;
     }
-    Ok(())
+    Ok(changes)
 }

@@ -28,6 +28,8 @@ struct State {
     objects: BTreeMap<Key, Value>,
     version: u64,
     requests: Vec<(Method, String)>,
+    /// Every Event written (created, or a repeat patched onto one).
+    events: Vec<Value>,
     fault: Option<Fault>,
 }
 
@@ -80,6 +82,13 @@ impl FakeApi {
         delete(&mut self.state(), &(collection, name.expect("a name")));
     }
 
+    /// Plays the namespace controller: terminating namespaces go.
+    pub fn finish_namespaces(&self) {
+        self.state().objects.retain(|(collection, _), object| {
+            collection != "/api/v1/namespaces" || object["metadata"]["deletionTimestamp"].is_null()
+        });
+    }
+
     /// The object at `path`, if stored.
     pub fn get(&self, path: &str) -> Option<Value> {
         let (collection, name) = split(path)?;
@@ -99,6 +108,12 @@ impl FakeApi {
     /// Every request so far, as method and path.
     pub fn requests(&self) -> Vec<(Method, String)> {
         self.state().requests.clone()
+    }
+
+    /// Every Event occurrence written so far (a repeat of an Event is
+    /// patched onto it: one occurrence each).
+    pub fn events(&self) -> Vec<Value> {
+        self.state().events.clone()
     }
 
     /// Forgets the requests seen so far.
@@ -145,6 +160,9 @@ impl FakeApi {
                 Err(e) => return status(400, "BadRequest", &e.to_string()),
             }
         };
+        if collection.ends_with("/events") && parts.method != Method::GET {
+            state.events.push(body.clone());
+        }
         match (&parts.method, name) {
             (&Method::GET, None) => list(&state, &collection, &query),
             (&Method::GET, Some(name)) => match state.objects.get(&(collection, name.clone())) {
@@ -378,9 +396,12 @@ fn delete(state: &mut State, key: &Key) -> Response<Full<Bytes>> {
     let Some(object) = state.objects.get_mut(key) else {
         return not_found(&key.1);
     };
-    let has_finalizers = object["metadata"]["finalizers"]
-        .as_array()
-        .is_some_and(|f| !f.is_empty());
+    // A namespace terminates until its content is gone (the namespace
+    // controller's work: `finish_namespaces`).
+    let has_finalizers = key.0 == "/api/v1/namespaces"
+        || object["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
     if has_finalizers {
         if object["metadata"]["deletionTimestamp"].is_null() {
             state.version += 1;

@@ -433,6 +433,7 @@ async fn deletion_removes_vault_the_database_and_the_namespace_then_the_finalize
             break;
         }
         outcomes.push(h.reconcile("acme").await);
+        h.api.finish_namespaces();
     }
     assert!(
         h.company("acme").is_none(),
@@ -538,9 +539,11 @@ impl Harness {
         (c.status, c.reason, c.message)
     }
 
-    /// Plays the kubelet and the Job controller: every storage Job
-    /// succeeded, every workspace StatefulSet has its pod ready.
+    /// Plays the kubelet and the Job and namespace controllers: every
+    /// storage Job succeeded, every workspace StatefulSet has its pod ready,
+    /// terminating namespaces are gone.
     fn finish_jobs_and_pods(&self) {
+        self.api.finish_namespaces();
         for job in self.api.names(JOBS) {
             let path = format!("{JOBS}/{job}");
             let mut object = self.api.get(&path).expect("job");
@@ -816,6 +819,96 @@ async fn a_private_vault_ca_reaches_every_init_step_through_a_config_map() {
                 .contains(r#""configMap":{"defaultMode":292,"name":"enclave-vault-ca"}"#),
             "{}",
             pod["volumes"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_external_change_is_one_event_on_its_object() {
+    let h = harness(1);
+    h.converged_company(&[]).await;
+    h.create_developer("bob", None);
+    let outcomes = h.converge_developer("bob").await;
+    assert!(
+        h.developer_condition_is("bob", "Ready", "True"),
+        "{outcomes:?}"
+    );
+    // Resyncs of the unchanged tenant: no Event.
+    let before = h.api.events().len();
+    h.ctx.checked.lock().expect("checked").clear();
+    for _ in 0..3 {
+        h.reconcile("acme").await.expect("resync");
+        reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
+            .await
+            .expect("resync");
+    }
+    assert_eq!(
+        h.api.events().len(),
+        before,
+        "{:#?}",
+        &h.api.events()[before..]
+    );
+    // Deletion, every pass of it.
+    h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
+    h.api.mark_deleted(&format!("{COMPANIES}/acme"));
+    let mut outcomes = Vec::new();
+    for _ in 0..12 {
+        if h.api.get(&format!("{DEVELOPERS}/bob")).is_some() {
+            outcomes.push(reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await);
+        }
+        if h.company("acme").is_some() {
+            outcomes.push(h.reconcile("acme").await);
+        }
+        h.finish_jobs_and_pods();
+    }
+    assert!(h.company("acme").is_none(), "deleted: {outcomes:#?}");
+    // The cleanup ran again after the database was gone (waiting for the
+    // namespace), and did not delete (nor report) the database again.
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(e) if e.to_string().contains("namespace company-acme"))),
+        "{outcomes:#?}"
+    );
+    let deletions = h.ctx.databases.rds.deletions.lock().expect("d")["acme"];
+    assert_eq!(deletions, 2, "in progress, then done: {outcomes:#?}");
+    // One occurrence per change: the same note twice is a change reported
+    // twice (a database Creating, then Available, is two changes).
+    let mut occurrences = std::collections::BTreeMap::<(String, String, String), usize>::new();
+    let mut counts = std::collections::BTreeMap::<(String, String), usize>::new();
+    for event in h.api.events() {
+        let object = format!(
+            "{}/{}",
+            event["regarding"]["kind"].as_str().unwrap_or_default(),
+            event["regarding"]["name"].as_str().unwrap_or_default()
+        );
+        let reason = event["reason"].as_str().unwrap_or_default().to_owned();
+        let note = event["note"].as_str().unwrap_or_default().to_owned();
+        *occurrences
+            .entry((object.clone(), reason.clone(), note))
+            .or_default() += 1;
+        *counts.entry((object, reason)).or_default() += 1;
+    }
+    let repeated: Vec<_> = occurrences.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "repeated: {repeated:#?}\nall: {counts:#?}"
+    );
+    for (object, reason) in [
+        ("Company/acme", "VaultPoliciesWritten"),
+        ("Developer/bob", "VaultPoliciesWritten"),
+        ("Developer/bob", "StoragePrepared"),
+        ("Developer/bob", "StorageDeletionPolicyApplied"),
+        ("Developer/bob", "VaultPoliciesDeleted"),
+        ("Company/acme", "DatabaseDeletionPolicyApplied"),
+        ("Company/acme", "FileSystemDeletionPolicyApplied"),
+        ("Company/acme", "VaultPoliciesDeleted"),
+        ("Company/acme", "NamespaceDeleted"),
+    ] {
+        assert_eq!(
+            counts.get(&(object.to_owned(), reason.to_owned())),
+            Some(&1),
+            "{object} {reason}: {counts:#?}"
         );
     }
 }
