@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams},
@@ -334,7 +334,7 @@ fn external_systems_converged<B: Backends>(
                         .iter()
                         .any(|c| c.type_ == *t && c.status == "True")
                 })
-    }) && rotation_requested(company, status).is_none()
+    }) && !rotation_due(company, status)
         && ctx.checked_recently(key)
 }
 
@@ -429,8 +429,14 @@ fn database_status<B: Backends>(
         (Some(_), Some(wanted)) if now > before => Some(wanted.to_owned()),
         (Some(db), _) => db.rotated_for.clone(),
     };
+    // When the credentials in use were made: kept while the version is.
+    let rotated_at = match status.database.as_ref().and_then(|d| d.rotated_at.clone()) {
+        Some(at) if now <= before => Some(at),
+        _ => now.map(|_| Time(k8s_openapi::jiff::Timestamp::now())),
+    };
     DatabaseStatus {
         rotated_for,
+        rotated_at,
         identifier: Some(state.identifier.clone()),
         endpoint: state.endpoint.clone(),
         port: state.port,
@@ -454,11 +460,20 @@ async fn audit_database<B: Backends>(
 ) {
     let name = company.name_any();
     let rotated_for = |d: Option<&DatabaseStatus>| d.and_then(|d| d.rotated_for.clone());
-    if rotated_for(current) != rotated_for(previous)
-        && let Some(db) = current
+    let version = |d: Option<&DatabaseStatus>| d.and_then(|d| d.credentials_version);
+    if let (Some(before), Some(db)) = (version(previous), current)
+        && db.credentials_version > Some(before)
     {
+        let cause = if rotated_for(current) == rotated_for(previous) {
+            format!(
+                "on schedule (spec.database.rotateEveryDays {})",
+                company.spec.database.rotate_every_days.unwrap_or_default()
+            )
+        } else {
+            format!("as asked by annotation {ROTATE_ANNOTATION}")
+        };
         let why = format!(
-            "database credentials rotated to version {} as asked by annotation {ROTATE_ANNOTATION}",
+            "database credentials rotated to version {} {cause}",
             db.credentials_version.unwrap_or_default()
         );
         ctx.audit(company, &name, "CredentialsRotated", &why, true)
@@ -521,7 +536,7 @@ async fn ensure_database<B: Backends>(
         .and_then(|v| u64::try_from(v).ok());
     // Rotation on request: a new KV version first (unless an interrupted
     // rotation already wrote one), then the backend applies it below.
-    if rotation_requested(build.company, status).is_some()
+    if rotation_due(build.company, status)
         && let Some(applied) = applied
     {
         let vault = &ctx.vault;
@@ -548,6 +563,28 @@ fn rotation_requested<'a>(company: &'a Company, status: &CompanyStatus) -> Optio
     let wanted = company.annotations().get(ROTATE_ANNOTATION)?;
     let done = status.database.as_ref()?.rotated_for.as_deref();
     (done != Some(wanted.as_str())).then_some(wanted.as_str())
+}
+
+/// Whether `spec.database.rotateEveryDays` asks for a rotation at `now`.
+fn rotation_scheduled(
+    company: &Company,
+    status: &CompanyStatus,
+    now: k8s_openapi::jiff::Timestamp,
+) -> bool {
+    let (Some(days), Some(at)) = (
+        company.spec.database.rotate_every_days,
+        status.database.as_ref().and_then(|d| d.rotated_at.as_ref()),
+    ) else {
+        return false;
+    };
+    let every = k8s_openapi::jiff::SignedDuration::from_hours(24 * i64::from(days));
+    now.duration_since(at.0) >= every
+}
+
+/// Whether a rotation is due, asked for or scheduled.
+fn rotation_due(company: &Company, status: &CompanyStatus) -> bool {
+    rotation_requested(company, status).is_some()
+        || rotation_scheduled(company, status, k8s_openapi::jiff::Timestamp::now())
 }
 
 async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Action, Error> {

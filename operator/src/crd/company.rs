@@ -190,6 +190,12 @@ pub struct DatabaseSpec {
     /// (default: final snapshot, then delete), `Delete` or `Retain`.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Rotate the generated credentials this often, in days (the company
+    /// controller restarts onto the new ones). Unset: only when asked with
+    /// the `enclave.dev/rotate-credentials` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 365))]
+    pub rotate_every_days: Option<i32>,
 }
 
 /// The company's file storage: an FSx file system or a plain volume per developer.
@@ -423,6 +429,10 @@ pub struct DatabaseStatus {
     /// rotation was carried out last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_for: Option<String>,
+    /// When the credentials in use were generated or last rotated (first
+    /// seen, for a database older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Where the company storage is.

@@ -912,3 +912,78 @@ async fn every_external_change_is_one_event_on_its_object() {
         );
     }
 }
+
+#[tokio::test]
+async fn credentials_are_rotated_on_schedule_and_the_controller_restarts_onto_them() {
+    let h = harness(0);
+    let mut company = company_json("acme");
+    company["spec"]["database"]["rotateEveryDays"] = json!(30);
+    company["spec"]["controller"] = json!({"image": "registry.example.com/acme/jobs:1"});
+    h.api.insert(&format!("{COMPANIES}/acme"), company);
+    h.converge("acme").await;
+    // One more pass: the Deployment is built from the status that records
+    // the credentials.
+    h.reconcile("acme").await.expect("converged");
+    let deployment = "/apis/apps/v1/namespaces/company-acme/deployments/company-controller";
+    let version_of = || {
+        h.api.get(deployment).expect("deployment")["spec"]["template"]["metadata"]["annotations"]
+            ["enclave.dev/credentials-version"]
+            .clone()
+    };
+    assert_eq!(version_of(), json!("1"));
+    let status = h
+        .company("acme")
+        .and_then(|c| c.status.clone())
+        .expect("status");
+    let rotated_at = status
+        .database
+        .and_then(|d| d.rotated_at)
+        .expect("rotated_at");
+    // Not due yet: a resync rotates nothing.
+    h.ctx.checked.lock().expect("checked").clear();
+    h.reconcile("acme").await.expect("resync");
+    assert!(
+        !h.vault_calls()
+            .iter()
+            .any(|c| c.starts_with("rotate_credentials"))
+    );
+
+    // Thirty-one days later (as far as the status says).
+    let mut stored = h.api.get(&format!("{COMPANIES}/acme")).expect("company");
+    let earlier = rotated_at.0 - k8s_openapi::jiff::SignedDuration::from_hours(24 * 31);
+    stored["status"]["database"]["rotatedAt"] = json!(earlier.to_string());
+    h.api.insert_raw(&format!("{COMPANIES}/acme"), stored);
+    h.ctx.checked.lock().expect("checked").clear();
+    h.reconcile("acme").await.expect("rotated");
+    assert_eq!(
+        h.vault_calls()
+            .iter()
+            .filter(|c| c.starts_with("rotate_credentials"))
+            .count(),
+        1
+    );
+    let db = h
+        .company("acme")
+        .and_then(|c| c.status.clone())
+        .and_then(|s| s.database)
+        .expect("database status");
+    assert_eq!(db.credentials_version, Some(2));
+    assert!(db.rotated_at.expect("rotated_at").0 > earlier);
+    h.reconcile("acme").await.expect("the controller follows");
+    assert_eq!(
+        version_of(),
+        json!("2"),
+        "the controller restarts onto them"
+    );
+    assert!(
+        h.api
+            .events()
+            .iter()
+            .any(|e| e["reason"] == "CredentialsRotated"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("on schedule"))),
+        "{:#?}",
+        h.api.events()
+    );
+}
