@@ -200,23 +200,25 @@ pub fn render_files(
     if let Some(profiles) = pick("dbt", "profiles.yml") {
         files.insert("profiles.yml".to_owned(), profiles);
     }
-    // The company controller's database credentials (`platform/database`).
+    // The company controller's database credentials (`platform/database`),
+    // single-quoted so that a shell may source the file (generated
+    // passwords hold `;`, `#`, `(`, never a quote).
     if let (Some(user), Some(password)) = (
         own.get("database").and_then(|s| s.get("username")),
         own.get("database").and_then(|s| s.get("password")),
     ) {
         if [user, password]
             .iter()
-            .any(|v| v.contains(['\n', '\r', '\0']))
+            .any(|v| v.contains(['\n', '\r', '\0', '\'']))
         {
             return Err(InitError::BadSecret {
                 secret: "database".into(),
-                reason: "the username or password spans lines".into(),
+                reason: "the username or password spans lines or holds a single quote".into(),
             });
         }
         files.insert(
             "database.env".to_owned(),
-            format!("PGUSER={user}\nPGPASSWORD={password}\n"),
+            format!("PGUSER='{user}'\nPGPASSWORD='{password}'\n"),
         );
     }
     Ok(files)
@@ -364,7 +366,7 @@ mod tests {
         let files = render_files(&BTreeMap::new(), &own).unwrap();
         assert_eq!(
             files["database.env"],
-            "PGUSER=acme_owner\nPGPASSWORD=p4ss\n"
+            "PGUSER='acme_owner'\nPGPASSWORD='p4ss'\n"
         );
         // A shared secret of that name is no database credential.
         let files = render_files(&own, &BTreeMap::new()).unwrap();

@@ -66,9 +66,6 @@ pub struct DeveloperPlan {
     pub roles: Vec<KubernetesAuthRole>,
     /// What the person (an Admin) gets in Vault, if anything.
     pub person: Option<PersonAccess>,
-    /// Name of the person's policy and role (to remove them when the
-    /// person is no Admin any more).
-    pub person_name: String,
     /// Actions on systems outside the cluster, in order.
     pub actions: Vec<ExternalAction>,
 }
@@ -229,7 +226,6 @@ pub fn build_developer(ctx: &DeveloperContext<'_>) -> DeveloperPlan {
         policies: vec![vault::developer_policy(ctx)],
         roles: vec![vault::developer_role(ctx)],
         person: vault::admin_person_access(ctx),
-        person_name: ctx.names.vault_person(),
         actions: cloud::developer_actions(ctx),
     }
 }

@@ -193,9 +193,11 @@ fn run_controllers(args: &RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    if !config.vault.ca_file.is_empty() && config.vault.ca_pem.is_none() {
+    if !config.vault.ca_file.is_empty()
+        && let Err(e) = std::fs::read_to_string(&config.vault.ca_file)
+    {
         eprintln!(
-            "error: vault.caFile {} cannot be read; mount the CA bundle there (the chart: extraVolumes and extraVolumeMounts) or leave vault.caFile empty",
+            "error: vault.caFile {} cannot be read ({e}); mount the CA bundle there (the chart: extraVolumes and extraVolumeMounts) or leave vault.caFile empty",
             config.vault.ca_file
         );
         return ExitCode::from(EXIT_INVALID);

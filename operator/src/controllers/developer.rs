@@ -6,13 +6,13 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::apps::v1::StatefulSet,
+    api::{apps::v1::StatefulSet, core::v1::ServiceAccount},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
     Api, CustomResourceExt, ResourceExt,
-    api::ListParams,
+    api::{DeleteParams, ListParams},
     runtime::{
         controller::Action,
         finalizer::{Event, finalizer},
@@ -183,18 +183,93 @@ async fn cleanup<B: Backends>(developer: &Developer, ctx: &Context<B>) -> Result
     };
     let namespace = developer.namespace().unwrap_or_default();
     let label = company_label(ctx, &namespace).await?;
-    // Storage first, then the personal secrets, per the company's deletion
-    // policies (the Company still exists: its own deletion waits for its
-    // Developers).
     let company = match &label {
         Some(label) => company_named(ctx, label, &namespace).await?,
         None => None,
     };
+    hold_if_protected(ctx, developer, status, company.as_ref()).await?;
+    // The pod goes first: nothing may still run as this person (a Developer
+    // re-created under the same name must never meet it).
+    stop_workspace(
+        ctx,
+        developer,
+        label.as_deref().unwrap_or_default(),
+        &namespace,
+    )
+    .await?;
+    // Storage, then the Vault roles, then the personal secrets (once no
+    // token can write them any more), per the company's deletion policies
+    // (the Company still exists: its own deletion waits for its Developers).
     if let Some(id) = status.uid {
         storage_cleanup(ctx, developer, status, company.clone(), id).await?;
     }
+    let action = vault_cleanup(ctx, developer, status, label, &namespace).await?;
     secrets_cleanup(ctx, developer, company.as_ref()).await?;
-    vault_cleanup(ctx, developer, status, label, &namespace).await
+    Ok(action)
+}
+
+/// Holds the Developer while its Company is protected and being deleted
+/// (the Company deleted, or the CRDs: the API server then deletes
+/// Developers and Companies in no set order).
+async fn hold_if_protected<B: Backends>(
+    ctx: &Context<B>,
+    developer: &Developer,
+    status: &DeveloperStatus,
+    company: Option<&Company>,
+) -> Result<(), Error> {
+    let Some(company) = company.filter(|c| c.spec.deletion_protection) else {
+        return Ok(());
+    };
+    if company.metadata.deletion_timestamp.is_none() && !uninstalling(ctx).await? {
+        return Ok(());
+    }
+    let mut status = status.clone();
+    set(
+        &mut status.conditions,
+        "Ready",
+        Some(false),
+        reasons::DELETION_PROTECTED,
+        "deletion is held: Company deletion protection covers its Developers while the Company is being deleted",
+        developer.metadata.generation,
+    );
+    write_status(ctx, developer, &status).await?;
+    Err(Error::DeletionProtected(company.name_any()))
+}
+
+/// Deletes the workspace StatefulSet (its pod first: foreground) and the
+/// workspace ServiceAccount (so tokens issued to it stop working), and
+/// waits until the StatefulSet is gone.
+async fn stop_workspace<B: Backends>(
+    ctx: &Context<B>,
+    developer: &Developer,
+    company: &str,
+    namespace: &str,
+) -> Result<(), Error> {
+    let names =
+        CompanyNames::new(company, None).developer(&developer.name_any(), &developer.spec.subject);
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
+    let foreground = DeleteParams::foreground();
+    match sets.delete(&names.workspace(), &foreground).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    if sets.get_opt(&names.workspace()).await?.is_some() {
+        return Err(Error::Waiting(format!(
+            "workspace {} of Developer {} to stop",
+            names.workspace(),
+            developer.name_any()
+        )));
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+    match accounts
+        .delete(&names.service_account(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Carries out the company's storage deletion policy on the Developer's
@@ -214,25 +289,6 @@ async fn storage_cleanup<B: Backends>(
         );
         return Ok(());
     };
-    // The whole tenant is going (the Company deleted, or the CRDs:
-    // the API server then deletes Developers and Companies in no
-    // set order) while the Company is protected: its Developers
-    // are held with it.
-    if company.spec.deletion_protection
-        && (company.metadata.deletion_timestamp.is_some() || uninstalling(ctx).await?)
-    {
-        let mut status = status.clone();
-        set(
-            &mut status.conditions,
-            "Ready",
-            Some(false),
-            reasons::DELETION_PROTECTED,
-            "deletion is held: Company deletion protection covers its Developers while the Company is being deleted",
-            developer.metadata.generation,
-        );
-        write_status(ctx, developer, &status).await?;
-        return Err(Error::DeletionProtected(company.name_any()));
-    }
     let company_ctx = ctx.company(&company);
     let dev_ctx = DeveloperContext::new(&company_ctx, developer, id);
     if let Err(e) = Box::pin(storage::cleanup_developer(ctx, &dev_ctx)).await {
@@ -308,6 +364,14 @@ async fn secrets_cleanup<B: Backends>(
     Ok(())
 }
 
+/// The person's JWT-auth role as the status records it: (mount, role).
+fn recorded_person_role(status: &DeveloperStatus) -> Option<(&str, &str)> {
+    Some((
+        status.person_vault_mount.as_deref()?,
+        status.person_vault_role.as_deref()?,
+    ))
+}
+
 /// Removes the Developer's Vault role and policy (recorded in its status).
 /// The company comes from the namespace's label, which outlives the
 /// Company during its deletion.
@@ -331,14 +395,10 @@ async fn vault_cleanup<B: Backends>(
     if let Some(policy) = &status.vault_policy {
         removed.push(vault.delete_policy(policy).await?);
     }
-    // The person's own role (an Admin's), which their status does not name.
-    let mount = &ctx.config.vault.person_auth_mount;
-    if !mount.is_empty() {
-        let person = CompanyNames::new(&company, None)
-            .developer(&developer.name_any(), &developer.spec.subject)
-            .vault_person();
-        removed.push(vault.delete_person_role(&company, mount, &person).await?);
-        removed.push(vault.delete_policy(&person).await?);
+    // The person's own role (an Admin's), where it was written.
+    if let Some((mount, person)) = recorded_person_role(status) {
+        removed.push(vault.delete_person_role(&company, mount, person).await?);
+        removed.push(vault.delete_policy(person).await?);
     }
     if removed.contains(&Change::Deleted) {
         let why =
@@ -375,7 +435,6 @@ async fn apply<B: Backends>(developer: Arc<Developer>, ctx: &Context<B>) -> Resu
     status.storage_path = Some(dev_ctx.names.storage_path());
     status.vault_role = Some(dev_ctx.names.vault_role());
     status.vault_policy = Some(dev_ctx.names.vault_role());
-    status.person_vault_role = plan.person.as_ref().map(|p| p.role.name.clone());
 
     // Storage, then the workspace once its directory is ready.
     let storage_retry = storage_step(ctx, &developer, &dev_ctx, &mut status).await?;
@@ -662,8 +721,8 @@ async fn vault_step<B: Backends>(
         return Ok(());
     }
     let tenant = company.name_any();
-    let person_mount = &ctx.config.vault.person_auth_mount;
-    let result = ensure_developer(ctx.vault.as_ref(), &tenant, plan, person_mount)
+    let recorded = recorded_person_role(status);
+    let result = ensure_developer(ctx.vault.as_ref(), &tenant, plan, recorded)
         .await
         .map_err(Error::from);
     let result = ctx
@@ -671,6 +730,9 @@ async fn vault_step<B: Backends>(
         .await;
     if result.is_ok() {
         ctx.mark_checked(&checked_key);
+        // What is in Vault now: the person's role where it was written.
+        status.person_vault_mount = plan.person.as_ref().map(|p| p.mount.clone());
+        status.person_vault_role = plan.person.as_ref().map(|p| p.role.name.clone());
     }
     set_outcome(
         &mut status.conditions,

@@ -142,7 +142,11 @@ pub struct DeveloperStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault_policy: Option<String>,
     /// Vault JWT-auth role an Admin person logs in to with their own
-    /// identity-provider token (in `vault.personAuthMount`).
+    /// identity-provider token, once written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub person_vault_role: Option<String>,
+    /// The JWT auth mount of that role (so it is removed there even after
+    /// the operator's configuration names another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person_vault_mount: Option<String>,
 }

@@ -1612,13 +1612,22 @@ async fn admins_write_shared_secrets_as_themselves_never_from_their_pod() {
             .then_some(())
     })
     .await;
-    let still = person_login(&format!("{a}-ann"), &a, "ann").await.is_some();
+    // And Vault holds no role of that name any more.
+    let gone = vaultrs::auth::oidc::role::read(
+        root,
+        &h.vault.person_mount,
+        &enclave::names::CompanyNames::new(&a, None)
+            .developer("ann", &format!("{a}-ann"))
+            .vault_person(),
+    )
+    .await
+    .is_err();
     check(
-        "person jwta-ann after Admin -> Developer",
-        "login",
+        "person role of jwta-ann after Admin -> Developer",
+        "exists",
         "-",
         false,
-        still,
+        !gone,
     );
     println!("Vault access\n{}", table.join("\n"));
     assert!(wrong.is_empty(), "{wrong:#?}");
@@ -1706,7 +1715,7 @@ async fn a_company_controller_runs_with_production_secrets_and_restarts_on_rotat
                     let env = std::fs::read_to_string(run.secrets.join("database.env")).ok()?;
                     (key.starts_with(&format!("{namespace}/company-controller-"))
                         && run.ok
-                        && env.contains(&format!("PGPASSWORD={password}\n")))
+                        && env.contains(&format!("PGPASSWORD='{password}'\n")))
                     .then_some(run)
                 })
             },
@@ -1745,7 +1754,21 @@ async fn a_company_controller_runs_with_production_secrets_and_restarts_on_rotat
         "production secrets, not dev"
     );
     let db_env = std::fs::read_to_string(first.secrets.join("database.env")).unwrap();
-    assert!(db_env.starts_with("PGUSER="), "{db_env}");
+    assert!(db_env.starts_with("PGUSER='"), "{db_env}");
+    // A shell can source it: the password comes back intact.
+    let sourced = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            ". {}; printf %s \"$PGPASSWORD\"",
+            first.secrets.join("database.env").display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sourced.stdout),
+        credentials().await["password"],
+        "sourced by a shell"
+    );
     assert_eq!(first.uid, 65_532);
 
     // Admitted by the real PodSecurity admission (restricted, enforced on

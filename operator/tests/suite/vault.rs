@@ -101,7 +101,7 @@ async fn ensure_all(vault: &VaultClientBackend, plan: &Plan) -> Vec<Change> {
     for t in &plan.tenants {
         changes.extend(ensure_company(vault, &t.company).await.unwrap());
         for d in &t.developers {
-            changes.extend(ensure_developer(vault, &t.name, d, "").await.unwrap());
+            changes.extend(ensure_developer(vault, &t.name, d, None).await.unwrap());
         }
     }
     changes

@@ -20,12 +20,13 @@ pub async fn ensure_company(
 }
 
 /// Ensures one developer's policy and role, and the person's own access
-/// (`person_mount`: the configured person auth mount, may be empty).
+/// (`recorded`: the person role the status records as written, by mount
+/// and name, removed when the plan has another or none).
 pub async fn ensure_developer(
     vault: &impl VaultBackend,
     company: &str,
     plan: &DeveloperPlan,
-    person_mount: &str,
+    recorded: Option<(&str, &str)>,
 ) -> Result<Vec<Change>, VaultError> {
     let mut changes = Vec::new();
     for policy in &plan.policies {
@@ -34,37 +35,40 @@ pub async fn ensure_developer(
     for role in &plan.roles {
         changes.push(vault.ensure_role(company, role).await?);
     }
-    changes.extend(person_access(vault, company, plan, person_mount).await?);
+    changes.extend(person_access(vault, company, plan, recorded).await?);
     Ok(changes)
 }
 
-/// The person's own access (an Admin's JWT role and policy), or its
-/// removal when they are no Admin any more. `mount` is the configured
-/// person auth mount (empty: none, so nothing to remove either).
+/// The person's own access (an Admin's JWT role and policy), and the
+/// removal of a recorded one the plan no longer has (the person is no
+/// Admin any more, or the configuration names another mount).
 async fn person_access(
     vault: &impl VaultBackend,
     company: &str,
     plan: &DeveloperPlan,
-    mount: &str,
+    recorded: Option<(&str, &str)>,
 ) -> Result<Vec<Change>, VaultError> {
-    if mount.is_empty() {
-        return Ok(Vec::new());
+    let mut changes = Vec::new();
+    let wanted = plan
+        .person
+        .as_ref()
+        .map(|p| (p.mount.as_str(), p.role.name.as_str()));
+    if let Some((mount, role)) = recorded.filter(|r| Some(*r) != wanted) {
+        // Role first, then the policy it carried.
+        changes.push(vault.delete_person_role(company, mount, role).await?);
+        if wanted.is_none_or(|(_, name)| name != role) {
+            changes.push(vault.delete_policy(role).await?);
+        }
     }
-    Ok(match &plan.person {
-        Some(person) => vec![
-            vault.ensure_policy(&person.policy).await?,
+    if let Some(person) = &plan.person {
+        changes.push(vault.ensure_policy(&person.policy).await?);
+        changes.push(
             vault
                 .ensure_person_role(company, &person.mount, &person.role)
                 .await?,
-        ],
-        // Role first, then the policy it carried.
-        None => vec![
-            vault
-                .delete_person_role(company, mount, &plan.person_name)
-                .await?,
-            vault.delete_policy(&plan.person_name).await?,
-        ],
-    })
+        );
+    }
+    Ok(changes)
 }
 
 /// Removes one developer's role and policy; with `delete_data`, also their

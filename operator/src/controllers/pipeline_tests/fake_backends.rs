@@ -212,7 +212,9 @@ impl VaultBackend for FakeVault {
         self.call(format!("delete_secrets {prefix}"))?;
         let mut kv = lock(&self.kv);
         let before = kv.len();
-        kv.retain(|path, _| !path.starts_with(prefix));
+        // Whole path segments, as the real client: `companies/acme` is not
+        // a prefix of `companies/acme-corp`.
+        kv.retain(|path, _| path != prefix && !path.starts_with(&format!("{prefix}/")));
         Ok(before - kv.len())
     }
 

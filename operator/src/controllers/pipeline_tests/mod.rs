@@ -987,3 +987,65 @@ async fn credentials_are_rotated_on_schedule_and_the_controller_restarts_onto_th
         h.api.events()
     );
 }
+
+#[tokio::test]
+async fn a_deleted_developer_stops_its_workspace_before_anything_else_goes() {
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    h.create_developer("bob", None);
+    h.converge_developer("bob").await;
+    assert!(h.developer_condition_is("bob", "Ready", "True"));
+    let set_path = format!("{SETS}/{}", h.api.names(SETS)[0]);
+    // The StatefulSet's pod takes its time to stop (foreground deletion).
+    let mut set = h.api.get(&set_path).expect("workspace");
+    set["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+    h.api.insert_raw(&set_path, set);
+    let jobs_before = h.api.names(JOBS).len();
+    h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
+    let outcome = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
+    let error = outcome.expect_err("waits for the pod");
+    assert!(error.to_string().contains("to stop"), "{error}");
+    assert_eq!(error.retry_class(), RetryClass::Waiting);
+    assert!(
+        h.api.get(&set_path).expect("terminating")["metadata"]["deletionTimestamp"].is_string()
+    );
+    assert_eq!(
+        h.api.names(JOBS).len(),
+        jobs_before,
+        "no storage cleanup yet"
+    );
+    assert!(
+        h.vault.roles.lock().expect("roles").len() == 2,
+        "the Vault role is still there while the pod runs"
+    );
+    // The pod stopped: the StatefulSet goes, then the ServiceAccount (its
+    // tokens with it), the directory per policy, the Vault role.
+    let mut set = h.api.get(&set_path).expect("workspace");
+    set["metadata"]["finalizers"] = json!([]);
+    h.api.insert_raw(&set_path, set);
+    h.api.finish_namespaces();
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        if h.api.get(&format!("{DEVELOPERS}/bob")).is_none() {
+            break;
+        }
+        outcomes.push(reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await);
+        h.finish_jobs_and_pods();
+    }
+    assert!(
+        h.api.get(&format!("{DEVELOPERS}/bob")).is_none(),
+        "{outcomes:#?}"
+    );
+    assert!(h.api.get(&set_path).is_none());
+    assert!(
+        h.api
+            .names(&format!("{NAMESPACES}/company-acme/serviceaccounts"))
+            .iter()
+            .all(|n| !n.contains("bob"))
+    );
+    assert_eq!(
+        h.vault.roles.lock().expect("roles").len(),
+        1,
+        "only the company's"
+    );
+}
