@@ -137,6 +137,12 @@ impl CompanyNames {
         "enclave-vault-ca"
     }
 
+    /// KV v2 path recording which Company (uid) the KV root belongs to, so a
+    /// later Company of the same name never inherits retained secrets.
+    pub fn kv_company_owner(&self) -> String {
+        format!("companies/{}/platform/owner", self.company)
+    }
+
     /// KV v2 path of the company's shared secrets (`dev/`, `prod/`).
     pub fn kv_company_shared(&self) -> String {
         format!("companies/{}/shared", self.company)

@@ -21,7 +21,7 @@ use super::{
 use crate::{
     backends::{
         database::{DatabaseBackend, DatabaseState, Deletion, Phase},
-        vault::{Change, VaultBackend, delete_tenant, ensure_company},
+        vault::{Change, VaultBackend, VaultError, delete_tenant, ensure_company},
     },
     builders::{
         ADOPT_UID_ANNOTATION, CompanyContext, CompanyPlan, build_company, database_request,
@@ -234,7 +234,7 @@ async fn external_systems<B: Backends>(
             storage: Ok(None),
         };
     }
-    let vault = vault_step(ctx, company, plan).await;
+    let vault = vault_step(ctx, company, build, plan).await;
     set_outcome(
         &mut status.conditions,
         "VaultReady",
@@ -338,15 +338,29 @@ fn external_systems_converged<B: Backends>(
         && ctx.checked_recently(key)
 }
 
-/// The company controller's Vault policy and role.
+/// The company's Vault data claimed for this Company (never an earlier
+/// one's, kept by its deletion policy), then the company controller's
+/// Vault policy and role.
 async fn vault_step<B: Backends>(
     ctx: &Context<B>,
     company: &Company,
+    build: &CompanyContext<'_>,
     plan: &CompanyPlan,
 ) -> Result<(), Error> {
-    let result = ensure_company(ctx.vault.as_ref(), plan)
-        .await
-        .map_err(Error::from);
+    let result = async {
+        let path = build.names.kv_company_owner();
+        let owner = ctx.vault.claim(&path, build.uid()).await?;
+        if owner != build.uid() {
+            return Err(VaultError::EarlierTenant {
+                company: build.names.company().to_owned(),
+                owner,
+                path,
+            });
+        }
+        ensure_company(ctx.vault.as_ref(), plan).await
+    }
+    .await
+    .map_err(Error::from);
     ctx.vault_step(
         company,
         &company.name_any(),
@@ -746,7 +760,9 @@ async fn delete_secrets<B: Backends>(
     company: &Company,
     build: &CompanyContext<'_>,
 ) -> Result<(), Error> {
-    if build.settings.secrets_deletion_policy != DeletionPolicy::Delete {
+    if build.settings.secrets_deletion_policy != DeletionPolicy::Delete
+        || !owns_vault_data(ctx, build).await?
+    {
         return Ok(());
     }
     let mut removed = 0;
@@ -756,6 +772,15 @@ async fn delete_secrets<B: Backends>(
     ] {
         removed += ctx.vault.delete_secrets(&prefix).await?;
     }
+    // Nothing of the tenant kept: the name is free for a new Company.
+    let settings = &build.settings;
+    if settings.database.deletion_policy == DeletionPolicy::Delete
+        && settings.storage_deletion_policy == DeletionPolicy::Delete
+    {
+        ctx.vault
+            .delete_secrets(&build.names.kv_company_owner())
+            .await?;
+    }
     if removed > 0 {
         let why = format!(
             "secrets deletion policy Delete: {removed} secret(s) of the company removed from Vault with every version"
@@ -764,6 +789,19 @@ async fn delete_secrets<B: Backends>(
             .await;
     }
     Ok(())
+}
+
+/// Whether the company's Vault data is this Company's (not an earlier
+/// one's of the same name, kept by its deletion policy).
+pub(super) async fn owns_vault_data<B: Backends>(
+    ctx: &Context<B>,
+    build: &CompanyContext<'_>,
+) -> Result<bool, Error> {
+    let owner = ctx
+        .vault
+        .claim(&build.names.kv_company_owner(), build.uid())
+        .await?;
+    Ok(owner == build.uid())
 }
 
 /// Deletes the Company's namespace (its own); waits until it is gone.

@@ -340,7 +340,9 @@ async fn secrets_cleanup<B: Backends>(
         return Ok(());
     };
     let company_ctx = ctx.company(company);
-    if company_ctx.settings.secrets_deletion_policy != DeletionPolicy::Delete {
+    if company_ctx.settings.secrets_deletion_policy != DeletionPolicy::Delete
+        || !super::company::owns_vault_data(ctx, &company_ctx).await?
+    {
         return Ok(());
     }
     let names = company_ctx

@@ -1411,6 +1411,41 @@ async fn secrets_follow_the_deletion_policy_and_no_other_tenant_is_touched() {
         keep_before.len(),
         other_before.len()
     );
+
+    // A new Company of a name whose secrets were retained gets no Vault
+    // access to them; one of a name that kept nothing starts afresh.
+    for company in [del.as_str(), keep.as_str()] {
+        let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": company},
+            "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                     "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"}}});
+        companies
+            .patch(company, &PatchParams::apply("user"), &Patch::Apply(&co))
+            .await
+            .unwrap();
+    }
+    crate::harness::wait_or(
+        "the fresh Company Ready",
+        async || {
+            condition(&companies.get(&del).await.unwrap(), "Ready")
+                .filter(|(status, _)| status == "True")
+        },
+        async || format!("{:#?}", companies.get(&del).await.unwrap().status),
+    )
+    .await;
+    let refused = wait("the retained name refused", async || {
+        let c = companies.get(&keep).await.unwrap();
+        c.status?.conditions.into_iter().find(|c| {
+            c.type_ == "VaultReady" && c.status == "False" && c.message.contains("adopt-uid")
+        })
+    })
+    .await;
+    println!("{}", refused.message);
+    let kept_after = kv_tree(&h.vault.root, &format!("companies/{keep}")).await;
+    for (path, value) in &kept {
+        if path.contains("/shared/") || path.contains("/developers/") {
+            assert_eq!(kept_after.get(path), Some(value), "still retained: {path}");
+        }
+    }
 }
 
 #[tokio::test]

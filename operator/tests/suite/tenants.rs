@@ -177,6 +177,15 @@ pub(crate) async fn workspace_login(
 /// Removes what an earlier, interrupted run against the same long-lived
 /// services left under the examples' fixed names (CI starts fresh ones).
 async fn forget_earlier_runs(h: &Harness) {
+    // Vault: which Company each name's secrets belonged to.
+    for company in ["acme", "globex"] {
+        let _ = vaultrs::kv2::delete_metadata(
+            &h.vault.root,
+            "secret",
+            &format!("companies/{company}/platform/owner"),
+        )
+        .await;
+    }
     let (rds, fsx) = crate::support::aws_clients();
     let _ = rds
         .delete_db_instance()

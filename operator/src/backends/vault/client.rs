@@ -479,6 +479,29 @@ impl VaultBackend for VaultClientBackend {
         })
     }
 
+    async fn claim(&self, path: &str, owner: &str) -> Result<String, VaultError> {
+        check_kv_path(path)?;
+        // Read first: a resync of a claimed tenant writes nothing.
+        if let Some(uid) = self
+            .read_kv(path)
+            .await?
+            .and_then(|(data, _)| data.get("uid").cloned())
+        {
+            return Ok(uid);
+        }
+        let data = HashMap::from([("uid", owner.to_owned())]);
+        if self.write_kv(path, &data, 0).await?.is_some() {
+            return Ok(owner.to_owned());
+        }
+        let recorded = self
+            .read_kv(path)
+            .await?
+            .and_then(|(data, _)| data.get("uid").cloned());
+        recorded.ok_or_else(|| VaultError::Conflict {
+            path: path.to_owned(),
+        })
+    }
+
     async fn forget_posix_id(&self, path: &str) -> Result<(), VaultError> {
         self.delete_secrets(path).await.map(|_| ())
     }

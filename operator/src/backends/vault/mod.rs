@@ -75,6 +75,18 @@ pub enum VaultError {
         #[source]
         source: Box<vaultrs::error::ClientError>,
     },
+    /// The company's Vault data belongs to an earlier Company of that name.
+    #[error(
+        "Vault holds the secrets of an earlier Company {company} (uid {owner}), kept by its deletion policy; Enclave will not hand them to this one: to take them over, annotate this Company enclave.dev/adopt-uid={owner}; otherwise remove {path} (and what is below companies/{company}/) from Vault"
+    )]
+    EarlierTenant {
+        /// The company name.
+        company: String,
+        /// The uid recorded as the owner.
+        owner: String,
+        /// The ownership record.
+        path: String,
+    },
     /// Someone else wrote the same secret between our read and our write.
     #[error("{path} changed while Enclave was writing it; the next reconcile retries")]
     Conflict {
@@ -192,4 +204,11 @@ pub trait VaultBackend: Send + Sync {
     ) -> impl Future<Output = Result<i64, VaultError>> + Send;
     /// Forgets the uid recorded at `path` (its data is gone).
     fn forget_posix_id(&self, path: &str) -> impl Future<Output = Result<(), VaultError>> + Send;
+    /// Records `owner` at `path` unless a record exists (check-and-set), and
+    /// returns the recorded owner.
+    fn claim(
+        &self,
+        path: &str,
+        owner: &str,
+    ) -> impl Future<Output = Result<String, VaultError>> + Send;
 }

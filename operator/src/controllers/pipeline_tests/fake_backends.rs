@@ -240,6 +240,17 @@ impl VaultBackend for FakeVault {
             .ok_or_else(|| VaultError::Conflict { path: path.into() })
     }
 
+    async fn claim(&self, path: &str, owner: &str) -> Result<String, VaultError> {
+        self.call(format!("claim {path}"))?;
+        let mut kv = lock(&self.kv);
+        let (data, _) = kv
+            .entry(path.to_owned())
+            .or_insert_with(|| (HashMap::from([("uid".to_owned(), owner.to_owned())]), 1));
+        data.get("uid")
+            .cloned()
+            .ok_or_else(|| VaultError::Conflict { path: path.into() })
+    }
+
     async fn forget_posix_id(&self, path: &str) -> Result<(), VaultError> {
         self.call(format!("forget_posix_id {path}"))?;
         lock(&self.kv).remove(path);

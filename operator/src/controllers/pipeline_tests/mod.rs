@@ -1049,3 +1049,81 @@ async fn a_deleted_developer_stops_its_workspace_before_anything_else_goes() {
         "only the company's"
     );
 }
+
+#[tokio::test]
+async fn a_new_company_of_a_retained_name_does_not_inherit_its_secrets_unless_it_adopts_them() {
+    let h = harness(0);
+    h.create_company("acme");
+    h.converge("acme").await;
+    assert!(h.ready("acme"));
+    let old_uid = h
+        .company("acme")
+        .and_then(|c| c.metadata.uid.clone())
+        .expect("uid");
+    // Deleted with the default secrets policy, Retain: its secrets stay.
+    h.vault.kv.lock().expect("kv").insert(
+        "companies/acme/shared/prod/env".into(),
+        (
+            std::collections::HashMap::from([("K".into(), "v".into())]),
+            1,
+        ),
+    );
+    h.api.mark_deleted(&format!("{COMPANIES}/acme"));
+    for _ in 0..10 {
+        if h.company("acme").is_none() {
+            break;
+        }
+        let _ = h.reconcile("acme").await;
+        h.api.finish_namespaces();
+    }
+    assert!(h.company("acme").is_none(), "deleted");
+    assert!(h.vault.policies.lock().expect("p").is_empty());
+
+    // Someone creates a Company of the same name (whose policy would delete
+    // secrets): it gets no Vault access.
+    let mut company = company_json("acme");
+    company["spec"]["secrets"] = json!({"deletionPolicy": "Delete"});
+    h.api.insert(&format!("{COMPANIES}/acme"), company);
+    let outcomes = h.converge("acme").await;
+    let error = outcomes
+        .last()
+        .and_then(|o| o.as_ref().err())
+        .expect("refused");
+    assert_eq!(error.retry_class(), RetryClass::NeedsPerson, "{error}");
+    let (status, _, message) = h.condition("acme", "VaultReady");
+    assert_eq!(status, "False");
+    assert!(
+        message.contains(&format!("enclave.dev/adopt-uid={old_uid}")),
+        "{message}"
+    );
+    assert!(
+        h.vault.policies.lock().expect("p").is_empty(),
+        "no policy that could read them"
+    );
+
+    // Deleted in turn, it leaves the earlier tenant's secrets alone.
+    h.api.mark_deleted(&format!("{COMPANIES}/acme"));
+    for _ in 0..10 {
+        if h.company("acme").is_none() {
+            break;
+        }
+        let _ = h.reconcile("acme").await;
+        h.api.finish_namespaces();
+    }
+    assert!(h.company("acme").is_none(), "deleted");
+    assert!(
+        h.vault
+            .kv
+            .lock()
+            .expect("kv")
+            .contains_key("companies/acme/shared/prod/env"),
+        "retained"
+    );
+
+    // A Company that takes them over explicitly gets them.
+    let mut company = company_json("acme");
+    company["metadata"]["annotations"] = json!({"enclave.dev/adopt-uid": old_uid});
+    h.api.insert(&format!("{COMPANIES}/acme"), company);
+    let outcomes = h.converge("acme").await;
+    assert!(h.ready("acme"), "{outcomes:?}");
+}
