@@ -465,17 +465,10 @@ impl VaultBackend for VaultClientBackend {
     }
 
     async fn record_posix_id(&self, path: &str, uid: i64) -> Result<i64, VaultError> {
-        check_kv_path(path)?;
-        let data = HashMap::from([("uid", uid.to_string())]);
-        if self.write_kv(path, &data, 0).await?.is_some() {
-            return Ok(uid);
-        }
-        let recorded = self
-            .read_kv(path)
-            .await?
-            .and_then(|(data, _)| data.get("uid")?.parse().ok());
-        recorded.ok_or_else(|| VaultError::Conflict {
+        let recorded = self.claim(path, &uid.to_string()).await?;
+        recorded.parse().map_err(|_| VaultError::Malformed {
             path: path.to_owned(),
+            reason: format!("the recorded uid {recorded:?} is not a number"),
         })
     }
 

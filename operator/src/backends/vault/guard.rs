@@ -163,11 +163,12 @@ pub fn check_role(role: &KubernetesAuthRole) -> Result<(), VaultError> {
     if role.audience.is_empty() {
         return Err(unsafe_("role", name, "an audience is required"));
     }
-    if role.token_ttl == 0
-        || role.token_ttl > 86_400
-        || role.token_max_ttl < role.token_ttl
-        || role.token_max_ttl > 86_400
-    {
+    check_ttls(name, role.token_ttl, role.token_max_ttl)
+}
+
+/// Token TTLs of a role: between 1 s and 24 h, the maximum not below the TTL.
+fn check_ttls(name: &str, ttl: u32, max_ttl: u32) -> Result<(), VaultError> {
+    if ttl == 0 || ttl > 86_400 || max_ttl < ttl || max_ttl > 86_400 {
         return Err(unsafe_(
             "role",
             name,
@@ -202,14 +203,7 @@ pub fn check_person_role(role: &JwtAuthRole) -> Result<(), VaultError> {
     if role.token_policies != [name.clone()] {
         return Err(unsafe_("role", name, "a role carries only its own policy"));
     }
-    if role.token_ttl == 0 || role.token_ttl > 86_400 || role.token_max_ttl < role.token_ttl {
-        return Err(unsafe_(
-            "role",
-            name,
-            "token TTLs must be between 1 s and 24 h",
-        ));
-    }
-    Ok(())
+    check_ttls(name, role.token_ttl, role.token_max_ttl)
 }
 
 #[cfg(test)]
