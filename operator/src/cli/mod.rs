@@ -491,8 +491,8 @@ fn run_plan(files: &[PathBuf], output: Output, config: Option<PathBuf>) -> ExitC
             config.vault.ca_file
         ));
     }
-    let plan = match plan::plan_paths(files, &config) {
-        Ok(plan) => plan,
+    let tenants = match plan::tenants_of_paths(files, &config) {
+        Ok(tenants) => tenants,
         Err(problems) => {
             for p in &problems {
                 eprintln!("error: {p}");
@@ -504,18 +504,19 @@ fn run_plan(files: &[PathBuf], output: Output, config: Option<PathBuf>) -> ExitC
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let rendered = match output {
-        Output::Summary => Ok(plan::render_summary(&plan)),
-        Output::Yaml => plan::render_yaml(&plan),
-        Output::Json => plan::render_json(&plan),
-    };
-    match rendered {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
+    // One tenant is built, written and dropped at a time.
+    let plans = tenants.plans(&config);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match output {
+        Output::Summary => plan::write_summary(&mut out, plans),
+        Output::Yaml => plan::write_yaml(&mut out, plans),
+        Output::Json => plan::write_json(&mut out, plans),
+    }
+    .and_then(|()| std::io::Write::flush(&mut out));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: cannot render the plan: {e}");
+            eprintln!("error: cannot write the plan: {e}");
             ExitCode::FAILURE
         }
     }

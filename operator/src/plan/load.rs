@@ -1,5 +1,9 @@
 //! Reading tenant files: multi-document YAML (or JSON) from files and
 //! directories, with hard limits so hostile input fails fast.
+//!
+//! The limits are on bytes and on what the bytes may expand to, not on how
+//! many documents a repository holds: parser events (aliases replayed
+//! included) are bounded by the file's size, nesting by a fixed depth.
 
 use std::path::{Path, PathBuf};
 
@@ -8,9 +12,23 @@ use serde_json::Value;
 use super::Problem;
 
 /// Largest file read.
-const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
-/// Most documents across all inputs.
-const MAX_DOCUMENTS: usize = 10_000;
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Most bytes across all inputs: 1,000 companies of 10 developers are
+/// about 2 MiB.
+const MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
+/// Deepest nesting; a Company is about 6 levels deep.
+const MAX_DEPTH: usize = 64;
+/// Parser events allowed per input byte, alias replays included: plain
+/// YAML needs well under one, so only alias expansion comes near it.
+const EVENTS_PER_BYTE: usize = 1;
+/// Events allowed for any file, however small.
+const MIN_EVENTS: usize = 100_000;
+
+/// What has been read so far, against [`MAX_TOTAL_BYTES`].
+#[derive(Default)]
+pub struct Budget {
+    bytes: u64,
+}
 
 /// One YAML document of one file.
 #[derive(Clone, Debug)]
@@ -25,7 +43,7 @@ pub struct Document {
 
 /// Files named by `paths`: files as given, directories' `.yaml`, `.yml`
 /// and `.json` files (not recursive, like `kubectl apply -f`), sorted.
-fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Problem>> {
+pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Problem>> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for path in paths {
@@ -60,22 +78,25 @@ fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Problem>> {
     }
 }
 
-fn yaml_options() -> serde_saphyr::Options {
+fn yaml_options(bytes: usize) -> serde_saphyr::Options {
+    let events = bytes.saturating_mul(EVENTS_PER_BYTE).max(MIN_EVENTS);
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {
+            max_events: events,
+            max_nodes: events,
+            max_documents: events,
             max_aliases: 256,
             max_anchors: 256,
-            max_depth: 64,
-            max_documents: MAX_DOCUMENTS,
-            max_nodes: 200_000,
+            max_recorded_anchor_events: MIN_EVENTS,
+            max_depth: MAX_DEPTH,
         },
     }
 }
 
 /// Parses one file's text into documents.
 fn parse(source: &Path, text: &str) -> Result<Vec<Document>, Problem> {
-    let values: Vec<Value> = serde_saphyr::from_multiple_with_options(text, yaml_options())
-        .map_err(|e| {
+    let values: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, yaml_options(text.len())).map_err(|e| {
             Problem::file(
                 source,
                 format!("not valid YAML: {}", first_line(&e.to_string())),
@@ -96,55 +117,63 @@ fn first_line(message: &str) -> &str {
     message.lines().next().unwrap_or(message)
 }
 
-/// Reads every document of `paths`.
-pub fn load(paths: &[PathBuf]) -> Result<Vec<Document>, Vec<Problem>> {
-    let mut documents = Vec::new();
-    let mut problems = Vec::new();
-    for file in files(paths)? {
-        let size = std::fs::metadata(&file).map_or(0, |m| m.len());
-        if size > MAX_FILE_BYTES {
-            problems.push(Problem::file(
-                &file,
-                format!("file is {size} bytes; the limit is {MAX_FILE_BYTES}"),
-            ));
-            continue;
-        }
-        let bytes = match std::fs::read(&file) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                problems.push(Problem::file(&file, format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        let Ok(text) = String::from_utf8(bytes) else {
-            problems.push(Problem::file(
-                &file,
-                "not UTF-8 text: expected YAML or JSON manifests",
-            ));
-            continue;
-        };
-        if text.contains('\0') {
-            problems.push(Problem::file(
-                &file,
-                "contains NUL bytes: expected YAML or JSON manifests",
-            ));
-            continue;
-        }
-        match parse(&file, &text) {
-            Ok(docs) => documents.extend(docs),
-            Err(problem) => problems.push(problem),
-        }
-        if documents.len() > MAX_DOCUMENTS {
-            problems.push(Problem::file(
-                &file,
-                format!("more than {MAX_DOCUMENTS} documents in total"),
-            ));
-            break;
-        }
+/// Reads every document of one file.
+pub fn read(file: &Path, budget: &mut Budget) -> Result<Vec<Document>, Problem> {
+    let size = std::fs::metadata(file).map_or(0, |m| m.len());
+    if size > MAX_FILE_BYTES {
+        return Err(Problem::file(
+            file,
+            format!("file is {size} bytes; the limit is {MAX_FILE_BYTES}"),
+        ));
     }
-    if problems.is_empty() {
-        Ok(documents)
-    } else {
-        Err(problems)
+    budget.bytes += size;
+    if budget.bytes > MAX_TOTAL_BYTES {
+        return Err(Problem::file(
+            file,
+            format!(
+                "the inputs are more than {MAX_TOTAL_BYTES} bytes in total: plan them in parts"
+            ),
+        ));
+    }
+    let bytes =
+        std::fs::read(file).map_err(|e| Problem::file(file, format!("cannot read: {e}")))?;
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Err(Problem::file(
+            file,
+            "not UTF-8 text: expected YAML or JSON manifests",
+        ));
+    };
+    if text.contains('\0') {
+        return Err(Problem::file(
+            file,
+            "contains NUL bytes: expected YAML or JSON manifests",
+        ));
+    }
+    parse(file, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_bounded_by_bytes_not_counted() {
+        let text = "{kind: Developer}\n---\n".repeat(30_000);
+        let docs = parse(Path::new("many.yaml"), &text).unwrap();
+        assert_eq!(docs.len(), 30_000);
+        assert_eq!(docs[29_999].index, 30_000);
+    }
+
+    #[test]
+    fn aliases_expand_only_as_far_as_the_file_is_long() {
+        // 10 levels of 4 aliases each: 4^10 ≈ 1 million nodes from 300 bytes.
+        let text: String = std::iter::once("a0: &a0 [x, x, x, x]\n".to_owned())
+            .chain((1..10).map(|i| {
+                let p = i - 1;
+                format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}]\n")
+            }))
+            .collect();
+        let problem = parse(Path::new("bomb.yaml"), &text).unwrap_err();
+        assert!(problem.message.starts_with("not valid YAML"), "{problem}");
     }
 }

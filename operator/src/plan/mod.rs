@@ -3,6 +3,10 @@
 //! Input is validated as the API server would (schema, unknown fields, CEL)
 //! and as the operator would (a Developer needs its Company's namespace, no
 //! two Companies share a namespace); any problem means no plan at all.
+//!
+//! Validation needs every document at once (cross-references), but a plan
+//! is built and rendered one tenant at a time ([`Tenants::plans`]), so the
+//! memory a plan needs grows with the input, not with what it implies.
 
 mod load;
 mod render;
@@ -16,8 +20,10 @@ use std::{
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-pub use load::{Document, load};
-pub use render::{all_objects, render_json, render_summary, render_yaml};
+pub use load::Document;
+pub use render::{
+    all_objects, render_json, render_summary, render_yaml, write_json, write_summary, write_yaml,
+};
 
 use crate::{
     builders::{self, CompanyContext, CompanyPlan, DeveloperContext, DeveloperPlan},
@@ -54,7 +60,7 @@ impl Problem {
         }
     }
 
-    fn at(doc: &Document, path: impl Into<String>, message: impl Into<String>) -> Self {
+    fn at(doc: &Origin, path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             source: doc.source.clone(),
             document: Some(doc.index),
@@ -106,9 +112,75 @@ pub struct Plan {
     pub tenants: Vec<TenantPlan>,
 }
 
+/// Where a document came from, kept after its content is parsed.
+#[derive(Clone, Debug)]
+struct Origin {
+    source: String,
+    index: usize,
+}
+
+impl Document {
+    fn origin(&self) -> Origin {
+        Origin {
+            source: self.source.clone(),
+            index: self.index,
+        }
+    }
+}
+
 struct Located<T> {
-    doc: Document,
+    doc: Origin,
     object: T,
+}
+
+/// One validated Company with its Developers, each with its uid/gid.
+struct Tenant {
+    company: Company,
+    developers: Vec<(Developer, i64)>,
+}
+
+/// The validated tenants of the input: what a plan is built from.
+pub struct Tenants {
+    tenants: Vec<Tenant>,
+}
+
+impl Tenants {
+    /// Each tenant's plan, built when the iterator reaches it: a caller that
+    /// renders and drops each one never holds more than one tenant's objects.
+    pub fn plans<'a>(
+        &'a self,
+        config: &'a OperatorConfig,
+    ) -> impl Iterator<Item = TenantPlan> + 'a {
+        self.tenants.iter().map(move |t| {
+            let ctx = CompanyContext::new(&t.company, config, preview(t.company.status.as_ref()));
+            TenantPlan {
+                name: t.company.metadata.name.clone().unwrap_or_default(),
+                company: builders::build_company(&ctx),
+                developers: t
+                    .developers
+                    .iter()
+                    .map(|(d, id)| builders::build_developer(&DeveloperContext::new(&ctx, d, *id)))
+                    .collect(),
+            }
+        })
+    }
+
+    /// The whole plan, held at once (for tests and small inputs).
+    pub fn plan(&self, config: &OperatorConfig) -> Plan {
+        Plan {
+            tenants: self.plans(config).collect(),
+        }
+    }
+}
+
+/// Documents sorted into Companies and Developers as they are read, each
+/// validated on its own; the cross-references are checked by [`resolve`].
+struct Collected {
+    company_validator: CrdValidator,
+    developer_validator: CrdValidator,
+    companies: Vec<Located<Company>>,
+    developers: Vec<Located<Developer>>,
+    problems: Vec<Problem>,
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(internal)`
@@ -123,7 +195,7 @@ fn internal(message: String) -> Vec<Problem> {
 
 /// Validates the documents of `paths` and plans them.
 pub fn plan_paths(paths: &[PathBuf], config: &OperatorConfig) -> Result<Plan, Vec<Problem>> {
-    plan_documents(load(paths)?, config)
+    Ok(tenants_of_paths(paths, config)?.plan(config))
 }
 
 /// Validates `documents` and plans them.
@@ -131,21 +203,56 @@ pub fn plan_documents(
     documents: Vec<Document>,
     config: &OperatorConfig,
 ) -> Result<Plan, Vec<Problem>> {
-    let company_validator = CrdValidator::new(&Company::crd()).map_err(internal)?;
-    let developer_validator = CrdValidator::new(&Developer::crd()).map_err(internal)?;
-    let api_version = format!("{GROUP}/{VERSION}");
-    let mut problems = Vec::new();
-    let mut companies: Vec<Located<Company>> = Vec::new();
-    let mut developers: Vec<Located<Developer>> = Vec::new();
+    let mut collected = Collected::new()?;
+    collected.add(documents);
+    Ok(resolve(collected, config)?.plan(config))
+}
 
-    for doc in documents {
+/// Validates the documents of `paths`, one file at a time (a file's parsed
+/// documents are dropped once converted), without planning them yet.
+pub fn tenants_of_paths(
+    paths: &[PathBuf],
+    config: &OperatorConfig,
+) -> Result<Tenants, Vec<Problem>> {
+    let mut collected = Collected::new()?;
+    let mut budget = load::Budget::default();
+    for file in load::files(paths)? {
+        match load::read(&file, &mut budget) {
+            Ok(documents) => collected.add(documents),
+            Err(problem) => collected.problems.push(problem),
+        }
+    }
+    resolve(collected, config)
+}
+
+impl Collected {
+    fn new() -> Result<Self, Vec<Problem>> {
+        Ok(Self {
+            company_validator: CrdValidator::new(&Company::crd()).map_err(internal)?,
+            developer_validator: CrdValidator::new(&Developer::crd()).map_err(internal)?,
+            companies: Vec::new(),
+            developers: Vec::new(),
+            problems: Vec::new(),
+        })
+    }
+
+    /// Validates and converts `documents`, dropping their parsed content.
+    fn add(&mut self, documents: Vec<Document>) {
+        for doc in documents {
+            self.add_one(doc);
+        }
+    }
+
+    fn add_one(&mut self, doc: Document) {
+        let api_version = format!("{GROUP}/{VERSION}");
+        let origin = doc.origin();
         let Some(map) = doc.value.as_object() else {
-            problems.push(Problem::at(
-                &doc,
+            self.problems.push(Problem::at(
+                &origin,
                 "",
                 "expected a Kubernetes object (a mapping with apiVersion and kind)",
             ));
-            continue;
+            return;
         };
         let version = map
             .get("apiVersion")
@@ -153,60 +260,67 @@ pub fn plan_documents(
             .unwrap_or_default();
         let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
         let validator = match (version == api_version, kind) {
-            (true, "Company") => &company_validator,
-            (true, "Developer") => &developer_validator,
+            (true, "Company") => &self.company_validator,
+            (true, "Developer") => &self.developer_validator,
             _ if version.starts_with(&format!("{GROUP}/")) && version != api_version => {
-                problems.push(Problem::at(
-                    &doc,
+                self.problems.push(Problem::at(
+                    &origin,
                     "apiVersion",
                     format!("unsupported version {version:?}: use {api_version}"),
                 ));
-                continue;
+                return;
             }
             _ => {
-                problems.push(Problem::at(
-                    &doc,
+                self.problems.push(Problem::at(
+                    &origin,
                     "kind",
                     format!("unknown kind {kind:?} (apiVersion {version:?}): enclave plan reads {api_version} Company and Developer resources"),
                 ));
-                continue;
+                return;
             }
         };
         let found = validator.validate(&doc.value, None);
         if !found.is_empty() {
-            problems.extend(
+            self.problems.extend(
                 found
                     .into_iter()
-                    .map(|p| Problem::at(&doc, p.path, p.message)),
+                    .map(|p| Problem::at(&origin, p.path, p.message)),
             );
-            continue;
+            return;
         }
+        let is_company = kind == "Company";
         let value = crate::validation::without_nulls(&doc.value);
-        if kind == "Company" {
+        drop(doc);
+        if is_company {
             match serde_json::from_value::<Company>(value) {
-                Ok(object) => companies.push(Located { doc, object }),
-                Err(e) => problems.push(Problem::at(&doc, "", e.to_string())),
+                Ok(object) => self.companies.push(Located {
+                    doc: origin,
+                    object,
+                }),
+                Err(e) => self.problems.push(Problem::at(&origin, "", e.to_string())),
             }
         } else {
             match serde_json::from_value::<Developer>(value) {
-                Ok(object) => developers.push(Located { doc, object }),
-                Err(e) => problems.push(Problem::at(&doc, "", e.to_string())),
+                Ok(object) => self.developers.push(Located {
+                    doc: origin,
+                    object,
+                }),
+                Err(e) => self.problems.push(Problem::at(&origin, "", e.to_string())),
             }
         }
     }
+}
+
+fn resolve(collected: Collected, config: &OperatorConfig) -> Result<Tenants, Vec<Problem>> {
+    let Collected {
+        mut companies,
+        mut developers,
+        mut problems,
+        ..
+    } = collected;
     if !problems.is_empty() {
         return Err(problems);
     }
-
-    resolve(companies, developers, config)
-}
-
-fn resolve(
-    mut companies: Vec<Located<Company>>,
-    mut developers: Vec<Located<Developer>>,
-    config: &OperatorConfig,
-) -> Result<Plan, Vec<Problem>> {
-    let mut problems = Vec::new();
     companies.sort_by(|a, b| a.object.metadata.name.cmp(&b.object.metadata.name));
     developers.sort_by(|a, b| a.object.metadata.name.cmp(&b.object.metadata.name));
     for meta in companies
@@ -218,9 +332,9 @@ fn resolve(
     }
 
     // Company name and namespace are each claimed once.
-    let mut by_name: BTreeMap<String, &Document> = BTreeMap::new();
-    let mut by_namespace: BTreeMap<String, String> = BTreeMap::new();
-    for c in &companies {
+    let mut by_name: BTreeMap<String, &Origin> = BTreeMap::new();
+    let mut by_namespace: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, c) in companies.iter().enumerate() {
         let name = c.object.metadata.name.clone().unwrap_or_default();
         let names = CompanyNames::new(&name, c.object.spec.namespace.as_deref());
         if let Some(first) = by_name.get(&name) {
@@ -243,16 +357,22 @@ fn resolve(
                 format!("{ns:?} is the operator's own namespace"),
             ));
         } else if let Some(owner) = by_namespace.get(&ns) {
+            let owner = companies[*owner]
+                .object
+                .metadata
+                .name
+                .as_deref()
+                .unwrap_or_default();
             problems.push(Problem::at(&c.doc, "spec.namespace", format!("namespace {ns:?} is already claimed by Company {owner:?}: each company needs its own namespace")));
         } else {
-            by_namespace.insert(ns, name);
+            by_namespace.insert(ns, i);
         }
     }
 
     // Every Developer belongs to exactly the Company that owns its namespace.
-    let mut members: BTreeMap<String, Vec<&Located<Developer>>> = BTreeMap::new();
+    let mut members: Vec<Vec<Located<Developer>>> = companies.iter().map(|_| Vec::new()).collect();
     let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
-    for d in &developers {
+    for d in developers {
         let ns = d.object.metadata.namespace.clone().unwrap_or_default();
         let name = d.object.metadata.name.clone().unwrap_or_default();
         if !seen.insert((ns.clone(), name.clone())) {
@@ -264,7 +384,7 @@ fn resolve(
             continue;
         }
         match by_namespace.get(&ns) {
-            Some(company) => members.entry(company.clone()).or_default().push(d),
+            Some(company) => members[*company].push(d),
             None => problems.push(Problem::at(
                 &d.doc,
                 "metadata.namespace",
@@ -276,22 +396,19 @@ fn resolve(
         return Err(problems);
     }
 
-    let mut plan = Plan::default();
-    for c in &companies {
-        let name = c.object.metadata.name.clone().unwrap_or_default();
+    let mut tenants = Vec::with_capacity(companies.len());
+    for (c, devs) in companies.into_iter().zip(members) {
         let ctx = CompanyContext::new(&c.object, config, preview(c.object.status.as_ref()));
         if let Some(problem) = ctx.settings.problem() {
             problems.push(Problem::at(&c.doc, "spec.storage.deletionPolicy", problem));
             continue;
         }
-        let company_plan = builders::build_company(&ctx);
-        let devs = members.get(&name).map(Vec::as_slice).unwrap_or_default();
         // Ids recorded in status (a plan of `kubectl get -o yaml` output) are kept.
         let mut used: BTreeSet<i64> = devs
             .iter()
             .filter_map(|d| d.object.status.as_ref()?.uid)
             .collect();
-        let mut developer_plans = Vec::new();
+        let mut developers = Vec::with_capacity(devs.len());
         for d in devs {
             let recorded = d.object.status.as_ref().and_then(|s| s.uid);
             let Some(id) =
@@ -310,16 +427,16 @@ fn resolve(
                 problems.push(Problem::at(&d.doc, "spec.workspace.image", problem));
                 continue;
             }
-            developer_plans.push(builders::build_developer(&dctx));
+            developers.push((d.object, id));
         }
-        plan.tenants.push(TenantPlan {
-            name,
-            company: company_plan,
-            developers: developer_plans,
+        drop(ctx);
+        tenants.push(Tenant {
+            company: c.object,
+            developers,
         });
     }
     if problems.is_empty() {
-        Ok(plan)
+        Ok(Tenants { tenants })
     } else {
         Err(problems)
     }

@@ -1,7 +1,10 @@
 //! Renders a plan: a readable tree (`summary`), the exact Kubernetes
 //! objects (`yaml`), or everything as data (`json`).
+//!
+//! Each renderer writes one tenant at a time to an [`io::Write`], so a plan
+//! built lazily ([`super::Tenants::plans`]) is never held whole.
 
-use std::fmt::Write as _;
+use std::{borrow::Borrow, fmt::Write as _, io};
 
 use serde_json::{Value, json};
 
@@ -118,29 +121,135 @@ fn tenant(out: &mut String, t: &TenantPlan) {
     out.push('\n');
 }
 
-/// The readable tree.
-pub fn render_summary(plan: &Plan) -> String {
-    let mut out = String::new();
-    for t in &plan.tenants {
-        tenant(&mut out, t);
+/// What the summary's last line counts.
+#[derive(Default)]
+struct Totals {
+    companies: usize,
+    developers: usize,
+    objects: usize,
+    policies: usize,
+    roles: usize,
+    actions: usize,
+}
+
+impl Totals {
+    fn add(&mut self, t: &TenantPlan) {
+        self.companies += 1;
+        self.developers += t.developers.len();
+        self.objects +=
+            t.company.objects.len() + t.developers.iter().map(|d| d.objects.len()).sum::<usize>();
+        self.policies +=
+            t.company.policies.len() + t.developers.iter().map(|d| d.policies.len()).sum::<usize>();
+        self.roles +=
+            t.company.roles.len() + t.developers.iter().map(|d| d.roles.len()).sum::<usize>();
+        self.actions +=
+            t.company.actions.len() + t.developers.iter().map(|d| d.actions.len()).sum::<usize>();
     }
-    let developers: usize = plan.tenants.iter().map(|t| t.developers.len()).sum();
-    let count = |f: &dyn Fn(&TenantPlan) -> usize| plan.tenants.iter().map(f).sum::<usize>();
-    let _ = writeln!(
+}
+
+/// Writes the readable tree, tenant by tenant.
+pub fn write_summary<T: Borrow<TenantPlan>>(
+    out: &mut impl io::Write,
+    tenants: impl IntoIterator<Item = T>,
+) -> io::Result<()> {
+    let mut totals = Totals::default();
+    let mut text = String::new();
+    for t in tenants {
+        let t = t.borrow();
+        text.clear();
+        tenant(&mut text, t);
+        out.write_all(text.as_bytes())?;
+        totals.add(t);
+    }
+    writeln!(
         out,
-        "Plan: {} companies, {developers} developers, {} Kubernetes objects, {} Vault policies, {} Vault roles, {} external actions.\nDeveloper uid/gid are allocated by the operator and recorded in Developer status; names derived from a Company's uid (final snapshot, FSx request token) use a placeholder uid here.",
-        plan.tenants.len(),
-        count(&|t| t.company.objects.len()
-            + t.developers.iter().map(|d| d.objects.len()).sum::<usize>()),
-        count(&|t| t.company.policies.len()
-            + t.developers.iter().map(|d| d.policies.len()).sum::<usize>()),
-        count(
-            &|t| t.company.roles.len() + t.developers.iter().map(|d| d.roles.len()).sum::<usize>()
-        ),
-        count(&|t| t.company.actions.len()
-            + t.developers.iter().map(|d| d.actions.len()).sum::<usize>()),
-    );
-    out
+        "Plan: {} companies, {} developers, {} Kubernetes objects, {} Vault policies, {} Vault roles, {} external actions.\nDeveloper uid/gid are allocated by the operator and recorded in Developer status; names derived from a Company's uid (final snapshot, FSx request token) use a placeholder uid here.",
+        totals.companies,
+        totals.developers,
+        totals.objects,
+        totals.policies,
+        totals.roles,
+        totals.actions,
+    )
+}
+
+/// Writes every Kubernetes object, in apply order, as multi-document YAML.
+pub fn write_yaml<T: Borrow<TenantPlan>>(
+    out: &mut impl io::Write,
+    tenants: impl IntoIterator<Item = T>,
+) -> io::Result<()> {
+    let mut first = true;
+    let mut text = String::new();
+    for t in tenants {
+        for o in t.borrow().objects() {
+            text.clear();
+            if !first {
+                text.push_str("---\n");
+            }
+            first = false;
+            serde_saphyr::to_fmt_writer(&mut text, &o.to_json()).map_err(io::Error::other)?;
+            out.write_all(text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes everything as one JSON document, for tools: the same bytes as
+/// pretty-printing `{"tenants": [...]}` at once.
+pub fn write_json<T: Borrow<TenantPlan>>(
+    out: &mut impl io::Write,
+    tenants: impl IntoIterator<Item = T>,
+) -> io::Result<()> {
+    let mut first = true;
+    for t in tenants {
+        let text = serde_json::to_string_pretty(&tenant_json(t.borrow()))?;
+        out.write_all(if first {
+            b"{\n  \"tenants\": [\n"
+        } else {
+            b",\n"
+        })?;
+        first = false;
+        for (i, line) in text.lines().enumerate() {
+            if i > 0 {
+                out.write_all(b"\n")?;
+            }
+            write!(out, "    {line}")?;
+        }
+    }
+    out.write_all(if first {
+        b"{\n  \"tenants\": []\n}"
+    } else {
+        b"\n  ]\n}"
+    })
+}
+
+fn tenant_json(t: &TenantPlan) -> Value {
+    json!({
+        "company": t.name,
+        "settings": t.company.settings,
+        "objects": t.company.objects.iter().map(KubeObject::to_json).collect::<Vec<_>>(),
+        "vaultPolicies": t.company.policies,
+        "vaultRoles": t.company.roles,
+        "actions": t.company.actions,
+        "developers": t.developers.iter().map(|d| json!({
+            "settings": d.settings,
+            "objects": d.objects.iter().map(KubeObject::to_json).collect::<Vec<_>>(),
+            "vaultPolicies": d.policies,
+            "vaultRoles": d.roles,
+            "actions": d.actions,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn into_string(write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> Result<String, String> {
+    let mut out = Vec::new();
+    write(&mut out).map_err(|e| e.to_string())?;
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+/// The readable tree.
+pub fn render_summary(plan: &Plan) -> Result<String, String> {
+    into_string(|out| write_summary(out, &plan.tenants))
 }
 
 /// Every Kubernetes object, in apply order.
@@ -150,35 +259,10 @@ pub fn all_objects(plan: &Plan) -> Vec<&KubeObject> {
 
 /// The exact Kubernetes objects as multi-document YAML.
 pub fn render_yaml(plan: &Plan) -> Result<String, String> {
-    let values: Vec<Value> = all_objects(plan)
-        .into_iter()
-        .map(KubeObject::to_json)
-        .collect();
-    serde_saphyr::to_string_multiple(&values).map_err(|e| e.to_string())
+    into_string(|out| write_yaml(out, &plan.tenants))
 }
 
 /// Everything as one JSON document, for tools.
 pub fn render_json(plan: &Plan) -> Result<String, String> {
-    let tenants: Vec<Value> = plan
-        .tenants
-        .iter()
-        .map(|t| {
-            json!({
-                "company": t.name,
-                "settings": t.company.settings,
-                "objects": t.company.objects.iter().map(KubeObject::to_json).collect::<Vec<_>>(),
-                "vaultPolicies": t.company.policies,
-                "vaultRoles": t.company.roles,
-                "actions": t.company.actions,
-                "developers": t.developers.iter().map(|d| json!({
-                    "settings": d.settings,
-                    "objects": d.objects.iter().map(KubeObject::to_json).collect::<Vec<_>>(),
-                    "vaultPolicies": d.policies,
-                    "vaultRoles": d.roles,
-                    "actions": d.actions,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    serde_json::to_string_pretty(&json!({ "tenants": tenants })).map_err(|e| e.to_string())
+    into_string(|out| write_json(out, &plan.tenants))
 }

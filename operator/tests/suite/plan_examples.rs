@@ -10,7 +10,7 @@ use crate::support::{enclave, examples_plan, root};
 
 #[test]
 fn summary_snapshot() {
-    insta::assert_snapshot!(render_summary(&examples_plan()));
+    insta::assert_snapshot!(render_summary(&examples_plan()).unwrap());
 }
 
 #[test]
@@ -32,7 +32,39 @@ fn cli_prints_the_same_summary_and_exits_zero() {
     );
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        render_summary(&examples_plan())
+        render_summary(&examples_plan()).unwrap()
+    );
+}
+
+/// The CLI writes one tenant at a time; what it writes is byte for byte
+/// what rendering the whole plan at once gives.
+#[test]
+fn cli_streams_the_same_yaml_and_json() {
+    let plan = examples_plan();
+    for (output, expected) in [
+        ("yaml", render_yaml(&plan).unwrap()),
+        ("json", render_json(&plan).unwrap()),
+    ] {
+        let out = enclave()
+            .args(["plan", "--output", output, "-f"])
+            .arg(root().join("examples"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected, "{output}");
+    }
+    let whole = serde_json::to_string_pretty(
+        &serde_json::from_str::<serde_json::Value>(&render_json(&plan).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        render_json(&plan).unwrap(),
+        whole,
+        "streamed JSON is pretty JSON"
     );
 }
 
