@@ -88,6 +88,9 @@ async fn write_status<B: Backends>(
     Ok(apply_status(&api, &developer.name_any(), &status).await?)
 }
 
+/// How soon work that a watch wakes is looked at anyway.
+pub(super) const WATCHED_FALLBACK: Duration = Duration::from_mins(1);
+
 /// Whether the Company's namespace and Vault are in place, which every
 /// Developer step builds on.
 fn company_base_ready(company: &Company) -> bool {
@@ -456,12 +459,13 @@ async fn apply<B: Backends>(developer: Arc<Developer>, ctx: &Context<B>) -> Resu
     );
     write_status(ctx, &developer, &status).await?;
     vault?;
-    // Unfinished work is looked at again soon; a converged Developer at the
-    // resync interval.
+    // Unfinished work is woken by its watches (the StatefulSet, the Job,
+    // the Company); the requeue only guards against a missed event. A
+    // converged Developer is looked at again at the resync interval.
     let workspace_ready = condition_true(&status.conditions, "WorkspaceReady");
     let retry = [
         storage_retry,
-        (!workspace_ready).then_some(Duration::from_secs(10)),
+        (!workspace_ready).then_some(WATCHED_FALLBACK),
     ]
     .into_iter()
     .flatten()

@@ -21,6 +21,7 @@ mod pipeline_tests;
 mod prune;
 mod runner;
 mod storage;
+mod triggers;
 
 pub use developer::FINALIZER as DEVELOPER_FINALIZER;
 

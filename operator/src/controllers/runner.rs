@@ -8,14 +8,14 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Namespace};
+use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Namespace};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
         Controller,
         controller::{self, Action},
-        reflector::ObjectRef,
-        watcher,
+        reflector::{self, ObjectRef, reflector},
+        watcher::{self, watcher},
     },
 };
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::{
     Backends, Context, Error, audit::Audit, aws_config, company, connect_vault, databases,
-    developer, error_policy, http, reset_failures,
+    developer, error_policy, http, reset_failures, triggers,
 };
 use crate::{
     backends::{storage::FsxFileSystems, vault::VaultClientBackend},
@@ -117,27 +117,28 @@ async fn company_controller(client: Client, config: controller::Config, ctx: Arc
         Api::<Company>::all(client.clone()),
         watcher::Config::default(),
     );
-    // A Developer added or removed changes its Company's developer count.
+    // A Developer added, going or gone changes its Company (its count, its
+    // cleanup); its spec and status patches do not, and are not passed on.
     let known_companies = controller.store();
     let settled = Arc::clone(&ctx);
+    let developers = triggers::membership_changes(watcher::watcher(
+        Api::<triggers::DeveloperMeta>::all(client.clone()),
+        watcher::Config::default(),
+    ));
     controller
         .with_config(config)
-        .watches(
-            Api::<Developer>::all(client.clone()),
-            watcher::Config::default(),
-            move |developer| {
-                let namespace = developer.namespace().unwrap_or_default();
-                known_companies
-                    .state()
-                    .iter()
-                    .filter(|c| {
-                        CompanyNames::new(&c.name_any(), c.spec.namespace.as_deref()).namespace()
-                            == namespace
-                    })
-                    .map(|c| ObjectRef::from_obj(c.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(developers, move |developer| {
+            let namespace = developer.namespace().unwrap_or_default();
+            known_companies
+                .state()
+                .iter()
+                .filter(|c| {
+                    CompanyNames::new(&c.name_any(), c.spec.namespace.as_deref()).namespace()
+                        == namespace
+                })
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
         // Namespaces carry no owner reference (deleting a Company must never
         // cascade into a tenant's data), so they are mapped by label.
         .watches(
@@ -165,31 +166,44 @@ async fn developer_controller(client: Client, config: controller::Config, ctx: A
         Api::<Developer>::all(client.clone()),
         watcher::Config::default(),
     );
-    // A Company's change (its namespace or storage becoming ready, its
-    // spec) reaches its Developers at once instead of at their next poll.
+    // A Company's change that its Developers build on (its namespace or
+    // storage becoming ready, its spec) reaches them at once; its other
+    // status patches do not.
     let known = controller.store();
     let settled = Arc::clone(&ctx);
-    controller
-        .with_config(config)
-        .watches(
+    let (companies, writer) = reflector::store();
+    let company_events = triggers::company_changes(reflector(
+        writer,
+        watcher(
             Api::<Company>::all(client.clone()),
             watcher::Config::default(),
-            move |company| {
-                let namespace =
-                    CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref())
-                        .namespace()
-                        .to_owned();
-                known
-                    .state()
-                    .iter()
-                    .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()))
-                    .map(|d| ObjectRef::from_obj(d.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        ),
+    ));
+    let operator_namespace = ctx.config.operator_namespace.clone();
+    controller
+        .with_config(config)
+        .watches_stream(company_events, move |company| {
+            let namespace =
+                CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref())
+                    .namespace()
+                    .to_owned();
+            known
+                .state()
+                .iter()
+                .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()))
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .owns(
-            Api::<StatefulSet>::all(client),
+            Api::<StatefulSet>::all(client.clone()),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
+        )
+        // Storage Jobs run in the operator's namespace: no owner reference
+        // can cross to a Developer, so they are mapped by their labels.
+        .watches(
+            Api::<Job>::namespaced(client, &operator_namespace),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
+            move |job| triggers::developer_of_job(job.labels(), &companies),
         )
         .shutdown_on_signal()
         .run(reconcile_developer, error_policy, ctx)

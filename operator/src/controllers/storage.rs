@@ -324,7 +324,7 @@ pub async fn ensure_developer<B: Backends>(
             "waiting for the company's file system",
             generation,
         );
-        return Ok(Some(Duration::from_secs(5)));
+        return Ok(Some(super::developer::WATCHED_FALLBACK));
     }
     let volume_name = volume.as_ref().map(kube::ResourceExt::name_any);
     if let Some(volume) = volume {
@@ -376,7 +376,7 @@ async fn prepare_directory<B: Backends>(
                 ctx.config.operator_namespace,
                 job.name_any()
             ),
-            Some(Duration::from_secs(3)),
+            Some(super::developer::WATCHED_FALLBACK),
         ),
         JobOutcome::Failed(why) => (
             Some(false),

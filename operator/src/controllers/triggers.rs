@@ -1,0 +1,260 @@
+//! Which watch events wake which reconcile: only the ones that can change
+//! its outcome, so that a busy tenant does not make its Company reconcile
+//! once per Developer status patch.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use kube::{
+    ResourceExt,
+    api::{ObjectMeta, PartialObjectMeta, PartialObjectMetaExt},
+    runtime::watcher,
+};
+
+use crate::{
+    crd::{Company, Developer},
+    names::{LABEL_COMPANY, LABEL_DEVELOPER},
+};
+
+/// A Developer as its Company sees it: metadata only.
+pub type DeveloperMeta = PartialObjectMeta<Developer>;
+
+/// Tracks Developers by namespace and name, and passes on only the events
+/// that change a Company's view of them: one appearing (or re-created under
+/// the same name), starting to be deleted, or gone. Spec and status patches
+/// of a Developer that stays are dropped.
+#[derive(Debug, Default)]
+pub struct Membership {
+    /// uid and whether it is being deleted, by namespace and name.
+    members: HashMap<(String, String), (String, bool)>,
+    /// Keys seen since a relist began (`None`: not relisting).
+    relisted: Option<HashSet<(String, String)>>,
+}
+
+impl Membership {
+    /// The Developers whose change `event` is (none for a mere patch). A
+    /// relist ends with those that vanished while the watch was down, as
+    /// metadata holding only their namespace and name.
+    pub fn on(&mut self, event: watcher::Event<DeveloperMeta>) -> Vec<DeveloperMeta> {
+        match event {
+            watcher::Event::Init => {
+                self.relisted = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(developer) | watcher::Event::Apply(developer) => {
+                let key = (
+                    developer.namespace().unwrap_or_default(),
+                    developer.name_any(),
+                );
+                if let Some(seen) = &mut self.relisted {
+                    seen.insert(key.clone());
+                }
+                let now = (
+                    developer.uid().unwrap_or_default(),
+                    developer.metadata.deletion_timestamp.is_some(),
+                );
+                if self.members.insert(key, now.clone()) == Some(now) {
+                    Vec::new()
+                } else {
+                    vec![developer]
+                }
+            }
+            watcher::Event::Delete(developer) => {
+                self.members.remove(&(
+                    developer.namespace().unwrap_or_default(),
+                    developer.name_any(),
+                ));
+                vec![developer]
+            }
+            watcher::Event::InitDone => {
+                let seen = self.relisted.take().unwrap_or_default();
+                let gone: Vec<(String, String)> = self
+                    .members
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                gone.into_iter()
+                    .map(|key| {
+                        self.members.remove(&key);
+                        let (namespace, name) = key;
+                        ObjectMeta {
+                            name: Some(name),
+                            namespace: Some(namespace),
+                            ..ObjectMeta::default()
+                        }
+                        .into_response_partial()
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// A hash of what a Company's Developers build on: its spec, whether it is
+/// going, the conditions they wait for and the facts they mount. Its other
+/// status changes (a database poll, a count) do not wake them.
+pub fn company_view(company: &Company) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    company.uid().hash(&mut hasher);
+    company.metadata.generation.hash(&mut hasher);
+    company
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut hasher);
+    if let Some(status) = &company.status {
+        for c in &status.conditions {
+            if ["NamespaceReady", "VaultReady", "StorageReady"].contains(&c.type_.as_str()) {
+                (&c.type_, &c.status).hash(&mut hasher);
+            }
+        }
+        serde_json::to_string(&status.storage)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        serde_json::to_string(&status.database)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Passes on the Companies of `events` whose [`company_view`] changed, and
+/// the deleted ones.
+pub fn company_changes(
+    events: impl Stream<Item = Result<watcher::Event<Company>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Company, watcher::Error>> + Send + 'static {
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    events
+        .map_ok(move |event| {
+            let changed: Vec<Company> = match event {
+                watcher::Event::InitApply(c) | watcher::Event::Apply(c) => {
+                    let view = company_view(&c);
+                    (seen.insert(c.name_any(), view) != Some(view))
+                        .then_some(c)
+                        .into_iter()
+                        .collect()
+                }
+                watcher::Event::Delete(c) => {
+                    seen.remove(&c.name_any());
+                    vec![c]
+                }
+                watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
+            };
+            stream::iter(changed.into_iter().map(Ok))
+        })
+        .try_flatten()
+        .boxed()
+}
+
+/// The Developer a storage Job (in the operator's namespace) works for,
+/// found through its labels and its Company's namespace.
+pub fn developer_of_job(
+    labels: &std::collections::BTreeMap<String, String>,
+    companies: &kube::runtime::reflector::Store<Company>,
+) -> Option<kube::runtime::reflector::ObjectRef<Developer>> {
+    let company = companies.get(&kube::runtime::reflector::ObjectRef::new(
+        labels.get(LABEL_COMPANY)?,
+    ))?;
+    let namespace =
+        crate::names::CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref())
+            .namespace()
+            .to_owned();
+    Some(kube::runtime::reflector::ObjectRef::new(labels.get(LABEL_DEVELOPER)?).within(&namespace))
+}
+
+/// The Developers of `events` whose change matters to their Company.
+pub fn membership_changes(
+    events: impl Stream<Item = Result<watcher::Event<DeveloperMeta>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<DeveloperMeta, watcher::Error>> + Send + 'static {
+    let mut membership = Membership::default();
+    events
+        .map_ok(move |event| stream::iter(membership.on(event).into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str, uid: &str, deleting: bool, version: &str) -> DeveloperMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("company-a".into()),
+            uid: Some(uid.into()),
+            resource_version: Some(version.into()),
+            deletion_timestamp: deleting.then(|| {
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                )
+            }),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial()
+    }
+
+    fn names(found: &[DeveloperMeta]) -> Vec<String> {
+        found.iter().map(ResourceExt::name_any).collect()
+    }
+
+    #[test]
+    fn only_arrival_deletion_and_departure_reach_the_company() {
+        let mut m = Membership::default();
+        assert_eq!(
+            names(&m.on(watcher::Event::Apply(meta("alice", "u1", false, "1")))),
+            ["alice"]
+        );
+        // Status and spec patches: a new resourceVersion, nothing else.
+        for version in ["2", "3", "4"] {
+            assert!(
+                m.on(watcher::Event::Apply(meta("alice", "u1", false, version)))
+                    .is_empty()
+            );
+        }
+        assert_eq!(
+            names(&m.on(watcher::Event::Apply(meta("alice", "u1", true, "5")))),
+            ["alice"]
+        );
+        assert!(
+            m.on(watcher::Event::Apply(meta("alice", "u1", true, "6")))
+                .is_empty()
+        );
+        assert_eq!(
+            names(&m.on(watcher::Event::Delete(meta("alice", "u1", true, "7")))),
+            ["alice"]
+        );
+        // Re-created under the same name: a new uid.
+        assert_eq!(
+            names(&m.on(watcher::Event::Apply(meta("alice", "u2", false, "8")))),
+            ["alice"]
+        );
+    }
+
+    #[test]
+    fn a_relist_reports_who_vanished_while_the_watch_was_down() {
+        let mut m = Membership::default();
+        for (name, uid) in [("alice", "u1"), ("bob", "u2")] {
+            m.on(watcher::Event::Apply(meta(name, uid, false, "1")));
+        }
+        assert!(m.on(watcher::Event::Init).is_empty());
+        assert!(
+            m.on(watcher::Event::InitApply(meta("alice", "u1", false, "9")))
+                .is_empty()
+        );
+        assert_eq!(
+            names(&m.on(watcher::Event::InitApply(meta("carol", "u3", false, "9")))),
+            ["carol"]
+        );
+        let gone = m.on(watcher::Event::InitDone);
+        assert_eq!(names(&gone), ["bob"]);
+        assert_eq!(gone[0].namespace().as_deref(), Some("company-a"));
+        // Gone for good: a later relist does not report bob again.
+        m.on(watcher::Event::Init);
+        assert!(
+            m.on(watcher::Event::InitDone).len() == 2,
+            "alice and carol were not relisted"
+        );
+    }
+}
