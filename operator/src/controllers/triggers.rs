@@ -185,11 +185,11 @@ mod tests {
             namespace: Some("company-a".into()),
             uid: Some(uid.into()),
             resource_version: Some(version.into()),
-            deletion_timestamp: deleting.then(|| {
+            deletion_timestamp: deleting.then_some(
                 k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                     k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-                )
-            }),
+                ),
+            ),
             ..ObjectMeta::default()
         }
         .into_response_partial()
