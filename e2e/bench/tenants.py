@@ -28,7 +28,7 @@ spec:
     deletionPolicy: Delete
   storage:
     volume:
-      storageClassName: standard
+      storageClassName: gp3
       size: 1Gi
     deletionPolicy: Delete
   secrets:

@@ -194,6 +194,11 @@ impl Harness {
         self.operator = Some(self.spawn_operator("replica-a", self.http_port));
     }
 
+    /// The running operator's process id.
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.operator.as_ref().map(|o| o.0.id())
+    }
+
     /// Kills the operator process (SIGKILL: no cleanup of any kind).
     pub fn kill_operator(&mut self) {
         self.operator = None;
@@ -232,7 +237,12 @@ impl Harness {
             .join(format!("operator-{identity}.kubeconfig"));
         self.control_plane
             .write_kubeconfig(&kubeconfig, &url, &self.operator_token);
-        let child = enclave()
+        // The benchmark runs a release build (`e2e/bench.sh`).
+        let mut command = match std::env::var_os("ENCLAVE_TEST_OPERATOR_BIN") {
+            Some(bin) => std::process::Command::new(bin),
+            None => enclave(),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(config)

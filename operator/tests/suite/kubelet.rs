@@ -38,6 +38,9 @@ pub struct Kubelet {
     /// The pods' git host: `https://git.example.com/<path>` resolves to
     /// the bare repository `<git_host>/<path>`.
     pub git_host: PathBuf,
+    /// When set, workspace pods are reported running without their init
+    /// step (the benchmark measures the control plane, not the pods).
+    pub skip_init: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The outcome of one workspace pod's init step.
@@ -152,17 +155,20 @@ pub fn start(client: Client, node: &str) -> Kubelet {
         ),
     )
     .unwrap();
+    let skip_init = std::sync::Arc::<std::sync::atomic::AtomicBool>::default();
     let task = tokio::spawn(run(
         client,
         node.to_owned(),
         file_systems.clone(),
         workspaces.clone(),
+        skip_init.clone(),
     ));
     Kubelet {
         task,
         file_systems,
         workspaces,
         git_host,
+        skip_init,
     }
 }
 
@@ -186,7 +192,13 @@ fn owner_name(pod: &Pod) -> String {
         .unwrap_or_default()
 }
 
-async fn run(client: Client, node: String, file_systems: PathBuf, workspaces: Workspaces) {
+async fn run(
+    client: Client,
+    node: String,
+    file_systems: PathBuf,
+    workspaces: Workspaces,
+    skip_init: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let pods: Api<Pod> = Api::all(client.clone());
     let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
     // Pods already started (by uid), and when a failed init step may retry.
@@ -223,6 +235,11 @@ async fn run(client: Client, node: String, file_systems: PathBuf, workspaces: Wo
                     Some("Job") => {
                         let (ok, output) = execute(&pod, &file_systems);
                         terminated(ok, &output)
+                    }
+                    Some("StatefulSet" | "ReplicaSet")
+                        if skip_init.load(std::sync::atomic::Ordering::Relaxed) =>
+                    {
+                        running()
                     }
                     // Workspaces, and company controllers (a Deployment's).
                     Some("StatefulSet" | "ReplicaSet") => {

@@ -4,6 +4,7 @@
 
 mod aws_proxy;
 mod bad_input;
+mod bench;
 mod chart;
 mod checkov;
 mod control_plane;

@@ -1,0 +1,732 @@
+//! The scale benchmark. `e2e/bench.sh COMPANIES DEVELOPERS` runs this test
+//! with a release operator at that size; the suite runs it at 2 × 3 as a
+//! smoke check. On the real control plane with OpenBao and PostgreSQL it
+//! measures a baseline (a bare client server-side-applying exactly the
+//! objects `enclave plan` says the tenants imply), then the operator
+//! converging the same tenants from nothing, one resync of the unchanged
+//! tenants, and the deletion of all of them, and prints one table.
+//!
+//! It asserts behaviour (everything converges, a resync writes nothing,
+//! deletion leaves nothing behind), never a time: the numbers are printed.
+//! Workspace pods are reported running without their init step in both
+//! runs (the kubelet stand-in's `skip_init`): the benchmark measures the
+//! control plane and the operator, not the pods.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use enclave::{
+    config::OperatorConfig,
+    crd::{Company, Developer},
+};
+use futures::{StreamExt, stream};
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Namespace};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    },
+};
+use serde_json::Value;
+
+use crate::harness::{self, Harness};
+
+/// Companies × Developers when `ENCLAVE_BENCH_SIZE` (`CxD`) is not set.
+const SMOKE_SIZE: (usize, usize) = (2, 3);
+/// Concurrent tenants the baseline client applies (the operator's
+/// default `maxConcurrentReconciles`).
+const BASELINE_CONCURRENCY: usize = 8;
+
+fn size() -> (usize, usize) {
+    std::env::var("ENCLAVE_BENCH_SIZE")
+        .ok()
+        .and_then(|s| {
+            let (c, d) = s.split_once('x')?;
+            Some((c.parse().ok()?, d.parse().ok()?))
+        })
+        .unwrap_or(SMOKE_SIZE)
+}
+
+/// How long any phase may take before the benchmark gives up.
+fn patience(objects: usize) -> Duration {
+    Duration::from_secs(120 + objects as u64)
+}
+
+/// The benchmark's tenants, written by `e2e/bench/tenants.py` (one file
+/// per company), all named `<prefix>NNNNN`.
+fn write_tenants(dir: &Path, prefix: &str, (companies, developers): (usize, usize)) {
+    let status = std::process::Command::new("python3")
+        .arg(crate::support::root().join("e2e/bench/tenants.py"))
+        .args([companies.to_string(), developers.to_string()])
+        .arg(dir)
+        .args(["--prefix", prefix])
+        .status()
+        .unwrap();
+    assert!(status.success(), "tenants.py failed");
+}
+
+fn documents(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            serde_saphyr::from_multiple::<Value>(&std::fs::read_to_string(f).unwrap()).unwrap()
+        })
+        .collect()
+}
+
+/// What the operator process uses, read from `/proc`.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Everything counted at one moment.
+#[derive(Clone, Debug, Default)]
+struct Counters {
+    /// The operator's API requests by `"<verb> <resource>"` (its proxy).
+    api: BTreeMap<String, u64>,
+    /// OpenBao requests naming one of the benchmark's tenants.
+    vault: u64,
+    /// AWS calls (its proxy).
+    aws: usize,
+    /// Finished reconciles by kind (`/metrics`).
+    reconciles: BTreeMap<String, f64>,
+    /// Operator CPU seconds.
+    cpu: f64,
+}
+
+impl Counters {
+    fn reconciles_total(&self) -> f64 {
+        self.reconciles.values().sum()
+    }
+}
+
+async fn counters(h: &Harness, prefix: &str) -> Counters {
+    let audit = std::fs::read_to_string(crate::support::service(
+        "ENCLAVE_TEST_VAULT_AUDIT_LOG",
+        "OpenBao's audit log",
+    ))
+    .unwrap_or_default();
+    let vault = audit
+        .lines()
+        .filter(|l| l.contains("\"type\":\"request\"") && l.contains(prefix))
+        .count() as u64;
+    let mut reconciles = BTreeMap::new();
+    if let Some((_, metrics)) = h.http_get("/metrics") {
+        for line in metrics.lines() {
+            let Some(rest) = line.strip_prefix("enclave_reconciles_total{") else {
+                continue;
+            };
+            let kind = if rest.contains("kind=\"Company\"") {
+                "Company"
+            } else {
+                "Developer"
+            };
+            let n: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *reconciles.entry(kind.to_owned()).or_default() += n;
+        }
+    }
+    Counters {
+        api: h.kube_proxy.counts(),
+        vault,
+        aws: h.aws.seen().len(),
+        reconciles,
+        cpu: h.operator_pid().map_or(0.0, cpu_seconds),
+    }
+}
+
+/// What happened between two [`Counters`].
+#[derive(Debug, Default)]
+struct Delta {
+    reads: u64,
+    gets: u64,
+    writes: u64,
+    vault: u64,
+    aws: usize,
+    company_reconciles: f64,
+    developer_reconciles: f64,
+    cpu: f64,
+}
+
+fn delta(before: &Counters, after: &Counters) -> Delta {
+    let mut d = Delta::default();
+    for (key, n) in &after.api {
+        let n = n - before.api.get(key).copied().unwrap_or(0);
+        let (verb, resource) = key.split_once(' ').unwrap_or_default();
+        // Leader election renews its Lease whatever the tenants do.
+        if resource == "leases" {
+            continue;
+        }
+        match verb {
+            "get" => {
+                d.gets += n;
+                d.reads += n;
+            }
+            "list" => d.reads += n,
+            "create" | "update" | "patch" | "delete" | "deletecollection" => d.writes += n,
+            _ => {}
+        }
+    }
+    let kind = |c: &Counters, k: &str| c.reconciles.get(k).copied().unwrap_or(0.0);
+    d.vault = after.vault - before.vault;
+    d.aws = after.aws - before.aws;
+    d.company_reconciles = kind(after, "Company") - kind(before, "Company");
+    d.developer_reconciles = kind(after, "Developer") - kind(before, "Developer");
+    d.cpu = after.cpu - before.cpu;
+    d
+}
+
+/// Polls until `done` (every 250 ms), up to `limit`.
+async fn until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done().await {
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    start.elapsed()
+}
+
+async fn count_namespaces(client: &Client, prefix: &str) -> usize {
+    Api::<Namespace>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|n| n.name_any().starts_with(&format!("company-{prefix}")))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// StatefulSets of the tenants: (existing, ready).
+async fn count_workspaces(client: &Client, prefix: &str) -> (usize, usize) {
+    let sets = Api::<StatefulSet>::all(client.clone())
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=enclave"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let ours: Vec<&StatefulSet> = sets
+        .iter()
+        .filter(|s| {
+            s.namespace()
+                .is_some_and(|n| n.starts_with(&format!("company-{prefix}")))
+        })
+        .collect();
+    let ready = ours
+        .iter()
+        .filter(|s| s.status.as_ref().and_then(|st| st.ready_replicas) == Some(1))
+        .count();
+    (ours.len(), ready)
+}
+
+/// Times of one convergence, from its start.
+#[derive(Debug, Default)]
+struct Convergence {
+    namespaces: Duration,
+    workspaces: Duration,
+    ready: Duration,
+}
+
+/// Waits until the tenants' namespaces, StatefulSets and ready workspaces
+/// are all there (and, when `resources` is set, every Company and Developer
+/// says Ready).
+async fn converge(
+    client: &Client,
+    prefix: &str,
+    (companies, developers): (usize, usize),
+    started: Instant,
+    resources: bool,
+) -> Convergence {
+    let limit = patience(companies * (developers + 1));
+    let mut times = Convergence::default();
+    until("all namespaces", limit, async || {
+        count_namespaces(client, prefix).await == companies
+    })
+    .await;
+    times.namespaces = started.elapsed();
+    until("all StatefulSets", limit, async || {
+        count_workspaces(client, prefix).await.0 == companies * developers
+    })
+    .await;
+    times.workspaces = started.elapsed();
+    until("all workspaces ready", limit, async || {
+        count_workspaces(client, prefix).await.1 == companies * developers
+    })
+    .await;
+    if resources {
+        until("every Company and Developer Ready", limit, async || {
+            ready_resources(client, prefix).await == companies * (developers + 1)
+        })
+        .await;
+    }
+    times.ready = started.elapsed();
+    times
+}
+
+fn is_ready(
+    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> bool {
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn ready_resources(client: &Client, prefix: &str) -> usize {
+    let companies = Api::<Company>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let developers = Api::<Developer>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    companies
+        .iter()
+        .filter(|c| c.name_any().starts_with(prefix))
+        .filter(|c| is_ready(c.status.as_ref().map(|s| &s.conditions)))
+        .count()
+        + developers
+            .iter()
+            .filter(|d| {
+                d.namespace()
+                    .is_some_and(|n| n.starts_with(&format!("company-{prefix}")))
+            })
+            .filter(|d| is_ready(d.status.as_ref().map(|s| &s.conditions)))
+            .count()
+}
+
+/// Server-side-applies `value` as `manager`.
+async fn apply(client: &Client, value: &Value, manager: &str) -> Result<(), kube::Error> {
+    let mut object: DynamicObject = serde_json::from_value(value.clone()).unwrap();
+    // The baseline has no owners: the plan's placeholder uids would make
+    // the garbage collector delete what it applies.
+    object.metadata.owner_references = None;
+    let types = object.types.clone().unwrap();
+    let (group, version) = types
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", types.api_version.as_str()));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+    let api: Api<DynamicObject> = match object.namespace() {
+        Some(ns) => Api::namespaced_with(client.clone(), &ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        &object.name_any(),
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The baseline: the admin client applies every planned object, tenants
+/// in parallel, each tenant's objects in plan order.
+async fn baseline(
+    h: &Harness,
+    dir: &Path,
+    prefix: &str,
+    size: (usize, usize),
+) -> (Convergence, Duration) {
+    let config = OperatorConfig::load(&h.vault.config).unwrap();
+    let plan = enclave::plan::plan_paths(&[dir.to_path_buf()], &config).unwrap();
+    let started = Instant::now();
+    let client = h.client.clone();
+    let applying = tokio::spawn(async move {
+        stream::iter(plan.tenants)
+            .for_each_concurrent(BASELINE_CONCURRENCY, |tenant| {
+                let client = client.clone();
+                async move {
+                    for object in tenant.objects() {
+                        apply(&client, &object.to_json(), "enclave-bench-baseline")
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+            .await;
+    });
+    let times = converge(&h.client, prefix, size, started, false).await;
+    applying.await.unwrap();
+    // Gone again before the operator starts: the namespace controller
+    // removes what is in them.
+    let namespaces: Api<Namespace> = Api::all(h.client.clone());
+    for c in 0..size.0 {
+        let _ = namespaces
+            .delete(&format!("company-{prefix}{c:05}"), &DeleteParams::default())
+            .await;
+    }
+    let gone = until(
+        "baseline namespaces gone",
+        patience(size.0 * (size.1 + 1)),
+        async || count_namespaces(&h.client, prefix).await == 0,
+    )
+    .await;
+    (times, gone)
+}
+
+/// Applies the Companies, then each Developer once its namespace exists
+/// (as a GitOps tool retries), tenants in parallel.
+async fn apply_tenants(client: Client, documents: Vec<Value>) {
+    let mut by_company: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for doc in documents {
+        let namespace = doc["metadata"]["namespace"].as_str().map_or_else(
+            || format!("company-{}", doc["metadata"]["name"].as_str().unwrap()),
+            str::to_owned,
+        );
+        by_company.entry(namespace).or_default().push(doc);
+    }
+    stream::iter(by_company.into_values())
+        .for_each_concurrent(BASELINE_CONCURRENCY, |docs| {
+            let client = client.clone();
+            async move {
+                for doc in docs {
+                    while let Err(e) = apply(&client, &doc, "enclave-bench-tenants").await {
+                        assert!(
+                            matches!(&e, kube::Error::Api(s) if s.code == 404),
+                            "applying {}: {e}",
+                            doc["metadata"]["name"]
+                        );
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+/// What the tenants left behind: namespaces, Vault policies and roles,
+/// databases and roles in PostgreSQL.
+async fn leftovers(h: &Harness, prefix: &str) -> BTreeMap<&'static str, usize> {
+    let policies = vaultrs::sys::policy::list(&h.vault.root)
+        .await
+        .map(|l| l.policies)
+        .unwrap_or_default();
+    let roles = vaultrs::auth::kubernetes::role::list(&h.vault.root, &h.vault.mount)
+        .await
+        .map(|l| l.keys)
+        .unwrap_or_default();
+    let secrets = vaultrs::kv2::list(&h.vault.root, "secret", "companies")
+        .await
+        .unwrap_or_default();
+    let pg = crate::support::service("ENCLAVE_TEST_POSTGRES", "a PostgreSQL server");
+    let (db, connection) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let like = format!("%{}%", prefix.replace('-', "_"));
+    let databases: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE $1",
+            &[&like],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let pg_roles: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1",
+            &[&like],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let ours = |names: &[String]| names.iter().filter(|n| n.contains(prefix)).count();
+    BTreeMap::from([
+        ("namespaces", count_namespaces(&h.client, prefix).await),
+        ("Vault policies", ours(&policies)),
+        ("Vault roles", ours(&roles)),
+        ("Vault secret paths", ours(&secrets)),
+        ("databases", usize::try_from(databases).unwrap()),
+        ("database roles", usize::try_from(pg_roles).unwrap()),
+    ])
+}
+
+/// Samples the operator's RSS every 200 ms; the peak since the last reset.
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let seen = Arc::clone(&peak);
+        let task = tokio::spawn(async move {
+            loop {
+                seen.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { peak, task }
+    }
+
+    fn take_peak(&self) -> u64 {
+        self.peak.swap(0, Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until no reconcile finished for 3 s.
+async fn quiet(h: &Harness, prefix: &str, limit: Duration) -> Counters {
+    let mut last = counters(h, prefix).await;
+    let mut since = Instant::now();
+    let start = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = counters(h, prefix).await;
+        if (now.reconciles_total() - last.reconciles_total()).abs() > f64::EPSILON {
+            since = Instant::now();
+            last = now;
+        } else if since.elapsed() >= Duration::from_secs(3) {
+            return now;
+        }
+        assert!(start.elapsed() < limit, "reconciles never settled");
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_converge_resync_and_go_at_scale() {
+    let size @ (companies, developers) = size();
+    let objects = companies * (developers + 1);
+    let mut h = harness::setup().await;
+    h.kill_operator();
+    h.kubelet.skip_init.store(true, Ordering::Relaxed);
+    let resync: u64 = std::env::var("ENCLAVE_BENCH_RESYNC")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let text = std::fs::read_to_string(&h.vault.config).unwrap();
+    let mut config: Value = serde_saphyr::from_str(&text).unwrap();
+    config["controller"]["resyncSeconds"] = resync.into();
+    std::fs::write(&h.vault.config, serde_saphyr::to_string(&config).unwrap()).unwrap();
+
+    let prefix = crate::support::unique("b");
+    let dir = std::env::temp_dir().join(format!("enclave-bench-{prefix}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_tenants(&dir, &prefix, size);
+
+    // 1. The baseline.
+    let (base, base_gone) = baseline(&h, &dir, &prefix, size).await;
+
+    // 2. The operator converges the same tenants from nothing.
+    h.start_operator();
+    let pid = h.operator_pid().unwrap();
+    until("the operator ready", Duration::from_secs(60), async || {
+        h.http_get("/readyz").is_some_and(|(code, _)| code == 200)
+    })
+    .await;
+    let rss = RssSampler::start(pid);
+    let before = counters(&h, &prefix).await;
+    let started = Instant::now();
+    let applying = tokio::spawn(apply_tenants(h.client.clone(), documents(&dir)));
+    let run = converge(&h.client, &prefix, size, started, true).await;
+    applying.await.unwrap();
+    let converged = quiet(&h, &prefix, patience(objects)).await;
+    let convergence = delta(&before, &converged);
+    let peak_converging = rss.take_peak();
+    let steady = rss_kib(pid);
+
+    // 3. One resync of the unchanged tenants: every object reconciled once
+    // more (at the resync interval), nothing written.
+    let resync_started = Instant::now();
+    until(
+        "one resync of every object",
+        Duration::from_secs(resync * 3) + patience(objects),
+        async || {
+            counters(&h, &prefix).await.reconciles_total()
+                >= converged.reconciles_total() + objects as f64
+        },
+    )
+    .await;
+    let resynced = quiet(&h, &prefix, patience(objects)).await;
+    let resync_took = resync_started.elapsed();
+    let resync_delta = delta(&converged, &resynced);
+    let peak_resync = rss.take_peak();
+
+    // 4. Deletion of every Company (each deletes its Developers first).
+    let deleting = Instant::now();
+    let all: Api<Company> = Api::all(h.client.clone());
+    for c in 0..companies {
+        all.delete(&format!("{prefix}{c:05}"), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    until("every Company gone", patience(objects) * 2, async || {
+        all.list_metadata(&ListParams::default())
+            .await
+            .is_ok_and(|l| !l.items.iter().any(|c| c.name_any().starts_with(&prefix)))
+    })
+    .await;
+    until("every namespace gone", patience(objects), async || {
+        count_namespaces(&h.client, &prefix).await == 0
+    })
+    .await;
+    let deletion_took = deleting.elapsed();
+    let deleted = counters(&h, &prefix).await;
+    let deletion = delta(&resynced, &deleted);
+    let left = leftovers(&h, &prefix).await;
+
+    let per = |n: f64, of: usize| n / of.max(1) as f64;
+    let tenants = objects;
+    println!(
+        "\nEnclave scale benchmark: {companies} companies x {developers} developers ({tenants} tenants), resync {resync} s\n\
+         {:<44} {:>14} {:>14}\n\
+         {:<44} {:>14} {:>14}\n\
+         {:<44} {:>14} {:>14}\n\
+         {:<44} {:>14} {:>14}\n\
+         {:<44} {:>14.2}\n\
+         {:<44} {:>14}\n\
+         operator (release: {})\n\
+         {:<44} {:>11} MiB\n\
+         {:<44} {:>11} MiB\n\
+         {:<44} {:>11.2} ms\n\
+         {:<44} {:>14} {:>14} {:>14}\n\
+         {:<44} {:>14.1} {:>14.1} {:>14.1}\n\
+         {:<44} {:>14.1} {:>14.1} {:>14.1}\n\
+         {:<44} {:>14} {:>14} {:>14}\n\
+         {:<44} {:>14.2} {:>14.2} {:>14.2}\n\
+         {:<44} {:>14.2} {:>14.2} {:>14.2}\n\
+         {:<44} {:>14.2} {:>14.2} {:>14.2}\n\
+         {:<44} {:>14.2} {:>14.2} {:>14.2}\n\
+         {:<44} {:>14.2} {:>14.2} {:>14.2}\n\
+         {:<44} {:>14} {:>14} {:>14}\n\
+         left behind: {left:?}\n",
+        "",
+        "baseline",
+        "operator",
+        "time to all namespaces",
+        secs(base.namespaces),
+        secs(run.namespaces),
+        "time to all StatefulSets",
+        secs(base.workspaces),
+        secs(run.workspaces),
+        "time to all Ready",
+        secs(base.ready),
+        secs(run.ready),
+        "baseline / operator time (all Ready)",
+        base.ready.as_secs_f64() / run.ready.as_secs_f64(),
+        "baseline namespaces deleted in",
+        secs(base_gone),
+        std::env::var("ENCLAVE_TEST_OPERATOR_BIN").is_ok(),
+        "operator peak RSS (converging / resync)",
+        format!("{} / {}", peak_converging / 1024, peak_resync / 1024),
+        "operator RSS steady (after convergence)",
+        steady / 1024,
+        "operator CPU per Developer (converging)",
+        per(convergence.cpu * 1000.0, companies * developers),
+        "",
+        "converging",
+        "resync",
+        "deletion",
+        "  wall time (s)",
+        run.ready.as_secs_f64(),
+        resync_took.as_secs_f64(),
+        deletion_took.as_secs_f64(),
+        "  operator CPU (s)",
+        convergence.cpu,
+        resync_delta.cpu,
+        deletion.cpu,
+        "  API writes / GETs / reads (all)",
+        format!(
+            "{}/{}/{}",
+            convergence.writes, convergence.gets, convergence.reads
+        ),
+        format!(
+            "{}/{}/{}",
+            resync_delta.writes, resync_delta.gets, resync_delta.reads
+        ),
+        format!("{}/{}/{}", deletion.writes, deletion.gets, deletion.reads),
+        "  API reads per tenant",
+        per(convergence.reads as f64, tenants),
+        per(resync_delta.reads as f64, tenants),
+        per(deletion.reads as f64, tenants),
+        "  Vault requests per tenant",
+        per(convergence.vault as f64, tenants),
+        per(resync_delta.vault as f64, tenants),
+        per(deletion.vault as f64, tenants),
+        "  Company reconciles per Company",
+        per(convergence.company_reconciles, companies),
+        per(resync_delta.company_reconciles, companies),
+        per(deletion.company_reconciles, companies),
+        "  Developer reconciles per Developer",
+        per(convergence.developer_reconciles, companies * developers),
+        per(resync_delta.developer_reconciles, companies * developers),
+        per(deletion.developer_reconciles, companies * developers),
+        "  API writes per tenant",
+        per(convergence.writes as f64, tenants),
+        per(resync_delta.writes as f64, tenants),
+        per(deletion.writes as f64, tenants),
+        "  AWS calls",
+        convergence.aws,
+        resync_delta.aws,
+        deletion.aws,
+    );
+    let requests: BTreeMap<&String, u64> = resynced
+        .api
+        .iter()
+        .map(|(k, n)| (k, n - converged.api.get(k).copied().unwrap_or(0)))
+        .filter(|(k, n)| *n > 0 && !k.starts_with("watch ") && !k.ends_with(" leases"))
+        .collect();
+    println!("resync API requests by verb and resource: {requests:?}");
+
+    assert_eq!(
+        resync_delta.writes, 0,
+        "a resync of unchanged tenants writes nothing"
+    );
+    assert!(
+        left.values().all(|n| *n == 0),
+        "deletion left {left:?} behind"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
