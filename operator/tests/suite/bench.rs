@@ -11,6 +11,8 @@
 //! Workspace pods are reported running without their init step in both
 //! runs (the kubelet stand-in's `skip_init`): the benchmark measures the
 //! control plane and the operator, not the pods.
+// Counts become ratios in a printed report.
+#![allow(clippy::cast_precision_loss)]
 
 use std::{
     collections::BTreeMap,
@@ -134,7 +136,7 @@ impl Counters {
     }
 }
 
-async fn counters(h: &Harness, prefix: &str) -> Counters {
+fn counters(h: &Harness, prefix: &str) -> Counters {
     let audit = std::fs::read_to_string(crate::support::service(
         "ENCLAVE_TEST_VAULT_AUDIT_LOG",
         "OpenBao's audit log",
@@ -230,13 +232,12 @@ async fn count_namespaces(client: &Client, prefix: &str) -> usize {
     Api::<Namespace>::all(client.clone())
         .list_metadata(&ListParams::default())
         .await
-        .map(|l| {
+        .map_or(0, |l| {
             l.items
                 .iter()
                 .filter(|n| n.name_any().starts_with(&format!("company-{prefix}")))
                 .count()
         })
-        .unwrap_or(0)
 }
 
 /// StatefulSets of the tenants: (existing, ready).
@@ -515,12 +516,12 @@ impl Drop for RssSampler {
 
 /// Waits until no reconcile finished for 3 s.
 async fn quiet(h: &Harness, prefix: &str, limit: Duration) -> Counters {
-    let mut last = counters(h, prefix).await;
+    let mut last = counters(h, prefix);
     let mut since = Instant::now();
     let start = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = counters(h, prefix).await;
+        let now = counters(h, prefix);
         if (now.reconciles_total() - last.reconciles_total()).abs() > f64::EPSILON {
             since = Instant::now();
             last = now;
@@ -562,12 +563,12 @@ async fn tenants_converge_resync_and_go_at_scale() {
     // 2. The operator converges the same tenants from nothing.
     h.start_operator();
     let pid = h.operator_pid().unwrap();
-    until("the operator ready", Duration::from_secs(60), async || {
+    until("the operator ready", Duration::from_mins(1), async || {
         h.http_get("/readyz").is_some_and(|(code, _)| code == 200)
     })
     .await;
     let rss = RssSampler::start(pid);
-    let before = counters(&h, &prefix).await;
+    let before = counters(&h, &prefix);
     let started = Instant::now();
     let applying = tokio::spawn(apply_tenants(h.client.clone(), documents(&dir)));
     let run = converge(&h.client, &prefix, size, started, true).await;
@@ -584,7 +585,7 @@ async fn tenants_converge_resync_and_go_at_scale() {
         "one resync of every object",
         Duration::from_secs(resync * 3) + patience(objects),
         async || {
-            counters(&h, &prefix).await.reconciles_total()
+            counters(&h, &prefix).reconciles_total()
                 >= converged.reconciles_total() + objects as f64
         },
     )
@@ -613,7 +614,7 @@ async fn tenants_converge_resync_and_go_at_scale() {
     })
     .await;
     let deletion_took = deleting.elapsed();
-    let deleted = counters(&h, &prefix).await;
+    let deleted = counters(&h, &prefix);
     let deletion = delta(&resynced, &deleted);
     let left = leftovers(&h, &prefix).await;
 
