@@ -19,6 +19,7 @@ use kube_quantity::ParsedQuantity;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+use super::cache::{self, WatchCache};
 use crate::builders::KubeObject;
 
 /// The field manager of every write the operator makes.
@@ -116,22 +117,61 @@ fn why_apply(live: &Value, desired: &Value) -> Option<String> {
     difference(live, desired).map(|path| format!("{path} was changed by someone else"))
 }
 
-async fn apply<K>(api: Api<K>, object: &K) -> Result<bool, kube::Error>
+async fn apply<K>(api: Api<K>, cache: &WatchCache, object: &K) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
     let name = object.name_any();
+    let namespace = object.namespace().unwrap_or_default();
     let desired = annotated(serde_json::to_value(object).map_err(kube::Error::SerdeError)?);
+    let kind = kind_of::<K>();
+    let intent = cache::intent(&applied_hash(&desired));
+    // Nobody wrote it since it was last found as desired: no read.
+    if cache.unchanged(kind, &namespace, &name, intent) {
+        return Ok(false);
+    }
     if let Some(live) = api.get_opt(&name).await? {
+        let version = live.resource_version();
         let live = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
         match why_apply(&live, &desired) {
-            None => return Ok(false),
-            Some(why) => tracing::debug!(kind = K::kind(&()).as_ref(), %name, %why, "applying"),
+            None => {
+                cache.verified(kind, &namespace, &name, version.as_deref(), intent);
+                return Ok(false);
+            }
+            Some(why) => tracing::debug!(kind, %name, %why, "applying"),
         }
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(&desired)).await?;
+    let applied = api.patch(&name, &params, &Patch::Apply(&desired)).await?;
+    cache.verified(
+        kind,
+        &namespace,
+        &name,
+        applied.resource_version().as_deref(),
+        intent,
+    );
     Ok(true)
+}
+
+/// The kind's name, as the watch cache keys it.
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        // Every kind Enclave applies is a k8s-openapi type with a static name.
+        std::borrow::Cow::Owned(_) => "",
+    }
+}
+
+/// The value of [`APPLIED_ANNOTATION`] in an [`annotated`] object.
+fn applied_hash(desired: &Value) -> String {
+    desired
+        .pointer(&format!(
+            "/metadata/annotations/{}",
+            APPLIED_ANNOTATION.replace('/', "~1")
+        ))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn cluster<K>(client: &Client) -> Api<K>
@@ -150,23 +190,28 @@ where
 }
 
 /// Applies `object`, forcing ownership of the fields Enclave manages;
-/// `Ok(false)` when it already was as desired (nothing written).
-pub async fn apply_object(client: &Client, object: &KubeObject) -> Result<bool, kube::Error> {
+/// `Ok(false)` when it already was as desired (nothing written). `cache`
+/// spares the read of an object nobody wrote since it was verified.
+pub async fn apply_object(
+    client: &Client,
+    cache: &WatchCache,
+    object: &KubeObject,
+) -> Result<bool, kube::Error> {
     match object {
-        KubeObject::Namespace(o) => apply(cluster(client), o).await,
-        KubeObject::PersistentVolume(o) => apply(cluster(client), o).await,
-        KubeObject::ResourceQuota(o) => apply(namespaced(client, o), o).await,
-        KubeObject::LimitRange(o) => apply(namespaced(client, o), o).await,
-        KubeObject::NetworkPolicy(o) => apply(namespaced(client, o), o).await,
-        KubeObject::Role(o) => apply(namespaced(client, o), o).await,
-        KubeObject::RoleBinding(o) => apply(namespaced(client, o), o).await,
-        KubeObject::ServiceAccount(o) => apply(namespaced(client, o), o).await,
-        KubeObject::PersistentVolumeClaim(o) => apply(namespaced(client, o), o).await,
-        KubeObject::Job(o) => apply(namespaced(client, o), o).await,
-        KubeObject::Service(o) => apply(namespaced(client, o), o).await,
-        KubeObject::StatefulSet(o) => apply(namespaced(client, o), o).await,
-        KubeObject::Deployment(o) => apply(namespaced(client, o), o).await,
-        KubeObject::ConfigMap(o) => apply(namespaced(client, o), o).await,
+        KubeObject::Namespace(o) => apply(cluster(client), cache, o).await,
+        KubeObject::PersistentVolume(o) => apply(cluster(client), cache, o).await,
+        KubeObject::ResourceQuota(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::LimitRange(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::NetworkPolicy(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::Role(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::RoleBinding(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::ServiceAccount(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::PersistentVolumeClaim(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::Job(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::Service(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::StatefulSet(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::Deployment(o) => apply(namespaced(client, o), cache, o).await,
+        KubeObject::ConfigMap(o) => apply(namespaced(client, o), cache, o).await,
     }
 }
 

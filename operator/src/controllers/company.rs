@@ -69,6 +69,14 @@ async fn namespace_owner<B: Backends>(
     build: &CompanyContext<'_>,
 ) -> Result<NamespaceOwner, Error> {
     let (name, company, uid) = (build.names.namespace(), build.names.company(), build.uid());
+    // The watch cache answers only "ours": anything else is read, so a
+    // namespace someone just created is never taken for free.
+    if let Some((Some(owner), Some(owner_uid))) = ctx.cache.namespace_owner(name)
+        && owner == company
+        && owner_uid == uid
+    {
+        return Ok(NamespaceOwner::Ours);
+    }
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     Ok(match api.get_opt(name).await? {
         None => NamespaceOwner::Free,
@@ -161,7 +169,17 @@ async fn apply<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Actio
         generation,
     );
     write_status(ctx, company, &status).await?;
-    outcome.next(ctx.resync())
+    // The objects were built from the facts the status recorded before
+    // this reconcile (a database endpoint, a credentials version): new
+    // facts mean building again now. The Company's own status writes do
+    // not wake it (the watch passes spec and metadata changes only).
+    let next = outcome.next(ctx.resync())?;
+    if crate::builders::Observed::recorded(Some(&status))
+        != crate::builders::Observed::recorded(company.status.as_ref())
+    {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    Ok(next)
 }
 
 /// What the external-systems steps of one reconcile found.

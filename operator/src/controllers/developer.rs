@@ -39,6 +39,9 @@ async fn company_label<B: Backends>(
     ctx: &Context<B>,
     namespace: &str,
 ) -> Result<Option<String>, Error> {
+    if let Some((Some(label), _)) = ctx.cache.namespace_owner(namespace) {
+        return Ok(Some(label));
+    }
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
     Ok(namespaces
         .get_opt(namespace)
@@ -53,10 +56,18 @@ async fn company_named<B: Backends>(
     label: &str,
     namespace: &str,
 ) -> Result<Option<Company>, Error> {
-    let companies: Api<Company> = Api::all(ctx.client.clone());
-    Ok(companies.get_opt(label).await?.filter(|c| {
+    let owns = |c: &Company| {
         CompanyNames::new(&c.name_any(), c.spec.namespace.as_deref()).namespace() == namespace
-    }))
+    };
+    if let Some(company) = ctx
+        .companies
+        .get(&kube::runtime::reflector::ObjectRef::new(label))
+        .filter(|c| owns(c))
+    {
+        return Ok(Some(Company::clone(&company)));
+    }
+    let companies: Api<Company> = Api::all(ctx.client.clone());
+    Ok(companies.get_opt(label).await?.filter(owns))
 }
 
 /// The Company whose namespace is `namespace`, if any: two reads, whatever
@@ -663,13 +674,18 @@ async fn workspace_step<B: Backends>(
         }
     }
     let namespace = dev_ctx.company.names.namespace();
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let ready_pods = sets
-        .get_opt(&dev_ctx.names.workspace())
-        .await?
-        .and_then(|s| s.status)
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
+    let ready_pods = match ctx
+        .cache
+        .ready_replicas(namespace, &dev_ctx.names.workspace())
+    {
+        Some(ready) => ready,
+        None => Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(&dev_ctx.names.workspace())
+            .await?
+            .and_then(|s| s.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+    };
     let (ok, reason, message) = match (dev_ctx.settings.suspended, ready_pods) {
         _ if storage_pending => (
             false,

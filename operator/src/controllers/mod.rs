@@ -11,6 +11,7 @@
 
 mod apply;
 mod audit;
+mod cache;
 mod company;
 mod conditions;
 mod developer;
@@ -97,6 +98,10 @@ pub struct Context<B: Backends = Real> {
     /// Consecutive failures per object, for the backoff (memory only: a
     /// restart simply starts the backoff again).
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// What the operator's watches say of the objects it manages.
+    pub cache: Arc<cache::WatchCache>,
+    /// The Companies as the Developer controller's watch holds them.
+    pub companies: kube::runtime::reflector::Store<Company>,
 }
 
 impl<B: Backends> Context<B> {
@@ -142,7 +147,7 @@ impl<B: Backends> Context<B> {
 
     /// Applies `object` (server-side apply), counted in the metrics.
     pub async fn apply(&self, object: &crate::builders::KubeObject) -> Result<bool, kube::Error> {
-        let result = apply_object(&self.client, object).await;
+        let result = apply_object(&self.client, &self.cache, object).await;
         self.health.metrics.backend("kubernetes", result.is_ok());
         result
     }

@@ -88,15 +88,25 @@ pub(super) async fn reconcile_developer<B: Backends>(
     result
 }
 
-/// Runs both controllers until SIGTERM/SIGINT.
-async fn controllers(client: Client, ctx: Arc<Context>) {
+/// Runs both controllers until SIGTERM/SIGINT; `companies` fills the
+/// Company cache the context reads.
+async fn controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    companies: reflector::store::Writer<Company>,
+) {
     let config =
         controller::Config::default().concurrency(ctx.config.controller.max_concurrent_reconciles);
-    futures::future::join(
+    // The watch cache lives as long as the controllers that read it.
+    let cache = super::cache::run(client.clone(), Arc::clone(&ctx.cache));
+    let controllers = futures::future::join(
         company_controller(client.clone(), config.clone(), Arc::clone(&ctx)),
-        developer_controller(client, config, ctx),
-    )
-    .await;
+        developer_controller(client, config, ctx, companies),
+    );
+    tokio::select! {
+        _ = controllers => {}
+        () = cache => {}
+    }
 }
 
 /// Forgets the failures of objects whose reconcile succeeded.
@@ -110,12 +120,43 @@ where
     }
 }
 
+/// The objects of `api` (cached through `writer`) when their spec,
+/// metadata or deletion changed: a controller's own status writes do not
+/// wake it again.
+fn own_changes<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::{Predicate, WatchStreamExt, predicates};
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::annotations)
+                .combine(predicates::labels)
+                .combine(predicates::finalizers),
+            kube::runtime::PredicateConfig::default(),
+        )
+}
+
 /// The Company controller: woken by its Companies, their Developers
 /// (count) and their namespaces.
 async fn company_controller(client: Client, config: controller::Config, ctx: Arc<Context>) {
-    let controller = Controller::new(
-        Api::<Company>::all(client.clone()),
-        watcher::Config::default(),
+    let (reader, writer) = reflector::store();
+    let controller = Controller::for_stream(
+        own_changes(Api::<Company>::all(client.clone()), writer),
+        reader,
     );
     // A Developer added, going or gone changes its Company (its count, its
     // cleanup); its spec and status patches do not, and are not passed on.
@@ -161,17 +202,23 @@ async fn company_controller(client: Client, config: controller::Config, ctx: Arc
 
 /// The Developer controller: woken by its Developers, their Company and
 /// their workspace StatefulSets.
-async fn developer_controller(client: Client, config: controller::Config, ctx: Arc<Context>) {
-    let controller = Controller::new(
-        Api::<Developer>::all(client.clone()),
-        watcher::Config::default(),
+async fn developer_controller(
+    client: Client,
+    config: controller::Config,
+    ctx: Arc<Context>,
+    writer: reflector::store::Writer<Company>,
+) {
+    let (reader, developers) = reflector::store();
+    let controller = Controller::for_stream(
+        own_changes(Api::<Developer>::all(client.clone()), developers),
+        reader,
     );
     // A Company's change that its Developers build on (its namespace or
     // storage becoming ready, its spec) reaches them at once; its other
     // status patches do not.
     let known = controller.store();
     let settled = Arc::clone(&ctx);
-    let (companies, writer) = reflector::store();
+    let companies = ctx.companies.clone();
     let company_events = triggers::company_changes(reflector(
         writer,
         watcher(
@@ -307,6 +354,7 @@ pub async fn run(
         config.aws.call_limits(),
     );
     tokio::spawn(keep_vault_token_fresh(Arc::clone(&vault)));
+    let (companies, writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
@@ -318,15 +366,17 @@ pub async fn run(
         audit: Audit::new(client.clone(), &options.identity),
         failures: std::sync::Mutex::default(),
         pruned: std::sync::Mutex::default(),
+        cache: Arc::default(),
+        companies,
         checked: std::sync::Mutex::default(),
     });
     health.ready.store(true, Ordering::Relaxed);
     tokio::spawn(sample_backend_counters(Arc::clone(&ctx)));
     if options.leader_election {
-        lead(client, ctx, &options).await
+        lead(client, ctx, writer, &options).await
     } else {
         health.metrics.set_leader(true);
-        controllers(client, ctx).await;
+        controllers(client, ctx, writer).await;
         Ok(())
     }
 }
@@ -397,7 +447,12 @@ async fn lease_manager(
 }
 
 /// Runs the controllers while this replica holds the Lease.
-async fn lead(client: Client, ctx: Arc<Context>, options: &RunOptions) -> Result<(), String> {
+async fn lead(
+    client: Client,
+    ctx: Arc<Context>,
+    companies: reflector::store::Writer<Company>,
+    options: &RunOptions,
+) -> Result<(), String> {
     let lease_namespace = ctx.config.operator_namespace.clone();
     let manager = lease_manager(client.clone(), &lease_namespace, options).await?;
     let (mut leading, lease_task) = manager.watch().await;
@@ -421,7 +476,7 @@ async fn lead(client: Client, ctx: Arc<Context>, options: &RunOptions) -> Result
     let health = Arc::clone(&ctx.health);
     health.metrics.set_leader(true);
     let outcome = tokio::select! {
-        () = controllers(client, ctx) => Ok(()),
+        () = controllers(client, ctx, companies) => Ok(()),
         _ = leading.wait_for(|l| !*l) => {
             health.metrics.set_leader(false);
             // Stop at once: another replica may act from now on.

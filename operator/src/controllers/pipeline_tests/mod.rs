@@ -62,6 +62,8 @@ fn harness_with(creating_calls: u32, config: OperatorConfig) -> Harness {
         allocation: tokio::sync::Mutex::new(()),
         health: Arc::new(Health::default()),
         pruned: std::sync::Mutex::default(),
+        cache: Arc::default(),
+        companies: kube::runtime::reflector::store().0,
         checked: std::sync::Mutex::default(),
         audit: Audit::new(client, "pipeline-test"),
         failures: std::sync::Mutex::default(),
