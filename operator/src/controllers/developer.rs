@@ -533,7 +533,8 @@ async fn ready_company<B: Backends>(
                 "waiting for Company {} to have its namespace and Vault ready",
                 company.name_any()
             ),
-            Duration::from_secs(2),
+            // Its Company's readiness wakes it through the watch.
+            WATCHED_FALLBACK,
         ),
     };
     let generation = developer.metadata.generation;

@@ -150,6 +150,32 @@ where
         )
 }
 
+/// Enclave's StatefulSets when their spec, deletion or ready replicas
+/// changed.
+fn workspace_changes(
+    client: Client,
+) -> impl futures::Stream<Item = Result<StatefulSet, watcher::Error>> + Send + 'static {
+    use kube::runtime::{Predicate, WatchStreamExt, predicates};
+    let ready = |set: &StatefulSet| {
+        let ready = set
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        Some(u64::from(ready.unsigned_abs()))
+    };
+    watcher(
+        Api::<StatefulSet>::all(client),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(
+        predicates::generation.combine(ready),
+        kube::runtime::PredicateConfig::default(),
+    )
+}
+
 /// The Company controller: woken by its Companies, their Developers
 /// (count) and their namespaces.
 async fn company_controller(client: Client, config: controller::Config, ctx: Arc<Context>) {
@@ -241,10 +267,9 @@ async fn developer_controller(
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .owns(
-            Api::<StatefulSet>::all(client.clone()),
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
-        )
+        // A workspace wakes its Developer when its spec or readiness
+        // changes, not for each of the StatefulSet controller's counters.
+        .owns_stream(workspace_changes(client.clone()))
         // Storage Jobs run in the operator's namespace: no owner reference
         // can cross to a Developer, so they are mapped by their labels.
         .watches(

@@ -92,8 +92,8 @@ impl Membership {
 }
 
 /// A hash of what a Company's Developers build on: its spec, whether it is
-/// going, the conditions they wait for and the facts they mount. Its other
-/// status changes (a database poll, a count) do not wake them.
+/// going, the conditions they wait for and the storage they mount. Its
+/// other status changes (its database, a count) do not wake them.
 pub fn company_view(company: &Company) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -110,10 +110,8 @@ pub fn company_view(company: &Company) -> u64 {
                 (&c.type_, &c.status).hash(&mut hasher);
             }
         }
+        // Only the company's own objects use its database facts.
         serde_json::to_string(&status.storage)
-            .unwrap_or_default()
-            .hash(&mut hasher);
-        serde_json::to_string(&status.database)
             .unwrap_or_default()
             .hash(&mut hasher);
     }
