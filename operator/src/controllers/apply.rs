@@ -88,18 +88,19 @@ fn intent_hash(desired: &Value) -> String {
     crate::names::short_hash(&[&desired.to_string()])
 }
 
-/// `desired` with [`APPLIED_ANNOTATION`] set to its intent hash.
-fn annotated(mut desired: Value) -> Value {
+/// `desired` with [`APPLIED_ANNOTATION`] set to its intent hash, and
+/// that hash.
+fn annotated(mut desired: Value) -> (Value, String) {
     let hash = intent_hash(&desired);
     if let Some(metadata) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
         let annotations = metadata
             .entry("annotations")
             .or_insert_with(|| Value::Object(serde_json::Map::default()));
         if let Some(annotations) = annotations.as_object_mut() {
-            annotations.insert(APPLIED_ANNOTATION.into(), Value::String(hash));
+            annotations.insert(APPLIED_ANNOTATION.into(), Value::String(hash.clone()));
         }
     }
-    desired
+    (desired, hash)
 }
 
 /// Why `live` must be written to hold `desired`, if it must: the intent
@@ -123,9 +124,9 @@ where
 {
     let name = object.name_any();
     let namespace = object.namespace().unwrap_or_default();
-    let desired = annotated(serde_json::to_value(object).map_err(kube::Error::SerdeError)?);
+    let (desired, hash) = annotated(serde_json::to_value(object).map_err(kube::Error::SerdeError)?);
     let kind = kind_of::<K>();
-    let intent = cache::intent(&applied_hash(&desired));
+    let intent = cache::intent(&hash);
     // Nobody wrote it since it was last found as desired: no read.
     if cache.unchanged(kind, &namespace, &name, intent) {
         return Ok(false);
@@ -160,18 +161,6 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         // Every kind Enclave applies is a k8s-openapi type with a static name.
         std::borrow::Cow::Owned(_) => "",
     }
-}
-
-/// The value of [`APPLIED_ANNOTATION`] in an [`annotated`] object.
-fn applied_hash(desired: &Value) -> String {
-    desired
-        .pointer(&format!(
-            "/metadata/annotations/{}",
-            APPLIED_ANNOTATION.replace('/', "~1")
-        ))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 fn cluster<K>(client: &Client) -> Api<K>
@@ -293,10 +282,11 @@ mod tests {
 
     #[test]
     fn a_changed_intent_is_applied_even_when_the_live_state_holds_it() {
-        let old = annotated(
+        let (old, _) = annotated(
             json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80, "name": "x"}]}}),
         );
-        let new = annotated(json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}}));
+        let (new, _) =
+            annotated(json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}}));
         let mut live = old.clone();
         live["metadata"]["uid"] = json!("u");
         assert!(!needs_apply(&live, &old), "applied and unchanged");

@@ -12,8 +12,9 @@ use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Namespac
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
-        Controller,
+        Controller, Predicate, PredicateConfig, WatchStreamExt,
         controller::{self, Action},
+        predicates,
         reflector::{self, ObjectRef, reflector},
         watcher::{self, watcher},
     },
@@ -136,7 +137,6 @@ where
         + Sync
         + 'static,
 {
-    use kube::runtime::{Predicate, WatchStreamExt, predicates};
     watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
@@ -146,7 +146,7 @@ where
                 .combine(predicates::annotations)
                 .combine(predicates::labels)
                 .combine(predicates::finalizers),
-            kube::runtime::PredicateConfig::default(),
+            PredicateConfig::default(),
         )
 }
 
@@ -155,7 +155,6 @@ where
 fn workspace_changes(
     client: Client,
 ) -> impl futures::Stream<Item = Result<StatefulSet, watcher::Error>> + Send + 'static {
-    use kube::runtime::{Predicate, WatchStreamExt, predicates};
     let ready = |set: &StatefulSet| {
         let ready = set
             .status
@@ -172,7 +171,7 @@ fn workspace_changes(
     .touched_objects()
     .predicate_filter(
         predicates::generation.combine(ready),
-        kube::runtime::PredicateConfig::default(),
+        PredicateConfig::default(),
     )
 }
 
@@ -245,13 +244,18 @@ async fn developer_controller(
     let known = controller.store();
     let settled = Arc::clone(&ctx);
     let companies = ctx.companies.clone();
-    let company_events = triggers::company_changes(reflector(
+    let company_events = reflector(
         writer,
         watcher(
             Api::<Company>::all(client.clone()),
             watcher::Config::default(),
         ),
-    ));
+    )
+    .touched_objects()
+    .predicate_filter(
+        |c: &Company| Some(triggers::company_view(c)),
+        PredicateConfig::default(),
+    );
     let operator_namespace = ctx.config.operator_namespace.clone();
     controller
         .with_config(config)

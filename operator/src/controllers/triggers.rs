@@ -118,34 +118,6 @@ pub fn company_view(company: &Company) -> u64 {
     hasher.finish()
 }
 
-/// Passes on the Companies of `events` whose [`company_view`] changed, and
-/// the deleted ones.
-pub fn company_changes(
-    events: impl Stream<Item = Result<watcher::Event<Company>, watcher::Error>> + Send + 'static,
-) -> impl Stream<Item = Result<Company, watcher::Error>> + Send + 'static {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    events
-        .map_ok(move |event| {
-            let changed: Vec<Company> = match event {
-                watcher::Event::InitApply(c) | watcher::Event::Apply(c) => {
-                    let view = company_view(&c);
-                    (seen.insert(c.name_any(), view) != Some(view))
-                        .then_some(c)
-                        .into_iter()
-                        .collect()
-                }
-                watcher::Event::Delete(c) => {
-                    seen.remove(&c.name_any());
-                    vec![c]
-                }
-                watcher::Event::Init | watcher::Event::InitDone => Vec::new(),
-            };
-            stream::iter(changed.into_iter().map(Ok))
-        })
-        .try_flatten()
-        .boxed()
-}
-
 /// The Developer a storage Job (in the operator's namespace) works for,
 /// found through its labels and its Company's namespace.
 pub fn developer_of_job(
