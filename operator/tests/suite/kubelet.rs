@@ -21,7 +21,8 @@ use std::{
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::reflector::Store,
 };
 use serde_json::json;
 
@@ -199,83 +200,99 @@ async fn run(
     workspaces: Workspaces,
     skip_init: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
-    // Pods already started (by uid), and when a failed init step may retry.
+    use kube::runtime::watcher;
+    // Watched, not listed in a loop: at the benchmark's size a list of
+    // every pod each 100 ms would load the API server being measured.
+    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let pods = crate::support::mirror(Api::<Pod>::all(client.clone()), on_node).await;
+    let claims = crate::support::mirror(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .await;
+    let volumes = crate::support::mirror(
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .await;
+    // Pods already started (by uid), when a failed init step may retry,
+    // and when a pod's deletion was last finished.
     let mut started = BTreeSet::new();
     let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut deleted_at: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
-        if let Ok(list) = pods.list(&on_node).await {
-            for pod in list.items {
-                let uid = pod.uid().unwrap_or_default();
-                let namespace = pod.namespace().unwrap_or_default();
-                let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-                if pod.metadata.deletion_timestamp.is_some() {
-                    // Its containers stopped at once: the kubelet's last word.
-                    let _ = api
-                        .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
-                        .await;
-                    if matches!(
-                        owner_kind(&pod).as_deref(),
-                        Some("StatefulSet" | "ReplicaSet")
-                    ) {
-                        workspaces
-                            .lock()
-                            .unwrap()
-                            .remove(&format!("{namespace}/{}", owner_name(&pod)));
-                    }
-                    continue;
-                }
-                if started.contains(&uid)
-                    || retry_at.get(&uid).is_some_and(|at| Instant::now() < *at)
+        for pod in pods.store.state() {
+            let uid = pod.uid().unwrap_or_default();
+            let namespace = pod.namespace().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+            if pod.metadata.deletion_timestamp.is_some() {
+                if deleted_at
+                    .get(&uid)
+                    .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
                 {
                     continue;
                 }
-                let status = match owner_kind(&pod).as_deref() {
-                    Some("Job") => {
-                        let (ok, output) = execute(&pod, &file_systems);
-                        terminated(ok, &output)
-                    }
+                deleted_at.insert(uid.clone(), Instant::now());
+                // Its containers stopped at once: the kubelet's last word.
+                let _ = api
+                    .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+                    .await;
+                if matches!(
+                    owner_kind(&pod).as_deref(),
                     Some("StatefulSet" | "ReplicaSet")
-                        if skip_init.load(std::sync::atomic::Ordering::Relaxed) =>
-                    {
-                        running()
-                    }
-                    // Workspaces, and company controllers (a Deployment's).
-                    Some("StatefulSet" | "ReplicaSet") => {
-                        let run = start_workspace(&client, &pod, &file_systems).await;
-                        let ok = run.ok;
-                        let output = run.output.clone();
-                        workspaces
-                            .lock()
-                            .unwrap()
-                            .insert(format!("{namespace}/{}", owner_name(&pod)), run);
-                        if !ok {
-                            // The kubelet restarts a failed init container
-                            // after a back-off; the pod stays not ready.
-                            retry_at.insert(uid, Instant::now() + Duration::from_secs(1));
-                            let _ = output;
-                            continue;
-                        }
-                        running()
-                    }
-                    _ => continue,
-                };
-                let patch = json!({"status": status});
-                if api
-                    .patch_status(
-                        &pod.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                    .is_ok()
-                {
-                    started.insert(uid);
+                ) {
+                    workspaces
+                        .lock()
+                        .unwrap()
+                        .remove(&format!("{namespace}/{}", owner_name(&pod)));
                 }
+                continue;
+            }
+            if started.contains(&uid) || retry_at.get(&uid).is_some_and(|at| Instant::now() < *at) {
+                continue;
+            }
+            let status = match owner_kind(&pod).as_deref() {
+                Some("Job") => {
+                    let (ok, output) = execute(&pod, &file_systems);
+                    terminated(ok, &output)
+                }
+                Some("StatefulSet" | "ReplicaSet")
+                    if skip_init.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    running()
+                }
+                // Workspaces, and company controllers (a Deployment's).
+                Some("StatefulSet" | "ReplicaSet") => {
+                    let run = start_workspace(&client, &pod, &file_systems).await;
+                    let ok = run.ok;
+                    workspaces
+                        .lock()
+                        .unwrap()
+                        .insert(format!("{namespace}/{}", owner_name(&pod)), run);
+                    if !ok {
+                        // The kubelet restarts a failed init container
+                        // after a back-off; the pod stays not ready.
+                        retry_at.insert(uid, Instant::now() + Duration::from_secs(1));
+                        continue;
+                    }
+                    running()
+                }
+                _ => continue,
+            };
+            let patch = json!({"status": status});
+            if api
+                .patch_status(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .is_ok()
+            {
+                started.insert(uid);
             }
         }
-        Box::pin(provision(&client)).await;
+        Box::pin(provision(&client, &claims.store, &volumes.store)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -575,13 +592,14 @@ impl Kubelet {
 /// controller does the binding): a claim the controller handed to
 /// [`PROVISIONER`] gets a volume pre-bound to it, with the StorageClass's
 /// reclaim policy; a released volume it provisioned goes under `Delete`.
-async fn provision(client: &Client) {
-    let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
+async fn provision(
+    client: &Client,
+    claims: &Store<PersistentVolumeClaim>,
+    existing: &Store<PersistentVolume>,
+) {
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    let Ok(existing) = volumes.list(&ListParams::default()).await else {
-        return;
-    };
-    for pv in &existing.items {
+    let existing = existing.state();
+    for pv in &existing {
         let ours = pv
             .annotations()
             .get("pv.kubernetes.io/provisioned-by")
@@ -598,10 +616,8 @@ async fn provision(client: &Client) {
                 .await;
         }
     }
-    let Ok(list) = claims.list(&ListParams::default()).await else {
-        return;
-    };
-    for claim in list.items {
+    let names: BTreeSet<String> = existing.iter().map(|pv| pv.name_any()).collect();
+    for claim in claims.state() {
         let spec = claim.spec.clone().unwrap_or_default();
         let handed_to_us = claim
             .annotations()
@@ -611,7 +627,7 @@ async fn provision(client: &Client) {
         if !handed_to_us
             || spec.volume_name.is_some()
             || claim.metadata.deletion_timestamp.is_some()
-            || existing.items.iter().any(|pv| pv.name_any() == name)
+            || names.contains(&name)
         {
             continue;
         }

@@ -104,3 +104,52 @@ pub fn aws_clients() -> (aws_sdk_rds::Client, aws_sdk_fsx::Client) {
     );
     (rds, fsx)
 }
+
+/// A watch-fed local copy of objects (a reflector), kept until dropped: the
+/// tests' stand-ins and the benchmark read it instead of listing the API
+/// server in a loop, which at scale would load the server they measure.
+pub struct Mirror<K: kube::Resource + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// The objects, as the last watch event left them.
+    pub store: kube::runtime::reflector::Store<K>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K: kube::Resource + 'static> Drop for Mirror<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Mirrors what `api` lists with `config`, once the first list is in.
+pub async fn mirror<K>(api: kube::Api<K>, config: kube::runtime::watcher::Config) -> Mirror<K>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let task = tokio::spawn(
+        watcher(api, config)
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|_| async {}),
+    );
+    store
+        .wait_until_ready()
+        .await
+        .expect("the watch's first list");
+    Mirror { store, task }
+}
