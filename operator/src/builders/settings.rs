@@ -195,6 +195,9 @@ pub struct CompanySettings {
     pub pods: i32,
     /// Namespace storage.
     pub storage_quota: String,
+    /// Size of a developer's directory or volume when the Developer names
+    /// none: `spec.storage.volume.size`, else the operator's default.
+    pub developer_quota: String,
     /// Namespaces that may reach workspaces.
     pub ingress_namespaces: Vec<String>,
     /// Extra egress of the company.
@@ -295,6 +298,12 @@ impl CompanySettings {
         Self {
             company: names.company().to_owned(),
             namespace: names.namespace().to_owned(),
+            developer_quota: spec
+                .storage
+                .volume
+                .as_ref()
+                .and_then(|v| v.size.as_ref())
+                .map_or_else(|| sc.developer_quota.clone(), |q| q.0.clone()),
             cpu: quota.cpu.map_or_else(|| config.tenant.cpu.clone(), |q| q.0),
             memory: quota
                 .memory
@@ -440,10 +449,7 @@ impl DeveloperSettings {
                 .storage
                 .as_ref()
                 .and_then(|s| s.quota.as_ref())
-                .map_or_else(
-                    || company.config.storage.developer_quota.clone(),
-                    |q| q.0.clone(),
-                ),
+                .map_or_else(|| company.settings.developer_quota.clone(), |q| q.0.clone()),
             posix_id,
         }
     }
