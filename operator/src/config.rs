@@ -209,6 +209,13 @@ pub struct VaultConfig {
     pub person_auth_mount: String,
     /// Audience (`aud`) the identity provider's tokens carry for Vault.
     pub person_audience: String,
+    /// How long the operator trusts what it last read or wrote in Vault (a
+    /// policy, a role, an ownership record) before reading it again: until
+    /// then a resync of an unchanged tenant reads nothing from Vault. A
+    /// change made in Vault by hand is corrected within this time, and at
+    /// every operator start; what the operator changes itself is known at
+    /// once. 0 reads everything on every reconcile.
+    pub reverify_seconds: u32,
     /// The PEM text of `caFile`, read when the configuration is loaded (the
     /// operator gives it to every init step through a ConfigMap in each
     /// company namespace). Not a configuration key.
@@ -230,6 +237,7 @@ impl Default for VaultConfig {
             ca_file: String::new(),
             person_auth_mount: String::new(),
             person_audience: "vault".into(),
+            reverify_seconds: 3600,
             ca_pem: None,
         }
     }

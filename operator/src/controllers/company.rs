@@ -43,6 +43,7 @@ pub async fn reconcile<B: Backends>(
     ctx: Arc<Context<B>>,
 ) -> Result<Action, Error> {
     let api: Api<Company> = Api::all(ctx.client.clone());
+    let company = super::with_finalizer(&api, FINALIZER, company).await?;
     // Boxed: the pipeline's future is large (backend calls inside).
     let result = Box::pin(finalizer(&api, FINALIZER, company, |event| async {
         match event {
@@ -398,6 +399,15 @@ async fn database_step<B: Backends>(
     status: &mut CompanyStatus,
 ) -> Result<bool, Error> {
     let generation = company.metadata.generation;
+    // The status this process last wrote may not be back through the watch
+    // yet: from a stale copy the backend would reset a password (or repeat
+    // a rotation) nobody asked for.
+    let uid = company.uid().unwrap_or_default();
+    if let Some(newer) = ctx.database_written(&uid).filter(|written| {
+        written.credentials_version > status.database.as_ref().and_then(|d| d.credentials_version)
+    }) {
+        status.database = Some(newer);
+    }
     let result = ensure_database(ctx, build, status).await;
     ctx.health.metrics.backend("database", result.is_ok());
     let state = match result {
@@ -416,7 +426,9 @@ async fn database_step<B: Backends>(
         }
     };
     let previous = status.database.clone();
-    status.database = Some(database_status(ctx, company, status, &state));
+    let written = database_status(ctx, company, status, &state);
+    ctx.remember_database(&uid, &written);
+    status.database = Some(written);
     let available = state.phase == Phase::Available;
     let mut message = if available {
         "the database is available".to_owned()
@@ -621,6 +633,9 @@ fn rotation_due(company: &Company, status: &CompanyStatus) -> bool {
 
 async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Action, Error> {
     let name = company.name_any();
+    if let Ok(mut written) = ctx.databases_written.lock() {
+        written.remove(&company.uid().unwrap_or_default());
+    }
     if company.spec.deletion_protection {
         let mut status = company.status.clone().unwrap_or_default();
         set(

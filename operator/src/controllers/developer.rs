@@ -104,7 +104,7 @@ pub(super) const WATCHED_FALLBACK: Duration = Duration::from_mins(1);
 
 /// Whether the Company's namespace and Vault are in place, which every
 /// Developer step builds on.
-fn company_base_ready(company: &Company) -> bool {
+pub(super) fn company_base_ready(company: &Company) -> bool {
     company.status.as_ref().is_some_and(|s| {
         ["NamespaceReady", "VaultReady"].iter().all(|t| {
             s.conditions
@@ -165,6 +165,7 @@ pub async fn reconcile<B: Backends>(
         ctx.client.clone(),
         &developer.namespace().unwrap_or_default(),
     );
+    let developer = super::with_finalizer(&api, FINALIZER, developer).await?;
     let result = Box::pin(finalizer(&api, FINALIZER, developer, |event| async {
         match event {
             Event::Apply(developer) => Box::pin(apply(developer, &ctx)).await,

@@ -102,6 +102,10 @@ pub struct Context<B: Backends = Real> {
     pub cache: Arc<cache::WatchCache>,
     /// The Companies as the Developer controller's watch holds them.
     pub companies: kube::runtime::reflector::Store<Company>,
+    /// The database status last recorded per Company uid (see
+    /// [`Context::database_written`]).
+    pub databases_written:
+        std::sync::Mutex<std::collections::HashMap<String, crate::crd::DatabaseStatus>>,
 }
 
 impl<B: Backends> Context<B> {
@@ -124,6 +128,24 @@ impl<B: Backends> Context<B> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(key)
             .is_some_and(|at| at.elapsed() < half)
+    }
+
+    /// The database status this process last recorded for the Company
+    /// with `uid`: newer than a cached copy the watch has not yet updated.
+    pub fn database_written(&self, uid: &str) -> Option<crate::crd::DatabaseStatus> {
+        self.databases_written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(uid)
+            .cloned()
+    }
+
+    /// Remembers the database status recorded for the Company with `uid`.
+    pub fn remember_database(&self, uid: &str, status: &crate::crd::DatabaseStatus) {
+        self.databases_written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(uid.to_owned(), status.clone());
     }
 
     /// Records that `key`'s external resources were all found as desired.
@@ -333,6 +355,38 @@ impl Error {
     }
 }
 
+/// `object` with finalizer `name`, added first when it is missing and the
+/// object is not being deleted: the reconcile goes on in the same pass
+/// instead of waiting for the watch to bring its own change back. The patch
+/// carries the resourceVersion, so a stale cached copy gets a Conflict.
+pub(crate) async fn with_finalizer<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    object: Arc<K>,
+) -> Result<Arc<K>, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    if object.meta().deletion_timestamp.is_some() || object.finalizers().iter().any(|f| f == name) {
+        return Ok(object);
+    }
+    let mut finalizers = object.finalizers().to_vec();
+    finalizers.push(name.to_owned());
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": object.resource_version(),
+    }});
+    let patched = api
+        .patch(
+            &object.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(Arc::new(patched))
+}
+
 /// The outcome of kube-runtime's finalizer helper as a reconcile result.
 /// Removing the finalizer of an object that is already gone (a queued
 /// reconcile of a deleted object) is success, not an error to retry.
@@ -471,7 +525,8 @@ pub async fn connect_vault(config: &OperatorConfig) -> Result<Arc<VaultClientBac
     };
     let vault = VaultClientBackend::connect(settings)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .trusting_for(Duration::from_secs(u64::from(vault.reverify_seconds)));
     // A token is only known to work once Vault accepted it.
     vault.token_ttl().await.map_err(|e| e.to_string())?;
     Ok(Arc::new(vault))

@@ -121,9 +121,10 @@ where
     }
 }
 
-/// The objects of `api` (cached through `writer`) when their spec,
-/// metadata or deletion changed: a controller's own status writes do not
-/// wake it again.
+/// The objects of `api` (cached through `writer`) when their spec, labels,
+/// annotations or deletion changed: a controller's own status writes and
+/// finalizer additions do not wake it again (it adds its finalizer and goes
+/// on in the same reconcile; deletion bumps the generation).
 fn own_changes<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
@@ -145,7 +146,7 @@ where
             predicates::generation
                 .combine(predicates::annotations)
                 .combine(predicates::labels)
-                .combine(predicates::finalizers),
+                .combine(|o: &K| Some(u64::from(o.meta().deletion_timestamp.is_some()))),
             PredicateConfig::default(),
         )
 }
@@ -398,6 +399,7 @@ pub async fn run(
         cache: Arc::default(),
         companies,
         checked: std::sync::Mutex::default(),
+        databases_written: std::sync::Mutex::default(),
     });
     health.ready.store(true, Ordering::Relaxed);
     tokio::spawn(sample_backend_counters(Arc::clone(&ctx)));

@@ -104,10 +104,13 @@ pub fn company_view(company: &Company) -> u64 {
         .deletion_timestamp
         .is_some()
         .hash(&mut hasher);
+    // What its Developers wait for: the namespace and Vault together (not
+    // each as it turns ready), and the company's storage.
+    super::developer::company_base_ready(company).hash(&mut hasher);
     if let Some(status) = &company.status {
         for c in &status.conditions {
-            if ["NamespaceReady", "VaultReady", "StorageReady"].contains(&c.type_.as_str()) {
-                (&c.type_, &c.status).hash(&mut hasher);
+            if c.type_ == "StorageReady" {
+                c.status.hash(&mut hasher);
             }
         }
         // Only the company's own objects use its database facts.

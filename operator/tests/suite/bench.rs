@@ -372,7 +372,11 @@ async fn make_room(client: &Client, objects: usize) {
         "memory": "100Ti", "ephemeral-storage": "100Ti"});
     let patch = serde_json::json!({"status": {"capacity": room, "allocatable": room}});
     Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-        .patch_status("enclave-node", &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            "enclave-node",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
         .unwrap();
 }

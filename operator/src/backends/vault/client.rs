@@ -20,6 +20,7 @@ use vaultrs::{
     error::ClientError,
 };
 
+use super::verified::{Verified, digest};
 use super::{
     Change, Password, StoredCredentials, VaultBackend, VaultError, check_kv_path,
     check_person_role, check_platform_path, check_policy, check_role, generate_password,
@@ -64,6 +65,7 @@ pub struct VaultClientBackend {
     settings: VaultSettings,
     client: RwLock<Arc<VaultClient>>,
     writes: AtomicU64,
+    verified: Verified,
 }
 
 /// GET of any Vault path, for the fields `vaultrs`'s typed responses drop.
@@ -155,7 +157,18 @@ impl VaultClientBackend {
             settings,
             client: RwLock::new(Arc::new(client)),
             writes: AtomicU64::new(0),
+            verified: Verified::default(),
         })
+    }
+
+    /// Trusts what it last read or wrote at a path for `every` (zero, the
+    /// default: never), so that ensuring an unchanged policy, role or claim
+    /// reads nothing until then. Changes made in Vault behind the
+    /// operator's back are corrected within `every`, and at every start.
+    #[must_use]
+    pub fn trusting_for(mut self, every: std::time::Duration) -> Self {
+        self.verified = Verified::new(every);
+        self
     }
 
     fn build(settings: &VaultSettings, token: &str) -> Result<VaultClient, VaultError> {
@@ -313,6 +326,11 @@ impl VaultClientBackend {
         format!("auth/{mount}/role/{name}")
     }
 
+    /// The key under which a role's digest is remembered.
+    fn role_key(company: &str, mount: &str, name: &str) -> String {
+        format!("role:{company}/{mount}/{name}")
+    }
+
     /// The role `name` in auth `mount` as Vault holds it (`None`: absent),
     /// once it is sure to be Enclave's: a role without Enclave's ownership
     /// record is refused, and the record is written ahead of a new role.
@@ -350,6 +368,8 @@ impl VaultClientBackend {
     ) -> Result<Change, VaultError> {
         let record_path = Self::record_path(company, name);
         check_kv_path(&record_path)?;
+        self.verified
+            .forget_below(&Self::role_key(company, mount, name));
         let path = Self::role_path_in(mount, name);
         let exists = self.read_raw(&path).await?.is_some();
         let owned = self.read_kv(&record_path).await?.is_some();
@@ -474,16 +494,22 @@ impl VaultBackend for VaultClientBackend {
 
     async fn claim(&self, path: &str, owner: &str) -> Result<String, VaultError> {
         check_kv_path(path)?;
+        let key = format!("kv:{path}");
+        if self.verified.holds(&key, digest(&owner)) {
+            return Ok(owner.to_owned());
+        }
         // Read first: a resync of a claimed tenant writes nothing.
         if let Some(uid) = self
             .read_kv(path)
             .await?
             .and_then(|(data, _)| data.get("uid").cloned())
         {
+            self.verified.record(key, digest(&uid.as_str()));
             return Ok(uid);
         }
         let data = HashMap::from([("uid", owner.to_owned())]);
         if self.write_kv(path, &data, 0).await?.is_some() {
+            self.verified.record(key, digest(&owner));
             return Ok(owner.to_owned());
         }
         let recorded = self
@@ -501,8 +527,16 @@ impl VaultBackend for VaultClientBackend {
 
     async fn ensure_policy(&self, policy: &VaultPolicy) -> Result<Change, VaultError> {
         check_policy(&self.settings.kv_mount, policy)?;
+        let key = format!("policy:{}", policy.name);
+        let wanted = digest(&policy.hcl);
+        if self.verified.holds(&key, wanted) {
+            return Ok(Change::Unchanged);
+        }
         let change = match self.read_policy(&policy.name).await? {
-            Some(current) if current == policy.hcl => return Ok(Change::Unchanged),
+            Some(current) if current == policy.hcl => {
+                self.verified.record(key, wanted);
+                return Ok(Change::Unchanged);
+            }
             Some(current) if !current.starts_with(OWNERSHIP_MARKER) => {
                 return Err(VaultError::NotOwned {
                     what: "policy",
@@ -520,10 +554,12 @@ impl VaultBackend for VaultClientBackend {
             Some(body),
         )
         .await?;
+        self.verified.record(key, wanted);
         Ok(change)
     }
 
     async fn delete_policy(&self, name: &str) -> Result<Change, VaultError> {
+        self.verified.forget_below(&format!("policy:{name}"));
         match self.read_policy(name).await? {
             None => Ok(Change::Unchanged),
             Some(current) if !current.starts_with(OWNERSHIP_MARKER) => Err(VaultError::NotOwned {
@@ -550,6 +586,11 @@ impl VaultBackend for VaultClientBackend {
     ) -> Result<Change, VaultError> {
         check_role(role)?;
         let mount = &self.settings.auth_mount;
+        let key = Self::role_key(company, mount, &role.name);
+        let wanted = digest(&format!("{role:?}"));
+        if self.verified.holds(&key, wanted) {
+            return Ok(Change::Unchanged);
+        }
         let current = self.claim_role(company, mount, &role.name).await?;
         let matches = current.as_ref().is_some_and(|c| {
             sorted_strings(c, "bound_service_account_names") == role.bound_service_account_names
@@ -561,6 +602,7 @@ impl VaultBackend for VaultClientBackend {
                 && c["token_max_ttl"].as_u64() == Some(u64::from(role.token_max_ttl))
         });
         if matches {
+            self.verified.record(key, wanted);
             return Ok(Change::Unchanged);
         }
         self.wrote();
@@ -584,6 +626,7 @@ impl VaultBackend for VaultClientBackend {
             "write role",
             &Self::role_path_in(mount, &role.name),
         ))?;
+        self.verified.record(key, wanted);
         Ok(if current.is_some() {
             Change::Updated
         } else {
@@ -603,6 +646,11 @@ impl VaultBackend for VaultClientBackend {
         role: &JwtAuthRole,
     ) -> Result<Change, VaultError> {
         check_person_role(role)?;
+        let key = Self::role_key(company, mount, &role.name);
+        let wanted = digest(&format!("{role:?}"));
+        if self.verified.holds(&key, wanted) {
+            return Ok(Change::Unchanged);
+        }
         let current = self.claim_role(company, mount, &role.name).await?;
         let matches = current.as_ref().is_some_and(|c| {
             c["role_type"].as_str() == Some("jwt")
@@ -614,6 +662,7 @@ impl VaultBackend for VaultClientBackend {
                 && c["token_max_ttl"].as_u64() == Some(u64::from(role.token_max_ttl))
         });
         if matches {
+            self.verified.record(key, wanted);
             return Ok(Change::Unchanged);
         }
         self.wrote();
@@ -638,6 +687,7 @@ impl VaultBackend for VaultClientBackend {
             "write role",
             &Self::role_path_in(mount, &role.name),
         ))?;
+        self.verified.record(key, wanted);
         Ok(if current.is_some() {
             Change::Updated
         } else {
@@ -726,6 +776,7 @@ impl VaultBackend for VaultClientBackend {
 
     async fn delete_secrets(&self, prefix: &str) -> Result<usize, VaultError> {
         check_kv_path(prefix)?;
+        self.verified.forget_below(&format!("kv:{prefix}"));
         let mount = &self.settings.kv_mount;
         let mut deleted = 0;
         // The prefix itself may be a secret, a folder, or both.

@@ -11,6 +11,7 @@ mod credentials;
 mod guard;
 mod setup;
 mod tenant;
+mod verified;
 
 use std::future::Future;
 
