@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Namespace};
 use kube::{
     Api, Client, ResourceExt,
@@ -160,7 +160,7 @@ where
 }
 
 /// Enclave's StatefulSets when their spec, deletion or ready replicas
-/// changed.
+/// changed, except at their creation.
 fn workspace_changes(
     client: Client,
 ) -> impl futures::Stream<Item = Result<StatefulSet, watcher::Error>> + Send + 'static {
@@ -182,6 +182,15 @@ fn workspace_changes(
         predicates::generation.combine(ready),
         PredicateConfig::default(),
     )
+    // One the Developer just created tells it nothing new: its first
+    // ready replica will (a spec changed by someone else bumps the
+    // generation past 1).
+    .try_filter(move |set| {
+        let created = set.metadata.generation == Some(1)
+            && set.metadata.deletion_timestamp.is_none()
+            && ready(set) == Some(0);
+        futures::future::ready(!created)
+    })
 }
 
 /// The Company controller: woken by its Companies, their Developers
