@@ -440,7 +440,10 @@ pub fn retry_delay(class: RetryClass, failures: u32) -> Duration {
         Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
     };
     match class {
-        RetryClass::Waiting => Duration::from_secs(1),
+        // What deletion waits for (Developers, a workspace, a namespace, a
+        // Job) is watched and wakes it as soon as it is done; the retry only
+        // guards against a missed event, so it backs off to 30 s.
+        RetryClass::Waiting => exponential(1_000, 30_000),
         // An RDS instance or a file system takes minutes to create or
         // delete: polls slow down the longer it takes (one Describe per
         // resource every 10-20 s at most, well inside the AWS call budget
@@ -566,7 +569,9 @@ mod tests {
             );
         }
         assert!(retry_delay(RetryClass::Throttled, 1) >= Duration::from_millis(2500));
-        assert_eq!(retry_delay(RetryClass::Waiting, 30), Duration::from_secs(1));
+        assert!(retry_delay(RetryClass::Waiting, 1) <= Duration::from_secs(1));
+        let later = retry_delay(RetryClass::Waiting, 30);
+        assert!((Duration::from_secs(15)..=Duration::from_secs(30)).contains(&later));
         let polls: Vec<Duration> = (1..=8)
             .map(|n| retry_delay(RetryClass::Polling, n))
             .collect();
