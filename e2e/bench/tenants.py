@@ -11,7 +11,9 @@ import argparse
 import os
 
 
-def company(name):
+def company(name, developers):
+    # Room for every workspace at the default limits (2 CPUs, 4 GiB, 1 GiB
+    # volume each) and the company controller.
     return f"""apiVersion: enclave.dev/v1alpha1
 kind: Company
 metadata:
@@ -19,10 +21,10 @@ metadata:
 spec:
   displayName: Benchmark tenant {name}
   quota:
-    cpu: "8"
-    memory: 16Gi
-    pods: 20
-    storage: 200Gi
+    cpu: "{max(8, 2 * (developers + 1))}"
+    memory: {max(16, 4 * (developers + 1))}Gi
+    pods: {developers + 10}
+    storage: {max(200, developers + 10)}Gi
   database:
     mode: Shared
     deletionPolicy: Delete
@@ -65,7 +67,7 @@ def main():
         single = open(os.path.join(args.out_dir, "tenants.yaml"), "w")
     for c in range(args.companies):
         name = f"{args.prefix}{c:05d}"
-        docs = [company(name)] + [developer(name, d) for d in range(args.developers)]
+        docs = [company(name, args.developers)] + [developer(name, d) for d in range(args.developers)]
         text = "---\n".join(docs)
         if single:
             single.write(("---\n" if c else "") + text)

@@ -142,11 +142,12 @@ spawn kube-controller-manager "$BIN/kube-controller-manager" \
   --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --leader-elect=false \
   --controllers="$CONTROLLERS" \
   --service-account-private-key-file="$DIR/sa.key" --root-ca-file="$DIR/ca.crt" \
-  --concurrent-gc-syncs=5 --v=0
+  --concurrent-gc-syncs=5 --kube-api-qps=200 --kube-api-burst=400 --v=0
 
 spawn kube-scheduler "$BIN/kube-scheduler" \
   --kubeconfig="$DIR/kubeconfig" --authentication-kubeconfig="$DIR/kubeconfig" --authorization-kubeconfig="$DIR/kubeconfig" \
-  --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" --leader-elect=false --v=0
+  --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" --leader-elect=false \
+  --kube-api-qps=200 --kube-api-burst=400 --v=0
 
 # (Started only once the API server is ready: both exit when it refuses
 # their first request, as it does while starting on a loaded machine.)

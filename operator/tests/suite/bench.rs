@@ -606,6 +606,8 @@ async fn tenants_converge_resync_and_go_at_scale() {
     let views = Views::start(&h.client, &prefix).await;
     make_room(&h.client, objects).await;
     let (base, base_gone) = baseline(&h, &views, &dir, &prefix, size).await;
+    // Progress as it goes: at 1,000 x 10 a run takes the better part of an hour.
+    eprintln!("bench: baseline all Ready in {}", secs(base.ready));
 
     // 2. The operator converges the same tenants from nothing.
     h.start_operator();
@@ -621,6 +623,7 @@ async fn tenants_converge_resync_and_go_at_scale() {
     let run = converge(&views, size, started, true).await;
     applying.await.unwrap();
     let converged = quiet(&h, &views, patience(objects)).await;
+    eprintln!("bench: operator all Ready in {}", secs(run.ready));
     let convergence = delta(&before, &converged);
     let peak_converging = rss.take_peak();
     let steady = rss_kib(pid);
@@ -638,6 +641,7 @@ async fn tenants_converge_resync_and_go_at_scale() {
     .await;
     let resynced = quiet(&h, &views, patience(objects)).await;
     let resync_took = resync_started.elapsed();
+    eprintln!("bench: one resync done in {}", secs(resync_took));
     let resync_delta = delta(&converged, &resynced);
     let peak_resync = rss.take_peak();
 
