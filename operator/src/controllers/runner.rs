@@ -234,6 +234,7 @@ async fn company_controller(client: Client, config: controller::Config, ctx: Arc
                     .map(|company| ObjectRef::<Company>::new(company))
             },
         )
+        .reconcile_all_on(resync_signal(Arc::clone(&settled)))
         .shutdown_on_signal()
         .run(reconcile_company, error_policy, ctx)
         .for_each(|result| {
@@ -299,6 +300,7 @@ async fn developer_controller(
             watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
             move |job| triggers::developer_of_job(job.labels(), &companies),
         )
+        .reconcile_all_on(resync_signal(Arc::clone(&settled)))
         .shutdown_on_signal()
         .run(reconcile_developer, error_policy, ctx)
         .for_each(|result| {
@@ -361,6 +363,30 @@ async fn sample_backend_counters(ctx: Arc<Context>) {
         vault = now;
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// Yields on each SIGHUP: every object is reconciled at once, as when its
+/// resync interval elapses, external systems included (what was checked
+/// recently is checked again). For a platform engineer who changed
+/// something outside the cluster, and for the scale benchmark.
+fn resync_signal(ctx: Arc<Context>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(hangup) = signal(SignalKind::hangup()) {
+            return futures::stream::unfold((hangup, ctx), |(mut hangup, ctx)| async move {
+                hangup.recv().await?;
+                tracing::info!("SIGHUP: reconciling every object now");
+                ctx.checked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                Some(((), (hangup, ctx)))
+            })
+            .boxed();
+        }
+    }
+    futures::stream::pending().boxed()
 }
 
 /// Resolves on SIGTERM or SIGINT.
