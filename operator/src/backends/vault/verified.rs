@@ -76,7 +76,7 @@ mod tests {
 
     #[test]
     fn holds_what_was_recorded_until_it_expires_or_is_forgotten() {
-        let verified = Verified::new(Duration::from_secs(60));
+        let verified = Verified::new(Duration::from_mins(1));
         verified.record("policy:a".into(), digest(&"hcl"));
         verified.record("kv:companies/x/owner".into(), digest(&"uid"));
         verified.record("kv:companies/xy".into(), digest(&"uid"));
