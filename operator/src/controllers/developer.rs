@@ -123,13 +123,14 @@ fn storage_ready(conditions: &[Condition]) -> bool {
 /// The uid/gid of the person `names` stands for: the one recorded in
 /// Vault for them (their data may still exist, owned by it), or a new one
 /// that no live Developer and no record holds, recorded before it is used.
-/// One allocation at a time, so two new Developers never get one id.
+/// One allocation at a time per company, so two new Developers never get
+/// one id.
 async fn allocate_id<B: Backends>(
     ctx: &Context<B>,
     namespace: &str,
     names: &crate::names::DeveloperNames,
 ) -> Result<Option<i64>, Error> {
-    let _guard = ctx.allocation.lock().await;
+    let _guard = ctx.allocation_lock(namespace).lock().await;
     let vault = &ctx.vault;
     let peers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
     let live: BTreeSet<i64> = peers

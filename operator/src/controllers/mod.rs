@@ -84,8 +84,10 @@ pub struct Context<B: Backends = Real> {
     pub databases: Databases<B>,
     /// Company file systems on FSx.
     pub file_systems: B::FileSystems,
-    /// Serialises uid/gid allocation (one active operator, leader-elected).
-    pub allocation: tokio::sync::Mutex<()>,
+    /// Serialises uid/gid allocation within a company (ids are unique per
+    /// company; one active operator, leader-elected): see
+    /// [`Context::allocation_lock`].
+    pub allocation: Allocation,
     /// Metrics and readiness.
     pub health: Arc<http::Health>,
     /// Objects pruned since start (see [`Context::pruned_since_start`]).
@@ -108,7 +110,27 @@ pub struct Context<B: Backends = Real> {
         std::sync::Mutex<std::collections::HashMap<String, crate::crd::DatabaseStatus>>,
 }
 
+/// Locks for uid/gid allocation, striped by namespace: companies allocate
+/// in parallel, the Developers of one company one at a time.
+pub struct Allocation(Vec<tokio::sync::Mutex<()>>);
+
+impl Default for Allocation {
+    fn default() -> Self {
+        Self((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
+    }
+}
+
 impl<B: Backends> Context<B> {
+    /// The lock that serialises uid/gid allocation in `namespace`.
+    pub fn allocation_lock(&self, namespace: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        namespace.hash(&mut hasher);
+        let stripes = &self.allocation.0;
+        let index = usize::try_from(hasher.finish() % stripes.len() as u64).unwrap_or(0);
+        &stripes[index]
+    }
+
     /// `company` resolved against the configuration and what its status
     /// records of its external resources (the builders' observed facts).
     pub fn company<'a>(&'a self, company: &'a Company) -> CompanyContext<'a> {

@@ -434,7 +434,7 @@ pub async fn run(
         vault,
         databases,
         file_systems,
-        allocation: tokio::sync::Mutex::new(()),
+        allocation: super::Allocation::default(),
         health: Arc::clone(&health),
         audit: Audit::new(client.clone(), &options.identity),
         failures: std::sync::Mutex::default(),

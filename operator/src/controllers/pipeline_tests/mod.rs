@@ -59,7 +59,7 @@ fn harness_with(creating_calls: u32, config: OperatorConfig) -> Harness {
             shared: FakeDatabase::new(Arc::clone(&vault), creating_calls),
         },
         file_systems: FakeFileSystems::default(),
-        allocation: tokio::sync::Mutex::new(()),
+        allocation: super::Allocation::default(),
         health: Arc::new(Health::default()),
         pruned: std::sync::Mutex::default(),
         cache: Arc::default(),
