@@ -131,12 +131,18 @@ where
     if cache.unchanged(kind, &namespace, &name, intent) {
         return Ok(false);
     }
-    if let Some(live) = api.get_opt(&name).await? {
+    // The watch has listed its kind and never saw it: create, no read.
+    let live = if cache.absent(kind, &namespace, &name) {
+        None
+    } else {
+        api.get_opt(&name).await?
+    };
+    if let Some(live) = live {
         let version = live.resource_version();
         let live = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
         match why_apply(&live, &desired) {
             None => {
-                cache.verified(kind, &namespace, &name, version.as_deref(), intent);
+                cache.verified(kind, object.meta(), version.as_deref(), intent);
                 return Ok(false);
             }
             Some(why) => tracing::debug!(kind, %name, %why, "applying"),
@@ -146,8 +152,7 @@ where
     let applied = api.patch(&name, &params, &Patch::Apply(&desired)).await?;
     cache.verified(
         kind,
-        &namespace,
-        &name,
+        applied.meta(),
         applied.resource_version().as_deref(),
         intent,
     );

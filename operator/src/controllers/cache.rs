@@ -51,6 +51,11 @@ struct Entry {
     intent: u64,
     /// A StatefulSet's ready replicas.
     ready: i32,
+    /// For kinds watched whole: a hash of the object without its status
+    /// (0: unknown).
+    content: u64,
+    /// A hash of its controller owner's uid (0: none known).
+    owner: u64,
 }
 
 /// A namespace's owner marks (label and uid annotation).
@@ -62,6 +67,36 @@ struct Inner {
     namespaces: HashMap<String, Owner>,
     /// Keys seen during a kind's relist.
     relisting: HashMap<&'static str, HashSet<u64>>,
+    /// Kinds whose watch has listed at least once.
+    listed: HashSet<&'static str>,
+    /// The keys of the objects each owner (uid hash) owns.
+    owned: HashMap<u64, HashSet<u64>>,
+}
+
+impl Inner {
+    /// Records `owner` as the owner of `k` (moving it from another).
+    fn own(&mut self, k: u64, owner: u64) {
+        let Some(entry) = self.entries.get_mut(&k) else {
+            return;
+        };
+        let before = std::mem::replace(&mut entry.owner, owner);
+        if before == owner {
+            return;
+        }
+        self.disown(k, before);
+        if owner != 0 {
+            self.owned.entry(owner).or_default().insert(k);
+        }
+    }
+
+    fn disown(&mut self, k: u64, owner: u64) {
+        if let Some(keys) = self.owned.get_mut(&owner) {
+            keys.remove(&k);
+            if keys.is_empty() {
+                self.owned.remove(&owner);
+            }
+        }
+    }
 }
 
 /// See the module documentation.
@@ -83,6 +118,20 @@ pub fn intent(annotation: &str) -> u64 {
     hasher.finish()
 }
 
+/// A hash of an owner's uid, as the cache indexes owners.
+fn owner_key(uid: &str) -> u64 {
+    key("", "", uid)
+}
+
+/// The hash of the uid of `meta`'s owner (the first reference: Enclave
+/// sets exactly one), 0 without one.
+fn owner_of(meta: &kube::api::ObjectMeta) -> u64 {
+    meta.owner_references
+        .as_ref()
+        .and_then(|refs| refs.first())
+        .map_or(0, |r| owner_key(&r.uid))
+}
+
 fn version(resource_version: Option<&str>) -> u64 {
     resource_version.and_then(|v| v.parse().ok()).unwrap_or(0)
 }
@@ -100,26 +149,70 @@ impl WatchCache {
             .is_some_and(|e| e.observed != 0 && e.observed == e.verified && e.intent == intent)
     }
 
-    /// Records that the object at `resource_version` holds intent `intent`.
+    /// Records that the object at `resource_version`, owned as `meta`
+    /// says, holds intent `intent`.
     pub fn verified(
         &self,
         kind: &'static str,
-        namespace: &str,
-        name: &str,
+        meta: &kube::api::ObjectMeta,
         resource_version: Option<&str>,
         intent: u64,
     ) {
+        let namespace = meta.namespace.as_deref().unwrap_or_default();
+        let name = meta.name.as_deref().unwrap_or_default();
         if let Ok(mut inner) = self.inner.write() {
-            let entry = inner
-                .entries
-                .entry(key(kind, namespace, name))
-                .or_insert(Entry {
-                    kind,
-                    ..Entry::default()
-                });
+            let k = key(kind, namespace, name);
+            let entry = inner.entries.entry(k).or_insert(Entry {
+                kind,
+                ..Entry::default()
+            });
             entry.verified = version(resource_version);
             entry.intent = intent;
+            inner.own(k, owner_of(meta));
         }
+    }
+
+    /// The kinds of `owner_uid`'s objects in `namespace` that are not
+    /// in `keep` (kind and name), as far as the watches and this
+    /// process's applies know; `None` when one of `kinds` has not listed
+    /// yet (then nothing is known).
+    pub fn strays(
+        &self,
+        kinds: &[&str],
+        namespace: &str,
+        owner_uid: &str,
+        keep: &[(&'static str, String)],
+    ) -> Option<HashSet<&'static str>> {
+        let inner = self.inner.read().ok()?;
+        if !kinds.iter().all(|k| inner.listed.contains(k)) {
+            return None;
+        }
+        let keep: HashSet<u64> = keep.iter().map(|(k, n)| key(k, namespace, n)).collect();
+        Some(
+            inner
+                .owned
+                .get(&owner_key(owner_uid))
+                .into_iter()
+                .flatten()
+                .filter(|k| !keep.contains(*k))
+                .filter_map(|k| inner.entries.get(k).map(|e| e.kind))
+                .collect(),
+        )
+    }
+
+    /// Whether the object does not exist as far as the watch knows: its
+    /// kind has listed and the watch has not seen it (or saw it go). An
+    /// apply then writes without reading first; should the watch lag
+    /// behind a creation, that write is a server-side no-op.
+    pub fn absent(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        let Ok(inner) = self.inner.read() else {
+            return false;
+        };
+        inner.listed.contains(kind)
+            && inner
+                .entries
+                .get(&key(kind, namespace, name))
+                .is_none_or(|e| e.observed == 0)
     }
 
     /// A StatefulSet's ready replicas, if the watch has seen it.
@@ -139,6 +232,10 @@ impl WatchCache {
         inner.namespaces.get(name).cloned()
     }
 
+    /// Records what the watch saw. A new version whose content (all but
+    /// the status) is that of a verified version is verified too: another
+    /// controller's status update (a quota's usage, a StatefulSet's
+    /// replicas) changes nothing an apply wrote.
     fn observe(
         &self,
         kind: &'static str,
@@ -146,6 +243,8 @@ impl WatchCache {
         name: &str,
         version_seen: u64,
         ready: i32,
+        content: u64,
+        owner: u64,
     ) {
         if let Ok(mut inner) = self.inner.write() {
             let k = key(kind, namespace, name);
@@ -156,14 +255,26 @@ impl WatchCache {
                 kind,
                 ..Entry::default()
             });
+            if content != 0
+                && entry.content == content
+                && entry.observed != 0
+                && entry.observed == entry.verified
+            {
+                entry.verified = version_seen;
+            }
             entry.observed = version_seen;
             entry.ready = ready;
+            entry.content = content;
+            inner.own(k, owner);
         }
     }
 
     fn forget(&self, kind: &'static str, namespace: &str, name: &str) {
         if let Ok(mut inner) = self.inner.write() {
-            inner.entries.remove(&key(kind, namespace, name));
+            let k = key(kind, namespace, name);
+            if let Some(entry) = inner.entries.remove(&k) {
+                inner.disown(k, entry.owner);
+            }
             if kind == Namespace::KIND {
                 inner.namespaces.remove(name);
             }
@@ -181,9 +292,17 @@ impl WatchCache {
     fn relist_done(&self, kind: &'static str) {
         if let Ok(mut inner) = self.inner.write() {
             let seen = inner.relisting.remove(kind).unwrap_or_default();
-            inner
+            let gone: Vec<(u64, u64)> = inner
                 .entries
-                .retain(|k, e| e.kind != kind || seen.contains(k));
+                .iter()
+                .filter(|(k, e)| e.kind == kind && !seen.contains(*k))
+                .map(|(k, e)| (*k, e.owner))
+                .collect();
+            for (k, owner) in gone {
+                inner.entries.remove(&k);
+                inner.disown(k, owner);
+            }
+            inner.listed.insert(kind);
         }
     }
 
@@ -203,11 +322,32 @@ impl WatchCache {
 /// The label every object Enclave manages carries.
 const MANAGED: &str = "app.kubernetes.io/managed-by=enclave";
 
-/// Follows one kind: metadata only, or (`ready`) whole objects where the
-/// cache keeps a status field.
-async fn follow<W>(api: Api<W>, kind: &'static str, cache: Arc<WatchCache>, ready: fn(&W) -> i32)
+/// A hash of everything in `object` but its status and the fields the
+/// server changes with it (version, field managers).
+fn content<W: serde::Serialize>(object: &W) -> u64 {
+    let Ok(mut value) = serde_json::to_value(object) else {
+        return 0;
+    };
+    if let Some(object) = value.as_object_mut() {
+        object.remove("status");
+        if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            metadata.remove("resourceVersion");
+            metadata.remove("managedFields");
+        }
+    }
+    intent(&value.to_string())
+}
+
+/// How a kind is followed: metadata only, or whole objects whose content
+/// the cache compares and whose ready replicas it keeps.
+struct Whole<W> {
+    ready: fn(&W) -> i32,
+}
+
+/// Follows one kind (`whole`: whole objects, see [`Whole`]).
+async fn follow<W>(api: Api<W>, kind: &'static str, cache: Arc<WatchCache>, whole: Option<Whole<W>>)
 where
-    W: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    W: Resource + Clone + DeserializeOwned + serde::Serialize + Debug + Send + 'static,
     W::DynamicType: Default,
 {
     let mut events = watcher(api, watcher::Config::default().labels(MANAGED))
@@ -221,7 +361,9 @@ where
                 &o.namespace().unwrap_or_default(),
                 &o.name_any(),
                 version(o.resource_version().as_deref()),
-                ready(&o),
+                whole.as_ref().map_or(0, |w| (w.ready)(&o)),
+                whole.as_ref().map_or(0, |_| content(&o)),
+                owner_of(o.meta()),
             ),
             Ok(watcher::Event::Delete(o)) => {
                 cache.forget(kind, &o.namespace().unwrap_or_default(), &o.name_any());
@@ -242,7 +384,10 @@ async fn follow_namespaces(client: Client, cache: Arc<WatchCache>) {
     let mut relisted: Option<HashSet<String>> = None;
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Init) => relisted = Some(HashSet::new()),
+            Ok(watcher::Event::Init) => {
+                relisted = Some(HashSet::new());
+                cache.relist_begins(Namespace::KIND);
+            }
             Ok(watcher::Event::InitApply(ns) | watcher::Event::Apply(ns)) => {
                 if let Some(seen) = &mut relisted {
                     seen.insert(ns.name_any());
@@ -264,6 +409,8 @@ async fn follow_namespaces(client: Client, cache: Arc<WatchCache>) {
                         &ns.name_any(),
                         version(ns.resource_version().as_deref()),
                         0,
+                        0,
+                        0,
                     );
                 }
             }
@@ -272,14 +419,11 @@ async fn follow_namespaces(client: Client, cache: Arc<WatchCache>) {
                 if let Some(seen) = relisted.take() {
                     cache.relist_namespaces(&seen);
                 }
+                cache.relist_done(Namespace::KIND);
             }
             Err(error) => tracing::debug!(%error, "watch of namespaces interrupted"),
         }
     }
-}
-
-fn none<W>(_: &W) -> i32 {
-    0
 }
 
 /// Keeps `cache` current until the controllers stop: one watch per kind
@@ -291,7 +435,7 @@ pub async fn run(client: Client, cache: Arc<WatchCache>) {
                 Api::<PartialObjectMeta<$kind>>::all(client.clone()),
                 <$kind>::KIND,
                 Arc::clone(&cache),
-                none,
+                None,
             )) as futures::future::BoxFuture<'static, ()>
         };
     }
@@ -299,17 +443,26 @@ pub async fn run(client: Client, cache: Arc<WatchCache>) {
         Api::<StatefulSet>::all(client.clone()),
         StatefulSet::KIND,
         Arc::clone(&cache),
-        |s: &StatefulSet| {
-            s.status
-                .as_ref()
-                .and_then(|st| st.ready_replicas)
-                .unwrap_or(0)
-        },
+        Some(Whole {
+            ready: |s: &StatefulSet| {
+                s.status
+                    .as_ref()
+                    .and_then(|st| st.ready_replicas)
+                    .unwrap_or(0)
+            },
+        }),
+    )) as futures::future::BoxFuture<'static, ()>;
+    // A quota's usage changes with every pod and claim in its namespace.
+    let quotas = Box::pin(follow(
+        Api::<ResourceQuota>::all(client.clone()),
+        ResourceQuota::KIND,
+        Arc::clone(&cache),
+        Some(Whole { ready: |_| 0 }),
     )) as futures::future::BoxFuture<'static, ()>;
     join_all([
         Box::pin(follow_namespaces(client.clone(), Arc::clone(&cache))),
         sets,
-        meta!(ResourceQuota),
+        quotas,
         meta!(LimitRange),
         meta!(NetworkPolicy),
         meta!(Role),
@@ -328,6 +481,74 @@ pub async fn run(client: Client, cache: Arc<WatchCache>) {
 mod tests {
     use super::*;
 
+    fn meta(namespace: &str, name: &str) -> kube::api::ObjectMeta {
+        kube::api::ObjectMeta {
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    fn owned(namespace: &str, name: &str, uid: &str) -> kube::api::ObjectMeta {
+        kube::api::ObjectMeta {
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    uid: uid.into(),
+                    ..Default::default()
+                },
+            ]),
+            ..meta(namespace, name)
+        }
+    }
+
+    #[test]
+    fn strays_are_found_by_owner_in_memory() {
+        let cache = WatchCache::default();
+        let kinds = ["Role", "Service"];
+        let keep = [("Role", "a".to_owned())];
+        assert_eq!(
+            cache.strays(&kinds, "ns", "u1", &keep),
+            None,
+            "nothing listed"
+        );
+        for kind in kinds {
+            cache.relist_begins(kind);
+            cache.relist_done(kind);
+        }
+        assert_eq!(
+            cache.strays(&kinds, "ns", "u1", &keep),
+            Some(HashSet::new())
+        );
+        // Applied by this process: known before the watch sees it.
+        cache.verified("Role", &owned("ns", "a", "u1"), Some("3"), intent("x"));
+        cache.verified("Service", &owned("ns", "b", "u1"), Some("4"), intent("x"));
+        cache.verified("Service", &owned("ns", "c", "u2"), Some("5"), intent("x"));
+        assert_eq!(
+            cache.strays(&kinds, "ns", "u1", &keep),
+            Some(HashSet::from(["Service"]))
+        );
+        // Seen by the watch with another owner: no longer u1's.
+        cache.observe("Service", "ns", "b", 6, 0, 0, owner_key("u9"));
+        assert_eq!(
+            cache.strays(&kinds, "ns", "u1", &keep),
+            Some(HashSet::new())
+        );
+        cache.observe("Service", "ns", "b", 7, 0, 0, owner_key("u1"));
+        cache.forget("Service", "ns", "b");
+        assert_eq!(
+            cache.strays(&kinds, "ns", "u1", &keep),
+            Some(HashSet::new())
+        );
+        assert_eq!(
+            cache.strays(&kinds, "ns", "u2", &[]),
+            Some(HashSet::from(["Service"]))
+        );
+        // A relist that does not see it forgets its owner too.
+        cache.relist_begins("Service");
+        cache.relist_done("Service");
+        assert_eq!(cache.strays(&kinds, "ns", "u2", &[]), Some(HashSet::new()));
+    }
+
     #[test]
     fn an_object_verified_and_seen_at_the_same_version_needs_no_read() {
         let cache = WatchCache::default();
@@ -336,12 +557,12 @@ mod tests {
             !cache.unchanged("Service", "ns", "svc", intent),
             "never seen"
         );
-        cache.verified("Service", "ns", "svc", Some("10"), intent);
+        cache.verified("Service", &meta("ns", "svc"), Some("10"), intent);
         assert!(
             !cache.unchanged("Service", "ns", "svc", intent),
             "the watch has not seen 10"
         );
-        cache.observe("Service", "ns", "svc", 10, 0);
+        cache.observe("Service", "ns", "svc", 10, 0, 0, 0);
         assert!(cache.unchanged("Service", "ns", "svc", intent));
         assert!(
             !cache.unchanged("Service", "ns", "svc", super::intent("abd")),
@@ -352,9 +573,9 @@ mod tests {
             "another key"
         );
         // Someone wrote it: read it again.
-        cache.observe("Service", "ns", "svc", 11, 0);
+        cache.observe("Service", "ns", "svc", 11, 0, 0, 0);
         assert!(!cache.unchanged("Service", "ns", "svc", intent));
-        cache.verified("Service", "ns", "svc", Some("11"), intent);
+        cache.verified("Service", &meta("ns", "svc"), Some("11"), intent);
         assert!(cache.unchanged("Service", "ns", "svc", intent));
         // Deleted: read it again.
         cache.forget("Service", "ns", "svc");
@@ -362,16 +583,50 @@ mod tests {
     }
 
     #[test]
+    fn a_status_update_of_a_verified_object_needs_no_read() {
+        let cache = WatchCache::default();
+        let intent = intent("q");
+        let mut quota = ResourceQuota::default();
+        quota.metadata.name = Some("quota".into());
+        quota.metadata.resource_version = Some("7".into());
+        let written = content(&quota);
+        cache.observe("ResourceQuota", "ns", "quota", 7, 0, written, 0);
+        cache.verified("ResourceQuota", &meta("ns", "quota"), Some("7"), intent);
+        // The quota controller records usage: a new version, same content.
+        quota.metadata.resource_version = Some("8".into());
+        quota.status = Some(Default::default());
+        assert_eq!(
+            content(&quota),
+            written,
+            "status and version are not content"
+        );
+        cache.observe("ResourceQuota", "ns", "quota", 8, 0, content(&quota), 0);
+        assert!(cache.unchanged("ResourceQuota", "ns", "quota", intent));
+        // Someone changes a label: read it.
+        quota.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
+        cache.observe("ResourceQuota", "ns", "quota", 9, 0, content(&quota), 0);
+        assert!(!cache.unchanged("ResourceQuota", "ns", "quota", intent));
+        // ...and a status update after it does not make it trusted again.
+        cache.observe("ResourceQuota", "ns", "quota", 10, 0, content(&quota), 0);
+        assert!(!cache.unchanged("ResourceQuota", "ns", "quota", intent));
+        // Metadata-only kinds (content 0) never advance.
+        cache.observe("Role", "ns", "r", 3, 0, 0, 0);
+        cache.verified("Role", &meta("ns", "r"), Some("3"), intent);
+        cache.observe("Role", "ns", "r", 4, 0, 0, 0);
+        assert!(!cache.unchanged("Role", "ns", "r", intent));
+    }
+
+    #[test]
     fn a_relist_forgets_what_vanished_meanwhile() {
         let cache = WatchCache::default();
         let intent = intent("x");
         for name in ["a", "b"] {
-            cache.observe("Role", "ns", name, 5, 0);
-            cache.verified("Role", "ns", name, Some("5"), intent);
+            cache.observe("Role", "ns", name, 5, 0, 0, 0);
+            cache.verified("Role", &meta("ns", name), Some("5"), intent);
         }
-        cache.observe("Service", "ns", "a", 5, 0);
+        cache.observe("Service", "ns", "a", 5, 0, 0, 0);
         cache.relist_begins("Role");
-        cache.observe("Role", "ns", "a", 5, 0);
+        cache.observe("Role", "ns", "a", 5, 0, 0, 0);
         cache.relist_done("Role");
         assert!(cache.unchanged("Role", "ns", "a", intent));
         assert!(
@@ -382,11 +637,28 @@ mod tests {
     }
 
     #[test]
+    fn only_a_listed_kind_knows_what_is_absent() {
+        let cache = WatchCache::default();
+        assert!(!cache.absent("Role", "ns", "a"), "not listed: unknown");
+        cache.relist_begins("Role");
+        cache.observe("Role", "ns", "a", 5, 0, 0, 0);
+        cache.relist_done("Role");
+        assert!(!cache.absent("Role", "ns", "a"));
+        assert!(cache.absent("Role", "ns", "b"));
+        assert!(!cache.absent("Service", "ns", "b"), "another kind");
+        // Applied but not seen yet by the watch: still absent as far as it knows.
+        cache.verified("Role", &meta("ns", "b"), Some("6"), intent("x"));
+        assert!(cache.absent("Role", "ns", "b"));
+        cache.forget("Role", "ns", "a");
+        assert!(cache.absent("Role", "ns", "a"));
+    }
+
+    #[test]
     fn versions_that_are_not_numbers_are_never_trusted() {
         let cache = WatchCache::default();
         let intent = intent("x");
-        cache.verified("Role", "ns", "a", Some("opaque"), intent);
-        cache.observe("Role", "ns", "a", version(Some("opaque")), 0);
+        cache.verified("Role", &meta("ns", "a"), Some("opaque"), intent);
+        cache.observe("Role", "ns", "a", version(Some("opaque")), 0, 0, 0);
         assert!(!cache.unchanged("Role", "ns", "a", intent));
     }
 }

@@ -8,7 +8,7 @@
 use std::{collections::BTreeSet, fmt::Debug};
 
 use k8s_openapi::{
-    NamespaceResourceScope,
+    NamespaceResourceScope, Resource as _,
     api::{
         apps::v1::{Deployment, StatefulSet},
         core::v1::{ConfigMap, LimitRange, ResourceQuota, Service, ServiceAccount},
@@ -115,7 +115,9 @@ where
 }
 
 /// Deletes `owner`'s labelled children in `namespace` that are not in
-/// `desired`; returns what went (for the audit trail).
+/// `desired`; returns what went (for the audit trail). Only the kinds in
+/// which the watch cache knows of a child not desired are listed (all of
+/// them while it has not listed yet): a steady tenant costs no request.
 pub async fn prune<B: Backends>(
     ctx: &Context<B>,
     namespace: &str,
@@ -123,16 +125,42 @@ pub async fn prune<B: Backends>(
     desired: &[KubeObject],
 ) -> Result<Vec<String>, Error> {
     let keep: BTreeSet<_> = desired.iter().map(kind_and_name).collect();
+    let listed: Vec<_> = keep.iter().cloned().collect();
+    let strays = ctx.cache.strays(KINDS, namespace, owner.uid(), &listed);
+    let look = |kind: &str| strays.as_ref().is_none_or(|s| s.contains(kind));
     let mut pruned = Vec::new();
-    pruned.extend(prune_kind::<NetworkPolicy, B>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<RoleBinding, B>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<Role, B>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<ServiceAccount, B>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<Service, B>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<StatefulSet, B>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<Deployment, B>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<ConfigMap, B>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<ResourceQuota, B>(ctx, namespace, owner, &keep).await?);
-    pruned.extend(prune_kind::<LimitRange, B>(ctx, namespace, owner, &keep).await?);
+    macro_rules! prune {
+        ($($kind:ty),*) => {$(
+            if look(<$kind>::KIND) {
+                pruned.extend(prune_kind::<$kind, B>(ctx, namespace, owner, &keep).await?);
+            }
+        )*};
+    }
+    prune!(
+        NetworkPolicy,
+        RoleBinding,
+        Role,
+        ServiceAccount,
+        Service,
+        StatefulSet,
+        Deployment,
+        ConfigMap,
+        ResourceQuota,
+        LimitRange
+    );
     Ok(pruned)
 }
+
+/// The kinds [`prune`] looks at.
+const KINDS: &[&str] = &[
+    NetworkPolicy::KIND,
+    RoleBinding::KIND,
+    Role::KIND,
+    ServiceAccount::KIND,
+    Service::KIND,
+    StatefulSet::KIND,
+    Deployment::KIND,
+    ConfigMap::KIND,
+    ResourceQuota::KIND,
+    LimitRange::KIND,
+];
