@@ -321,17 +321,26 @@ async fn apply_objects<B: Backends>(
     Ok(())
 }
 
-/// How many Developers the Company's namespace holds.
+/// How many Developers the Company's namespace holds: from the watch that
+/// wakes the Company for each arrival and departure, or a LIST until it
+/// has listed.
 async fn developer_count<B: Backends>(
     ctx: &Context<B>,
     build: &CompanyContext<'_>,
 ) -> Result<Option<i32>, Error> {
-    let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), build.names.namespace());
-    let count = developers
-        .list_metadata(&ListParams::default())
-        .await?
-        .items
-        .len();
+    let namespace = build.names.namespace();
+    let watched = ctx.membership.lock().ok().and_then(|m| m.count(namespace));
+    let count = match watched {
+        Some(count) => count,
+        None => {
+            let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
+            developers
+                .list_metadata(&ListParams::default())
+                .await?
+                .items
+                .len()
+        }
+    };
     Ok(i32::try_from(count).ok())
 }
 

@@ -104,6 +104,9 @@ pub struct Context<B: Backends = Real> {
     pub cache: Arc<cache::WatchCache>,
     /// The Companies as the Developer controller's watch holds them.
     pub companies: kube::runtime::reflector::Store<Company>,
+    /// The Developers per namespace, as the Company controller's watch
+    /// holds them.
+    pub membership: std::sync::Arc<std::sync::Mutex<triggers::Membership>>,
     /// The database status last recorded per Company uid (see
     /// [`Context::database_written`]).
     pub databases_written:

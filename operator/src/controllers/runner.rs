@@ -205,10 +205,13 @@ async fn company_controller(client: Client, config: controller::Config, ctx: Arc
     // cleanup); its spec and status patches do not, and are not passed on.
     let known_companies = controller.store();
     let settled = Arc::clone(&ctx);
-    let developers = triggers::membership_changes(watcher::watcher(
-        Api::<triggers::DeveloperMeta>::all(client.clone()),
-        watcher::Config::default(),
-    ));
+    let developers = triggers::membership_changes(
+        watcher::watcher(
+            Api::<triggers::DeveloperMeta>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        Arc::clone(&ctx.membership),
+    );
     controller
         .with_config(config)
         .watches_stream(developers, move |developer| {
@@ -443,6 +446,7 @@ pub async fn run(
         companies,
         checked: std::sync::Mutex::default(),
         databases_written: std::sync::Mutex::default(),
+        membership: std::sync::Arc::default(),
     });
     health.ready.store(true, Ordering::Relaxed);
     tokio::spawn(sample_backend_counters(Arc::clone(&ctx)));

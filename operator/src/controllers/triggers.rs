@@ -2,7 +2,10 @@
 //! its outcome, so that a busy tenant does not make its Company reconcile
 //! once per Developer status patch.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use kube::{
@@ -22,13 +25,16 @@ pub type DeveloperMeta = PartialObjectMeta<Developer>;
 /// Tracks Developers by namespace and name, and passes on only the events
 /// that change a Company's view of them: one appearing (or re-created under
 /// the same name), starting to be deleted, or gone. Spec and status patches
-/// of a Developer that stays are dropped.
+/// of a Developer that stays are dropped. It also answers how many
+/// Developers a namespace holds, so a Company's count needs no LIST.
 #[derive(Debug, Default)]
 pub struct Membership {
-    /// uid and whether it is being deleted, by namespace and name.
-    members: HashMap<(String, String), (String, bool)>,
+    /// uid and whether it is being deleted, by name, by namespace.
+    members: HashMap<String, HashMap<String, (String, bool)>>,
     /// Keys seen since a relist began (`None`: not relisting).
     relisted: Option<HashSet<(String, String)>>,
+    /// Whether a first list completed (before it, counts are unknown).
+    listed: bool,
 }
 
 impl Membership {
@@ -42,42 +48,49 @@ impl Membership {
                 Vec::new()
             }
             watcher::Event::InitApply(developer) | watcher::Event::Apply(developer) => {
-                let key = (
+                let (namespace, name) = (
                     developer.namespace().unwrap_or_default(),
                     developer.name_any(),
                 );
                 if let Some(seen) = &mut self.relisted {
-                    seen.insert(key.clone());
+                    seen.insert((namespace.clone(), name.clone()));
                 }
                 let now = (
                     developer.uid().unwrap_or_default(),
                     developer.metadata.deletion_timestamp.is_some(),
                 );
-                if self.members.insert(key, now.clone()) == Some(now) {
+                let before = self
+                    .members
+                    .entry(namespace)
+                    .or_default()
+                    .insert(name, now.clone());
+                if before == Some(now) {
                     Vec::new()
                 } else {
                     vec![developer]
                 }
             }
             watcher::Event::Delete(developer) => {
-                self.members.remove(&(
-                    developer.namespace().unwrap_or_default(),
-                    developer.name_any(),
-                ));
+                self.remove(
+                    &developer.namespace().unwrap_or_default(),
+                    &developer.name_any(),
+                );
                 vec![developer]
             }
             watcher::Event::InitDone => {
+                self.listed = true;
                 let seen = self.relisted.take().unwrap_or_default();
                 let gone: Vec<(String, String)> = self
                     .members
-                    .keys()
-                    .filter(|k| !seen.contains(*k))
-                    .cloned()
+                    .iter()
+                    .flat_map(|(namespace, names)| {
+                        names.keys().map(|name| (namespace.clone(), name.clone()))
+                    })
+                    .filter(|k| !seen.contains(k))
                     .collect();
                 gone.into_iter()
-                    .map(|key| {
-                        self.members.remove(&key);
-                        let (namespace, name) = key;
+                    .map(|(namespace, name)| {
+                        self.remove(&namespace, &name);
                         ObjectMeta {
                             name: Some(name),
                             namespace: Some(namespace),
@@ -86,6 +99,22 @@ impl Membership {
                         .into_response_partial()
                     })
                     .collect()
+            }
+        }
+    }
+
+    /// How many Developers `namespace` holds (those being deleted
+    /// included), once the watch has listed them.
+    pub fn count(&self, namespace: &str) -> Option<usize> {
+        self.listed
+            .then(|| self.members.get(namespace).map_or(0, HashMap::len))
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) {
+        if let Some(names) = self.members.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                self.members.remove(namespace);
             }
         }
     }
@@ -137,13 +166,20 @@ pub fn developer_of_job(
     Some(kube::runtime::reflector::ObjectRef::new(labels.get(LABEL_DEVELOPER)?).within(&namespace))
 }
 
-/// The Developers of `events` whose change matters to their Company.
+/// The Developers of `events` whose change matters to their Company;
+/// `membership` is kept current before each is passed on.
 pub fn membership_changes(
     events: impl Stream<Item = Result<watcher::Event<DeveloperMeta>, watcher::Error>> + Send + 'static,
+    membership: Arc<Mutex<Membership>>,
 ) -> impl Stream<Item = Result<DeveloperMeta, watcher::Error>> + Send + 'static {
-    let mut membership = Membership::default();
     events
-        .map_ok(move |event| stream::iter(membership.on(event).into_iter().map(Ok)))
+        .map_ok(move |event| {
+            let changed = membership
+                .lock()
+                .map(|mut m| m.on(event))
+                .unwrap_or_default();
+            stream::iter(changed.into_iter().map(Ok))
+        })
         .try_flatten()
         .boxed()
 }
@@ -175,10 +211,16 @@ mod tests {
     #[test]
     fn only_arrival_deletion_and_departure_reach_the_company() {
         let mut m = Membership::default();
+        assert_eq!(m.count("company-a"), None, "not listed yet");
+        m.on(watcher::Event::Init);
+        m.on(watcher::Event::InitDone);
+        assert_eq!(m.count("company-a"), Some(0));
         assert_eq!(
             names(&m.on(watcher::Event::Apply(meta("alice", "u1", false, "1")))),
             ["alice"]
         );
+        assert_eq!(m.count("company-a"), Some(1));
+        assert_eq!(m.count("company-b"), Some(0));
         // Status and spec patches: a new resourceVersion, nothing else.
         for version in ["2", "3", "4"] {
             assert!(
@@ -194,10 +236,12 @@ mod tests {
             m.on(watcher::Event::Apply(meta("alice", "u1", true, "6")))
                 .is_empty()
         );
+        assert_eq!(m.count("company-a"), Some(1), "going, not gone");
         assert_eq!(
             names(&m.on(watcher::Event::Delete(meta("alice", "u1", true, "7")))),
             ["alice"]
         );
+        assert_eq!(m.count("company-a"), Some(0));
         // Re-created under the same name: a new uid.
         assert_eq!(
             names(&m.on(watcher::Event::Apply(meta("alice", "u2", false, "8")))),
@@ -222,6 +266,7 @@ mod tests {
         );
         let gone = m.on(watcher::Event::InitDone);
         assert_eq!(names(&gone), ["bob"]);
+        assert_eq!(m.count("company-a"), Some(2), "alice and carol");
         assert_eq!(gone[0].namespace().as_deref(), Some("company-a"));
         // Gone for good: a later relist does not report bob again.
         m.on(watcher::Event::Init);

@@ -66,6 +66,7 @@ fn harness_with(creating_calls: u32, config: OperatorConfig) -> Harness {
         companies: kube::runtime::reflector::store().0,
         checked: std::sync::Mutex::default(),
         databases_written: std::sync::Mutex::default(),
+        membership: std::sync::Arc::default(),
         audit: Audit::new(client, "pipeline-test"),
         failures: std::sync::Mutex::default(),
     };
