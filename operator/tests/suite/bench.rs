@@ -209,6 +209,17 @@ fn delta(before: &Counters, after: &Counters) -> Delta {
     d
 }
 
+/// The operator's API requests between two [`Counters`] by verb and
+/// resource (watches and its leader Lease left out).
+fn requests<'a>(before: &Counters, after: &'a Counters) -> BTreeMap<&'a String, u64> {
+    after
+        .api
+        .iter()
+        .map(|(k, n)| (k, n - before.api.get(k).copied().unwrap_or(0)))
+        .filter(|(k, n)| *n > 0 && !k.starts_with("watch ") && !k.ends_with(" leases"))
+        .collect()
+}
+
 /// Polls until `done` (every 250 ms), up to `limit`.
 async fn until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -772,13 +783,14 @@ async fn tenants_converge_resync_and_go_at_scale() {
         resync_delta.aws,
         deletion.aws,
     );
-    let requests: BTreeMap<&String, u64> = resynced
-        .api
-        .iter()
-        .map(|(k, n)| (k, n - converged.api.get(k).copied().unwrap_or(0)))
-        .filter(|(k, n)| *n > 0 && !k.starts_with("watch ") && !k.ends_with(" leases"))
-        .collect();
-    println!("resync API requests by verb and resource: {requests:?}");
+    println!(
+        "converging API requests by verb and resource: {:?}",
+        requests(&before, &converged)
+    );
+    println!(
+        "resync API requests by verb and resource: {:?}",
+        requests(&converged, &resynced)
+    );
 
     assert_eq!(
         resync_delta.writes, 0,
