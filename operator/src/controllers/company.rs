@@ -299,9 +299,7 @@ async fn apply_objects<B: Backends>(
 ) -> Result<(), Error> {
     let name = build.names.company();
     let namespace = build.names.namespace();
-    for object in &plan.objects {
-        ctx.apply(object).await?;
-    }
+    ctx.apply_all(plan.objects.iter().collect()).await?;
     tracing::debug!(company = %name, %namespace, objects = plan.objects.len(), "applied the company's objects");
     // The set of children changes only with the spec (or a restart with
     // another configuration, which also reconciles every object).

@@ -602,17 +602,20 @@ async fn apply_objects<B: Backends>(
     dev_ctx: &DeveloperContext<'_>,
     plan: &DeveloperPlan,
 ) -> Result<(), Error> {
-    for object in &plan.objects {
-        if !matches!(
-            object,
-            KubeObject::PersistentVolume(_)
-                | KubeObject::PersistentVolumeClaim(_)
-                | KubeObject::Job(_)
-                | KubeObject::StatefulSet(_)
-        ) {
-            ctx.apply(object).await?;
-        }
-    }
+    let identity_and_network = plan
+        .objects
+        .iter()
+        .filter(|object| {
+            !matches!(
+                object,
+                KubeObject::PersistentVolume(_)
+                    | KubeObject::PersistentVolumeClaim(_)
+                    | KubeObject::Job(_)
+                    | KubeObject::StatefulSet(_)
+            )
+        })
+        .collect();
+    ctx.apply_all(identity_and_network).await?;
     let namespace = developer.namespace().unwrap_or_default();
     let key = format!("Developer/{namespace}/{}", developer.name_any());
     if developer

@@ -199,6 +199,32 @@ impl<B: Backends> Context<B> {
         result
     }
 
+    /// Applies `objects` in three waves, each side by side: namespaces,
+    /// then what lives in them, then role bindings (the API server checks
+    /// a binding against its role, which must exist first). What needs
+    /// them all, the workspace, is applied by a later step. Stops at the
+    /// first failure.
+    pub async fn apply_all(
+        &self,
+        objects: Vec<&crate::builders::KubeObject>,
+    ) -> Result<(), kube::Error> {
+        use crate::builders::KubeObject;
+        use futures::TryStreamExt;
+        let wave = |o: &KubeObject| match o {
+            KubeObject::Namespace(_) => 0,
+            KubeObject::RoleBinding(_) => 2,
+            _ => 1,
+        };
+        for current in 0..3 {
+            let mut applying = futures::stream::FuturesUnordered::new();
+            for object in objects.iter().filter(|o| wave(o) == current) {
+                applying.push(self.apply(object));
+            }
+            while applying.try_next().await?.is_some() {}
+        }
+        Ok(())
+    }
+
     /// Counts a Vault step in the metrics and records its writes, if any,
     /// as one audit line and Event for `object` (`whose` policy and role).
     pub async fn vault_step<K>(
