@@ -89,6 +89,11 @@ pub(super) async fn reconcile_developer<B: Backends>(
     result
 }
 
+/// How long a Company's triggers are gathered into one reconcile: its
+/// Developers tend to arrive together (one `kubectl apply`, one GitOps
+/// sync), and each arrival changes its count.
+const COMPANY_DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// Runs both controllers until SIGTERM/SIGINT; `companies` fills the
 /// Company cache the context reads.
 async fn controllers(
@@ -101,7 +106,11 @@ async fn controllers(
     // The watch cache lives as long as the controllers that read it.
     let cache = super::cache::run(client.clone(), Arc::clone(&ctx.cache));
     let controllers = futures::future::join(
-        company_controller(client.clone(), config.clone(), Arc::clone(&ctx)),
+        company_controller(
+            client.clone(),
+            config.clone().debounce(COMPANY_DEBOUNCE),
+            Arc::clone(&ctx),
+        ),
         developer_controller(client, config, ctx, companies),
     );
     tokio::select! {
