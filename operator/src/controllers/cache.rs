@@ -58,6 +58,19 @@ struct Entry {
     owner: u64,
 }
 
+/// What a watch event says of one object.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    /// Its version.
+    version: u64,
+    /// A StatefulSet's ready replicas.
+    ready: i32,
+    /// See [`Entry::content`].
+    content: u64,
+    /// See [`Entry::owner`].
+    owner: u64,
+}
+
 /// A namespace's owner marks (label and uid annotation).
 type Owner = (Option<String>, Option<String>);
 
@@ -236,16 +249,13 @@ impl WatchCache {
     /// the status) is that of a verified version is verified too: another
     /// controller's status update (a quota's usage, a StatefulSet's
     /// replicas) changes nothing an apply wrote.
-    fn observe(
-        &self,
-        kind: &'static str,
-        namespace: &str,
-        name: &str,
-        version_seen: u64,
-        ready: i32,
-        content: u64,
-        owner: u64,
-    ) {
+    fn observe(&self, kind: &'static str, namespace: &str, name: &str, seen: Seen) {
+        let Seen {
+            version: version_seen,
+            ready,
+            content,
+            owner,
+        } = seen;
         if let Ok(mut inner) = self.inner.write() {
             let k = key(kind, namespace, name);
             if let Some(seen) = inner.relisting.get_mut(kind) {
@@ -360,10 +370,12 @@ where
                 kind,
                 &o.namespace().unwrap_or_default(),
                 &o.name_any(),
-                version(o.resource_version().as_deref()),
-                whole.as_ref().map_or(0, |w| (w.ready)(&o)),
-                whole.as_ref().map_or(0, |_| content(&o)),
-                owner_of(o.meta()),
+                Seen {
+                    version: version(o.resource_version().as_deref()),
+                    ready: whole.as_ref().map_or(0, |w| (w.ready)(&o)),
+                    content: whole.as_ref().map_or(0, |_| content(&o)),
+                    owner: owner_of(o.meta()),
+                },
             ),
             Ok(watcher::Event::Delete(o)) => {
                 cache.forget(kind, &o.namespace().unwrap_or_default(), &o.name_any());
@@ -407,10 +419,10 @@ async fn follow_namespaces(client: Client, cache: Arc<WatchCache>) {
                         Namespace::KIND,
                         "",
                         &ns.name_any(),
-                        version(ns.resource_version().as_deref()),
-                        0,
-                        0,
-                        0,
+                        Seen {
+                            version: version(ns.resource_version().as_deref()),
+                            ..Seen::default()
+                        },
                     );
                 }
             }
@@ -481,6 +493,15 @@ pub async fn run(client: Client, cache: Arc<WatchCache>) {
 mod tests {
     use super::*;
 
+    fn seen(version: u64, ready: i32, content: u64, owner: u64) -> Seen {
+        Seen {
+            version,
+            ready,
+            content,
+            owner,
+        }
+    }
+
     fn meta(namespace: &str, name: &str) -> kube::api::ObjectMeta {
         kube::api::ObjectMeta {
             namespace: Some(namespace.into()),
@@ -528,12 +549,12 @@ mod tests {
             Some(HashSet::from(["Service"]))
         );
         // Seen by the watch with another owner: no longer u1's.
-        cache.observe("Service", "ns", "b", 6, 0, 0, owner_key("u9"));
+        cache.observe("Service", "ns", "b", seen(6, 0, 0, owner_key("u9")));
         assert_eq!(
             cache.strays(&kinds, "ns", "u1", &keep),
             Some(HashSet::new())
         );
-        cache.observe("Service", "ns", "b", 7, 0, 0, owner_key("u1"));
+        cache.observe("Service", "ns", "b", seen(7, 0, 0, owner_key("u1")));
         cache.forget("Service", "ns", "b");
         assert_eq!(
             cache.strays(&kinds, "ns", "u1", &keep),
@@ -562,7 +583,7 @@ mod tests {
             !cache.unchanged("Service", "ns", "svc", intent),
             "the watch has not seen 10"
         );
-        cache.observe("Service", "ns", "svc", 10, 0, 0, 0);
+        cache.observe("Service", "ns", "svc", seen(10, 0, 0, 0));
         assert!(cache.unchanged("Service", "ns", "svc", intent));
         assert!(
             !cache.unchanged("Service", "ns", "svc", super::intent("abd")),
@@ -573,7 +594,7 @@ mod tests {
             "another key"
         );
         // Someone wrote it: read it again.
-        cache.observe("Service", "ns", "svc", 11, 0, 0, 0);
+        cache.observe("Service", "ns", "svc", seen(11, 0, 0, 0));
         assert!(!cache.unchanged("Service", "ns", "svc", intent));
         cache.verified("Service", &meta("ns", "svc"), Some("11"), intent);
         assert!(cache.unchanged("Service", "ns", "svc", intent));
@@ -590,29 +611,44 @@ mod tests {
         quota.metadata.name = Some("quota".into());
         quota.metadata.resource_version = Some("7".into());
         let written = content(&quota);
-        cache.observe("ResourceQuota", "ns", "quota", 7, 0, written, 0);
+        cache.observe("ResourceQuota", "ns", "quota", seen(7, 0, written, 0));
         cache.verified("ResourceQuota", &meta("ns", "quota"), Some("7"), intent);
         // The quota controller records usage: a new version, same content.
         quota.metadata.resource_version = Some("8".into());
-        quota.status = Some(Default::default());
+        quota.status = Some(k8s_openapi::api::core::v1::ResourceQuotaStatus::default());
         assert_eq!(
             content(&quota),
             written,
             "status and version are not content"
         );
-        cache.observe("ResourceQuota", "ns", "quota", 8, 0, content(&quota), 0);
+        cache.observe(
+            "ResourceQuota",
+            "ns",
+            "quota",
+            seen(8, 0, content(&quota), 0),
+        );
         assert!(cache.unchanged("ResourceQuota", "ns", "quota", intent));
         // Someone changes a label: read it.
         quota.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
-        cache.observe("ResourceQuota", "ns", "quota", 9, 0, content(&quota), 0);
+        cache.observe(
+            "ResourceQuota",
+            "ns",
+            "quota",
+            seen(9, 0, content(&quota), 0),
+        );
         assert!(!cache.unchanged("ResourceQuota", "ns", "quota", intent));
         // ...and a status update after it does not make it trusted again.
-        cache.observe("ResourceQuota", "ns", "quota", 10, 0, content(&quota), 0);
+        cache.observe(
+            "ResourceQuota",
+            "ns",
+            "quota",
+            seen(10, 0, content(&quota), 0),
+        );
         assert!(!cache.unchanged("ResourceQuota", "ns", "quota", intent));
         // Metadata-only kinds (content 0) never advance.
-        cache.observe("Role", "ns", "r", 3, 0, 0, 0);
+        cache.observe("Role", "ns", "r", seen(3, 0, 0, 0));
         cache.verified("Role", &meta("ns", "r"), Some("3"), intent);
-        cache.observe("Role", "ns", "r", 4, 0, 0, 0);
+        cache.observe("Role", "ns", "r", seen(4, 0, 0, 0));
         assert!(!cache.unchanged("Role", "ns", "r", intent));
     }
 
@@ -621,12 +657,12 @@ mod tests {
         let cache = WatchCache::default();
         let intent = intent("x");
         for name in ["a", "b"] {
-            cache.observe("Role", "ns", name, 5, 0, 0, 0);
+            cache.observe("Role", "ns", name, seen(5, 0, 0, 0));
             cache.verified("Role", &meta("ns", name), Some("5"), intent);
         }
-        cache.observe("Service", "ns", "a", 5, 0, 0, 0);
+        cache.observe("Service", "ns", "a", seen(5, 0, 0, 0));
         cache.relist_begins("Role");
-        cache.observe("Role", "ns", "a", 5, 0, 0, 0);
+        cache.observe("Role", "ns", "a", seen(5, 0, 0, 0));
         cache.relist_done("Role");
         assert!(cache.unchanged("Role", "ns", "a", intent));
         assert!(
@@ -641,7 +677,7 @@ mod tests {
         let cache = WatchCache::default();
         assert!(!cache.absent("Role", "ns", "a"), "not listed: unknown");
         cache.relist_begins("Role");
-        cache.observe("Role", "ns", "a", 5, 0, 0, 0);
+        cache.observe("Role", "ns", "a", seen(5, 0, 0, 0));
         cache.relist_done("Role");
         assert!(!cache.absent("Role", "ns", "a"));
         assert!(cache.absent("Role", "ns", "b"));
@@ -658,7 +694,7 @@ mod tests {
         let cache = WatchCache::default();
         let intent = intent("x");
         cache.verified("Role", &meta("ns", "a"), Some("opaque"), intent);
-        cache.observe("Role", "ns", "a", version(Some("opaque")), 0, 0, 0);
+        cache.observe("Role", "ns", "a", seen(version(Some("opaque")), 0, 0, 0));
         assert!(!cache.unchanged("Role", "ns", "a", intent));
     }
 }

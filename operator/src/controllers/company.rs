@@ -328,16 +328,15 @@ async fn developer_count<B: Backends>(
 ) -> Result<Option<i32>, Error> {
     let namespace = build.names.namespace();
     let watched = ctx.membership.lock().ok().and_then(|m| m.count(namespace));
-    let count = match watched {
-        Some(count) => count,
-        None => {
-            let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
-            developers
-                .list_metadata(&ListParams::default())
-                .await?
-                .items
-                .len()
-        }
+    let count = if let Some(count) = watched {
+        count
+    } else {
+        let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
+        developers
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len()
     };
     Ok(i32::try_from(count).ok())
 }

@@ -650,7 +650,7 @@ async fn storage_step<B: Backends>(
     status: &mut DeveloperStatus,
 ) -> Result<Option<Duration>, Error> {
     let was_prepared = storage_ready(&status.conditions);
-    let retry = storage::ensure_developer(ctx, dev_ctx, status).await?;
+    let retry = Box::pin(storage::ensure_developer(ctx, dev_ctx, status)).await?;
     if !was_prepared && storage_ready(&status.conditions) {
         let why = format!(
             "private storage {} ready for uid {}",
