@@ -189,18 +189,21 @@ impl WatchCache {
     /// in `keep` (kind and name), as far as the watches and this
     /// process's applies know; `None` when one of `kinds` has not listed
     /// yet (then nothing is known).
-    pub fn strays(
+    pub fn strays<'a>(
         &self,
         kinds: &[&str],
         namespace: &str,
         owner_uid: &str,
-        keep: &[(&'static str, String)],
+        keep: impl IntoIterator<Item = &'a (&'static str, String)>,
     ) -> Option<HashSet<&'static str>> {
         let inner = self.inner.read().ok()?;
         if !kinds.iter().all(|k| inner.listed.contains(k)) {
             return None;
         }
-        let keep: HashSet<u64> = keep.iter().map(|(k, n)| key(k, namespace, n)).collect();
+        let keep: HashSet<u64> = keep
+            .into_iter()
+            .map(|(k, n)| key(k, namespace, n))
+            .collect();
         Some(
             inner
                 .owned
@@ -630,20 +633,18 @@ mod tests {
         assert!(cache.unchanged("ResourceQuota", "ns", "quota", intent));
         // Someone changes a label: read it.
         quota.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
-        cache.observe(
-            "ResourceQuota",
-            "ns",
-            "quota",
-            seen(9, 0, content(&quota), 0),
-        );
+        let observe = |version, quota: &ResourceQuota| {
+            cache.observe(
+                "ResourceQuota",
+                "ns",
+                "quota",
+                seen(version, 0, content(quota), 0),
+            );
+        };
+        observe(9, &quota);
         assert!(!cache.unchanged("ResourceQuota", "ns", "quota", intent));
         // ...and a status update after it does not make it trusted again.
-        cache.observe(
-            "ResourceQuota",
-            "ns",
-            "quota",
-            seen(10, 0, content(&quota), 0),
-        );
+        observe(10, &quota);
         assert!(!cache.unchanged("ResourceQuota", "ns", "quota", intent));
         // Metadata-only kinds (content 0) never advance.
         cache.observe("Role", "ns", "r", seen(3, 0, 0, 0));

@@ -8,7 +8,7 @@
 use std::{collections::BTreeSet, fmt::Debug};
 
 use k8s_openapi::{
-    NamespaceResourceScope, Resource as _,
+    NamespaceResourceScope,
     api::{
         apps::v1::{Deployment, StatefulSet},
         core::v1::{ConfigMap, LimitRange, ResourceQuota, Service, ServiceAccount},
@@ -87,6 +87,11 @@ where
         + Debug,
 {
     let kind = K::kind(&());
+    // The watch cache knows of no stray child of this kind: no LIST.
+    let strays = ctx.cache.strays(&[&kind], namespace, owner.uid(), keep);
+    if strays.is_some_and(|s| s.is_empty()) {
+        return Ok(Vec::new());
+    }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let mut pruned = Vec::new();
     for object in api
@@ -125,42 +130,16 @@ pub async fn prune<B: Backends>(
     desired: &[KubeObject],
 ) -> Result<Vec<String>, Error> {
     let keep: BTreeSet<_> = desired.iter().map(kind_and_name).collect();
-    let listed: Vec<_> = keep.iter().cloned().collect();
-    let strays = ctx.cache.strays(KINDS, namespace, owner.uid(), &listed);
-    let look = |kind: &str| strays.as_ref().is_none_or(|s| s.contains(kind));
     let mut pruned = Vec::new();
-    macro_rules! prune {
-        ($($kind:ty),*) => {$(
-            if look(<$kind>::KIND) {
-                pruned.extend(prune_kind::<$kind, B>(ctx, namespace, owner, &keep).await?);
-            }
-        )*};
-    }
-    prune!(
-        NetworkPolicy,
-        RoleBinding,
-        Role,
-        ServiceAccount,
-        Service,
-        StatefulSet,
-        Deployment,
-        ConfigMap,
-        ResourceQuota,
-        LimitRange
-    );
+    pruned.extend(prune_kind::<NetworkPolicy, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<RoleBinding, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<Role, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<ServiceAccount, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<Service, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<StatefulSet, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<Deployment, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<ConfigMap, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<ResourceQuota, B>(ctx, namespace, owner, &keep).await?);
+    pruned.extend(prune_kind::<LimitRange, B>(ctx, namespace, owner, &keep).await?);
     Ok(pruned)
 }
-
-/// The kinds [`prune`] looks at.
-const KINDS: &[&str] = &[
-    NetworkPolicy::KIND,
-    RoleBinding::KIND,
-    Role::KIND,
-    ServiceAccount::KIND,
-    Service::KIND,
-    StatefulSet::KIND,
-    Deployment::KIND,
-    ConfigMap::KIND,
-    ResourceQuota::KIND,
-    LimitRange::KIND,
-];
