@@ -19,7 +19,10 @@ use kube_quantity::ParsedQuantity;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use super::cache::{self, WatchCache};
+use super::{
+    cache::{self, WatchCache},
+    lean::Lean,
+};
 use crate::builders::KubeObject;
 
 /// The field manager of every write the operator makes.
@@ -118,7 +121,11 @@ fn why_apply(live: &Value, desired: &Value) -> Option<String> {
     difference(live, desired).map(|path| format!("{path} was changed by someone else"))
 }
 
-async fn apply<K>(api: Api<K>, cache: &WatchCache, object: &K) -> Result<bool, kube::Error>
+async fn apply<K>(
+    (api, lean): (Api<K>, Api<Lean<K>>),
+    cache: &WatchCache,
+    object: &K,
+) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
@@ -149,7 +156,8 @@ where
         }
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = api.patch(&name, &params, &Patch::Apply(&desired)).await?;
+    // Only the applied version is read from the answer.
+    let applied = lean.patch(&name, &params, &Patch::Apply(&desired)).await?;
     cache.verified(
         kind,
         applied.meta(),
@@ -168,19 +176,24 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-fn cluster<K>(client: &Client) -> Api<K>
+/// A cluster-scoped kind's API, whole and [`Lean`].
+fn cluster<K>(client: &Client) -> (Api<K>, Api<Lean<K>>)
 where
     K: Resource<Scope = ClusterResourceScope, DynamicType = ()>,
 {
-    Api::all(client.clone())
+    (Api::all(client.clone()), Api::all(client.clone()))
 }
 
-fn namespaced<K>(client: &Client, object: &K) -> Api<K>
+/// `object`'s namespace's API of its kind, whole and [`Lean`].
+fn namespaced<K>(client: &Client, object: &K) -> (Api<K>, Api<Lean<K>>)
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
 {
     let namespace = object.namespace().unwrap_or_else(|| "default".into());
-    Api::namespaced(client.clone(), &namespace)
+    (
+        Api::namespaced(client.clone(), &namespace),
+        Api::namespaced(client.clone(), &namespace),
+    )
 }
 
 /// Applies `object`, forcing ownership of the fields Enclave manages;
@@ -209,14 +222,15 @@ pub async fn apply_object(
     }
 }
 
-/// Writes `status` of `name` with server-side apply, under the field manager.
+/// Writes `status` of `name` with server-side apply, under the field
+/// manager (the answer is read [`Lean`]: nothing in it is used).
 pub async fn apply_status<K>(
-    api: &Api<K>,
+    api: &Api<Lean<K>>,
     name: &str,
     status: &impl Serialize,
 ) -> Result<(), kube::Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()>,
 {
     let patch = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
     api.patch_status(

@@ -30,13 +30,14 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
     rbac::v1::{Role, RoleBinding},
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::PartialObjectMeta,
     runtime::{WatchStreamExt, watcher},
 };
 use serde::de::DeserializeOwned;
 
+use super::lean::Lean;
 use crate::names::{ANNOTATION_COMPANY_UID, LABEL_COMPANY};
 
 /// One object as the cache knows it.
@@ -335,32 +336,52 @@ impl WatchCache {
 /// The label every object Enclave manages carries.
 const MANAGED: &str = "app.kubernetes.io/managed-by=enclave";
 
-/// A hash of everything in `object` but its status and the fields the
-/// server changes with it (version, field managers).
-fn content<W: serde::Serialize>(object: &W) -> u64 {
-    let Ok(mut value) = serde_json::to_value(object) else {
-        return 0;
-    };
-    if let Some(object) = value.as_object_mut() {
-        object.remove("status");
-        if let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            metadata.remove("resourceVersion");
-            metadata.remove("managedFields");
+/// A hash of an object's spec and of the metadata anyone but the server
+/// sets: not its status, nor what changes with it (version, field
+/// managers). Serialized straight into the hasher: no copy of the object.
+fn content<S: serde::Serialize>(meta: &ObjectMeta, spec: &S) -> u64 {
+    /// Feeds what is written to a hasher.
+    struct Hashing(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
-    intent(&value.to_string())
+    let mut hashing = Hashing(std::collections::hash_map::DefaultHasher::new());
+    let written = serde_json::to_writer(
+        &mut hashing,
+        &(
+            (&meta.uid, meta.generation, &meta.labels, &meta.annotations),
+            (
+                &meta.owner_references,
+                &meta.finalizers,
+                &meta.deletion_timestamp,
+            ),
+            spec,
+        ),
+    );
+    match written {
+        Ok(()) => hashing.0.finish(),
+        Err(_) => 0,
+    }
 }
 
 /// How a kind is followed: metadata only, or whole objects whose content
 /// the cache compares and whose ready replicas it keeps.
 struct Whole<W> {
     ready: fn(&W) -> i32,
+    /// See [`content`].
+    content: fn(&W) -> u64,
 }
 
 /// Follows one kind (`whole`: whole objects, see [`Whole`]).
 async fn follow<W>(api: Api<W>, kind: &'static str, cache: Arc<WatchCache>, whole: Option<Whole<W>>)
 where
-    W: Resource + Clone + DeserializeOwned + serde::Serialize + Debug + Send + 'static,
+    W: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     W::DynamicType: Default,
 {
     let mut events = watcher(api, watcher::Config::default().labels(MANAGED))
@@ -376,7 +397,7 @@ where
                 Seen {
                     version: version(o.resource_version().as_deref()),
                     ready: whole.as_ref().map_or(0, |w| (w.ready)(&o)),
-                    content: whole.as_ref().map_or(0, |_| content(&o)),
+                    content: whole.as_ref().map_or(0, |w| (w.content)(&o)),
                     owner: owner_of(o.meta()),
                 },
             ),
@@ -392,7 +413,7 @@ where
 /// Follows every namespace (not only Enclave's: whether a namespace that
 /// a Company would claim belongs to someone else is read from here too).
 async fn follow_namespaces(client: Client, cache: Arc<WatchCache>) {
-    let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
+    let api: Api<Lean<Namespace>> = Api::all(client);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -447,7 +468,7 @@ pub async fn run(client: Client, cache: Arc<WatchCache>) {
     macro_rules! meta {
         ($kind:ty) => {
             Box::pin(follow(
-                Api::<PartialObjectMeta<$kind>>::all(client.clone()),
+                Api::<Lean<$kind>>::all(client.clone()),
                 <$kind>::KIND,
                 Arc::clone(&cache),
                 None,
@@ -465,6 +486,7 @@ pub async fn run(client: Client, cache: Arc<WatchCache>) {
                     .and_then(|st| st.ready_replicas)
                     .unwrap_or(0)
             },
+            content: |s: &StatefulSet| content(&s.metadata, &s.spec),
         }),
     )) as futures::future::BoxFuture<'static, ()>;
     // A quota's usage changes with every pod and claim in its namespace.
@@ -472,7 +494,10 @@ pub async fn run(client: Client, cache: Arc<WatchCache>) {
         Api::<ResourceQuota>::all(client.clone()),
         ResourceQuota::KIND,
         Arc::clone(&cache),
-        Some(Whole { ready: |_| 0 }),
+        Some(Whole {
+            ready: |_| 0,
+            content: |q: &ResourceQuota| content(&q.metadata, &q.spec),
+        }),
     )) as futures::future::BoxFuture<'static, ()>;
     join_all([
         Box::pin(follow_namespaces(client.clone(), Arc::clone(&cache))),
@@ -613,14 +638,17 @@ mod tests {
         let mut quota = ResourceQuota::default();
         quota.metadata.name = Some("quota".into());
         quota.metadata.resource_version = Some("7".into());
-        let written = content(&quota);
+        let written = content(&quota.metadata, &quota.spec);
         cache.observe("ResourceQuota", "ns", "quota", seen(7, 0, written, 0));
         cache.verified("ResourceQuota", &meta("ns", "quota"), Some("7"), intent);
         // The quota controller records usage: a new version, same content.
         quota.metadata.resource_version = Some("8".into());
         quota.status = Some(k8s_openapi::api::core::v1::ResourceQuotaStatus::default());
+        quota.metadata.managed_fields = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry::default(),
+        ]);
         assert_eq!(
-            content(&quota),
+            content(&quota.metadata, &quota.spec),
             written,
             "status and version are not content"
         );
@@ -628,7 +656,7 @@ mod tests {
             "ResourceQuota",
             "ns",
             "quota",
-            seen(8, 0, content(&quota), 0),
+            seen(8, 0, content(&quota.metadata, &quota.spec), 0),
         );
         assert!(cache.unchanged("ResourceQuota", "ns", "quota", intent));
         // Someone changes a label: read it.
@@ -638,7 +666,7 @@ mod tests {
                 "ResourceQuota",
                 "ns",
                 "quota",
-                seen(version, 0, content(quota), 0),
+                seen(version, 0, content(&quota.metadata, &quota.spec), 0),
             );
         };
         observe(9, &quota);

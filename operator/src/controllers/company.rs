@@ -15,6 +15,7 @@ use kube::{
 use super::{
     Backends, Context, Error, RetryClass, apply_status,
     conditions::{reasons, set, set_outcome, set_ready},
+    lean::Lean,
     prune::{Owner, prune},
     storage,
 };
@@ -112,7 +113,7 @@ async fn write_status<B: Backends>(
     if company.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<Company> = Api::all(ctx.client.clone());
+    let api: Api<Lean<Company>> = Api::all(ctx.client.clone());
     Ok(apply_status(&api, &company.name_any(), &status).await?)
 }
 

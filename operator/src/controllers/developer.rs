@@ -22,6 +22,7 @@ use kube::{
 use super::{
     Backends, Context, Error, apply_status,
     conditions::{reasons, set, set_outcome, set_ready},
+    lean::Lean,
     prune::{Owner, prune},
     storage,
 };
@@ -92,7 +93,7 @@ async fn write_status<B: Backends>(
     if developer.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<Developer> = Api::namespaced(
+    let api: Api<Lean<Developer>> = Api::namespaced(
         ctx.client.clone(),
         &developer.namespace().unwrap_or_default(),
     );

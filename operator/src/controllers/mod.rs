@@ -16,6 +16,7 @@ mod company;
 mod conditions;
 mod developer;
 mod http;
+mod lean;
 mod metrics;
 #[cfg(test)]
 mod pipeline_tests;

@@ -8,11 +8,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt, TryStreamExt, stream};
-use kube::{
-    ResourceExt,
-    api::{ObjectMeta, PartialObjectMeta, PartialObjectMetaExt},
-    runtime::watcher,
-};
+use kube::{ResourceExt, api::ObjectMeta, runtime::watcher};
 
 use crate::{
     crd::{Company, Developer},
@@ -20,7 +16,7 @@ use crate::{
 };
 
 /// A Developer as its Company sees it: metadata only.
-pub type DeveloperMeta = PartialObjectMeta<Developer>;
+pub type DeveloperMeta = super::lean::Lean<Developer>;
 
 /// Tracks Developers by namespace and name, and passes on only the events
 /// that change a Company's view of them: one appearing (or re-created under
@@ -96,7 +92,7 @@ impl Membership {
                             namespace: Some(namespace),
                             ..ObjectMeta::default()
                         }
-                        .into_response_partial()
+                        .into()
                     })
                     .collect()
             }
@@ -201,7 +197,7 @@ mod tests {
             ),
             ..ObjectMeta::default()
         }
-        .into_response_partial()
+        .into()
     }
 
     fn names(found: &[DeveloperMeta]) -> Vec<String> {
