@@ -264,14 +264,25 @@ async fn stop_workspace<B: Backends>(
 ) -> Result<(), Error> {
     let names =
         CompanyNames::new(company, None).developer(&developer.name_any(), &developer.spec.subject);
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
-    let foreground = DeleteParams::foreground();
-    match sets.delete(&names.workspace(), &foreground).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
-    if sets.get_opt(&names.workspace()).await?.is_some() {
+    // Metadata is all it reads: whether the workspace is still there, and
+    // whether its pods are already being deleted before it.
+    let sets: Api<Lean<StatefulSet>> = Api::namespaced(ctx.client.clone(), namespace);
+    if let Some(set) = sets.get_opt(&names.workspace()).await? {
+        // Asked once: the retries that wait for it to go write nothing (a
+        // deletion someone else began without the foreground finalizer is
+        // asked again, so that no pod outlives it).
+        let stopping = set.metadata.deletion_timestamp.is_some()
+            && set.finalizers().iter().any(|f| f == "foregroundDeletion");
+        if !stopping {
+            match sets
+                .delete(&names.workspace(), &DeleteParams::foreground())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         return Err(Error::Waiting(format!(
             "workspace {} of Developer {} to stop",
             names.workspace(),

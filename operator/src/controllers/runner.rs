@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::{
     Backends, Context, Error, audit::Audit, aws_config, company, connect_vault, databases,
-    developer, error_policy, http, reset_failures, triggers,
+    developer, error_policy, http, lean::Lean, reset_failures, triggers,
 };
 use crate::{
     backends::{storage::FsxFileSystems, vault::VaultClientBackend},
@@ -236,9 +236,10 @@ async fn company_controller(client: Client, config: controller::Config, ctx: Arc
                 .collect::<Vec<_>>()
         })
         // Namespaces carry no owner reference (deleting a Company must never
-        // cascade into a tenant's data), so they are mapped by label.
+        // cascade into a tenant's data), so they are mapped by label (read
+        // without their spec and status: only labels are used).
         .watches(
-            Api::<Namespace>::all(client.clone()),
+            Api::<Lean<Namespace>>::all(client.clone()),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
             |ns| {
                 ns.labels()
@@ -298,7 +299,7 @@ async fn developer_controller(
             known
                 .state()
                 .iter()
-                .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()))
+                .filter(|d| d.metadata.namespace.as_deref() == Some(namespace.as_str()))
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -306,9 +307,10 @@ async fn developer_controller(
         // changes, not for each of the StatefulSet controller's counters.
         .owns_stream(workspace_changes(client.clone()))
         // Storage Jobs run in the operator's namespace: no owner reference
-        // can cross to a Developer, so they are mapped by their labels.
+        // can cross to a Developer, so they are mapped by their labels
+        // (read without their spec and status).
         .watches(
-            Api::<Job>::namespaced(client, &operator_namespace),
+            Api::<Lean<Job>>::namespaced(client, &operator_namespace),
             watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
             move |job| triggers::developer_of_job(job.labels(), &companies),
         )

@@ -830,6 +830,10 @@ async fn tenants_converge_resync_and_go_at_scale() {
     let left = leftovers(&h, &views, &prefix).await;
     row("", &["deletion".into()]);
     phase_rows(&[(&deletion, deletion_took)], size);
+    println!(
+        "deletion API requests by verb and resource: {:?}",
+        requests(&resynced, &deleted)
+    );
     println!("left behind: {left:?}");
 
     assert_eq!(

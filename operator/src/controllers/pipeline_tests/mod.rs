@@ -1013,6 +1013,17 @@ async fn a_deleted_developer_stops_its_workspace_before_anything_else_goes() {
     assert!(
         h.api.get(&set_path).expect("terminating")["metadata"]["deletionTimestamp"].is_string()
     );
+    // Waiting for it writes nothing: the deletion was asked for once.
+    h.api.clear_requests();
+    let again = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
+    assert!(again.expect_err("still waits").to_string().contains("to stop"));
+    let deletes: Vec<_> = h
+        .api
+        .requests()
+        .into_iter()
+        .filter(|(method, _)| method == Method::DELETE)
+        .collect();
+    assert!(deletes.is_empty(), "{deletes:?}");
     assert_eq!(
         h.api.names(JOBS).len(),
         jobs_before,
