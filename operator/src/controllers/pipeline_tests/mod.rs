@@ -1016,7 +1016,12 @@ async fn a_deleted_developer_stops_its_workspace_before_anything_else_goes() {
     // Waiting for it writes nothing: the deletion was asked for once.
     h.api.clear_requests();
     let again = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
-    assert!(again.expect_err("still waits").to_string().contains("to stop"));
+    assert!(
+        again
+            .expect_err("still waits")
+            .to_string()
+            .contains("to stop")
+    );
     let deletes: Vec<_> = h
         .api
         .requests()
