@@ -52,8 +52,8 @@ struct Entry {
     intent: u64,
     /// A StatefulSet's ready replicas.
     ready: i32,
-    /// For kinds watched whole: a hash of the object without its status
-    /// (0: unknown).
+    /// For kinds watched whole: the object's [`content`] hash (0:
+    /// unknown).
     content: u64,
     /// A hash of its controller owner's uid (0: none known).
     owner: u64,
@@ -336,8 +336,9 @@ impl WatchCache {
 /// The label every object Enclave manages carries.
 const MANAGED: &str = "app.kubernetes.io/managed-by=enclave";
 
-/// A hash of an object's spec and of the metadata anyone but the server
-/// sets: not its status, nor what changes with it (version, field
+/// A hash of an object's spec and of the metadata an apply or a person can
+/// change, with its uid, generation and deletion to catch a re-creation or
+/// a deletion: not its status, nor what changes with it (version, field
 /// managers). Serialized straight into the hasher: no copy of the object.
 fn content<S: serde::Serialize>(meta: &ObjectMeta, spec: &S) -> u64 {
     /// Feeds what is written to a hasher.

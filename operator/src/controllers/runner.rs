@@ -296,6 +296,7 @@ async fn developer_controller(
                 CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref())
                     .namespace()
                     .to_owned();
+            // Every Developer is looked at: borrowed, not copied.
             known
                 .state()
                 .iter()

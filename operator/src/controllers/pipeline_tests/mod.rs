@@ -993,6 +993,32 @@ async fn credentials_are_rotated_on_schedule_and_the_controller_restarts_onto_th
 }
 
 #[tokio::test]
+async fn a_workspace_deletion_begun_without_its_pods_is_asked_for_again() {
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    h.create_developer("bob", None);
+    h.converge_developer("bob").await;
+    let set_path = format!("{SETS}/{}", h.api.names(SETS)[0]);
+    // Someone deleted the StatefulSet orphaning its pod: the pod would
+    // outlive it unless the foreground deletion is asked for.
+    let mut set = h.api.get(&set_path).expect("workspace");
+    set["metadata"]["finalizers"] = json!(["orphan"]);
+    set["metadata"]["deletionTimestamp"] = json!("2026-12-03T00:00:00Z");
+    h.api.insert_raw(&set_path, set);
+    h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
+    h.api.clear_requests();
+    let outcome = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
+    assert!(outcome.expect_err("waits").to_string().contains("to stop"));
+    let deletes: Vec<_> = h
+        .api
+        .requests()
+        .into_iter()
+        .filter(|(method, path)| method == Method::DELETE && path.starts_with(&set_path))
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+}
+
+#[tokio::test]
 async fn a_deleted_developer_stops_its_workspace_before_anything_else_goes() {
     let h = harness(0);
     h.converged_company(&[]).await;
