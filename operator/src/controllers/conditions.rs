@@ -25,6 +25,9 @@ pub mod reasons {
     pub const STORAGE_PREP_FAILED: &str = "StoragePrepFailed";
     /// The storage cleanup Job failed; deletion waits.
     pub const STORAGE_CLEANUP_FAILED: &str = "StorageCleanupFailed";
+    /// A deleted Developer's workspace pod was orphaned from its
+    /// StatefulSet; deletion waits for a person to delete it.
+    pub const WORKSPACE_ORPHANED: &str = "WorkspaceOrphaned";
     /// Something else is not ready.
     pub const WAITING: &str = "Waiting";
     /// The spec asks for something the operator cannot do; the message says

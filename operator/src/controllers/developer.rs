@@ -6,7 +6,10 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::{apps::v1::StatefulSet, core::v1::ServiceAccount},
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{Pod, ServiceAccount},
+    },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::Condition,
 };
@@ -207,13 +210,28 @@ async fn cleanup<B: Backends>(developer: &Developer, ctx: &Context<B>) -> Result
     hold_if_protected(ctx, developer, status, company.as_ref()).await?;
     // The pod goes first: nothing may still run as this person (a Developer
     // re-created under the same name must never meet it).
-    stop_workspace(
+    if let Err(e) = stop_workspace(
         ctx,
         developer,
         label.as_deref().unwrap_or_default(),
         &namespace,
     )
-    .await?;
+    .await
+    {
+        if let Error::WorkspaceOrphaned { .. } = &e {
+            let mut status = status.clone();
+            set(
+                &mut status.conditions,
+                "Ready",
+                Some(false),
+                reasons::WORKSPACE_ORPHANED,
+                &e.to_string(),
+                developer.metadata.generation,
+            );
+            write_status(ctx, developer, &status).await?;
+        }
+        return Err(e);
+    }
     // Storage, then the Vault roles, then the personal secrets (once no
     // token can write them any more), per the company's deletion policies
     // (the Company still exists: its own deletion waits for its Developers).
@@ -255,7 +273,7 @@ async fn hold_if_protected<B: Backends>(
 
 /// Deletes the workspace StatefulSet (its pod first: foreground) and the
 /// workspace ServiceAccount (so tokens issued to it stop working), and
-/// waits until the StatefulSet is gone.
+/// waits until the StatefulSet and its pod are gone.
 async fn stop_workspace<B: Backends>(
     ctx: &Context<B>,
     developer: &Developer,
@@ -288,6 +306,31 @@ async fn stop_workspace<B: Backends>(
             names.workspace(),
             developer.name_any()
         )));
+    }
+    // The StatefulSet gone, its pod may not be: deleted in the background
+    // (`kubectl delete sts`, the default) the pod is left to the garbage
+    // collector; with `--cascade=orphan` nothing deletes it. The operator
+    // reads pods only in company namespaces (its workspace-access binding).
+    if !company.is_empty() {
+        let pods: Api<Lean<Pod>> = Api::namespaced(ctx.client.clone(), namespace);
+        if let Some(pod) = pods.get_opt(&names.workspace_pod()).await? {
+            let collected = pod.metadata.deletion_timestamp.is_some()
+                || pod
+                    .owner_references()
+                    .iter()
+                    .any(|o| o.kind == "StatefulSet" && o.name == names.workspace());
+            if !collected {
+                return Err(Error::WorkspaceOrphaned {
+                    namespace: namespace.to_owned(),
+                    pod: names.workspace_pod(),
+                });
+            }
+            return Err(Error::Waiting(format!(
+                "pod {} of Developer {} to stop",
+                names.workspace_pod(),
+                developer.name_any()
+            )));
+        }
     }
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
     match accounts

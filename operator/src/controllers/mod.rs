@@ -351,6 +351,18 @@ pub enum Error {
     /// The spec asks for what cannot be done; a person must change it.
     #[error("{0}")]
     InvalidSpec(String),
+    /// A deleted Developer's workspace pod outlives its StatefulSet
+    /// (deleted with `--cascade=orphan`): nothing will delete it, and the
+    /// cleanup must not go on while it runs.
+    #[error(
+        "workspace pod {namespace}/{pod} was orphaned from its StatefulSet and still runs as the person; delete it (kubectl delete pod -n {namespace} {pod}) ; the Developer's deletion waits for it (looking again every 30 seconds)"
+    )]
+    WorkspaceOrphaned {
+        /// The company namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+    },
     /// Deletion is held by `spec.deletionProtection`.
     #[error(
         "deletion of Company {0} is held by spec.deletionProtection; set it to false to delete"
@@ -383,13 +395,16 @@ impl Error {
             Self::StorageCleanup(_) => "storage-cleanup",
             Self::DeletionProtected(_) => "deletion-protected",
             Self::InvalidSpec(_) => "invalid-spec",
+            Self::WorkspaceOrphaned { .. } => "workspace-orphaned",
         }
     }
 
     /// How the error policy treats it.
     pub fn retry_class(&self) -> RetryClass {
         match self.step() {
-            Self::Waiting(_) => RetryClass::Waiting,
+            // An orphaned pod waits for a person, but their deleting it
+            // wakes nothing: look again as for a pod that is stopping.
+            Self::Waiting(_) | Self::WorkspaceOrphaned { .. } => RetryClass::Waiting,
             Self::CloudInProgress(_) => RetryClass::Polling,
             Self::DeletionProtected(_) | Self::StorageCleanup(_) | Self::InvalidSpec(_) => {
                 RetryClass::NeedsPerson

@@ -1036,6 +1036,104 @@ async fn a_person_recreated_gets_their_retained_directory_and_uid_back_and_no_on
 }
 
 #[tokio::test]
+async fn a_workspace_pod_orphaned_from_its_statefulset_holds_the_developers_cleanup() {
+    use enclave::crd::Developer;
+    use k8s_openapi::api::{
+        apps::v1::StatefulSet,
+        core::v1::{Pod, ServiceAccount},
+    };
+    let mut h = setup().await;
+    let client = h.client.clone();
+    let name = crate::support::unique("orph");
+    let namespace = format!("company-{name}");
+    let companies: Api<Company> = Api::all(client.clone());
+    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name},
+        "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                 "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Delete"}}});
+    companies
+        .patch(&name, &PatchParams::apply("user"), &Patch::Apply(&co))
+        .await
+        .unwrap();
+    let devs: Api<Developer> = Api::namespaced(client.clone(), &namespace);
+    let dev = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+        "metadata": {"name": "olga", "namespace": namespace}, "spec": {"subject": "sub-olga"}});
+    wait("the Developer applied", async || {
+        devs.patch("olga", &PatchParams::apply("user"), &Patch::Apply(&dev))
+            .await
+            .ok()
+    })
+    .await;
+    let role = developer_condition(&devs, "olga", "Ready")
+        .await
+        .status
+        .unwrap()
+        .vault_role
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    wait("olga's pod", async || {
+        pods.get_opt("workspace-olga-0").await.unwrap()
+    })
+    .await;
+
+    // While the operator is down (a running one re-creates the StatefulSet,
+    // which adopts the pod), someone deletes the StatefulSet orphaning its
+    // pod, and the Developer: the pod stays, running as olga, with nothing
+    // that will ever delete it.
+    h.kill_operator();
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    sets.delete("workspace-olga", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    wait_gone("the orphaning deletion", &sets, "workspace-olga").await;
+    devs.delete("olga", &DeleteParams::default()).await.unwrap();
+    h.start_operator();
+    let held = wait("WorkspaceOrphaned", async || {
+        let d = devs.get("olga").await.unwrap();
+        d.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "WorkspaceOrphaned")
+    })
+    .await;
+    assert!(
+        held.message.contains(&format!(
+            "kubectl delete pod -n {namespace} workspace-olga-0"
+        )),
+        "{}",
+        held.message
+    );
+    // Nothing of the person's went while the pod runs: its token's
+    // ServiceAccount and its Vault role are there; the pod too (the
+    // operator may not delete pods).
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    assert!(accounts.get_opt("developer-olga").await.unwrap().is_some());
+    assert!(
+        vaultrs::auth::kubernetes::role::read(&h.vault.root, &h.vault.mount, &role)
+            .await
+            .is_ok()
+    );
+    let pod = pods.get("workspace-olga-0").await.unwrap();
+    assert!(pod.metadata.deletion_timestamp.is_none());
+
+    // The person deletes it: the cleanup goes on to the end.
+    pods.delete("workspace-olga-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("olga", &devs, "olga").await;
+    assert!(accounts.get_opt("developer-olga").await.unwrap().is_none());
+    assert!(
+        vaultrs::auth::kubernetes::role::read(&h.vault.root, &h.vault.mount, &role)
+            .await
+            .is_err()
+    );
+    companies
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("the Company", &companies, &name).await;
+}
+
+#[tokio::test]
 async fn a_workspace_image_outside_the_companys_allow_list_is_refused_and_nothing_rolls() {
     let h = setup().await;
     let client = h.client.clone();
@@ -1808,12 +1906,20 @@ async fn a_company_controller_runs_with_production_secrets_and_restarts_on_rotat
 
     // Admitted by the real PodSecurity admission (restricted, enforced on
     // the namespace): the ReplicaSet's pod exists.
+    // Waited for, not listed once: a list at the moment the ReplicaSet
+    // replaces a pod saw none (one CI run).
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &namespace);
-    let listed = pods
-        .list(&kube::api::ListParams::default().labels("enclave.dev/component=company-controller"))
-        .await
-        .unwrap();
-    assert_eq!(listed.items.len(), 1);
+    wait("exactly one company-controller pod", async || {
+        let listed = pods
+            .list(
+                &kube::api::ListParams::default()
+                    .labels("enclave.dev/component=company-controller"),
+            )
+            .await
+            .unwrap();
+        (listed.items.len() == 1).then_some(())
+    })
+    .await;
     let ns = Api::<Namespace>::all(client.clone())
         .get(&namespace)
         .await

@@ -580,6 +580,29 @@ impl Harness {
         outcomes
     }
 
+    /// A converged Company `acme` and its converged Developer `name`: the
+    /// path of the Developer's workspace StatefulSet.
+    async fn converged_workspace(&self, name: &str) -> String {
+        self.converged_company(&[]).await;
+        self.create_developer(name, None);
+        let outcomes = self.converge_developer(name).await;
+        assert!(
+            self.developer_condition_is(name, "Ready", "True"),
+            "{outcomes:?}"
+        );
+        format!("{SETS}/{}", self.api.names(SETS)[0])
+    }
+
+    /// The DELETE requests sent so far to paths under `prefix`.
+    fn deletes(&self, prefix: &str) -> Vec<String> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|(method, path)| method == Method::DELETE && path.starts_with(prefix))
+            .map(|(_, path)| path)
+            .collect()
+    }
+
     fn developer_condition_is(&self, name: &str, type_: &str, value: &str) -> bool {
         self.developer(name).status.as_ref().is_some_and(|s| {
             s.conditions
@@ -995,10 +1018,7 @@ async fn credentials_are_rotated_on_schedule_and_the_controller_restarts_onto_th
 #[tokio::test]
 async fn a_workspace_deletion_begun_without_its_pods_is_asked_for_again() {
     let h = harness(0);
-    h.converged_company(&[]).await;
-    h.create_developer("bob", None);
-    h.converge_developer("bob").await;
-    let set_path = format!("{SETS}/{}", h.api.names(SETS)[0]);
+    let set_path = h.converged_workspace("bob").await;
     // Someone deleted the StatefulSet orphaning its pod: the pod would
     // outlive it unless the foreground deletion is asked for.
     let mut set = h.api.get(&set_path).expect("workspace");
@@ -1009,23 +1029,82 @@ async fn a_workspace_deletion_begun_without_its_pods_is_asked_for_again() {
     h.api.clear_requests();
     let outcome = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
     assert!(outcome.expect_err("waits").to_string().contains("to stop"));
-    let deletes: Vec<_> = h
-        .api
-        .requests()
-        .into_iter()
-        .filter(|(method, path)| method == Method::DELETE && path.starts_with(&set_path))
-        .collect();
+    let deletes = h.deletes(&set_path);
     assert_eq!(deletes.len(), 1, "{deletes:?}");
+}
+
+#[tokio::test]
+async fn a_workspace_pod_that_outlives_its_statefulset_holds_the_cleanup() {
+    let h = harness(0);
+    let set_path = h.converged_workspace("bob").await;
+    let set_name = h.api.names(SETS)[0].clone();
+    let pod_path = format!("{NAMESPACES}/company-acme/pods/{set_name}-0");
+    let pod = |owners: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{set_name}-0"), "namespace": "company-acme",
+                "ownerReferences": owners}})
+    };
+    // Deleted in the background (`kubectl delete sts`): the StatefulSet is
+    // gone at once, its pod not yet collected.
+    h.api.mark_deleted(&set_path);
+    h.api.insert(
+        &pod_path,
+        pod(
+            json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": set_name,
+            "uid": "gone", "controller": true}]),
+        ),
+    );
+    h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
+    h.api.clear_requests();
+    let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
+        .await
+        .expect_err("waits for the garbage collector");
+    assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
+    assert!(error.to_string().contains("to stop"), "{error}");
+    // Orphaned (`--cascade=orphan`): nothing will delete it; a person must.
+    h.api.insert(&pod_path, pod(json!([])));
+    let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
+        .await
+        .expect_err("held");
+    assert!(
+        matches!(error.step(), Error::WorkspaceOrphaned { .. }),
+        "{error}"
+    );
+    let (status, reason, message) = h.developer_condition("bob", "Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "WorkspaceOrphaned")
+    );
+    assert!(
+        message.contains(&format!("kubectl delete pod -n company-acme {set_name}-0")),
+        "{message}"
+    );
+    // Nothing went while the pod runs: no token, directory or role of the
+    // person's was removed, and the operator deleted no pod (it holds no
+    // such right).
+    assert!(h.deletes("/").is_empty(), "{:?}", h.deletes("/"));
+    assert_eq!(h.vault.roles.lock().expect("roles").len(), 2);
+    // The person deleted it: the cleanup goes on to the end.
+    h.api.mark_deleted(&pod_path);
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        if h.api.get(&format!("{DEVELOPERS}/bob")).is_none() {
+            break;
+        }
+        outcomes.push(reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await);
+        h.finish_jobs_and_pods();
+    }
+    assert!(
+        h.api.get(&format!("{DEVELOPERS}/bob")).is_none(),
+        "{outcomes:#?}"
+    );
+    assert_eq!(h.vault.roles.lock().expect("roles").len(), 1);
 }
 
 #[tokio::test]
 async fn a_deleted_developer_stops_its_workspace_before_anything_else_goes() {
     let h = harness(0);
-    h.converged_company(&[]).await;
-    h.create_developer("bob", None);
-    h.converge_developer("bob").await;
-    assert!(h.developer_condition_is("bob", "Ready", "True"));
-    let set_path = format!("{SETS}/{}", h.api.names(SETS)[0]);
+    let set_path = h.converged_workspace("bob").await;
     // The StatefulSet's pod takes its time to stop (foreground deletion).
     let mut set = h.api.get(&set_path).expect("workspace");
     set["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
@@ -1048,12 +1127,7 @@ async fn a_deleted_developer_stops_its_workspace_before_anything_else_goes() {
             .to_string()
             .contains("to stop")
     );
-    let deletes: Vec<_> = h
-        .api
-        .requests()
-        .into_iter()
-        .filter(|(method, _)| method == Method::DELETE)
-        .collect();
+    let deletes = h.deletes("/");
     assert!(deletes.is_empty(), "{deletes:?}");
     assert_eq!(
         h.api.names(JOBS).len(),
