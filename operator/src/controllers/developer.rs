@@ -3,7 +3,11 @@
 //! them; the workspace objects are applied with owner references, so they
 //! go with the Developer.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::{
@@ -132,25 +136,38 @@ fn storage_ready(conditions: &[Condition]) -> bool {
 async fn allocate_id<B: Backends>(
     ctx: &Context<B>,
     namespace: &str,
+    company: &CompanyNames,
     names: &crate::names::DeveloperNames,
 ) -> Result<Option<i64>, Error> {
     let _guard = ctx.allocation_lock(namespace).lock().await;
     let vault = &ctx.vault;
+    // Read from the API server, not a cache: the uid the previous
+    // allocation recorded in a status must be seen here.
     let peers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
-    let live: BTreeSet<i64> = peers
+    let live: BTreeMap<String, i64> = peers
         .list(&ListParams::default())
         .await?
         .items
         .iter()
-        .filter_map(|d| d.status.as_ref()?.uid)
+        .filter_map(|d| {
+            let key = company
+                .developer(&d.name_any(), &d.spec.subject)
+                .key()
+                .to_owned();
+            Some((key, d.status.as_ref()?.uid?))
+        })
         .collect();
     let path = names.kv_posix_id();
     let prefix = path.rsplit_once('/').map_or("", |(p, _)| p);
-    let recorded = vault.recorded_posix_ids(prefix).await?;
-    if let Some(id) = recorded.get(names.key()).filter(|id| !live.contains(id)) {
+    // A live person's record holds the uid their status names: only the
+    // records of people gone (kept by a deletion policy) are read, not one
+    // per colleague for each new Developer.
+    let live_keys: BTreeSet<String> = live.keys().cloned().collect();
+    let recorded = vault.recorded_posix_ids(prefix, &live_keys).await?;
+    let mut used: BTreeSet<i64> = live.into_values().collect();
+    if let Some(id) = recorded.get(names.key()).filter(|id| !used.contains(id)) {
         return Ok(Some(*id));
     }
-    let mut used = live;
     used.extend(recorded.values());
     let Some(id) = posix_ids::allocate(&ctx.config.workspace.posix_ids, &used) else {
         return Ok(None);
@@ -626,9 +643,9 @@ async fn posix_id<B: Backends>(
         return Ok(Some(id));
     }
     let namespace = developer.namespace().unwrap_or_default();
-    let names = CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref())
-        .developer(&developer.name_any(), &developer.spec.subject);
-    let Some(id) = allocate_id(ctx, &namespace, &names).await? else {
+    let company_names = CompanyNames::new(&company.name_any(), company.spec.namespace.as_deref());
+    let names = company_names.developer(&developer.name_any(), &developer.spec.subject);
+    let Some(id) = allocate_id(ctx, &namespace, &company_names, &names).await? else {
         let message = "no free uid/gid left in the operator's workspace.posixIds range; widen it";
         let generation = developer.metadata.generation;
         set(

@@ -252,6 +252,16 @@ impl VaultClientBackend {
         &self,
         prefix: &str,
     ) -> Result<std::collections::BTreeMap<String, HashMap<String, String>>, VaultError> {
+        self.read_secrets_below_except(prefix, &std::collections::BTreeSet::new())
+            .await
+    }
+
+    /// [`Self::read_secrets_below`] without reading the names in `skip`.
+    async fn read_secrets_below_except(
+        &self,
+        prefix: &str,
+        skip: &std::collections::BTreeSet<String>,
+    ) -> Result<std::collections::BTreeMap<String, HashMap<String, String>>, VaultError> {
         check_kv_path(prefix)?;
         let mount = &self.settings.kv_mount;
         let names = match vaultrs::kv2::list(&*self.client(), mount, prefix).await {
@@ -260,7 +270,10 @@ impl VaultClientBackend {
             Err(e) => return Err(request("list secrets", prefix)(e)),
         };
         let mut secrets = std::collections::BTreeMap::new();
-        for name in names.into_iter().filter(|k| !k.ends_with('/')) {
+        for name in names
+            .into_iter()
+            .filter(|k| !k.ends_with('/') && !skip.contains(k))
+        {
             let path = format!("{prefix}/{name}");
             if let Some((data, _)) = self.read_kv(&path).await? {
                 secrets.insert(name, data);
@@ -475,9 +488,10 @@ impl VaultBackend for VaultClientBackend {
     async fn recorded_posix_ids(
         &self,
         prefix: &str,
+        skip: &std::collections::BTreeSet<String>,
     ) -> Result<std::collections::BTreeMap<String, i64>, VaultError> {
         Ok(self
-            .read_secrets_below(prefix)
+            .read_secrets_below_except(prefix, skip)
             .await?
             .into_iter()
             .filter_map(|(key, data)| Some((key, data.get("uid")?.parse().ok()?)))

@@ -191,10 +191,12 @@ pub trait VaultBackend: Send + Sync {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<usize, VaultError>> + Send;
-    /// Every uid/gid recorded below `prefix`, by person key.
+    /// Every uid/gid recorded below `prefix`, by person key, but those of
+    /// the keys in `skip` (listed, not read: one request per record read).
     fn recorded_posix_ids(
         &self,
         prefix: &str,
+        skip: &std::collections::BTreeSet<String>,
     ) -> impl Future<Output = Result<std::collections::BTreeMap<String, i64>, VaultError>> + Send;
     /// Records `uid` at `path` unless a record exists (check-and-set), and
     /// returns the recorded one: written before anything uses the uid.

@@ -218,15 +218,25 @@ impl VaultBackend for FakeVault {
         Ok(before - kv.len())
     }
 
-    async fn recorded_posix_ids(&self, prefix: &str) -> Result<BTreeMap<String, i64>, VaultError> {
+    async fn recorded_posix_ids(
+        &self,
+        prefix: &str,
+        skip: &std::collections::BTreeSet<String>,
+    ) -> Result<BTreeMap<String, i64>, VaultError> {
         self.call(format!("recorded_posix_ids {prefix}"))?;
-        Ok(lock(&self.kv)
+        let recorded: BTreeMap<String, i64> = lock(&self.kv)
             .iter()
             .filter_map(|(path, (data, _))| {
                 let key = path.strip_prefix(prefix)?.trim_start_matches('/');
+                (!skip.contains(key)).then_some(())?;
                 Some((key.to_owned(), data.get("uid")?.parse().ok()?))
             })
-            .collect())
+            .collect();
+        // One read per record, as the real client.
+        for key in recorded.keys() {
+            self.call(format!("read posix id {key}"))?;
+        }
+        Ok(recorded)
     }
 
     async fn record_posix_id(&self, path: &str, uid: i64) -> Result<i64, VaultError> {

@@ -1016,6 +1016,50 @@ async fn credentials_are_rotated_on_schedule_and_the_controller_restarts_onto_th
 }
 
 #[tokio::test]
+async fn a_uid_is_allocated_reading_only_the_records_of_people_gone() {
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    let reads = || {
+        h.vault_calls()
+            .into_iter()
+            .filter(|c| c.starts_with("read posix id"))
+            .collect::<Vec<_>>()
+    };
+    for name in ["bob", "carol"] {
+        h.create_developer(name, None);
+        h.converge_developer(name).await;
+        assert!(h.developer_condition_is(name, "Ready", "True"));
+    }
+    // Carol's allocation did not read Bob's record: his status names it.
+    assert!(reads().is_empty(), "{:?}", reads());
+    let uid = |name: &str| {
+        h.developer(name)
+            .status
+            .as_ref()
+            .and_then(|s| s.uid)
+            .expect("uid")
+    };
+    // A person gone, whose data (owned by their uid) a policy kept: their
+    // record is read, and nobody else gets their uid.
+    let next = uid("carol") + 1;
+    h.vault.kv.lock().expect("kv").insert(
+        "companies/acme/platform/posix-ids/zed-0123456789".into(),
+        (
+            std::collections::HashMap::from([("uid".into(), next.to_string())]),
+            1,
+        ),
+    );
+    h.create_developer("dave", None);
+    h.converge_developer("dave").await;
+    assert_eq!(reads(), ["read posix id zed-0123456789"]);
+    let dave = uid("dave");
+    assert!(
+        ![uid("bob"), uid("carol"), next].contains(&dave),
+        "dave got {dave}"
+    );
+}
+
+#[tokio::test]
 async fn a_workspace_deletion_begun_without_its_pods_is_asked_for_again() {
     let h = harness(0);
     let set_path = h.converged_workspace("bob").await;
