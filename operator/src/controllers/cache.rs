@@ -379,31 +379,59 @@ struct Whole<W> {
     content: fn(&W) -> u64,
 }
 
+/// An object a watch saw, after the cache recorded it.
+#[derive(Debug)]
+pub enum Passed<W> {
+    /// Created or changed (or listed), as it is now.
+    Applied(W),
+    /// Deleted, as it was last.
+    Deleted(W),
+}
+
+/// Where a watch passes on what it saw: the workspace StatefulSets wake
+/// their Developers from the cache's watch, not from a second one.
+pub type PassOn<W> = futures::channel::mpsc::UnboundedSender<Passed<W>>;
+
 /// Follows one kind (`whole`: whole objects, see [`Whole`]).
-async fn follow<W>(api: Api<W>, kind: &'static str, cache: Arc<WatchCache>, whole: Option<Whole<W>>)
-where
+async fn follow<W>(
+    api: Api<W>,
+    kind: &'static str,
+    cache: Arc<WatchCache>,
+    whole: Option<Whole<W>>,
+    pass_on: Option<PassOn<W>>,
+) where
     W: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     W::DynamicType: Default,
 {
     let mut events = watcher(api, watcher::Config::default().labels(MANAGED))
         .default_backoff()
         .boxed();
+    let pass = |o: Passed<W>| {
+        if let Some(to) = &pass_on {
+            // Closed only when the controller stopped, and the cache with it.
+            let _ = to.unbounded_send(o);
+        }
+    };
     while let Some(event) = events.next().await {
         match event {
             Ok(watcher::Event::Init) => cache.relist_begins(kind),
-            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => cache.observe(
-                kind,
-                &o.namespace().unwrap_or_default(),
-                &o.name_any(),
-                Seen {
-                    version: version(o.resource_version().as_deref()),
-                    ready: whole.as_ref().map_or(0, |w| (w.ready)(&o)),
-                    content: whole.as_ref().map_or(0, |w| (w.content)(&o)),
-                    owner: owner_of(o.meta()),
-                },
-            ),
+            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => {
+                cache.observe(
+                    kind,
+                    &o.namespace().unwrap_or_default(),
+                    &o.name_any(),
+                    Seen {
+                        version: version(o.resource_version().as_deref()),
+                        ready: whole.as_ref().map_or(0, |w| (w.ready)(&o)),
+                        content: whole.as_ref().map_or(0, |w| (w.content)(&o)),
+                        owner: owner_of(o.meta()),
+                    },
+                );
+                pass(Passed::Applied(o));
+            }
             Ok(watcher::Event::Delete(o)) => {
                 cache.forget(kind, &o.namespace().unwrap_or_default(), &o.name_any());
+                pass(Passed::Deleted(o));
             }
             Ok(watcher::Event::InitDone) => cache.relist_done(kind),
             Err(error) => tracing::debug!(%error, kind, "watch of managed objects interrupted"),
@@ -464,14 +492,16 @@ async fn follow_namespaces(client: Client, cache: Arc<WatchCache>) {
 }
 
 /// Keeps `cache` current until the controllers stop: one watch per kind
-/// Enclave applies.
-pub async fn run(client: Client, cache: Arc<WatchCache>) {
+/// Enclave applies. Every workspace StatefulSet seen goes on to
+/// `workspaces`.
+pub async fn run(client: Client, cache: Arc<WatchCache>, workspaces: PassOn<StatefulSet>) {
     macro_rules! meta {
         ($kind:ty) => {
             Box::pin(follow(
                 Api::<Lean<$kind>>::all(client.clone()),
                 <$kind>::KIND,
                 Arc::clone(&cache),
+                None,
                 None,
             )) as futures::future::BoxFuture<'static, ()>
         };
@@ -489,6 +519,7 @@ pub async fn run(client: Client, cache: Arc<WatchCache>) {
             },
             content: |s: &StatefulSet| content(&s.metadata, &s.spec),
         }),
+        Some(workspaces),
     )) as futures::future::BoxFuture<'static, ()>;
     // A quota's usage changes with every pod and claim in its namespace.
     let quotas = Box::pin(follow(
@@ -499,6 +530,7 @@ pub async fn run(client: Client, cache: Arc<WatchCache>) {
             ready: |_| 0,
             content: |q: &ResourceQuota| content(&q.metadata, &q.spec),
         }),
+        None,
     )) as futures::future::BoxFuture<'static, ()>;
     join_all([
         Box::pin(follow_namespaces(client.clone(), Arc::clone(&cache))),

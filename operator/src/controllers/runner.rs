@@ -2,12 +2,14 @@
 //! the two controllers, instrumented (metrics, one span per reconcile).
 
 use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Namespace};
 use kube::{
     Api, Client, ResourceExt,
@@ -23,8 +25,8 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tracing::Instrument;
 
 use super::{
-    Backends, Context, Error, audit::Audit, aws_config, company, connect_vault, databases,
-    developer, error_policy, http, lean::Lean, reset_failures, triggers,
+    Backends, Context, Error, audit::Audit, aws_config, cache::Passed, company, connect_vault,
+    databases, developer, error_policy, http, lean::Lean, reset_failures, triggers,
 };
 use crate::{
     backends::{storage::FsxFileSystems, vault::VaultClientBackend},
@@ -103,15 +105,17 @@ async fn controllers(
 ) {
     let config =
         controller::Config::default().concurrency(ctx.config.controller.max_concurrent_reconciles);
-    // The watch cache lives as long as the controllers that read it.
-    let cache = super::cache::run(client.clone(), Arc::clone(&ctx.cache));
+    // The watch cache lives as long as the controllers that read it, and
+    // passes the workspaces it sees on to the Developer controller.
+    let (workspaces, seen_workspaces) = futures::channel::mpsc::unbounded();
+    let cache = super::cache::run(client.clone(), Arc::clone(&ctx.cache), workspaces);
     let controllers = futures::future::join(
         company_controller(
             client.clone(),
             config.clone().debounce(COMPANY_DEBOUNCE),
             Arc::clone(&ctx),
         ),
-        developer_controller(client, config, ctx, companies),
+        developer_controller(client, config, ctx, companies, seen_workspaces),
     );
     tokio::select! {
         _ = controllers => {}
@@ -168,37 +172,43 @@ where
         )
 }
 
-/// Enclave's StatefulSets when their spec, deletion or ready replicas
-/// changed, except at their creation.
+/// Enclave's StatefulSets (as the watch cache saw them) when their spec,
+/// deletion or ready replicas changed, or when they are gone; not at
+/// their creation (the Developer that created one learns nothing new: its
+/// first ready replica will tell; a spec changed by someone else bumps
+/// the generation past 1).
 fn workspace_changes(
-    client: Client,
+    seen: impl futures::Stream<Item = Passed<StatefulSet>> + Send + 'static,
 ) -> impl futures::Stream<Item = Result<StatefulSet, watcher::Error>> + Send + 'static {
-    let ready = |set: &StatefulSet| {
-        let ready = set
-            .status
-            .as_ref()
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0);
-        Some(u64::from(ready.unsigned_abs()))
+    // Generation and ready replicas last passed on, by object: the
+    // StatefulSet controller's other status counters are not news.
+    let mut last: HashMap<u64, (Option<i64>, i32)> = HashMap::new();
+    let key = |set: &StatefulSet| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&set.metadata.namespace, &set.metadata.name).hash(&mut hasher);
+        hasher.finish()
     };
-    watcher(
-        Api::<StatefulSet>::all(client),
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=enclave"),
-    )
-    .default_backoff()
-    .touched_objects()
-    .predicate_filter(
-        predicates::generation.combine(ready),
-        PredicateConfig::default(),
-    )
-    // One the Developer just created tells it nothing new: its first
-    // ready replica will (a spec changed by someone else bumps the
-    // generation past 1).
-    .try_filter(move |set| {
-        let created = set.metadata.generation == Some(1)
-            && set.metadata.deletion_timestamp.is_none()
-            && ready(set) == Some(0);
-        futures::future::ready(!created)
+    seen.filter_map(move |passed| {
+        let news = match passed {
+            // The pod it waited for is gone with it: the Developer's
+            // deletion goes on now, not at its next retry.
+            Passed::Deleted(set) => {
+                last.remove(&key(&set));
+                Some(set)
+            }
+            Passed::Applied(set) => {
+                let ready = set
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
+                let now = (set.metadata.generation, ready);
+                let changed = last.insert(key(&set), now) != Some(now);
+                let created = now == (Some(1), 0) && set.metadata.deletion_timestamp.is_none();
+                (changed && !created).then_some(set)
+            }
+        };
+        futures::future::ready(news.map(Ok))
     })
 }
 
@@ -264,6 +274,7 @@ async fn developer_controller(
     config: controller::Config,
     ctx: Arc<Context>,
     writer: reflector::store::Writer<Company>,
+    workspaces: impl futures::Stream<Item = Passed<StatefulSet>> + Send + 'static,
 ) {
     let (reader, developers) = reflector::store();
     let controller = Controller::for_stream(
@@ -306,7 +317,7 @@ async fn developer_controller(
         })
         // A workspace wakes its Developer when its spec or readiness
         // changes, not for each of the StatefulSet controller's counters.
-        .owns_stream(workspace_changes(client.clone()))
+        .owns_stream(workspace_changes(workspaces))
         // Storage Jobs run in the operator's namespace: no owner reference
         // can cross to a Developer, so they are mapped by their labels
         // (read without their spec and status).
@@ -578,4 +589,61 @@ async fn lead(
     drop(leading);
     let _ = lease_task.await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use serde_json::json;
+
+    use super::{Passed, workspace_changes};
+
+    fn set(name: &str, generation: i64, ready: i32, deleting: bool) -> StatefulSet {
+        let mut set = json!({"metadata": {"name": name, "namespace": "company-acme",
+                "generation": generation},
+            "status": {"replicas": 1, "readyReplicas": ready}});
+        if deleting {
+            set["metadata"]["deletionTimestamp"] = json!("2026-12-03T00:00:00Z");
+        }
+        serde_json::from_value(set).expect("a StatefulSet")
+    }
+
+    #[tokio::test]
+    async fn a_workspace_wakes_its_developer_for_news_and_for_its_end() {
+        use Passed::{Applied, Deleted};
+        let seen = vec![
+            Applied(set("a", 1, 0, false)), // created: not news
+            Applied(set("a", 1, 1, false)), // its pod ready
+            Applied(set("a", 1, 1, false)), // another status counter
+            Applied(set("b", 1, 0, false)), // created
+            Applied(set("a", 2, 1, false)), // its spec changed
+            Applied(set("a", 3, 1, true)),  // being deleted
+            Applied(set("a", 3, 0, true)),  // its pod gone
+            Deleted(set("a", 3, 0, true)),  // gone, though nothing else changed
+            Applied(set("a", 1, 0, false)), // re-created
+        ];
+        let passed: Vec<(String, Option<i64>, i32)> =
+            workspace_changes(futures::stream::iter(seen))
+                .map(|s| {
+                    let s = s.expect("no watch error");
+                    let ready = s.status.and_then(|st| st.ready_replicas).unwrap_or(0);
+                    (
+                        s.metadata.name.unwrap_or_default(),
+                        s.metadata.generation,
+                        ready,
+                    )
+                })
+                .collect()
+                .await;
+        let expected = [
+            ("a", Some(1), 1),
+            ("a", Some(2), 1),
+            ("a", Some(3), 1),
+            ("a", Some(3), 0),
+            ("a", Some(3), 0),
+        ]
+        .map(|(n, g, r)| (n.to_owned(), g, r));
+        assert_eq!(passed, expected);
+    }
 }
