@@ -120,7 +120,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// Everything counted at one moment.
 #[derive(Clone, Debug, Default)]
 struct Counters {
-    /// The operator's API requests by `"<verb> <resource>"` (its proxy).
+    /// The operator's API requests by `"<verb> <resource>"` (the API
+    /// server's audit log).
     api: BTreeMap<String, u64>,
     /// OpenBao requests naming one of the benchmark's tenants.
     vault: u64,
@@ -160,7 +161,7 @@ fn counters(h: &Harness, views: &Views) -> Counters {
         }
     }
     Counters {
-        api: h.kube_proxy.counts(),
+        api: views.api_requests(h),
         vault,
         aws: h.aws.seen().len(),
         reconciles,
@@ -244,6 +245,25 @@ struct Views {
     /// How far OpenBao's audit log has been read, and the tenants'
     /// requests counted in it so far.
     audit: std::sync::Mutex<(u64, u64)>,
+    /// How far the API server's audit log has been read, and the
+    /// operator's requests counted in it so far, by `"<verb> <resource>"`.
+    api_audit: std::sync::Mutex<(u64, BTreeMap<String, u64>)>,
+}
+
+/// The whole lines appended to the file at `path` since `offset`, which
+/// moves past them (a log grows to hundreds of MiB: it is read on, not
+/// again; the last line may still be being written).
+fn read_on(path: &std::path::Path, offset: &mut u64) -> String {
+    use std::io::{Read, Seek};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let mut text = Vec::new();
+    file.seek(std::io::SeekFrom::Start(*offset)).unwrap();
+    file.read_to_end(&mut text).unwrap();
+    let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    *offset += complete as u64;
+    String::from_utf8_lossy(&text[..complete]).into_owned()
 }
 
 impl Views {
@@ -260,6 +280,7 @@ impl Views {
             companies: mirror(Api::all(client.clone()), all()).await,
             developers: mirror(Api::all(client.clone()), all()).await,
             audit: std::sync::Mutex::default(),
+            api_audit: std::sync::Mutex::default(),
         }
     }
 
@@ -306,24 +327,33 @@ impl Views {
     /// OpenBao requests naming one of the tenants so far, read on from
     /// where the last call stopped (the log grows to hundreds of MiB).
     fn vault_requests(&self) -> u64 {
-        use std::io::{Read, Seek};
         let path = crate::support::service("ENCLAVE_TEST_VAULT_AUDIT_LOG", "OpenBao's audit log");
         let mut audit = self.audit.lock().unwrap();
-        let Ok(mut file) = std::fs::File::open(path) else {
-            return audit.1;
-        };
-        let mut text = Vec::new();
-        file.seek(std::io::SeekFrom::Start(audit.0)).unwrap();
-        file.read_to_end(&mut text).unwrap();
-        // Whole lines only: the last one may still be being written.
-        let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let text = String::from_utf8_lossy(&text[..complete]);
-        audit.1 += text
+        let (offset, count) = &mut *audit;
+        *count += read_on(std::path::Path::new(&path), offset)
             .lines()
             .filter(|l| l.contains("\"type\":\"request\"") && l.contains(&self.prefix))
             .count() as u64;
-        audit.0 += complete as u64;
-        audit.1
+        *count
+    }
+
+    /// The operator's API requests so far, by `"<verb> <resource>"`, from
+    /// the API server's audit log (read on from where the last call
+    /// stopped; only the operator's lines are parsed).
+    fn api_requests(&self, h: &Harness) -> BTreeMap<String, u64> {
+        let user = crate::control_plane::operator_user();
+        let mut audit = self.api_audit.lock().unwrap();
+        let (offset, counts) = &mut *audit;
+        let log = h.control_plane.dir.join("audit.log");
+        for line in read_on(&log, offset).lines().filter(|l| l.contains(&user)) {
+            let Ok(event) = serde_json::from_str(line) else {
+                continue;
+            };
+            if let Some(key) = crate::control_plane::operator_request(&event) {
+                *counts.entry(key).or_default() += 1;
+            }
+        }
+        counts.clone()
     }
 }
 
@@ -658,6 +688,9 @@ async fn tenants_converge_resync_and_go_at_scale() {
     let size @ (companies, developers) = size();
     let objects = companies * (developers + 1);
     let mut h = harness::setup().await;
+    // No proxy between the operator and the API server: its requests are
+    // counted from the audit log, and it does its own TLS.
+    h.operator_direct = true;
     h.kill_operator();
     h.kubelet.skip_init.store(true, Ordering::Relaxed);
     // No timed resync while the tenants converge (at 1,000 x 10 the first

@@ -246,19 +246,11 @@ impl ControlPlane {
     /// Requests the operator's ServiceAccount sent, by `"<verb> <resource>"`
     /// (`resource/subresource` for a subresource), from the audit log.
     pub fn operator_requests(&self) -> std::collections::BTreeMap<String, u64> {
-        let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}");
         let mut out = std::collections::BTreeMap::new();
         for event in self.audit_events() {
-            if event["stage"] != "ResponseComplete" || event["user"]["username"] != user.as_str() {
-                continue;
+            if let Some(key) = operator_request(&event) {
+                *out.entry(key).or_default() += 1;
             }
-            let object = &event["objectRef"];
-            let mut resource = object["resource"].as_str().unwrap_or_default().to_owned();
-            if let Some(sub) = object["subresource"].as_str() {
-                resource = format!("{resource}/{sub}");
-            }
-            let verb = event["verb"].as_str().unwrap_or_default();
-            *out.entry(format!("{verb} {resource}")).or_default() += 1;
         }
         out
     }
@@ -389,4 +381,25 @@ pub fn chart_rules() -> ChartRules {
         std::fs::read_to_string(crate::support::root().join("charts/enclave/files/rbac.yaml"))
             .unwrap();
     serde_saphyr::from_str(&text).unwrap()
+}
+
+/// The API server's name for the operator's ServiceAccount.
+pub fn operator_user() -> String {
+    format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}")
+}
+
+/// `"<verb> <resource>"` of an audit event of a request the operator's
+/// ServiceAccount sent (once, when its response completed).
+pub fn operator_request(event: &Value) -> Option<String> {
+    if event["stage"] != "ResponseComplete" || event["user"]["username"] != operator_user().as_str()
+    {
+        return None;
+    }
+    let object = &event["objectRef"];
+    let mut resource = object["resource"].as_str().unwrap_or_default().to_owned();
+    if let Some(sub) = object["subresource"].as_str() {
+        resource = format!("{resource}/{sub}");
+    }
+    let verb = event["verb"].as_str().unwrap_or_default();
+    Some(format!("{verb} {resource}"))
 }
