@@ -386,6 +386,11 @@ pub enum Passed<W> {
     Applied(W),
     /// Deleted, as it was last.
     Deleted(W),
+    /// The watch lists everything again (at start, or after it lost its
+    /// place): the objects listed follow as `Applied`, then `Relisted`.
+    Relisting,
+    /// The relist is complete: what it did not bring was deleted meanwhile.
+    Relisted,
 }
 
 /// Where a watch passes on what it saw: the workspace StatefulSets wake
@@ -408,13 +413,17 @@ async fn follow<W>(
         .boxed();
     let pass = |o: Passed<W>| {
         if let Some(to) = &pass_on {
-            // Closed only when the controller stopped, and the cache with it.
+            // Fails only once the receiving controller is gone (the
+            // operator is stopping): nothing is left to wake.
             let _ = to.unbounded_send(o);
         }
     };
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Init) => cache.relist_begins(kind),
+            Ok(watcher::Event::Init) => {
+                cache.relist_begins(kind);
+                pass(Passed::Relisting);
+            }
             Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => {
                 cache.observe(
                     kind,
@@ -433,7 +442,10 @@ async fn follow<W>(
                 cache.forget(kind, &o.namespace().unwrap_or_default(), &o.name_any());
                 pass(Passed::Deleted(o));
             }
-            Ok(watcher::Event::InitDone) => cache.relist_done(kind),
+            Ok(watcher::Event::InitDone) => {
+                cache.relist_done(kind);
+                pass(Passed::Relisted);
+            }
             Err(error) => tracing::debug!(%error, kind, "watch of managed objects interrupted"),
         }
     }

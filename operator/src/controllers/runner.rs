@@ -10,7 +10,10 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Namespace};
+use k8s_openapi::{
+    api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Namespace},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -173,42 +176,94 @@ where
 }
 
 /// Enclave's StatefulSets (as the watch cache saw them) when their spec,
-/// deletion or ready replicas changed, or when they are gone; not at
-/// their creation (the Developer that created one learns nothing new: its
-/// first ready replica will tell; a spec changed by someone else bumps
+/// deletion or ready replicas changed, or when they are gone (a relist
+/// that no longer brings one says it went while the watch was down); not
+/// at their creation (the Developer that created one learns nothing new:
+/// its first ready replica will tell; a spec changed by someone else bumps
 /// the generation past 1).
 fn workspace_changes(
     seen: impl futures::Stream<Item = Passed<StatefulSet>> + Send + 'static,
 ) -> impl futures::Stream<Item = Result<StatefulSet, watcher::Error>> + Send + 'static {
-    // Generation and ready replicas last passed on, by object: the
-    // StatefulSet controller's other status counters are not news.
-    let mut last: HashMap<u64, (Option<i64>, i32)> = HashMap::new();
+    /// What was last passed on of one StatefulSet: its generation and
+    /// ready replicas (the StatefulSet controller's other status counters
+    /// are not news), and where it is and who owns it, to wake its
+    /// Developer should a relist find it gone.
+    struct Last {
+        generation: Option<i64>,
+        ready: i32,
+        metadata: ObjectMeta,
+    }
+    let mut last: HashMap<u64, Last> = HashMap::new();
+    let mut relisted: Option<std::collections::HashSet<u64>> = None;
     let key = |set: &StatefulSet| {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&set.metadata.namespace, &set.metadata.name).hash(&mut hasher);
         hasher.finish()
     };
-    seen.filter_map(move |passed| {
-        let news = match passed {
+    seen.flat_map(move |passed| {
+        let news: Vec<StatefulSet> = match passed {
             // The pod it waited for is gone with it: the Developer's
             // deletion goes on now, not at its next retry.
             Passed::Deleted(set) => {
                 last.remove(&key(&set));
-                Some(set)
+                vec![set]
+            }
+            Passed::Relisting => {
+                relisted = Some(std::collections::HashSet::new());
+                Vec::new()
+            }
+            Passed::Relisted => {
+                let listed = relisted.take().unwrap_or_default();
+                let gone: Vec<u64> = last
+                    .keys()
+                    .filter(|k| !listed.contains(k))
+                    .copied()
+                    .collect();
+                gone.into_iter()
+                    .filter_map(|k| last.remove(&k))
+                    .map(|l| StatefulSet {
+                        metadata: l.metadata,
+                        ..StatefulSet::default()
+                    })
+                    .collect()
             }
             Passed::Applied(set) => {
+                let k = key(&set);
+                if let Some(listed) = &mut relisted {
+                    listed.insert(k);
+                }
                 let ready = set
                     .status
                     .as_ref()
                     .and_then(|s| s.ready_replicas)
                     .unwrap_or(0);
                 let now = (set.metadata.generation, ready);
-                let changed = last.insert(key(&set), now) != Some(now);
-                let created = now == (Some(1), 0) && set.metadata.deletion_timestamp.is_none();
-                (changed && !created).then_some(set)
+                let metadata = ObjectMeta {
+                    name: set.metadata.name.clone(),
+                    namespace: set.metadata.namespace.clone(),
+                    owner_references: set.metadata.owner_references.clone(),
+                    ..ObjectMeta::default()
+                };
+                let previous = last.insert(
+                    k,
+                    Last {
+                        generation: now.0,
+                        ready,
+                        metadata,
+                    },
+                );
+                let previous = previous.map(|l| (l.generation, l.ready));
+                let created = previous.is_none()
+                    && now == (Some(1), 0)
+                    && set.metadata.deletion_timestamp.is_none();
+                if previous != Some(now) && !created {
+                    vec![set]
+                } else {
+                    Vec::new()
+                }
             }
         };
-        futures::future::ready(news.map(Ok))
+        futures::stream::iter(news.into_iter().map(Ok))
     })
 }
 
@@ -611,7 +666,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_workspace_wakes_its_developer_for_news_and_for_its_end() {
-        use Passed::{Applied, Deleted};
+        use Passed::{Applied, Deleted, Relisted, Relisting};
         let seen = vec![
             Applied(set("a", 1, 0, false)), // created: not news
             Applied(set("a", 1, 1, false)), // its pod ready
@@ -622,6 +677,12 @@ mod tests {
             Applied(set("a", 3, 0, true)),  // its pod gone
             Deleted(set("a", 3, 0, true)),  // gone, though nothing else changed
             Applied(set("a", 1, 0, false)), // re-created
+            Applied(set("c", 1, 1, false)), // ready
+            Applied(set("c", 1, 0, false)), // its pod no longer ready
+            Relisting,                      // the watch lost its place
+            Applied(set("b", 1, 0, false)), // unchanged
+            Applied(set("c", 1, 0, false)), // unchanged
+            Relisted,                       // "a" went meanwhile
         ];
         let passed: Vec<(String, Option<i64>, i32)> =
             workspace_changes(futures::stream::iter(seen))
@@ -642,6 +703,9 @@ mod tests {
             ("a", Some(3), 1),
             ("a", Some(3), 0),
             ("a", Some(3), 0),
+            ("c", Some(1), 1),
+            ("c", Some(1), 0),
+            ("a", None, 0),
         ]
         .map(|(n, g, r)| (n.to_owned(), g, r));
         assert_eq!(passed, expected);
