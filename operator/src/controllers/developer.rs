@@ -12,7 +12,7 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
-        core::v1::{Pod, ServiceAccount},
+        core::v1::{Namespace, Pod, ServiceAccount},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::Condition,
@@ -37,7 +37,7 @@ use crate::{
     backends::vault::{Change, VaultBackend, ensure_developer},
     builders::{DeveloperContext, DeveloperPlan, KubeObject, build_developer},
     crd::{Company, DeletionPolicy, Developer, DeveloperStatus},
-    names::CompanyNames,
+    names::{CompanyNames, DeveloperNames},
     posix_ids,
 };
 
@@ -50,7 +50,7 @@ async fn company_label<B: Backends>(
     if let Some((Some(label), _)) = ctx.cache.namespace_owner(namespace) {
         return Ok(Some(label));
     }
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     Ok(namespaces
         .get_opt(namespace)
         .await?
@@ -130,9 +130,9 @@ fn storage_ready(conditions: &[Condition]) -> bool {
 
 /// The uid/gid of the person `names` stands for: the one recorded in
 /// Vault for them (their data may still exist, owned by it), or a new one
-/// that no live Developer and no record holds, recorded before it is used.
-/// One allocation at a time per company, so two new Developers never get
-/// one id.
+/// that no live Developer holds (by status or by record) and no record of
+/// a person gone holds, recorded before it is used. One allocation at a
+/// time per company, so two new Developers never get one id.
 async fn allocate_id<B: Backends>(
     ctx: &Context<B>,
     namespace: &str,
@@ -159,20 +159,32 @@ async fn allocate_id<B: Backends>(
         .collect();
     let path = names.kv_posix_id();
     let prefix = path.rsplit_once('/').map_or("", |(p, _)| p);
-    // A live person's record holds the uid their status names: only the
-    // records of people gone (kept by a deletion policy) are read, not one
-    // per colleague for each new Developer.
-    let live_keys: BTreeSet<String> = live.keys().cloned().collect();
-    let recorded = vault.recorded_posix_ids(prefix, &live_keys).await?;
+    // A live person's record is read once, to see that it holds the uid
+    // their status names (a status edited or restored may not): not again
+    // for each new colleague. The records of people gone are always read.
+    let seen: BTreeSet<String> = live
+        .iter()
+        .filter(|(key, uid)| ctx.allocation.matches(key, **uid))
+        .map(|(key, _)| key.clone())
+        .collect();
+    let recorded = vault.recorded_posix_ids(prefix, &seen).await?;
+    for (key, uid) in &live {
+        if recorded.get(key) == Some(uid) {
+            ctx.allocation.matched(key, *uid);
+        }
+    }
     let mut used: BTreeSet<i64> = live.into_values().collect();
     if let Some(id) = recorded.get(names.key()).filter(|id| !used.contains(id)) {
+        ctx.allocation.matched(names.key(), *id);
         return Ok(Some(*id));
     }
     used.extend(recorded.values());
     let Some(id) = posix_ids::allocate(&ctx.config.workspace.posix_ids, &used) else {
         return Ok(None);
     };
-    Ok(Some(vault.record_posix_id(&path, id).await?))
+    let id = vault.record_posix_id(&path, id).await?;
+    ctx.allocation.matched(names.key(), id);
+    Ok(Some(id))
 }
 
 /// Guards the Developer's Vault policy and role.
@@ -232,6 +244,7 @@ async fn cleanup<B: Backends>(developer: &Developer, ctx: &Context<B>) -> Result
         developer,
         label.as_deref().unwrap_or_default(),
         &namespace,
+        company.is_some(),
     )
     .await
     {
@@ -258,6 +271,36 @@ async fn cleanup<B: Backends>(developer: &Developer, ctx: &Context<B>) -> Result
     let action = vault_cleanup(ctx, developer, status, label, &namespace).await?;
     secrets_cleanup(ctx, developer, company.as_ref()).await?;
     Ok(action)
+}
+
+/// The workspace pod, if it is still there. The operator reads pods only
+/// through its binding in the company namespace: when that namespace is
+/// being deleted directly the binding may go first, and the namespace's
+/// own deletion removes every pod in it.
+async fn workspace_pod<B: Backends>(
+    ctx: &Context<B>,
+    company: &str,
+    namespace: &str,
+    names: &DeveloperNames,
+) -> Result<Option<Lean<Pod>>, Error> {
+    let pods: Api<Lean<Pod>> = Api::namespaced(ctx.client.clone(), namespace);
+    match pods.get_opt(&names.workspace_pod()).await {
+        Ok(pod) => Ok(pod),
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            let namespaces: Api<Lean<Namespace>> = Api::all(ctx.client.clone());
+            match namespaces.get_opt(namespace).await? {
+                Some(ns) if ns.metadata.deletion_timestamp.is_none() => {
+                    Err(Error::Waiting(format!(
+                        "read access to pods in namespace {namespace}: RoleBinding {} is missing; \
+                         Company {company}'s next reconcile restores it",
+                        CompanyNames::new(company, None).operator_access_binding()
+                    )))
+                }
+                _ => Ok(None),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Holds the Developer while its Company is protected and being deleted
@@ -290,12 +333,14 @@ async fn hold_if_protected<B: Backends>(
 
 /// Deletes the workspace StatefulSet (its pod first: foreground) and the
 /// workspace ServiceAccount (so tokens issued to it stop working), and
-/// waits until the StatefulSet and its pod are gone.
+/// waits until the StatefulSet and its pod are gone. `managed`: a Company
+/// owns the namespace (only there may the operator read pods).
 async fn stop_workspace<B: Backends>(
     ctx: &Context<B>,
     developer: &Developer,
     company: &str,
     namespace: &str,
+    managed: bool,
 ) -> Result<(), Error> {
     let names =
         CompanyNames::new(company, None).developer(&developer.name_any(), &developer.spec.subject);
@@ -328,26 +373,23 @@ async fn stop_workspace<B: Backends>(
     // (`kubectl delete sts`, the default) the pod is left to the garbage
     // collector; with `--cascade=orphan` nothing deletes it. The operator
     // reads pods only in company namespaces (its workspace-access binding).
-    if !company.is_empty() {
-        let pods: Api<Lean<Pod>> = Api::namespaced(ctx.client.clone(), namespace);
-        if let Some(pod) = pods.get_opt(&names.workspace_pod()).await? {
-            let collected = pod.metadata.deletion_timestamp.is_some()
-                || pod
-                    .owner_references()
-                    .iter()
-                    .any(|o| o.kind == "StatefulSet" && o.name == names.workspace());
-            if !collected {
-                return Err(Error::WorkspaceOrphaned {
-                    namespace: namespace.to_owned(),
-                    pod: names.workspace_pod(),
-                });
-            }
-            return Err(Error::Waiting(format!(
-                "pod {} of Developer {} to stop",
-                names.workspace_pod(),
-                developer.name_any()
-            )));
+    if managed && let Some(pod) = workspace_pod(ctx, company, namespace, &names).await? {
+        let collected = pod.metadata.deletion_timestamp.is_some()
+            || pod
+                .owner_references()
+                .iter()
+                .any(|o| o.kind == "StatefulSet" && o.name == names.workspace());
+        if !collected {
+            return Err(Error::WorkspaceOrphaned {
+                namespace: namespace.to_owned(),
+                pod: names.workspace_pod(),
+            });
         }
+        return Err(Error::Waiting(format!(
+            "pod {} of Developer {} to stop",
+            names.workspace_pod(),
+            developer.name_any()
+        )));
     }
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
     match accounts

@@ -115,12 +115,44 @@ pub struct Context<B: Backends = Real> {
 }
 
 /// Locks for uid/gid allocation, striped by namespace: companies allocate
-/// in parallel, the Developers of one company one at a time.
-pub struct Allocation(Vec<tokio::sync::Mutex<()>>);
+/// in parallel, the Developers of one company one at a time. Also the
+/// (person, uid) pairs seen to agree between a live status and the Vault
+/// record since start, whose record an allocation need not read again.
+pub struct Allocation {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Hashes of (person key, uid): 8 bytes per Developer.
+    matched: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
 
 impl Default for Allocation {
     fn default() -> Self {
-        Self((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
+        Self {
+            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            matched: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl Allocation {
+    fn pair(key: &str, uid: i64) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (key, uid).hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Whether the record of person `key` was seen to hold `uid`.
+    pub fn matches(&self, key: &str, uid: i64) -> bool {
+        self.matched
+            .lock()
+            .is_ok_and(|m| m.contains(&Self::pair(key, uid)))
+    }
+
+    /// Notes that the record of person `key` holds `uid`.
+    pub fn matched(&self, key: &str, uid: i64) {
+        if let Ok(mut m) = self.matched.lock() {
+            m.insert(Self::pair(key, uid));
+        }
     }
 }
 
@@ -130,7 +162,7 @@ impl<B: Backends> Context<B> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         namespace.hash(&mut hasher);
-        let stripes = &self.allocation.0;
+        let stripes = &self.allocation.stripes;
         let index = usize::try_from(hasher.finish() % stripes.len() as u64).unwrap_or(0);
         &stripes[index]
     }
@@ -355,7 +387,7 @@ pub enum Error {
     /// (deleted with `--cascade=orphan`): nothing will delete it, and the
     /// cleanup must not go on while it runs.
     #[error(
-        "workspace pod {namespace}/{pod} was orphaned from its StatefulSet and still runs as the person; delete it (kubectl delete pod -n {namespace} {pod}) ; the Developer's deletion waits for it (looking again every 30 seconds)"
+        "workspace pod {namespace}/{pod} was orphaned from its StatefulSet and still runs as the person; delete it (kubectl delete pod -n {namespace} {pod}); the Developer's deletion waits for it, looking again within 30 seconds"
     )]
     WorkspaceOrphaned {
         /// The company namespace.
@@ -547,7 +579,9 @@ where
         *n
     };
     let delay = retry_delay(class, failures);
-    if matches!(class, RetryClass::Waiting | RetryClass::Polling) {
+    // An orphaned workspace pod waits like a stopping one, but for a person.
+    let for_a_person = matches!(error.step(), Error::WorkspaceOrphaned { .. });
+    if matches!(class, RetryClass::Waiting | RetryClass::Polling) && !for_a_person {
         tracing::info!(object = %key, %error, retry_in = ?delay, "waiting");
     } else {
         tracing::warn!(object = %key, category = error.category(), ?class, failures, retry_in = ?delay, %error, "reconcile failed");

@@ -216,7 +216,8 @@ impl Harness {
     }
 
     /// [`Harness::spawn_operator`] with another configuration file. The
-    /// first replica ("replica-a") talks through [`Harness::kube_proxy`],
+    /// first replica ("replica-a") talks through [`Harness::kube_proxy`]
+    /// (or, with [`Harness::operator_direct`], to the API server itself),
     /// any other through a proxy of its own (to count its requests).
     pub fn spawn_operator_with(
         &self,

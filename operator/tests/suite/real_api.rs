@@ -17,12 +17,8 @@ use kube::{
 use serde_json::json;
 
 use crate::control_plane::{
-    ControlPlane, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, chart_rules, client_from,
+    ControlPlane, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, chart_rules, client_from, operator_user,
 };
-
-fn operator_user() -> String {
-    format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}")
-}
 
 /// `kubectl auth can-i VERB RESOURCE[/NAME] [--subresource SUB] [-n NS | -A]
 /// --as USER`: yes or no. `resource` is `kind.group[/name][#subresource]`

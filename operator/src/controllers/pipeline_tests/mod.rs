@@ -1060,6 +1060,47 @@ async fn a_uid_is_allocated_reading_only_the_records_of_people_gone() {
 }
 
 #[tokio::test]
+async fn a_status_uid_that_disagrees_with_its_record_keeps_both_uids_from_others() {
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    let reads = || {
+        h.vault_calls()
+            .into_iter()
+            .filter(|c| c.starts_with("read posix id"))
+            .collect::<Vec<_>>()
+    };
+    let uid = |name: &str| {
+        h.developer(name)
+            .status
+            .as_ref()
+            .and_then(|s| s.uid)
+            .expect("uid")
+    };
+    h.create_developer("bob", None);
+    h.converge_developer("bob").await;
+    let recorded = uid("bob");
+    // Bob's status edited (or restored from an old copy): it no longer
+    // names the uid his record holds, which his data may be owned by.
+    let path = format!("{DEVELOPERS}/bob");
+    let mut bob = h.api.get(&path).expect("bob");
+    bob["status"]["uid"] = json!(recorded + 1);
+    bob["status"]["gid"] = json!(recorded + 1);
+    h.api.insert_raw(&path, bob);
+    h.create_developer("carol", None);
+    h.converge_developer("carol").await;
+    let read = reads();
+    assert!(
+        read.len() == 1 && read[0].starts_with("read posix id bob-"),
+        "{read:?}"
+    );
+    let carol = uid("carol");
+    assert!(
+        ![recorded, recorded + 1].contains(&carol),
+        "carol got {carol}, bob's record holds {recorded}"
+    );
+}
+
+#[tokio::test]
 async fn a_workspace_deletion_begun_without_its_pods_is_asked_for_again() {
     let h = harness(0);
     let set_path = h.converged_workspace("bob").await;
@@ -1137,6 +1178,53 @@ async fn a_workspace_pod_that_outlives_its_statefulset_holds_the_cleanup() {
         }
         outcomes.push(reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await);
         h.finish_jobs_and_pods();
+    }
+    assert!(
+        h.api.get(&format!("{DEVELOPERS}/bob")).is_none(),
+        "{outcomes:#?}"
+    );
+    assert_eq!(h.vault.roles.lock().expect("roles").len(), 1);
+}
+
+#[tokio::test]
+async fn a_cleanup_that_may_not_read_pods_waits_unless_the_namespace_is_going() {
+    let h = harness(0);
+    let set_path = h.converged_workspace("bob").await;
+    h.api.mark_deleted(&set_path);
+    // The operator's RoleBinding in the namespace is gone: pods are not
+    // its to read.
+    h.api.set_fault(Some(Box::new(|method, path| {
+        (method == Method::GET && path.contains("/pods/")).then_some(403)
+    })));
+    h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
+    h.api.clear_requests();
+    let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
+        .await
+        .expect_err("cannot see the pod");
+    assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("RoleBinding enclave-operator-workspace-access is missing"),
+        "{error}"
+    );
+    assert!(h.deletes("/").is_empty(), "{:?}", h.deletes("/"));
+    assert_eq!(h.vault.roles.lock().expect("roles").len(), 2);
+    // `kubectl delete namespace`: its controller removed the binding and
+    // removes every pod in it; the cleanup goes on without the pod.
+    let ns_path = format!("{NAMESPACES}/company-acme");
+    let mut namespace = h.api.get(&ns_path).expect("namespace");
+    namespace["metadata"]["deletionTimestamp"] = json!("2026-12-04T00:00:00Z");
+    h.api.insert_raw(&ns_path, namespace.clone());
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        if h.api.get(&format!("{DEVELOPERS}/bob")).is_none() {
+            break;
+        }
+        outcomes.push(reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await);
+        h.finish_jobs_and_pods();
+        // The namespace stays while the Developer in it holds a finalizer.
+        h.api.insert_raw(&ns_path, namespace.clone());
     }
     assert!(
         h.api.get(&format!("{DEVELOPERS}/bob")).is_none(),
