@@ -1134,6 +1134,75 @@ async fn a_workspace_pod_orphaned_from_its_statefulset_holds_the_developers_clea
 }
 
 #[tokio::test]
+async fn a_company_namespace_deleted_directly_lets_its_developers_cleanup_finish() {
+    use enclave::crd::Developer;
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    let h = setup().await;
+    let client = h.client.clone();
+    let name = crate::support::unique("nsdel");
+    let namespace = format!("company-{name}");
+    let companies: Api<Company> = Api::all(client.clone());
+    let co = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Company", "metadata": {"name": name},
+        "spec": {"database": {"mode": "Shared", "deletionPolicy": "Delete"},
+                 "storage": {"volume": {"storageClassName": "gp3"}, "deletionPolicy": "Retain"}}});
+    companies
+        .patch(&name, &PatchParams::apply("user"), &Patch::Apply(&co))
+        .await
+        .unwrap();
+    let devs: Api<Developer> = Api::namespaced(client.clone(), &namespace);
+    let dev = json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+        "metadata": {"name": "nina", "namespace": namespace}, "spec": {"subject": "sub-nina"}});
+    wait("the Developer applied", async || {
+        devs.patch("nina", &PatchParams::apply("user"), &Patch::Apply(&dev))
+            .await
+            .ok()
+    })
+    .await;
+    let role = developer_condition(&devs, "nina", "Ready")
+        .await
+        .status
+        .unwrap()
+        .vault_role
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    wait("nina's pod", async || {
+        pods.get_opt("workspace-nina-0").await.unwrap()
+    })
+    .await;
+
+    // `kubectl delete namespace`: its controller deletes the operator's
+    // RoleBinding with everything else, so the operator may no longer read
+    // the pods there; the Developer's cleanup must still finish (it holds
+    // the namespace's deletion with its finalizer).
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete(&namespace, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("nina's cleanup", &devs, "nina").await;
+    assert!(
+        vaultrs::auth::kubernetes::role::read(&h.vault.root, &h.vault.mount, &role)
+            .await
+            .is_err(),
+        "nina's Vault role outlived her"
+    );
+    // The Company still defines the tenancy: its namespace comes back.
+    wait("the namespace restored", async || {
+        namespaces
+            .get_opt(&namespace)
+            .await
+            .unwrap()
+            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+    })
+    .await;
+    companies
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("the Company", &companies, &name).await;
+}
+
+#[tokio::test]
 async fn a_workspace_image_outside_the_companys_allow_list_is_refused_and_nothing_rolls() {
     let h = setup().await;
     let client = h.client.clone();
