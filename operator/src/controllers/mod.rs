@@ -431,6 +431,22 @@ impl Error {
         }
     }
 
+    /// The reason of the Warning Event a failure publishes (PascalCase).
+    pub fn event_reason(&self) -> &'static str {
+        match self.step() {
+            Self::Kube(_) => "KubernetesRequestFailed",
+            Self::Finalizer(_) => "FinalizerFailed",
+            Self::Waiting(_) | Self::CloudInProgress(_) => "Waiting",
+            Self::Vault(_) => "VaultFailed",
+            Self::Database(_) => "DatabaseFailed",
+            Self::Storage(_) => "StorageFailed",
+            Self::StorageCleanup(_) => "StorageCleanupFailed",
+            Self::DeletionProtected(_) => "DeletionProtected",
+            Self::InvalidSpec(_) => "InvalidSpec",
+            Self::WorkspaceOrphaned { .. } => "WorkspaceOrphaned",
+        }
+    }
+
     /// How the error policy treats it.
     pub fn retry_class(&self) -> RetryClass {
         match self.step() {
@@ -585,6 +601,16 @@ where
         tracing::info!(object = %key, %error, retry_in = ?delay, "waiting");
     } else {
         tracing::warn!(object = %key, category = error.category(), ?class, failures, retry_in = ?delay, %error, "reconcile failed");
+        // A Warning Event on the object, for `kubectl describe` and alerting
+        // on Events. Repeats join one Event's series; only failures 1, 2,
+        // 4, 8, ... are published, so an outage of Vault or the database
+        // that fails every tenant for hours does not write an Event per
+        // tenant per retry.
+        if failures.is_power_of_two() {
+            let reference = object.object_ref(&());
+            let (reason, message) = (error.event_reason(), error.to_string());
+            tokio::spawn(async move { ctx.audit.failure(&reference, reason, &message).await });
+        }
     }
     Action::requeue(delay)
 }

@@ -1276,6 +1276,26 @@ async fn a_workspace_image_outside_the_companys_allow_list_is_refused_and_nothin
     })
     .await;
     assert_eq!(stalled.reason, "ImageNotAllowed");
+    // And a Warning Event on the Developer, for `kubectl describe` and for
+    // alerts on Events.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "company-imgco");
+    let warning = wait("the Warning Event", async || {
+        events
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some("InvalidSpec")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("dana")
+            })
+    })
+    .await;
+    let note = warning.note.unwrap_or_default();
+    assert!(note.contains("allowedImages"), "{note}");
     // Resyncs later, the workspace still runs the company's image.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     assert_eq!(
@@ -2092,7 +2112,9 @@ async fn events_about(
         .items
     {
         let about = event.regarding.as_ref();
+        // The audit trail's Events; a failed reconcile's Warning is not a change.
         if event.reporting_controller.as_deref() != Some("enclave")
+            || event.type_.as_deref() != Some("Normal")
             || about.and_then(|r| r.kind.as_deref()) != Some(kind)
             || about.and_then(|r| r.name.as_deref()) != Some(name)
         {

@@ -265,12 +265,41 @@ async fn vault_down_fails_the_step_transiently_after_the_cluster_objects_and_the
         metrics.contains(r#"kind="Company",category="vault",class="transient""#),
         "{metrics}"
     );
+    // Failures 1, 2 and 4 of the six are published: one Warning Event and
+    // two repeats joining its series.
+    let warnings = published_warnings(&h, "VaultFailed", 3).await;
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    for warning in &warnings {
+        assert_eq!(warning["type"], "Warning", "{warning}");
+        assert_eq!(warning["regarding"]["name"], "acme", "{warning}");
+        let note = warning["note"].as_str().unwrap_or_default();
+        assert!(note.contains("connection refused"), "{note}");
+    }
 
     // Vault back: the next reconcile converges.
     *h.vault.behaviour.lock().expect("b") = Behaviour::Works;
     let outcomes = h.converge("acme").await;
     assert!(outcomes.last().is_some_and(Result::is_ok), "{outcomes:?}");
     assert_eq!(h.condition("acme", "Ready").0, "True");
+}
+
+/// The Events with `reason` written so far, once `expected` of them are
+/// (the error policy publishes them from a task of their own), or after 2 s.
+async fn published_warnings(h: &Harness, reason: &str, expected: usize) -> Vec<serde_json::Value> {
+    let with_reason = || -> Vec<serde_json::Value> {
+        h.api
+            .events()
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .collect()
+    };
+    for _ in 0..200 {
+        if with_reason().len() >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    with_reason()
 }
 
 fn requeue_after(action: &Action) -> Duration {
@@ -320,6 +349,9 @@ async fn a_database_conflict_needs_a_person_and_waits_the_longest() {
         Arc::clone(&h.ctx),
     ));
     assert_eq!(first, Duration::from_mins(5), "the longest delay at once");
+    let warnings = published_warnings(&h, "DatabaseFailed", 1).await;
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert_eq!(warnings[0]["type"], "Warning");
     let metrics = h.ctx.health.metrics.render();
     assert!(
         metrics.contains(r#"category="database",class="needs-person""#),
@@ -353,6 +385,9 @@ async fn a_database_being_created_is_polled_ever_more_slowly_not_failed() {
         .collect();
     assert!(delays[0] <= Duration::from_secs(2), "{delays:?}");
     assert!(delays[7] >= Duration::from_secs(10), "{delays:?}");
+    // Waiting is progress, not a failure: no Warning Event.
+    let warnings = published_warnings(&h, "Waiting", 1).await;
+    assert_eq!(warnings, Vec::<serde_json::Value>::new());
 }
 
 #[tokio::test]
