@@ -371,6 +371,38 @@ fn content<S: serde::Serialize>(meta: &ObjectMeta, spec: &S) -> u64 {
     }
 }
 
+/// A claim's [`content`] less what binding it changes: the volume
+/// controller's annotations and `spec.volumeName` (set once, by the
+/// binder: a claim's spec is immutable but for its size).
+fn claim_content(claim: &PersistentVolumeClaim) -> u64 {
+    const BINDING: [&str; 3] = [
+        "pv.kubernetes.io/",
+        "volume.kubernetes.io/",
+        "volume.beta.kubernetes.io/",
+    ];
+    let m = &claim.metadata;
+    let meta = ObjectMeta {
+        uid: m.uid.clone(),
+        generation: m.generation,
+        labels: m.labels.clone(),
+        annotations: m.annotations.as_ref().map(|a| {
+            a.iter()
+                .filter(|(k, _)| !BINDING.iter().any(|p| k.starts_with(p)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }),
+        owner_references: m.owner_references.clone(),
+        finalizers: m.finalizers.clone(),
+        deletion_timestamp: m.deletion_timestamp.clone(),
+        ..ObjectMeta::default()
+    };
+    let spec = claim.spec.clone().map(|mut spec| {
+        spec.volume_name = None;
+        spec
+    });
+    content(&meta, &spec)
+}
+
 /// How a kind is followed: metadata only, or whole objects whose content
 /// the cache compares and whose ready replicas it keeps.
 struct Whole<W> {
@@ -544,17 +576,29 @@ pub async fn run(client: Client, cache: Arc<WatchCache>, workspaces: PassOn<Stat
         }),
         None,
     )) as futures::future::BoxFuture<'static, ()>;
+    // A claim's binding changes its annotations and volume name, then its
+    // status: none of it is what an apply wrote.
+    let claims = Box::pin(follow(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        PersistentVolumeClaim::KIND,
+        Arc::clone(&cache),
+        Some(Whole {
+            ready: |_| 0,
+            content: claim_content,
+        }),
+        None,
+    )) as futures::future::BoxFuture<'static, ()>;
     join_all([
         Box::pin(follow_namespaces(client.clone(), Arc::clone(&cache))),
         sets,
         quotas,
+        claims,
         meta!(LimitRange),
         meta!(NetworkPolicy),
         meta!(Role),
         meta!(RoleBinding),
         meta!(ServiceAccount),
         meta!(PersistentVolume),
-        meta!(PersistentVolumeClaim),
         meta!(Service),
         meta!(Deployment),
         meta!(ConfigMap),
@@ -674,6 +718,74 @@ mod tests {
         // Deleted: read it again.
         cache.forget("Service", "ns", "svc");
         assert!(!cache.unchanged("Service", "ns", "svc", intent));
+    }
+
+    #[test]
+    fn a_claims_binding_needs_no_read_but_a_changed_size_does() {
+        use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, VolumeResourceRequirements};
+        let cache = WatchCache::default();
+        let intent = intent("c");
+        let mut claim = PersistentVolumeClaim::default();
+        claim.metadata.name = Some("home-pat".into());
+        claim.metadata.annotations =
+            Some([("enclave.dev/applied".to_owned(), "h".to_owned())].into());
+        claim.spec = Some(PersistentVolumeClaimSpec {
+            storage_class_name: Some("gp3".into()),
+            ..PersistentVolumeClaimSpec::default()
+        });
+        let observe = |version, claim: &PersistentVolumeClaim| {
+            cache.observe(
+                "PersistentVolumeClaim",
+                "ns",
+                "home-pat",
+                seen(version, 0, claim_content(claim), 0),
+            );
+        };
+        observe(5, &claim);
+        cache.verified(
+            "PersistentVolumeClaim",
+            &meta("ns", "home-pat"),
+            Some("5"),
+            intent,
+        );
+        // The volume controller binds it: its annotations, its volume, its
+        // status; each a new version.
+        claim.metadata.annotations.get_or_insert_default().extend([
+            (
+                "pv.kubernetes.io/bind-completed".to_owned(),
+                "yes".to_owned(),
+            ),
+            (
+                "volume.kubernetes.io/storage-provisioner".to_owned(),
+                "ebs".to_owned(),
+            ),
+        ]);
+        observe(6, &claim);
+        if let Some(spec) = claim.spec.as_mut() {
+            spec.volume_name = Some("pvc-1234".into());
+        }
+        observe(7, &claim);
+        claim.status = Some(k8s_openapi::api::core::v1::PersistentVolumeClaimStatus {
+            phase: Some("Bound".into()),
+            ..Default::default()
+        });
+        observe(8, &claim);
+        assert!(cache.unchanged("PersistentVolumeClaim", "ns", "home-pat", intent));
+        // Someone grows it: read it (and put it back).
+        if let Some(spec) = claim.spec.as_mut() {
+            spec.resources = Some(VolumeResourceRequirements {
+                requests: Some(
+                    [(
+                        "storage".to_owned(),
+                        k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Ti".into()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            });
+        }
+        observe(9, &claim);
+        assert!(!cache.unchanged("PersistentVolumeClaim", "ns", "home-pat", intent));
     }
 
     #[test]

@@ -786,6 +786,14 @@ async fn workspace_step<B: Backends>(
     storage_pending: bool,
     status: &mut DeveloperStatus,
 ) -> Result<(), Error> {
+    let namespace = dev_ctx.company.names.namespace();
+    // Not there before this step (created now, or not at all): no pod is
+    // ready, whether or not the watch has seen the creation yet.
+    let absent = ctx.cache.absent(
+        <StatefulSet as k8s_openapi::Resource>::KIND,
+        namespace,
+        &dev_ctx.names.workspace(),
+    );
     if !storage_pending {
         for object in &plan.objects {
             if matches!(object, KubeObject::StatefulSet(_)) {
@@ -793,12 +801,12 @@ async fn workspace_step<B: Backends>(
             }
         }
     }
-    let namespace = dev_ctx.company.names.namespace();
     let ready_pods = match ctx
         .cache
         .ready_replicas(namespace, &dev_ctx.names.workspace())
     {
         Some(ready) => ready,
+        None if absent => 0,
         None => Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
             .get_opt(&dev_ctx.names.workspace())
             .await?
