@@ -258,6 +258,12 @@ fn read_on(path: &std::path::Path, offset: &mut u64) -> String {
     let Ok(mut file) = std::fs::File::open(path) else {
         return String::new();
     };
+    let length = file.metadata().unwrap().len();
+    assert!(
+        length >= *offset,
+        "{} shrank from {offset} to {length} bytes: it was rotated, and the requests counted from it would be short",
+        path.display()
+    );
     let mut text = Vec::new();
     file.seek(std::io::SeekFrom::Start(*offset)).unwrap();
     file.read_to_end(&mut text).unwrap();
