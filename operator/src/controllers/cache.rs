@@ -57,6 +57,9 @@ struct Entry {
     content: u64,
     /// A hash of its controller owner's uid (0: none known).
     owner: u64,
+    /// Being deleted in the foreground (dependents first): irreversible,
+    /// so a cached `true` is never wrong, only perhaps late.
+    stopping: bool,
 }
 
 /// What a watch event says of one object.
@@ -70,6 +73,8 @@ struct Seen {
     content: u64,
     /// See [`Entry::owner`].
     owner: u64,
+    /// See [`Entry::stopping`].
+    stopping: bool,
 }
 
 /// A namespace's owner marks (label and uid annotation).
@@ -242,6 +247,18 @@ impl WatchCache {
             .map(|e| e.ready)
     }
 
+    /// Whether the watch saw the object being deleted in the foreground
+    /// (its dependents first), and not yet gone.
+    pub fn stopping(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        let Ok(inner) = self.inner.read() else {
+            return false;
+        };
+        inner
+            .entries
+            .get(&key(kind, namespace, name))
+            .is_some_and(|e| e.observed != 0 && e.stopping)
+    }
+
     /// A namespace's company label and uid annotation, if the namespace
     /// watch has listed and seen it (`None`: unknown, read it).
     pub fn namespace_owner(&self, name: &str) -> Option<Owner> {
@@ -259,6 +276,7 @@ impl WatchCache {
             ready,
             content,
             owner,
+            stopping,
         } = seen;
         if let Ok(mut inner) = self.inner.write() {
             let k = key(kind, namespace, name);
@@ -279,6 +297,7 @@ impl WatchCache {
             entry.observed = version_seen;
             entry.ready = ready;
             entry.content = content;
+            entry.stopping = stopping;
             inner.own(k, owner);
         }
     }
@@ -466,6 +485,8 @@ async fn follow<W>(
                         ready: whole.as_ref().map_or(0, |w| (w.ready)(&o)),
                         content: whole.as_ref().map_or(0, |w| (w.content)(&o)),
                         owner: owner_of(o.meta()),
+                        stopping: o.meta().deletion_timestamp.is_some()
+                            && o.finalizers().iter().any(|f| f == "foregroundDeletion"),
                     },
                 );
                 pass(Passed::Applied(o));
@@ -616,6 +637,7 @@ mod tests {
             ready,
             content,
             owner,
+            stopping: false,
         }
     }
 
@@ -718,6 +740,39 @@ mod tests {
         // Deleted: read it again.
         cache.forget("Service", "ns", "svc");
         assert!(!cache.unchanged("Service", "ns", "svc", intent));
+    }
+
+    #[test]
+    fn a_workspace_seen_stopping_is_stopping_until_it_is_gone() {
+        let cache = WatchCache::default();
+        assert!(
+            !cache.stopping("StatefulSet", "ns", "workspace-pat"),
+            "never seen"
+        );
+        cache.observe("StatefulSet", "ns", "workspace-pat", seen(3, 1, 1, 0));
+        assert!(
+            !cache.stopping("StatefulSet", "ns", "workspace-pat"),
+            "running"
+        );
+        cache.observe(
+            "StatefulSet",
+            "ns",
+            "workspace-pat",
+            Seen {
+                stopping: true,
+                ..seen(4, 1, 2, 0)
+            },
+        );
+        assert!(cache.stopping("StatefulSet", "ns", "workspace-pat"));
+        assert!(
+            !cache.stopping("StatefulSet", "ns", "workspace-kim"),
+            "another"
+        );
+        cache.forget("StatefulSet", "ns", "workspace-pat");
+        assert!(
+            !cache.stopping("StatefulSet", "ns", "workspace-pat"),
+            "gone"
+        );
     }
 
     #[test]

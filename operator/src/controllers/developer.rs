@@ -344,8 +344,26 @@ async fn stop_workspace<B: Backends>(
 ) -> Result<(), Error> {
     let names =
         CompanyNames::new(company, None).developer(&developer.name_any(), &developer.spec.subject);
+    let waiting = || {
+        Error::Waiting(format!(
+            "workspace {} of Developer {} to stop",
+            names.workspace(),
+            developer.name_any()
+        ))
+    };
+    // Seen stopping (its pods deleted before it): its going wakes this
+    // Developer, nothing to read meanwhile.
+    if ctx.cache.stopping(
+        <StatefulSet as k8s_openapi::Resource>::KIND,
+        namespace,
+        &names.workspace(),
+    ) {
+        return Err(waiting());
+    }
     // Metadata is all it reads: whether the workspace is still there, and
-    // whether its pods are already being deleted before it.
+    // whether its pods are already being deleted before it. Read, not
+    // cached: a watch that has not yet seen it created must not let its
+    // pod outlive the person.
     let sets: Api<Lean<StatefulSet>> = Api::namespaced(ctx.client.clone(), namespace);
     if let Some(set) = sets.get_opt(&names.workspace()).await? {
         // Asked once: the retries that wait for it to go write nothing (a
@@ -363,11 +381,7 @@ async fn stop_workspace<B: Backends>(
                 Err(e) => return Err(e.into()),
             }
         }
-        return Err(Error::Waiting(format!(
-            "workspace {} of Developer {} to stop",
-            names.workspace(),
-            developer.name_any()
-        )));
+        return Err(waiting());
     }
     // The StatefulSet gone, its pod may not be: deleted in the background
     // (`kubectl delete sts`, the default) the pod is left to the garbage
