@@ -14,7 +14,14 @@ use kube::{
 /// Writes audit lines and Events.
 pub struct Audit {
     recorder: Recorder,
+    /// Failure Events in flight: an outage that fails every tenant at
+    /// once queues its Events here, not on the API server.
+    failing: tokio::sync::Semaphore,
 }
+
+/// The `action` of a failure's Warning Event (before the note's hash): what
+/// tells it from an audit line's Event.
+pub const RECONCILE_FAILED: &str = "ReconcileFailed";
 
 /// One change.
 pub struct Change<'a> {
@@ -39,6 +46,7 @@ impl Audit {
                     instance: Some(identity.to_owned()),
                 },
             ),
+            failing: tokio::sync::Semaphore::new(4),
         }
     }
 
@@ -68,6 +76,7 @@ impl Audit {
                 EventType::Warning
             },
             change.action,
+            change.action,
             change.why,
         )
         .await;
@@ -76,8 +85,18 @@ impl Audit {
     /// Publishes a Warning Event on `reference`: a reconcile failed with
     /// `reason` (e.g. `VaultFailed`) and `message` (what to do).
     pub async fn failure(&self, reference: &ObjectReference, reason: &str, message: &str) {
-        self.publish(reference, EventType::Warning, reason, message)
-            .await;
+        // Never closed: the semaphore lives as long as `self`.
+        let Ok(_permit) = self.failing.acquire().await else {
+            return;
+        };
+        self.publish(
+            reference,
+            EventType::Warning,
+            reason,
+            RECONCILE_FAILED,
+            message,
+        )
+        .await;
     }
 
     async fn publish(
@@ -85,6 +104,7 @@ impl Audit {
         reference: &ObjectReference,
         type_: EventType,
         reason: &str,
+        action: &str,
         note: &str,
     ) {
         let event = Event {
@@ -96,10 +116,16 @@ impl Audit {
             // change (the database Creating, then Available) would read as
             // a repeat of the first. The note's hash keeps them apart; a
             // true repeat still joins its series.
-            action: format!("{reason}-{}", crate::names::short_hash(&[note])),
+            action: format!("{action}-{}", crate::names::short_hash(&[note])),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, reference).await {
+        // The recorder keys a series by the whole reference: without its
+        // version, a repeat after a status write still joins the series.
+        let reference = ObjectReference {
+            resource_version: None,
+            ..reference.clone()
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
             tracing::debug!(error = %e, "could not publish an Event (the log line above stands)");
         }
     }

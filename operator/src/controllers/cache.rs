@@ -57,10 +57,15 @@ struct Entry {
     content: u64,
     /// A hash of its controller owner's uid (0: none known).
     owner: u64,
-    /// Being deleted in the foreground (dependents first): irreversible,
-    /// so a cached `true` is never wrong, only perhaps late.
-    stopping: bool,
+    /// Since when it is seen being deleted in the foreground (dependents
+    /// first): irreversible, so never wrong, only perhaps late.
+    stopping: Option<std::time::Instant>,
 }
+
+/// How long a workspace seen stopping is believed to be still stopping
+/// without a read: a watch that stopped delivering (its access revoked)
+/// must not hold a deletion forever.
+const STOPPING_TRUSTED: std::time::Duration = std::time::Duration::from_mins(2);
 
 /// What a watch event says of one object.
 #[derive(Clone, Copy, Debug, Default)]
@@ -73,7 +78,7 @@ struct Seen {
     content: u64,
     /// See [`Entry::owner`].
     owner: u64,
-    /// See [`Entry::stopping`].
+    /// Being deleted in the foreground (see [`Entry::stopping`]).
     stopping: bool,
 }
 
@@ -248,7 +253,8 @@ impl WatchCache {
     }
 
     /// Whether the watch saw the object being deleted in the foreground
-    /// (its dependents first), and not yet gone.
+    /// (its dependents first), less than [`STOPPING_TRUSTED`] ago, and not
+    /// yet gone.
     pub fn stopping(&self, kind: &str, namespace: &str, name: &str) -> bool {
         let Ok(inner) = self.inner.read() else {
             return false;
@@ -256,7 +262,8 @@ impl WatchCache {
         inner
             .entries
             .get(&key(kind, namespace, name))
-            .is_some_and(|e| e.observed != 0 && e.stopping)
+            .and_then(|e| e.stopping.filter(|_| e.observed != 0))
+            .is_some_and(|since| since.elapsed() < STOPPING_TRUSTED)
     }
 
     /// A namespace's company label and uid annotation, if the namespace
@@ -297,7 +304,8 @@ impl WatchCache {
             entry.observed = version_seen;
             entry.ready = ready;
             entry.content = content;
-            entry.stopping = stopping;
+            entry.stopping =
+                stopping.then(|| entry.stopping.unwrap_or_else(std::time::Instant::now));
             inner.own(k, owner);
         }
     }
@@ -628,6 +636,23 @@ pub async fn run(client: Client, cache: Arc<WatchCache>, workspaces: PassOn<Stat
 }
 
 #[cfg(test)]
+impl WatchCache {
+    /// Records that the watch saw `name` being deleted in the foreground.
+    pub(super) fn saw_stopping(&self, kind: &'static str, namespace: &str, name: &str) {
+        self.observe(
+            kind,
+            namespace,
+            name,
+            Seen {
+                version: 1,
+                stopping: true,
+                ..Seen::default()
+            },
+        );
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -826,7 +851,7 @@ mod tests {
         });
         observe(8, &claim);
         assert!(cache.unchanged("PersistentVolumeClaim", "ns", "home-pat", intent));
-        // Someone grows it: read it (and put it back).
+        // Someone grows it: read it.
         if let Some(spec) = claim.spec.as_mut() {
             spec.resources = Some(VolumeResourceRequirements {
                 requests: Some(

@@ -27,7 +27,11 @@ mod triggers;
 
 pub use developer::FINALIZER as DEVELOPER_FINALIZER;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
 
 use kube::{
     Client,
@@ -36,6 +40,7 @@ use kube::{
 use thiserror::Error;
 
 pub use apply::{FIELD_MANAGER, apply_object, apply_status};
+pub use audit::RECONCILE_FAILED;
 pub use company::FINALIZER;
 pub use runner::{RunOptions, run};
 
@@ -101,6 +106,9 @@ pub struct Context<B: Backends = Real> {
     /// Consecutive failures per object, for the backoff (memory only: a
     /// restart simply starts the backoff again).
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Per failing object, a hash of the last Warning Event published for
+    /// it (reason and note): see [`error_policy`].
+    pub warned: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// What the operator's watches say of the objects it manages.
     pub cache: Arc<cache::WatchCache>,
     /// The Companies as the Developer controller's watch holds them.
@@ -602,13 +610,25 @@ where
     } else {
         tracing::warn!(object = %key, category = error.category(), ?class, failures, retry_in = ?delay, %error, "reconcile failed");
         // A Warning Event on the object, for `kubectl describe` and alerting
-        // on Events. Repeats join one Event's series; only failures 1, 2,
-        // 4, 8, ... are published, so an outage of Vault or the database
-        // that fails every tenant for hours does not write an Event per
-        // tenant per retry.
-        if failures.is_power_of_two() {
+        // on Events: a failure unlike the last one published for it at
+        // once, the same failure again only on failures 8, 64, 512, ... (an
+        // outage of Vault or the database that fails every tenant for hours
+        // writes a few Events per tenant, not one per retry).
+        let (reason, message) = (error.event_reason(), error.to_string());
+        let digest = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (reason, &message).hash(&mut hasher);
+            hasher.finish()
+        };
+        let new = ctx
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, digest)
+            != Some(digest);
+        let repeat_due = failures.is_power_of_two() && failures.trailing_zeros() % 3 == 0;
+        if new || repeat_due {
             let reference = object.object_ref(&());
-            let (reason, message) = (error.event_reason(), error.to_string());
             tokio::spawn(async move { ctx.audit.failure(&reference, reason, &message).await });
         }
     }
@@ -628,6 +648,11 @@ fn reset_failures<B: Backends>(ctx: &Context<B>, object: &str) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     failures.remove(object);
     failures.remove(&waiting_key(object));
+    drop(failures);
+    ctx.warned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(object);
 }
 
 /// Connects to Vault as configured (a token file, `VAULT_TOKEN`, or

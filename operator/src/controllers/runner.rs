@@ -519,6 +519,7 @@ pub async fn run(
         health: Arc::clone(&health),
         audit: Audit::new(client.clone(), &options.identity),
         failures: std::sync::Mutex::default(),
+        warned: std::sync::Mutex::default(),
         pruned: std::sync::Mutex::default(),
         cache: Arc::default(),
         companies,

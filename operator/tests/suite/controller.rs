@@ -2114,7 +2114,10 @@ async fn events_about(
         let about = event.regarding.as_ref();
         // The audit trail's Events; a failed reconcile's Warning is not a change.
         if event.reporting_controller.as_deref() != Some("enclave")
-            || event.type_.as_deref() != Some("Normal")
+            || event
+                .action
+                .as_deref()
+                .is_some_and(|a| a.starts_with(enclave::controllers::RECONCILE_FAILED))
             || about.and_then(|r| r.kind.as_deref()) != Some(kind)
             || about.and_then(|r| r.name.as_deref()) != Some(name)
         {

@@ -69,6 +69,7 @@ fn harness_with(creating_calls: u32, config: OperatorConfig) -> Harness {
         membership: std::sync::Arc::default(),
         audit: Audit::new(client, "pipeline-test"),
         failures: std::sync::Mutex::default(),
+        warned: std::sync::Mutex::default(),
     };
     Harness {
         api,
@@ -265,16 +266,29 @@ async fn vault_down_fails_the_step_transiently_after_the_cluster_objects_and_the
         metrics.contains(r#"kind="Company",category="vault",class="transient""#),
         "{metrics}"
     );
-    // Failures 1, 2 and 4 of the six are published: one Warning Event and
-    // two repeats joining its series.
-    let warnings = published_warnings(&h, "VaultFailed", 3).await;
-    assert_eq!(warnings.len(), 3, "{warnings:#?}");
-    for warning in &warnings {
-        assert_eq!(warning["type"], "Warning", "{warning}");
-        assert_eq!(warning["regarding"]["name"], "acme", "{warning}");
-        let note = warning["note"].as_str().unwrap_or_default();
-        assert!(note.contains("connection refused"), "{note}");
+    // The first of the six identical failures is a Warning Event; the
+    // same failure again only on the eighth.
+    let warnings = published_warnings(&h, "VaultFailed", 1).await;
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let warning = &warnings[0];
+    assert_eq!(warning["type"], "Warning", "{warning}");
+    assert_eq!(warning["regarding"]["name"], "acme", "{warning}");
+    assert_eq!(
+        warning["regarding"]["resourceVersion"],
+        serde_json::Value::Null
+    );
+    let note = warning["note"].as_str().unwrap_or_default();
+    assert!(note.contains("connection refused"), "{note}");
+    for _ in 0..2 {
+        error_policy(Arc::clone(&company), error, Arc::clone(&h.ctx));
     }
+    let warnings = published_warnings(&h, "VaultFailed", 2).await;
+    assert_eq!(warnings.len(), 2, "the eighth failure: {warnings:#?}");
+    // A different failure is published at once.
+    let refused = Error::InvalidSpec("spec.x is refused; change it".into());
+    error_policy(Arc::clone(&company), &refused, Arc::clone(&h.ctx));
+    let warnings = published_warnings(&h, "InvalidSpec", 1).await;
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
 
     // Vault back: the next reconcile converges.
     *h.vault.behaviour.lock().expect("b") = Behaviour::Works;
@@ -284,7 +298,8 @@ async fn vault_down_fails_the_step_transiently_after_the_cluster_objects_and_the
 }
 
 /// The Events with `reason` written so far, once `expected` of them are
-/// (the error policy publishes them from a task of their own), or after 2 s.
+/// (the error policy publishes them from a task of their own) and 200 ms
+/// passed without more, or after 2 s.
 async fn published_warnings(h: &Harness, reason: &str, expected: usize) -> Vec<serde_json::Value> {
     let with_reason = || -> Vec<serde_json::Value> {
         h.api
@@ -295,6 +310,7 @@ async fn published_warnings(h: &Harness, reason: &str, expected: usize) -> Vec<s
     };
     for _ in 0..200 {
         if with_reason().len() >= expected {
+            tokio::time::sleep(Duration::from_millis(200)).await;
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -386,7 +402,13 @@ async fn a_database_being_created_is_polled_ever_more_slowly_not_failed() {
     assert!(delays[0] <= Duration::from_secs(2), "{delays:?}");
     assert!(delays[7] >= Duration::from_secs(10), "{delays:?}");
     // Waiting is progress, not a failure: no Warning Event.
-    let warnings = published_warnings(&h, "Waiting", 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let warnings: Vec<_> = h
+        .api
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "Warning")
+        .collect();
     assert_eq!(warnings, Vec::<serde_json::Value>::new());
 }
 
@@ -1151,6 +1173,34 @@ async fn a_workspace_deletion_begun_without_its_pods_is_asked_for_again() {
     assert!(outcome.expect_err("waits").to_string().contains("to stop"));
     let deletes = h.deletes(&set_path);
     assert_eq!(deletes.len(), 1, "{deletes:?}");
+}
+
+#[tokio::test]
+async fn a_workspace_the_watch_saw_stopping_is_waited_for_without_a_read() {
+    let h = harness(0);
+    h.converged_workspace("bob").await;
+    let set_name = h.api.names(SETS)[0].clone();
+    h.ctx
+        .cache
+        .saw_stopping("StatefulSet", "company-acme", &set_name);
+    h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
+    h.api.clear_requests();
+    let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
+        .await
+        .expect_err("waits for it to go");
+    assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
+    assert!(error.to_string().contains("to stop"), "{error}");
+    let sets: Vec<_> = h
+        .api
+        .requests()
+        .into_iter()
+        .filter(|(_, path)| path.contains("/statefulsets"))
+        .collect();
+    assert_eq!(
+        sets,
+        vec![],
+        "its going wakes the Developer: nothing to read"
+    );
 }
 
 #[tokio::test]
