@@ -637,6 +637,13 @@ pub async fn run(client: Client, cache: Arc<WatchCache>, workspaces: PassOn<Stat
 
 #[cfg(test)]
 impl WatchCache {
+    /// Records that the watch of `kind` has listed (and seen nothing).
+    pub(super) fn saw_listed(&self, kind: &'static str) {
+        if let Ok(mut inner) = self.inner.write() {
+            inner.listed.insert(kind);
+        }
+    }
+
     /// Records that the watch saw `name` being deleted in the foreground.
     pub(super) fn saw_stopping(&self, kind: &'static str, namespace: &str, name: &str) {
         self.observe(

@@ -1176,6 +1176,38 @@ async fn a_workspace_deletion_begun_without_its_pods_is_asked_for_again() {
 }
 
 #[tokio::test]
+async fn a_workspace_created_by_the_step_is_not_read_back() {
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    // The StatefulSet watch has listed and never saw bob's workspace.
+    h.ctx.cache.saw_listed("StatefulSet");
+    h.create_developer("bob", None);
+    h.api.clear_requests();
+    let sets = || -> Vec<Method> {
+        h.api
+            .requests()
+            .into_iter()
+            .filter(|(_, path)| path.starts_with(SETS))
+            .map(|(method, _)| method)
+            .collect()
+    };
+    // Passes until its storage is ready and the step creates it.
+    for _ in 0..6 {
+        // A pass may end waiting (for its storage): what it sent counts.
+        let _ = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
+        if !sets().is_empty() {
+            break;
+        }
+        h.finish_jobs_and_pods();
+    }
+    assert_eq!(
+        sets(),
+        vec![Method::PATCH],
+        "created, not read back: none of its pods can be ready yet"
+    );
+}
+
+#[tokio::test]
 async fn a_workspace_the_watch_saw_stopping_is_waited_for_without_a_read() {
     let h = harness(0);
     h.converged_workspace("bob").await;
