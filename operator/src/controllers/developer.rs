@@ -10,6 +10,7 @@ use std::{
 };
 
 use k8s_openapi::{
+    Resource as _,
     api::{
         apps::v1::StatefulSet,
         core::v1::{Namespace, Pod, ServiceAccount},
@@ -353,11 +354,10 @@ async fn stop_workspace<B: Backends>(
     };
     // Seen stopping (its pods deleted before it): its going wakes this
     // Developer, nothing to read meanwhile.
-    if ctx.cache.stopping(
-        <StatefulSet as k8s_openapi::Resource>::KIND,
-        namespace,
-        &names.workspace(),
-    ) {
+    if ctx
+        .cache
+        .stopping(StatefulSet::KIND, namespace, &names.workspace())
+    {
         return Err(waiting());
     }
     // Metadata is all it reads: whether the workspace is still there, and
@@ -803,11 +803,9 @@ async fn workspace_step<B: Backends>(
     let namespace = dev_ctx.company.names.namespace();
     // Not there before this step (created now, or not at all): no pod is
     // ready, whether or not the watch has seen the creation yet.
-    let absent = ctx.cache.absent(
-        <StatefulSet as k8s_openapi::Resource>::KIND,
-        namespace,
-        &dev_ctx.names.workspace(),
-    );
+    let absent = ctx
+        .cache
+        .absent(StatefulSet::KIND, namespace, &dev_ctx.names.workspace());
     if !storage_pending {
         for object in &plan.objects {
             if matches!(object, KubeObject::StatefulSet(_)) {

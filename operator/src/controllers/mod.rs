@@ -27,11 +27,7 @@ mod triggers;
 
 pub use developer::FINALIZER as DEVELOPER_FINALIZER;
 
-use std::{
-    hash::{Hash, Hasher},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use kube::{
     Client,
@@ -108,7 +104,7 @@ pub struct Context<B: Backends = Real> {
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Per failing object, a hash of the last Warning Event published for
     /// it (reason and note): see [`error_policy`].
-    pub warned: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    pub warned: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// What the operator's watches say of the objects it manages.
     pub cache: Arc<cache::WatchCache>,
     /// The Companies as the Developer controller's watch holds them.
@@ -615,16 +611,12 @@ where
         // outage of Vault or the database that fails every tenant for hours
         // writes a few Events per tenant, not one per retry).
         let (reason, message) = (error.event_reason(), error.to_string());
-        let digest = {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            (reason, &message).hash(&mut hasher);
-            hasher.finish()
-        };
+        let digest = crate::names::short_hash(&[reason, &message]);
         let new = ctx
             .warned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, digest)
+            .insert(key, digest.clone())
             != Some(digest);
         let repeat_due = failures.is_power_of_two() && failures.trailing_zeros() % 3 == 0;
         if new || repeat_due {

@@ -651,6 +651,16 @@ impl Harness {
     }
 
     /// The DELETE requests sent so far to paths under `prefix`.
+    /// The methods of the requests sent so far to paths under `prefix`.
+    fn methods(&self, prefix: &str) -> Vec<Method> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|(_, path)| path.starts_with(prefix))
+            .map(|(method, _)| method)
+            .collect()
+    }
+
     fn deletes(&self, prefix: &str) -> Vec<String> {
         self.api
             .requests()
@@ -1183,25 +1193,17 @@ async fn a_workspace_created_by_the_step_is_not_read_back() {
     h.ctx.cache.saw_listed("StatefulSet");
     h.create_developer("bob", None);
     h.api.clear_requests();
-    let sets = || -> Vec<Method> {
-        h.api
-            .requests()
-            .into_iter()
-            .filter(|(_, path)| path.starts_with(SETS))
-            .map(|(method, _)| method)
-            .collect()
-    };
     // Passes until its storage is ready and the step creates it.
     for _ in 0..6 {
         // A pass may end waiting (for its storage): what it sent counts.
         let _ = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
-        if !sets().is_empty() {
+        if !h.methods(SETS).is_empty() {
             break;
         }
         h.finish_jobs_and_pods();
     }
     assert_eq!(
-        sets(),
+        h.methods(SETS),
         vec![Method::PATCH],
         "created, not read back: none of its pods can be ready yet"
     );
@@ -1222,15 +1224,9 @@ async fn a_workspace_the_watch_saw_stopping_is_waited_for_without_a_read() {
         .expect_err("waits for it to go");
     assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
     assert!(error.to_string().contains("to stop"), "{error}");
-    let sets: Vec<_> = h
-        .api
-        .requests()
-        .into_iter()
-        .filter(|(_, path)| path.contains("/statefulsets"))
-        .collect();
     assert_eq!(
-        sets,
-        vec![],
+        h.methods(SETS),
+        Vec::<Method>::new(),
         "its going wakes the Developer: nothing to read"
     );
 }
