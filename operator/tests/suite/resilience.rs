@@ -73,6 +73,44 @@ struct Footprint {
     volumes: usize,
 }
 
+/// The PersistentVolumes of tenant `name`: named for it, or bound to a
+/// claim in its namespace.
+async fn tenant_volumes(h: &Harness, name: &str) -> Vec<PersistentVolume> {
+    let namespace = format!("company-{name}");
+    Api::<PersistentVolume>::all(h.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|v| {
+            v.name_any().contains(name)
+                || v.spec
+                    .as_ref()
+                    .and_then(|s| s.claim_ref.as_ref())
+                    .and_then(|c| c.namespace.as_deref())
+                    == Some(namespace.as_str())
+        })
+        .collect()
+}
+
+/// Waits (30 s at most) until no volume of tenant `name` is being
+/// deleted: a deleted volume goes only once the volume-protection
+/// controller sees its claim gone, which may be after the Company. A
+/// volume nobody deleted is still counted as left behind.
+async fn volumes_deleted(h: &Harness, name: &str) {
+    for _ in 0..60 {
+        let volumes = tenant_volumes(h, name).await;
+        if volumes
+            .iter()
+            .all(|v| v.metadata.deletion_timestamp.is_none())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn footprint(h: &Harness, name: &str) -> Footprint {
     let (rds, fsx) = crate::support::aws_clients();
     let tagged = |tags: Vec<(Option<String>, Option<String>)>| {
@@ -143,21 +181,7 @@ async fn footprint(h: &Harness, name: &str) -> Footprint {
         .await
         .unwrap()
         .is_some();
-    let volumes = Api::<PersistentVolume>::all(h.client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|v| {
-            v.name_any().contains(name)
-                || v.spec
-                    .as_ref()
-                    .and_then(|s| s.claim_ref.as_ref())
-                    .and_then(|c| c.namespace.as_deref())
-                    == Some(format!("company-{name}").as_str())
-        })
-        .count();
+    let volumes = tenant_volumes(h, name).await.len();
     Footprint {
         rds_instances,
         file_systems,
@@ -259,6 +283,7 @@ async fn crash_campaign_converges_with_no_orphans_duplicates_or_broken_credentia
         kills += 1;
         h.start_operator();
         wait_gone(&format!("Company {name}"), &companies, &name).await;
+        volumes_deleted(&h, &name).await;
         let left = footprint(&h, &name).await;
         if left != Footprint::default() {
             orphans += 1;
