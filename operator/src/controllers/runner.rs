@@ -503,10 +503,7 @@ pub async fn run(
     };
     let sdk = aws_config(&config).await;
     let databases = databases(&config, &sdk, &vault);
-    let file_systems = FsxFileSystems::new(
-        &aws_sdk_fsx::config::Builder::from(&sdk).build(),
-        config.aws.call_limits(),
-    );
+    let file_systems = FsxFileSystems::new(&sdk, config.aws.call_limits());
     tokio::spawn(keep_vault_token_fresh(Arc::clone(&vault)));
     let (companies, writer) = reflector::store();
     let ctx = Arc::new(Context {

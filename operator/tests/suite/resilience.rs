@@ -712,7 +712,8 @@ async fn a_brief_api_error_while_setting_up_leader_election_is_retried() {
 
 /// The AWS service an action of the recording proxy belongs to.
 fn aws_service(action: &str) -> &'static str {
-    if action.contains("FileSystem") || action.contains("Backup") {
+    // GetResources finds file systems by tag and goes through the FSx gate.
+    if action.contains("FileSystem") || action.contains("Backup") || action == "GetResources" {
         "fsx"
     } else {
         "rds"

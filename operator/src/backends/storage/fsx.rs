@@ -10,6 +10,8 @@ use aws_sdk_fsx::{
     },
 };
 
+use aws_sdk_resourcegroupstagging::types::TagFilter;
+
 use super::{FileSystemBackend, FileSystemState, FsDeletion, FsPhase, StorageError};
 use crate::{
     backends::aws_calls::{CallGate, CallLimits, CallStats, describe, is_retryable},
@@ -18,9 +20,20 @@ use crate::{
     names::LABEL_COMPANY,
 };
 
+/// The tagging API's name for an FSx file system.
+const FILE_SYSTEM_RESOURCE_TYPE: &str = "fsx:file-system";
+
+/// The id in a file system's ARN (`arn:aws:fsx:REGION:ACCOUNT:file-system/fs-…`).
+fn file_system_id(arn: &str) -> Option<String> {
+    let (_, id) = arn.split_once(":file-system/")?;
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
 /// [`FileSystemBackend`] on FSx.
 pub struct FsxFileSystems {
     fsx: aws_sdk_fsx::Client,
+    /// Finds file systems by tag (FSx's own API lists the whole account).
+    tagging: aws_sdk_resourcegroupstagging::Client,
     gate: CallGate,
     crash_after_create: bool,
 }
@@ -87,15 +100,16 @@ fn state(fs: &FileSystem, owned: bool) -> FileSystemState {
 }
 
 impl FsxFileSystems {
-    /// A backend on the FSx API configured by `config` (its own retries are
-    /// replaced by the gate's).
-    pub fn new(config: &aws_sdk_fsx::Config, limits: CallLimits) -> Self {
-        let config = config
+    /// A backend on the FSx and tagging APIs configured by `sdk` (their own
+    /// retries are replaced by the gate's, which both share).
+    pub fn new(sdk: &aws_config::SdkConfig, limits: CallLimits) -> Self {
+        let sdk = sdk
             .to_builder()
             .retry_config(RetryConfig::disabled())
             .build();
         Self {
-            fsx: aws_sdk_fsx::Client::from_conf(config),
+            fsx: aws_sdk_fsx::Client::new(&sdk),
+            tagging: aws_sdk_resourcegroupstagging::Client::new(&sdk),
             gate: CallGate::new(limits),
             crash_after_create: false,
         }
@@ -113,36 +127,52 @@ impl FsxFileSystems {
         self.gate.stats()
     }
 
-    /// Every file system tagged for this company (by name), paging through all.
+    /// Every file system tagged for this company (by name). The tagging API
+    /// filters by tag, so the lookup costs the same in an account of ten
+    /// file systems or ten thousand; DescribeFileSystems cannot filter and
+    /// would page through the whole account.
     async fn tagged_for_company(&self, company: &str) -> Result<Vec<FileSystem>, StorageError> {
-        let mut found = Vec::new();
+        let mut ids = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let page = self
                 .gate
                 .call(|| {
-                    self.fsx
-                        .describe_file_systems()
-                        .set_next_token(token.clone())
+                    self.tagging
+                        .get_resources()
+                        .resource_type_filters(FILE_SYSTEM_RESOURCE_TYPE)
+                        .tag_filters(
+                            TagFilter::builder()
+                                .key(LABEL_COMPANY)
+                                .values(company)
+                                .build(),
+                        )
+                        .set_pagination_token(token.clone())
                         .send()
                 })
                 .await
-                .map_err(aws("DescribeFileSystems"))?;
-            found.extend(
-                page.file_systems()
+                .map_err(aws("GetResources"))?;
+            ids.extend(
+                page.resource_tag_mapping_list()
                     .iter()
-                    .filter(|fs| {
-                        fs.tags()
-                            .iter()
-                            .any(|t| t.key() == Some(LABEL_COMPANY) && t.value() == Some(company))
-                    })
-                    .cloned(),
+                    .filter_map(|m| file_system_id(m.resource_arn()?)),
             );
-            match page.next_token() {
+            match page.pagination_token() {
                 Some(next) if !next.is_empty() => token = Some(next.to_owned()),
-                _ => return Ok(found),
+                _ => break,
             }
         }
+        // The tagging API also names file systems deleted a while ago, and
+        // its tags may lag: each is read back from FSx by id.
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.describe_existing(&id).await {
+                Ok(fs) => found.push(fs),
+                Err(StorageError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
     }
 
     /// This Company's file system: the one carrying all its tags. A file
@@ -240,7 +270,9 @@ impl FsxFileSystems {
         };
         // Retried only when throttled: an answer lost after FSx created the
         // file system must not make a second one. The next reconcile looks up
-        // by tags first (the request token alone expires, see
+        // by tags first; the request token, derived from the Company's uid,
+        // covers the moments before the tagging API shows the new file
+        // system, and the tags cover the time after the token expires (see
         // aws-fsx-csi-driver #453).
         let out = self
             .gate
@@ -336,5 +368,26 @@ impl FileSystemBackend for FsxFileSystems {
             },
             Err(e) => return Err(e),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_system_id;
+
+    #[test]
+    fn a_file_system_arn_gives_its_id_and_others_none() {
+        assert_eq!(
+            file_system_id("arn:aws:fsx:eu-west-1:123456789012:file-system/fs-0abc").as_deref(),
+            Some("fs-0abc")
+        );
+        assert_eq!(
+            file_system_id("arn:aws:fsx:eu-west-1:123456789012:backup/backup-0abc"),
+            None
+        );
+        assert_eq!(
+            file_system_id("arn:aws:fsx:eu-west-1:123456789012:file-system/"),
+            None
+        );
     }
 }
