@@ -13,6 +13,10 @@ use kube::{
 
 /// Writes audit lines and Events.
 pub struct Audit {
+    client: Client,
+    reporter: Reporter,
+    /// Publishes failures: it remembers each Event it published for six
+    /// minutes, so that a repeat joins its series.
     recorder: Recorder,
     /// Failure Events in flight: an outage that fails every tenant at
     /// once queues its Events here, not on the API server.
@@ -38,14 +42,14 @@ pub struct Change<'a> {
 impl Audit {
     /// Events are reported as controller `enclave`, instance `identity`.
     pub fn new(client: Client, identity: &str) -> Self {
+        let reporter = Reporter {
+            controller: "enclave".into(),
+            instance: Some(identity.to_owned()),
+        };
         Self {
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: "enclave".into(),
-                    instance: Some(identity.to_owned()),
-                },
-            ),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
             failing: tokio::sync::Semaphore::new(4),
         }
     }
@@ -68,7 +72,13 @@ impl Audit {
             outcome = if change.ok { "success" } else { "failure" },
             "{}", change.action
         );
-        self.publish(
+        // Each change is its own Event, never a repeat in a series: a
+        // recorder of its own forgets it at once. The shared one would keep
+        // every audit Event for six minutes (at 10,000 Developers onboarding,
+        // thousands of whole Events held for nothing).
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        publish(
+            &recorder,
             &reference,
             if change.ok {
                 EventType::Normal
@@ -89,7 +99,8 @@ impl Audit {
         let Ok(_permit) = self.failing.acquire().await else {
             return;
         };
-        self.publish(
+        publish(
+            &self.recorder,
             reference,
             EventType::Warning,
             reason,
@@ -98,35 +109,37 @@ impl Audit {
         )
         .await;
     }
+}
 
-    async fn publish(
-        &self,
-        reference: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: &str,
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note.chars().take(1024).collect()),
-            // The recorder folds Events of one object, reason and action
-            // into a series that keeps the first note: a second, different
-            // change (the database Creating, then Available) would read as
-            // a repeat of the first. The note's hash keeps them apart; a
-            // true repeat still joins its series.
-            action: format!("{action}-{}", crate::names::short_hash(&[note])),
-            secondary: None,
-        };
-        // The recorder keys a series by the whole reference: without its
-        // version, a repeat after a status write still joins the series.
-        let reference = ObjectReference {
-            resource_version: None,
-            ..reference.clone()
-        };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(error = %e, "could not publish an Event (the log line above stands)");
-        }
+/// Publishes one Event through `recorder`; a failure to publish is only
+/// logged (the log line stands).
+async fn publish(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1024).collect()),
+        // The recorder folds Events of one object, reason and action
+        // into a series that keeps the first note: a second, different
+        // change (the database Creating, then Available) would read as
+        // a repeat of the first. The note's hash keeps them apart; a
+        // failure's true repeat still joins its series.
+        action: format!("{action}-{}", crate::names::short_hash(&[note])),
+        secondary: None,
+    };
+    // The recorder keys a series by the whole reference: without its
+    // version, a repeat after a status write still joins the series.
+    let reference = ObjectReference {
+        resource_version: None,
+        ..reference.clone()
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::debug!(error = %e, "could not publish an Event (the log line above stands)");
     }
 }
