@@ -12,10 +12,10 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::{
     api::{apps::v1::StatefulSet, batch::v1::Job, core::v1::Namespace},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource as _, ResourceExt,
     runtime::{
         Controller, Predicate, PredicateConfig, WatchStreamExt,
         controller::{self, Action},
@@ -186,13 +186,32 @@ fn workspace_changes(
 ) -> impl futures::Stream<Item = Result<StatefulSet, watcher::Error>> + Send + 'static {
     /// What was last passed on of one StatefulSet: its generation and
     /// ready replicas (the StatefulSet controller's other status counters
-    /// are not news), and where it is and who owns it, to wake its
-    /// Developer should a relist find it gone.
+    /// are not news), and its namespace and owning Developer, to wake that
+    /// Developer should a relist find it gone. One per Developer: kept
+    /// small (a whole `ObjectMeta` is most of a kilobyte).
     struct Last {
         generation: Option<i64>,
         ready: i32,
-        metadata: ObjectMeta,
+        namespace: Option<String>,
+        developer: Option<String>,
     }
+    // The synthetic StatefulSet that stands for one gone: only what
+    // `owns_stream` maps to its Developer.
+    let gone_set = |l: Last| StatefulSet {
+        metadata: ObjectMeta {
+            namespace: l.namespace,
+            owner_references: l.developer.map(|name| {
+                vec![OwnerReference {
+                    api_version: Developer::api_version(&()).into_owned(),
+                    kind: Developer::kind(&()).into_owned(),
+                    name,
+                    ..OwnerReference::default()
+                }]
+            }),
+            ..ObjectMeta::default()
+        },
+        ..StatefulSet::default()
+    };
     let mut last: HashMap<u64, Last> = HashMap::new();
     let mut relisted: Option<std::collections::HashSet<u64>> = None;
     let key = |set: &StatefulSet| {
@@ -221,10 +240,7 @@ fn workspace_changes(
                     .collect();
                 gone.into_iter()
                     .filter_map(|k| last.remove(&k))
-                    .map(|l| StatefulSet {
-                        metadata: l.metadata,
-                        ..StatefulSet::default()
-                    })
+                    .map(gone_set)
                     .collect()
             }
             Passed::Applied(set) => {
@@ -238,18 +254,21 @@ fn workspace_changes(
                     .and_then(|s| s.ready_replicas)
                     .unwrap_or(0);
                 let now = (set.metadata.generation, ready);
-                let metadata = ObjectMeta {
-                    name: set.metadata.name.clone(),
-                    namespace: set.metadata.namespace.clone(),
-                    owner_references: set.metadata.owner_references.clone(),
-                    ..ObjectMeta::default()
-                };
+                let developer = set
+                    .owner_references()
+                    .iter()
+                    .find(|o| {
+                        o.kind == Developer::kind(&())
+                            && o.api_version == Developer::api_version(&())
+                    })
+                    .map(|o| o.name.clone());
                 let previous = last.insert(
                     k,
                     Last {
                         generation: now.0,
                         ready,
-                        metadata,
+                        namespace: set.metadata.namespace.clone(),
+                        developer,
                     },
                 );
                 let previous = previous.map(|l| (l.generation, l.ready));
@@ -652,9 +671,12 @@ mod tests {
 
     use super::{Passed, workspace_changes};
 
+    /// The workspace of Developer `name`.
     fn set(name: &str, generation: i64, ready: i32, deleting: bool) -> StatefulSet {
         let mut set = json!({"metadata": {"name": name, "namespace": "company-acme",
-                "generation": generation},
+                "generation": generation,
+                "ownerReferences": [{"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+                    "name": name, "uid": "u", "controller": true}]},
             "status": {"replicas": 1, "readyReplicas": ready}});
         if deleting {
             set["metadata"]["deletionTimestamp"] = json!("2026-12-03T00:00:00Z");
@@ -687,11 +709,17 @@ mod tests {
                 .map(|s| {
                     let s = s.expect("no watch error");
                     let ready = s.status.and_then(|st| st.ready_replicas).unwrap_or(0);
-                    (
-                        s.metadata.name.unwrap_or_default(),
-                        s.metadata.generation,
-                        ready,
-                    )
+                    // The Developer it wakes (as `owns_stream` maps it).
+                    let developer = s
+                        .metadata
+                        .owner_references
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|o| o.kind == "Developer" && o.api_version == "enclave.dev/v1alpha1")
+                        .map(|o| o.name)
+                        .unwrap_or_default();
+                    assert_eq!(s.metadata.namespace.as_deref(), Some("company-acme"));
+                    (developer, s.metadata.generation, ready)
                 })
                 .collect()
                 .await;
