@@ -40,10 +40,12 @@ use serde::de::DeserializeOwned;
 use super::lean::Lean;
 use crate::names::{ANNOTATION_COMPANY_UID, LABEL_COMPANY};
 
-/// One object as the cache knows it.
+/// One object as the cache knows it: one per object the operator manages
+/// (about 13 per Developer), so kept to 56 bytes.
 #[derive(Clone, Copy, Debug, Default)]
 struct Entry {
-    kind: &'static str,
+    /// Its kind, as an index into [`Inner::kinds`].
+    kind: u8,
     /// The version the watch last saw (0: not seen, or gone).
     observed: u64,
     /// The version an apply last found as desired (0: never).
@@ -58,8 +60,22 @@ struct Entry {
     /// A hash of its controller owner's uid (0: none known).
     owner: u64,
     /// Since when it is seen being deleted in the foreground (dependents
-    /// first): irreversible, so never wrong, only perhaps late.
-    stopping: Option<std::time::Instant>,
+    /// first): irreversible, so never wrong, only perhaps late. In
+    /// [`seconds`], plus one (0: not seen stopping).
+    stopping: u32,
+}
+
+/// Whether an entry's `stopping` mark (see [`Entry::stopping`]) is set and
+/// younger than [`STOPPING_TRUSTED`] at `now` (in [`seconds`]).
+fn trusted_stopping(stopping: u32, now: u32) -> bool {
+    stopping != 0 && u64::from(now.saturating_sub(stopping - 1)) < STOPPING_TRUSTED.as_secs()
+}
+
+/// Seconds since the process first asked: a clock of four bytes.
+fn seconds() -> u32 {
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    u32::try_from(START.elapsed().as_secs()).unwrap_or(u32::MAX)
 }
 
 /// How long a workspace seen stopping is believed to be still stopping
@@ -88,6 +104,8 @@ type Owner = (Option<String>, Option<String>);
 #[derive(Debug, Default)]
 struct Inner {
     entries: HashMap<u64, Entry>,
+    /// The kinds entries name, in the order first seen.
+    kinds: Vec<&'static str>,
     namespaces: HashMap<String, Owner>,
     /// Keys seen during a kind's relist.
     relisting: HashMap<&'static str, HashSet<u64>>,
@@ -98,6 +116,29 @@ struct Inner {
 }
 
 impl Inner {
+    /// The index of `kind` in [`Inner::kinds`], added if new.
+    fn kind_id(&mut self, kind: &'static str) -> u8 {
+        let at = self
+            .kinds
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or_else(|| {
+                self.kinds.push(kind);
+                self.kinds.len() - 1
+            });
+        // A dozen kinds are watched; more than 256 is a bug caught in tests.
+        debug_assert!(u8::try_from(at).is_ok(), "too many kinds");
+        u8::try_from(at).unwrap_or(u8::MAX)
+    }
+
+    /// A new entry of `kind`, or the one at `k`.
+    fn entry(&mut self, k: u64, kind: &'static str) -> &mut Entry {
+        let kind = self.kind_id(kind);
+        self.entries.entry(k).or_insert(Entry {
+            kind,
+            ..Entry::default()
+        })
+    }
     /// Records `owner` as the owner of `k` (moving it from another).
     fn own(&mut self, k: u64, owner: u64) {
         let Some(entry) = self.entries.get_mut(&k) else {
@@ -186,10 +227,7 @@ impl WatchCache {
         let name = meta.name.as_deref().unwrap_or_default();
         if let Ok(mut inner) = self.inner.write() {
             let k = key(kind, namespace, name);
-            let entry = inner.entries.entry(k).or_insert(Entry {
-                kind,
-                ..Entry::default()
-            });
+            let entry = inner.entry(k, kind);
             entry.verified = version(resource_version);
             entry.intent = intent;
             inner.own(k, owner_of(meta));
@@ -222,7 +260,8 @@ impl WatchCache {
                 .into_iter()
                 .flatten()
                 .filter(|k| !keep.contains(*k))
-                .filter_map(|k| inner.entries.get(k).map(|e| e.kind))
+                .filter_map(|k| inner.entries.get(k))
+                .filter_map(|e| inner.kinds.get(usize::from(e.kind)).copied())
                 .collect(),
         )
     }
@@ -262,8 +301,7 @@ impl WatchCache {
         inner
             .entries
             .get(&key(kind, namespace, name))
-            .and_then(|e| e.stopping.filter(|_| e.observed != 0))
-            .is_some_and(|since| since.elapsed() < STOPPING_TRUSTED)
+            .is_some_and(|e| e.observed != 0 && trusted_stopping(e.stopping, seconds()))
     }
 
     /// A namespace's company label and uid annotation, if the namespace
@@ -290,10 +328,7 @@ impl WatchCache {
             if let Some(seen) = inner.relisting.get_mut(kind) {
                 seen.insert(k);
             }
-            let entry = inner.entries.entry(k).or_insert(Entry {
-                kind,
-                ..Entry::default()
-            });
+            let entry = inner.entry(k, kind);
             if content != 0
                 && entry.content == content
                 && entry.observed != 0
@@ -304,8 +339,11 @@ impl WatchCache {
             entry.observed = version_seen;
             entry.ready = ready;
             entry.content = content;
-            entry.stopping =
-                stopping.then(|| entry.stopping.unwrap_or_else(std::time::Instant::now));
+            entry.stopping = match (stopping, entry.stopping) {
+                (false, _) => 0,
+                (true, 0) => seconds().saturating_add(1),
+                (true, since) => since,
+            };
             inner.own(k, owner);
         }
     }
@@ -333,10 +371,11 @@ impl WatchCache {
     fn relist_done(&self, kind: &'static str) {
         if let Ok(mut inner) = self.inner.write() {
             let seen = inner.relisting.remove(kind).unwrap_or_default();
+            let id = inner.kind_id(kind);
             let gone: Vec<(u64, u64)> = inner
                 .entries
                 .iter()
-                .filter(|(k, e)| e.kind == kind && !seen.contains(*k))
+                .filter(|(k, e)| e.kind == id && !seen.contains(*k))
                 .map(|(k, e)| (*k, e.owner))
                 .collect();
             for (k, owner) in gone {
@@ -772,6 +811,22 @@ mod tests {
         // Deleted: read it again.
         cache.forget("Service", "ns", "svc");
         assert!(!cache.unchanged("Service", "ns", "svc", intent));
+    }
+
+    #[test]
+    fn an_entry_stays_small_and_a_stopping_mark_is_trusted_for_two_minutes() {
+        // About 13 entries per Developer: 130,000 at 10,000 Developers.
+        assert!(std::mem::size_of::<Entry>() <= 56);
+        assert!(!super::trusted_stopping(0, 5), "not seen stopping");
+        assert!(
+            super::trusted_stopping(1, 0),
+            "seen at second 0, asked then"
+        );
+        assert!(super::trusted_stopping(11, 129), "seen at 10, asked at 129");
+        assert!(
+            !super::trusted_stopping(11, 130),
+            "seen at 10, asked at 130"
+        );
     }
 
     #[test]
