@@ -158,27 +158,15 @@ async fn allocate_id<B: Backends>(
             Some((key, d.status.as_ref()?.uid?))
         })
         .collect();
-    // Colleagues given a uid by this process whose status does not show
-    // it yet (the person's own record is read: it is what they hold).
-    let mut unconfirmed = ctx.allocation.unconfirmed(namespace, &live);
-    unconfirmed.remove(names.key());
     let path = names.kv_posix_id();
     let prefix = path.rsplit_once('/').map_or("", |(p, _)| p);
     // A live person's record is read once, to see that it holds the uid
     // their status names (a status edited or restored may not): not again
     // for each new colleague. The records of people gone are always read.
-    // A colleague given a uid by this process is known as well (unless
-    // their status names another).
     let seen: BTreeSet<String> = live
         .iter()
         .filter(|(key, uid)| ctx.allocation.matches(key, **uid))
         .map(|(key, _)| key.clone())
-        .chain(
-            unconfirmed
-                .keys()
-                .filter(|key| !live.contains_key(*key))
-                .cloned(),
-        )
         .collect();
     let recorded = vault.recorded_posix_ids(prefix, &seen).await?;
     for (key, uid) in &live {
@@ -186,12 +174,9 @@ async fn allocate_id<B: Backends>(
             ctx.allocation.matched(key, *uid);
         }
     }
-    let mut used: BTreeSet<i64> = live
-        .into_values()
-        .chain(unconfirmed.into_values())
-        .collect();
+    let mut used: BTreeSet<i64> = live.into_values().collect();
     if let Some(id) = recorded.get(names.key()).filter(|id| !used.contains(id)) {
-        ctx.allocation.recorded(namespace, names.key(), *id);
+        ctx.allocation.matched(names.key(), *id);
         return Ok(Some(*id));
     }
     used.extend(recorded.values());
@@ -199,7 +184,7 @@ async fn allocate_id<B: Backends>(
         return Ok(None);
     };
     let id = vault.record_posix_id(&path, id).await?;
-    ctx.allocation.recorded(namespace, names.key(), id);
+    ctx.allocation.matched(names.key(), id);
     Ok(Some(id))
 }
 
@@ -472,8 +457,6 @@ async fn storage_cleanup<B: Backends>(
         ctx.vault
             .forget_posix_id(&dev_ctx.names.kv_posix_id())
             .await?;
-        ctx.allocation
-            .forget(company_ctx.names.namespace(), dev_ctx.names.key());
     }
     let why = format!(
         "storage deletion policy {policy:?} carried out on {}",
@@ -704,10 +687,8 @@ fn condition_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// The Developer's uid/gid: allocated once and recorded in Vault for the
-/// person before anything uses it (a reconcile that stops before its
-/// status write finds it there again); shown in the status with the rest
-/// of the step's outcome. `None` (status written) when the range is full.
+/// The Developer's uid/gid: allocated once and recorded in its status
+/// before anything uses it; `None` (status written) when the range is full.
 async fn posix_id<B: Backends>(
     ctx: &Context<B>,
     developer: &Developer,
@@ -736,6 +717,7 @@ async fn posix_id<B: Backends>(
     };
     status.uid = Some(id);
     status.gid = Some(id);
+    write_status(ctx, developer, status).await?;
     Ok(Some(id))
 }
 

@@ -27,11 +27,7 @@ mod triggers;
 
 pub use developer::FINALIZER as DEVELOPER_FINALIZER;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use kube::{
     Client,
@@ -130,11 +126,6 @@ pub struct Allocation {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Hashes of (person key, uid): 8 bytes per Developer.
     matched: std::sync::Mutex<std::collections::HashSet<u64>>,
-    /// Per namespace, the uids this process recorded (person key → uid)
-    /// that their Developer's status may not name yet: the status is
-    /// written at the end of the reconcile, and a colleague allocating
-    /// meanwhile counts them without reading their records.
-    unconfirmed: std::sync::Mutex<HashMap<String, BTreeMap<String, i64>>>,
 }
 
 impl Default for Allocation {
@@ -142,7 +133,6 @@ impl Default for Allocation {
         Self {
             stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             matched: std::sync::Mutex::default(),
-            unconfirmed: std::sync::Mutex::default(),
         }
     }
 }
@@ -166,54 +156,6 @@ impl Allocation {
     pub fn matched(&self, key: &str, uid: i64) {
         if let Ok(mut m) = self.matched.lock() {
             m.insert(Self::pair(key, uid));
-        }
-    }
-
-    /// Notes that person `key` in `namespace` holds `uid` by the record
-    /// this process read or wrote, before their status shows it.
-    pub fn recorded(&self, namespace: &str, key: &str, uid: i64) {
-        self.matched(key, uid);
-        self.unconfirmed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(namespace.to_owned())
-            .or_default()
-            .insert(key.to_owned(), uid);
-    }
-
-    /// The uids [`Allocation::recorded`] in `namespace` that `live` (person
-    /// key → status uid) does not show yet; those it shows are forgotten.
-    pub fn unconfirmed(
-        &self,
-        namespace: &str,
-        live: &BTreeMap<String, i64>,
-    ) -> BTreeMap<String, i64> {
-        let mut all = self
-            .unconfirmed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(pending) = all.get_mut(namespace) else {
-            return BTreeMap::new();
-        };
-        pending.retain(|key, uid| live.get(key) != Some(uid));
-        let rest = pending.clone();
-        if rest.is_empty() {
-            all.remove(namespace);
-        }
-        rest
-    }
-
-    /// Forgets person `key`'s uid in `namespace`: their record is deleted.
-    pub fn forget(&self, namespace: &str, key: &str) {
-        let mut all = self
-            .unconfirmed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(pending) = all.get_mut(namespace) {
-            pending.remove(key);
-            if pending.is_empty() {
-                all.remove(namespace);
-            }
         }
     }
 }

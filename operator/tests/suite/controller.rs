@@ -294,20 +294,14 @@ async fn developers_get_a_uid_and_a_workspace_and_nothing_without_a_company() {
         sets.get_opt("workspace-dave").await.unwrap()
     })
     .await;
-    // The uid is recorded in Vault before the workspace uses it; the
-    // status names it when the reconcile that created the workspace ends.
-    let uids: Vec<i64> = wait("both uids in status", async || {
-        let uids: Vec<i64> = devs
-            .list(&kube::api::ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter_map(|d| d.status.as_ref()?.uid)
-            .collect();
-        (uids.len() == 2).then_some(uids)
-    })
-    .await;
+    let uids: Vec<i64> = devs
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|d| d.status.as_ref()?.uid)
+        .collect();
     let mut sorted = uids.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, [200_000, 200_001], "unique ids from the range");

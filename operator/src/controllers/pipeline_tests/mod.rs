@@ -1127,65 +1127,6 @@ async fn a_uid_is_allocated_reading_only_the_records_of_people_gone() {
 }
 
 #[tokio::test]
-async fn a_uid_is_shown_with_the_reconciles_status_and_a_colleague_meanwhile_reads_no_record() {
-    let h = harness(0);
-    h.converged_company(&[]).await;
-    let reads = || {
-        h.vault_calls()
-            .into_iter()
-            .filter(|c| c.starts_with("read posix id"))
-            .collect::<Vec<_>>()
-    };
-    let status_writes = |name: &str| {
-        let path = format!("{DEVELOPERS}/{name}/status");
-        h.api
-            .requests()
-            .into_iter()
-            .filter(|(m, p)| *m == Method::PATCH && p.as_str() == path)
-            .count()
-    };
-    let uid = |name: &str| h.developer(name).status.as_ref().and_then(|s| s.uid);
-    // One status write for a new Developer's first reconcile: the uid goes
-    // with the rest of it (the Vault record is what holds it meanwhile).
-    h.create_developer("bob", None);
-    reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
-        .await
-        .expect("bob's first reconcile");
-    assert_eq!(status_writes("bob"), 1);
-    let bob = uid("bob").expect("bob's uid in that write");
-    // Carol's first reconcile stops before its status write: her uid is
-    // recorded in Vault, not in her status.
-    h.create_developer("carol", None);
-    h.api
-        .set_fault(Some(Box::new(|method: &Method, path: &str| {
-            (*method == Method::PATCH && path.ends_with("/developers/carol/status")).then_some(500)
-        })));
-    assert!(
-        reconcile_developer(h.developer("carol"), Arc::clone(&h.ctx))
-            .await
-            .is_err()
-    );
-    h.api.set_fault(None);
-    assert_eq!(uid("carol"), None);
-    // Dave, meanwhile, neither reads her record nor gets her uid.
-    h.create_developer("dave", None);
-    h.converge_developer("dave").await;
-    assert!(reads().is_empty(), "{:?}", reads());
-    h.converge_developer("carol").await;
-    let (carol, dave) = (uid("carol").expect("carol"), uid("dave").expect("dave"));
-    assert!(
-        bob != carol && carol != dave && bob != dave,
-        "{bob} {carol} {dave}"
-    );
-    let records = h
-        .vault_calls()
-        .into_iter()
-        .filter(|c| c.starts_with("record_posix_id"))
-        .count();
-    assert_eq!(records, 3, "carol kept the uid recorded for her");
-}
-
-#[tokio::test]
 async fn a_status_uid_that_disagrees_with_its_record_keeps_both_uids_from_others() {
     let h = harness(0);
     h.converged_company(&[]).await;
