@@ -187,19 +187,21 @@ fn workspace_changes(
 ) -> impl futures::Stream<Item = Result<StatefulSet, watcher::Error>> + Send + 'static {
     /// What was last passed on of one StatefulSet: its generation and
     /// ready replicas (the StatefulSet controller's other status counters
-    /// are not news), and its namespace and owning Developer, to wake that
-    /// Developer should a relist find it gone. One per Developer: kept
+    /// are not news), and its name, namespace and owning Developer, to wake
+    /// that Developer should a relist find it gone. One per Developer: kept
     /// small (a whole `ObjectMeta` is most of a kilobyte).
     struct Last {
         generation: Option<i64>,
         ready: i32,
+        name: Option<String>,
         namespace: Option<String>,
         developer: Option<String>,
     }
-    // The synthetic StatefulSet that stands for one gone: only what
-    // `owns_stream` maps to its Developer.
+    // The synthetic StatefulSet that stands for one gone: what `owns_stream`
+    // reads (its name too: kube makes an object reference of it first).
     let gone_set = |l: Last| StatefulSet {
         metadata: ObjectMeta {
+            name: l.name,
             namespace: l.namespace,
             owner_references: l.developer.map(|name| {
                 vec![OwnerReference {
@@ -268,6 +270,7 @@ fn workspace_changes(
                     Last {
                         generation: now.0,
                         ready,
+                        name: set.metadata.name.clone(),
                         namespace: set.metadata.namespace.clone(),
                         developer,
                     },
@@ -672,6 +675,7 @@ mod tests {
     use serde_json::json;
 
     use super::{Passed, workspace_changes};
+    use crate::crd::Developer;
 
     /// The workspace of Developer `name`.
     fn set(name: &str, generation: i64, ready: i32, deleting: bool) -> StatefulSet {
@@ -689,25 +693,27 @@ mod tests {
     #[tokio::test]
     async fn a_workspace_wakes_its_developer_for_news_and_for_its_end() {
         use Passed::{Applied, Deleted, Relisted, Relisting};
-        let seen = vec![
-            Applied(set("a", 1, 0, false)), // created: not news
-            Applied(set("a", 1, 1, false)), // its pod ready
-            Applied(set("a", 1, 1, false)), // another status counter
-            Applied(set("b", 1, 0, false)), // created
-            Applied(set("a", 2, 1, false)), // its spec changed
-            Applied(set("a", 3, 1, true)),  // being deleted
-            Applied(set("a", 3, 0, true)),  // its pod gone
-            Deleted(set("a", 3, 0, true)),  // gone, though nothing else changed
-            Applied(set("a", 1, 0, false)), // re-created
-            Applied(set("c", 1, 1, false)), // ready
-            Applied(set("c", 1, 0, false)), // its pod no longer ready
-            Relisting,                      // the watch lost its place
-            Applied(set("b", 1, 0, false)), // unchanged
-            Applied(set("c", 1, 0, false)), // unchanged
-            Relisted,                       // "a" went meanwhile
-        ];
+        let seen = || {
+            vec![
+                Applied(set("a", 1, 0, false)), // created: not news
+                Applied(set("a", 1, 1, false)), // its pod ready
+                Applied(set("a", 1, 1, false)), // another status counter
+                Applied(set("b", 1, 0, false)), // created
+                Applied(set("a", 2, 1, false)), // its spec changed
+                Applied(set("a", 3, 1, true)),  // being deleted
+                Applied(set("a", 3, 0, true)),  // its pod gone
+                Deleted(set("a", 3, 0, true)),  // gone, though nothing else changed
+                Applied(set("a", 1, 0, false)), // re-created
+                Applied(set("c", 1, 1, false)), // ready
+                Applied(set("c", 1, 0, false)), // its pod no longer ready
+                Relisting,                      // the watch lost its place
+                Applied(set("b", 1, 0, false)), // unchanged
+                Applied(set("c", 1, 0, false)), // unchanged
+                Relisted,                       // "a" went meanwhile
+            ]
+        };
         let passed: Vec<(String, Option<i64>, i32)> =
-            workspace_changes(futures::stream::iter(seen))
+            workspace_changes(futures::stream::iter(seen()))
                 .map(|s| {
                     let s = s.expect("no watch error");
                     let ready = s.status.and_then(|st| st.ready_replicas).unwrap_or(0);
@@ -737,5 +743,15 @@ mod tests {
         ]
         .map(|(n, g, r)| (n.to_owned(), g, r));
         assert_eq!(passed, expected);
+        // What the Developer controller's `owns_stream` makes of them.
+        let woken: Vec<String> = kube::runtime::controller::trigger_owners::<Developer, _>(
+            workspace_changes(futures::stream::iter(seen())),
+            (),
+            (),
+        )
+        .map(|request| request.expect("no watch error").obj_ref.name)
+        .collect()
+        .await;
+        assert_eq!(woken, ["a", "a", "a", "a", "a", "c", "c", "a"]);
     }
 }
