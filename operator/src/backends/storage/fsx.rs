@@ -175,38 +175,84 @@ impl FsxFileSystems {
         Ok(found)
     }
 
-    /// This Company's file system: the one carrying all its tags. A file
-    /// system tagged for the company name without the rest is a conflict.
-    async fn find_ours(&self, req: &FileSystemRequest) -> Result<Option<FileSystem>, StorageError> {
-        let candidates = self.tagged_for_company(&req.company).await?;
-        let (ours, others): (Vec<_>, Vec<_>) =
-            candidates.into_iter().partition(|fs| carries_tags(fs, req));
-        let mut ours: Vec<_> = ours.into_iter().filter(live).collect();
-        if ours.len() > 1 {
-            return Err(StorageError::Duplicate {
-                ids: ours
+    /// Every file system tagged for this company (by name), from FSx itself:
+    /// pages through the account. Only a deletion that has no recorded id
+    /// and finds nothing by tag asks this, once, before it lets the
+    /// Company go: the tagging API may not show a file system created
+    /// moments before (a crash after CreateFileSystem, then the deletion).
+    async fn scanned_for_company(&self, company: &str) -> Result<Vec<FileSystem>, StorageError> {
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .gate
+                .call(|| {
+                    self.fsx
+                        .describe_file_systems()
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await
+                .map_err(aws("DescribeFileSystems"))?;
+            found.extend(
+                page.file_systems()
                     .iter()
-                    .filter_map(|f| f.file_system_id().map(str::to_owned))
-                    .collect(),
-            });
+                    .filter(|fs| {
+                        fs.tags()
+                            .iter()
+                            .any(|t| t.key() == Some(LABEL_COMPANY) && t.value() == Some(company))
+                    })
+                    .cloned(),
+            );
+            match page.next_token() {
+                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+                _ => return Ok(found),
+            }
         }
-        if ours.is_empty()
-            && let Some(other) = others.iter().find(|fs| live(fs))
-        {
-            let have: Vec<String> = other
-                .tags()
-                .iter()
-                .filter_map(|t| Some(format!("{}={}", t.key()?, t.value()?)))
-                .collect();
-            return Err(StorageError::Conflict {
-                id: other.file_system_id().unwrap_or_default().to_owned(),
-                company: req.company.clone(),
-                reason: format!("its tags are {have:?}"),
-            });
-        }
-        Ok(ours.pop())
     }
 
+    /// This Company's file system, found by its tags.
+    async fn find_ours(&self, req: &FileSystemRequest) -> Result<Option<FileSystem>, StorageError> {
+        ours(self.tagged_for_company(&req.company).await?, req)
+    }
+}
+
+/// This Company's file system among `candidates` (tagged for its name):
+/// the one carrying all its tags. One tagged for the company name without
+/// the rest is a conflict.
+fn ours(
+    candidates: Vec<FileSystem>,
+    req: &FileSystemRequest,
+) -> Result<Option<FileSystem>, StorageError> {
+    let (ours, others): (Vec<_>, Vec<_>) =
+        candidates.into_iter().partition(|fs| carries_tags(fs, req));
+    let mut ours: Vec<_> = ours.into_iter().filter(live).collect();
+    if ours.len() > 1 {
+        return Err(StorageError::Duplicate {
+            ids: ours
+                .iter()
+                .filter_map(|f| f.file_system_id().map(str::to_owned))
+                .collect(),
+        });
+    }
+    if ours.is_empty()
+        && let Some(other) = others.iter().find(|fs| live(fs))
+    {
+        let have: Vec<String> = other
+            .tags()
+            .iter()
+            .filter_map(|t| Some(format!("{}={}", t.key()?, t.value()?)))
+            .collect();
+        return Err(StorageError::Conflict {
+            id: other.file_system_id().unwrap_or_default().to_owned(),
+            company: req.company.clone(),
+            reason: format!("its tags are {have:?}"),
+        });
+    }
+    Ok(ours.pop())
+}
+
+impl FsxFileSystems {
     /// This Company's file system: by its recorded id when that one is
     /// still ours and not being deleted (one call), else by its tags.
     async fn find(&self, req: &FileSystemRequest) -> Result<Option<FileSystem>, StorageError> {
@@ -321,7 +367,14 @@ impl FileSystemBackend for FsxFileSystems {
         }
         let found = match recorded {
             Some(fs) => Some(fs),
-            None => self.find_ours(req).await?,
+            None => match self.find_ours(req).await? {
+                Some(fs) => Some(fs),
+                None if req.recorded_file_system_id.is_none() => {
+                    // Boxed: a rare path, kept out of every deletion's future.
+                    ours(Box::pin(self.scanned_for_company(&req.company)).await?, req)?
+                }
+                None => None,
+            },
         };
         let Some(fs) = found else {
             return Ok(FsDeletion::Deleted {
