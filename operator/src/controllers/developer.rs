@@ -518,9 +518,10 @@ fn recorded_person_role(status: &DeveloperStatus) -> Option<(&str, &str)> {
     ))
 }
 
-/// Removes the Developer's Vault role and policy (recorded in its status).
-/// The company comes from the namespace's label, which outlives the
-/// Company during its deletion.
+/// Removes the Developer's Vault role and policy: those its status
+/// records, or, when a reconcile wrote them to Vault and stopped before its
+/// status write, those its names give. The company comes from the
+/// namespace's label, which outlives the Company during its deletion.
 async fn vault_cleanup<B: Backends>(
     ctx: &Context<B>,
     developer: &Developer,
@@ -528,7 +529,12 @@ async fn vault_cleanup<B: Backends>(
     label: Option<String>,
     namespace: &str,
 ) -> Result<Action, Error> {
-    let Some(role) = &status.vault_role else {
+    let named = label.as_deref().map(|company| {
+        CompanyNames::new(company, Some(namespace))
+            .developer(&developer.name_any(), &developer.spec.subject)
+            .vault_role()
+    });
+    let Some(role) = status.vault_role.as_ref().or(named.as_ref()) else {
         return Ok(Action::await_change());
     };
     let Some(company) = label else {
@@ -538,9 +544,9 @@ async fn vault_cleanup<B: Backends>(
     };
     let vault = &ctx.vault;
     let mut removed = vec![vault.delete_role(&company, role).await?];
-    if let Some(policy) = &status.vault_policy {
-        removed.push(vault.delete_policy(policy).await?);
-    }
+    // The workspace's policy is named as its role.
+    let policy = status.vault_policy.as_ref().unwrap_or(role);
+    removed.push(vault.delete_policy(policy).await?);
     // The person's own role (an Admin's), where it was written.
     if let Some((mount, person)) = recorded_person_role(status) {
         removed.push(vault.delete_person_role(&company, mount, person).await?);

@@ -1168,6 +1168,73 @@ async fn a_status_uid_that_disagrees_with_its_record_keeps_both_uids_from_others
 }
 
 #[tokio::test]
+async fn a_developer_deleted_before_its_status_named_its_vault_role_leaves_no_role() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    h.create_developer("bob", None);
+    // Its uid is written, then every later status write fails: the pass
+    // writes the Vault role and policy, but its status never names them.
+    let writes = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&writes);
+    h.api
+        .set_fault(Some(Box::new(move |method: &Method, path: &str| {
+            (*method == Method::PATCH
+                && path.ends_with("/developers/bob/status")
+                && counted.fetch_add(1, Ordering::SeqCst) >= 1)
+                .then_some(500)
+        })));
+    let roles = || {
+        h.vault
+            .roles
+            .lock()
+            .expect("roles")
+            .keys()
+            .filter(|r| r.contains("bob"))
+            .count()
+    };
+    for _ in 0..6 {
+        let _ = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
+        if roles() > 0 {
+            break;
+        }
+        h.finish_jobs_and_pods();
+    }
+    assert_eq!(roles(), 1, "{:?}", h.vault_calls());
+    let status = h
+        .developer("bob")
+        .status
+        .clone()
+        .expect("its uid was written");
+    assert!(
+        status.uid.is_some() && status.vault_role.is_none(),
+        "{status:?}"
+    );
+    h.api.set_fault(None);
+    h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
+    for _ in 0..6 {
+        if reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        h.finish_jobs_and_pods();
+    }
+    assert_eq!(roles(), 0, "{:?}", h.vault_calls());
+    assert!(
+        h.vault
+            .policies
+            .lock()
+            .expect("policies")
+            .keys()
+            .all(|p| !p.contains("bob")),
+        "{:?}",
+        h.vault_calls()
+    );
+}
+
+#[tokio::test]
 async fn a_workspace_deletion_begun_without_its_pods_is_asked_for_again() {
     let h = harness(0);
     let set_path = h.converged_workspace("bob").await;
