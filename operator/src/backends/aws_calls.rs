@@ -149,6 +149,31 @@ impl CallGate {
         self.attempts(call, is_throttling).await
     }
 
+    /// Every page of a paginated call, each page a [`CallGate::call`]:
+    /// `page` is called with the previous page's token (`None` first),
+    /// `next` reads a page's token; an empty or absent one ends it.
+    pub async fn pages<T, E, F, Fut>(
+        &self,
+        mut page: F,
+        next: fn(&T) -> Option<&str>,
+    ) -> Result<Vec<T>, SdkError<E, HttpResponse>>
+    where
+        E: ProvideErrorMetadata,
+        F: FnMut(Option<String>) -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        let mut pages = Vec::new();
+        let mut token = None;
+        loop {
+            let got = self.call(|| page(token.clone())).await?;
+            token = next(&got).filter(|t| !t.is_empty()).map(str::to_owned);
+            pages.push(got);
+            if token.is_none() {
+                return Ok(pages);
+            }
+        }
+    }
+
     async fn attempts<T, E, F, Fut>(
         &self,
         mut call: F,
@@ -210,5 +235,43 @@ pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
             ctx.err().message().unwrap_or("no message")
         ),
         other => format!("{other:?}").chars().take(300).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_smithy_runtime_api::client::result::SdkError;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    use super::{CallGate, CallLimits};
+
+    #[tokio::test]
+    async fn pages_follow_the_tokens_until_one_is_empty_or_absent() {
+        let gate = CallGate::new(CallLimits {
+            max_per_second: 1000.0,
+            ..CallLimits::default()
+        });
+        for last in [None, Some(String::new())] {
+            let mut asked = Vec::new();
+            let pages = gate
+                .pages(
+                    |token: Option<String>| {
+                        asked.push(token.clone());
+                        let next = match token.as_deref() {
+                            None => Some("a".to_owned()),
+                            Some("a") => Some("b".to_owned()),
+                            _ => last.clone(),
+                        };
+                        async move {
+                            Ok::<_, SdkError<ErrorMetadata, super::HttpResponse>>((token, next))
+                        }
+                    },
+                    |(_, next): &(Option<String>, Option<String>)| next.as_deref(),
+                )
+                .await
+                .expect("pages");
+            assert_eq!(pages.len(), 3);
+            assert_eq!(asked, [None, Some("a".into()), Some("b".into())]);
+        }
     }
 }

@@ -3,14 +3,16 @@
 use aws_sdk_fsx::{
     config::retry::RetryConfig,
     error::SdkError,
+    operation::describe_file_systems::DescribeFileSystemsOutput,
     types::{
         CreateFileSystemLustreConfiguration, CreateFileSystemOpenZfsConfiguration,
         DeleteFileSystemLustreConfiguration, DeleteFileSystemOpenZfsConfiguration, FileSystem,
         FileSystemLifecycle, FileSystemType, LustreDeploymentType, OpenZfsDeploymentType, Tag,
     },
 };
-
-use aws_sdk_resourcegroupstagging::types::TagFilter;
+use aws_sdk_resourcegroupstagging::{
+    operation::get_resources::GetResourcesOutput, types::TagFilter,
+};
 
 use super::{FileSystemBackend, FileSystemState, FsDeletion, FsPhase, StorageError};
 use crate::{
@@ -67,6 +69,41 @@ fn carries_tags(fs: &FileSystem, req: &FileSystemRequest) -> bool {
 /// Whether `fs` is not being deleted.
 fn live(fs: &FileSystem) -> bool {
     fs.lifecycle() != Some(&FileSystemLifecycle::Deleting)
+}
+
+/// This Company's file system among `candidates` (tagged for its name):
+/// the one carrying all its tags. One tagged for the company name without
+/// the rest is a conflict.
+fn ours(
+    candidates: Vec<FileSystem>,
+    req: &FileSystemRequest,
+) -> Result<Option<FileSystem>, StorageError> {
+    let (ours, others): (Vec<_>, Vec<_>) =
+        candidates.into_iter().partition(|fs| carries_tags(fs, req));
+    let mut ours: Vec<_> = ours.into_iter().filter(live).collect();
+    if ours.len() > 1 {
+        return Err(StorageError::Duplicate {
+            ids: ours
+                .iter()
+                .filter_map(|f| f.file_system_id().map(str::to_owned))
+                .collect(),
+        });
+    }
+    if ours.is_empty()
+        && let Some(other) = others.iter().find(|fs| live(fs))
+    {
+        let have: Vec<String> = other
+            .tags()
+            .iter()
+            .filter_map(|t| Some(format!("{}={}", t.key()?, t.value()?)))
+            .collect();
+        return Err(StorageError::Conflict {
+            id: other.file_system_id().unwrap_or_default().to_owned(),
+            company: req.company.clone(),
+            reason: format!("its tags are {have:?}"),
+        });
+    }
+    Ok(ours.pop())
 }
 
 fn state(fs: &FileSystem, owned: bool) -> FileSystemState {
@@ -132,12 +169,10 @@ impl FsxFileSystems {
     /// file systems or ten thousand; DescribeFileSystems cannot filter and
     /// would page through the whole account.
     async fn tagged_for_company(&self, company: &str) -> Result<Vec<FileSystem>, StorageError> {
-        let mut ids = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .gate
-                .call(|| {
+        let pages = self
+            .gate
+            .pages(
+                |token| {
                     self.tagging
                         .get_resources()
                         .resource_type_filters(FILE_SYSTEM_RESOURCE_TYPE)
@@ -147,24 +182,20 @@ impl FsxFileSystems {
                                 .values(company)
                                 .build(),
                         )
-                        .set_pagination_token(token.clone())
+                        .set_pagination_token(token)
                         .send()
-                })
-                .await
-                .map_err(aws("GetResources"))?;
-            ids.extend(
-                page.resource_tag_mapping_list()
-                    .iter()
-                    .filter_map(|m| file_system_id(m.resource_arn()?)),
-            );
-            match page.pagination_token() {
-                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
-                _ => break,
-            }
-        }
+                },
+                GetResourcesOutput::pagination_token,
+            )
+            .await
+            .map_err(aws("GetResources"))?;
+        let ids = pages
+            .iter()
+            .flat_map(GetResourcesOutput::resource_tag_mapping_list)
+            .filter_map(|m| file_system_id(m.resource_arn()?));
         // The tagging API also names file systems deleted a while ago, and
         // its tags may lag: each is read back from FSx by id.
-        let mut found = Vec::with_capacity(ids.len());
+        let mut found = Vec::new();
         for id in ids {
             match self.describe_existing(&id).await {
                 Ok(fs) => found.push(fs),
@@ -181,78 +212,36 @@ impl FsxFileSystems {
     /// Company go: the tagging API may not show a file system created
     /// moments before (a crash after CreateFileSystem, then the deletion).
     async fn scanned_for_company(&self, company: &str) -> Result<Vec<FileSystem>, StorageError> {
-        let mut found = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .gate
-                .call(|| {
+        let pages = self
+            .gate
+            .pages(
+                |token| {
                     self.fsx
                         .describe_file_systems()
-                        .set_next_token(token.clone())
+                        .set_next_token(token)
                         .send()
-                })
-                .await
-                .map_err(aws("DescribeFileSystems"))?;
-            found.extend(
-                page.file_systems()
+                },
+                DescribeFileSystemsOutput::next_token,
+            )
+            .await
+            .map_err(aws("DescribeFileSystems"))?;
+        Ok(pages
+            .iter()
+            .flat_map(DescribeFileSystemsOutput::file_systems)
+            .filter(|fs| {
+                fs.tags()
                     .iter()
-                    .filter(|fs| {
-                        fs.tags()
-                            .iter()
-                            .any(|t| t.key() == Some(LABEL_COMPANY) && t.value() == Some(company))
-                    })
-                    .cloned(),
-            );
-            match page.next_token() {
-                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
-                _ => return Ok(found),
-            }
-        }
+                    .any(|t| t.key() == Some(LABEL_COMPANY) && t.value() == Some(company))
+            })
+            .cloned()
+            .collect())
     }
 
     /// This Company's file system, found by its tags.
     async fn find_ours(&self, req: &FileSystemRequest) -> Result<Option<FileSystem>, StorageError> {
         ours(self.tagged_for_company(&req.company).await?, req)
     }
-}
 
-/// This Company's file system among `candidates` (tagged for its name):
-/// the one carrying all its tags. One tagged for the company name without
-/// the rest is a conflict.
-fn ours(
-    candidates: Vec<FileSystem>,
-    req: &FileSystemRequest,
-) -> Result<Option<FileSystem>, StorageError> {
-    let (ours, others): (Vec<_>, Vec<_>) =
-        candidates.into_iter().partition(|fs| carries_tags(fs, req));
-    let mut ours: Vec<_> = ours.into_iter().filter(live).collect();
-    if ours.len() > 1 {
-        return Err(StorageError::Duplicate {
-            ids: ours
-                .iter()
-                .filter_map(|f| f.file_system_id().map(str::to_owned))
-                .collect(),
-        });
-    }
-    if ours.is_empty()
-        && let Some(other) = others.iter().find(|fs| live(fs))
-    {
-        let have: Vec<String> = other
-            .tags()
-            .iter()
-            .filter_map(|t| Some(format!("{}={}", t.key()?, t.value()?)))
-            .collect();
-        return Err(StorageError::Conflict {
-            id: other.file_system_id().unwrap_or_default().to_owned(),
-            company: req.company.clone(),
-            reason: format!("its tags are {have:?}"),
-        });
-    }
-    Ok(ours.pop())
-}
-
-impl FsxFileSystems {
     /// This Company's file system: by its recorded id when that one is
     /// still ours and not being deleted (one call), else by its tags.
     async fn find(&self, req: &FileSystemRequest) -> Result<Option<FileSystem>, StorageError> {
