@@ -69,6 +69,55 @@ pub struct CrdValidator {
     structural: jsonschema::Validator,
     cel_schema: CompiledSchema,
     cel: Validator,
+    name_rules: Vec<NameRule>,
+}
+
+/// A root CEL rule of the form `self.metadata.name.matches('<regex>')`,
+/// evaluated here with its regex compiled once: the CEL library's
+/// `matches()` compiles its pattern on every call (`cel` 0.13), which was a
+/// quarter of `enclave plan`'s time at 11,000 documents. Same regex engine
+/// as the CEL library's, same message as the rule's.
+struct NameRule {
+    regex: regex::Regex,
+    message: String,
+}
+
+impl NameRule {
+    /// The rule's regex, when `rule` is exactly a name match against a
+    /// literal without quotes or escapes (nothing to interpret but the regex).
+    fn pattern(rule: &str) -> Option<&str> {
+        let pattern = rule
+            .trim()
+            .strip_prefix("self.metadata.name.matches('")?
+            .strip_suffix("')")?;
+        (!pattern.contains(['\\', '\'', '"'])).then_some(pattern)
+    }
+
+    /// Splits the root `x-kubernetes-validations` of `openapi` into the name
+    /// rules and a schema holding the others, for the CEL compiler.
+    fn lift(openapi: &Value) -> Result<(Vec<Self>, Value), String> {
+        let mut rest = openapi.clone();
+        let mut lifted = Vec::new();
+        if let Some(Value::Array(rules)) = rest.get_mut("x-kubernetes-validations") {
+            let mut kept = Vec::new();
+            for rule in rules.drain(..) {
+                let text = rule.get("rule").and_then(Value::as_str).unwrap_or_default();
+                match Self::pattern(text) {
+                    Some(pattern) => lifted.push(Self {
+                        regex: regex::Regex::new(pattern)
+                            .map_err(|e| format!("rule {text:?} does not compile: {e}"))?,
+                        message: rule
+                            .get("message")
+                            .and_then(Value::as_str)
+                            .map_or_else(|| format!("failed rule: {text}"), str::to_owned),
+                    }),
+                    None => kept.push(rule),
+                }
+            }
+            *rules = kept;
+        }
+        Ok((lifted, rest))
+    }
 }
 
 impl CrdValidator {
@@ -85,7 +134,8 @@ impl CrdValidator {
         let openapi = serde_json::to_value(openapi).map_err(|e| e.to_string())?;
         let structural = jsonschema::validator_for(&schema::root_json_schema(&openapi))
             .map_err(|e| format!("CRD schema does not compile: {e}"))?;
-        let cel_schema = compile_schema(&openapi);
+        let (name_rules, cel_rules) = NameRule::lift(&openapi)?;
+        let cel_schema = compile_schema(&cel_rules);
         if cel_schema.has_errors() {
             let errors: Vec<String> = cel_schema
                 .compilation_errors()
@@ -104,6 +154,7 @@ impl CrdValidator {
             structural,
             cel_schema,
             cel: Validator::new(),
+            name_rules,
         })
     }
 
@@ -115,9 +166,19 @@ impl CrdValidator {
             problems.extend(schema::describe(&error));
         }
         // CEL runs only on a structurally valid object, as in the API server.
-        if problems.is_empty()
-            && let Err(errors) = self.cel.validate_compiled(&self.cel_schema, &object, old)
-        {
+        if !problems.is_empty() {
+            return problems;
+        }
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        for rule in &self.name_rules {
+            if !rule.regex.is_match(name) {
+                problems.push(FieldProblem::new("metadata.name", rule.message.clone()));
+            }
+        }
+        if let Err(errors) = self.cel.validate_compiled(&self.cel_schema, &object, old) {
             problems.extend(errors.iter().map(|e| {
                 // Root rules can only check the name (metadata has no schema
                 // to attach a fieldPath to); point the user at it.
@@ -329,5 +390,55 @@ mod tests {
         let problems = v.validate(&dev("u-2"), Some(&dev("u-1")));
         assert_eq!(paths(&problems), ["spec.subject"], "{problems:?}");
         assert!(v.validate(&dev("u-1"), Some(&dev("u-1"))).is_empty());
+    }
+
+    #[test]
+    fn name_rules_are_checked_once_compiled_with_the_rules_own_message() {
+        let developer = |name: &str| {
+            json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+                   "metadata": {"name": name, "namespace": "company-acme"}, "spec": {"subject": "u-1"}})
+        };
+        let mut bad_company = company(&json!({}));
+        bad_company["metadata"]["name"] = json!("acme.corp");
+        for (v, good, bad) in [
+            (
+                CrdValidator::new(&Company::crd()).unwrap(),
+                company(&json!({})),
+                bad_company,
+            ),
+            (
+                CrdValidator::new(&Developer::crd()).unwrap(),
+                developer("al-ice"),
+                developer("al--ice"),
+            ),
+        ] {
+            assert_eq!(v.name_rules.len(), 1, "{}: the name rule is lifted", v.kind);
+            assert!(v.validate(&good, None).is_empty(), "{good}");
+            let problems = v.validate(&bad, None);
+            assert_eq!(paths(&problems), ["metadata.name"], "{problems:?}");
+            assert!(
+                problems[0].message.starts_with(&format!(
+                    "{} name must start with a lowercase letter",
+                    v.kind
+                )),
+                "{problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_plain_name_matches_are_lifted() {
+        assert_eq!(
+            NameRule::pattern("self.metadata.name.matches('^[a-z]+$')"),
+            Some("^[a-z]+$")
+        );
+        for rule in [
+            "self.metadata.name.matches('^a\\.b$')",
+            "self.metadata.name.matches('^a$') && true",
+            "self.spec.x.matches('^a$')",
+            "self.metadata.name.size() <= 40",
+        ] {
+            assert_eq!(NameRule::pattern(rule), None, "{rule}");
+        }
     }
 }
