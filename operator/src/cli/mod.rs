@@ -510,15 +510,15 @@ fn run_plan(files: &[PathBuf], output: Output, config: Option<PathBuf>) -> ExitC
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    // One tenant is built, written and dropped at a time.
-    let plans = tenants.plans(&config);
+    let format = match output {
+        Output::Summary => plan::Format::Summary,
+        Output::Yaml => plan::Format::Yaml,
+        Output::Json => plan::Format::Json,
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let written = match output {
-        Output::Summary => plan::write_summary(&mut out, plans),
-        Output::Yaml => plan::write_yaml(&mut out, plans),
-        Output::Json => plan::write_json(&mut out, plans),
-    }
-    .and_then(|()| std::io::Write::flush(&mut out));
+    let written = tenants
+        .write(&mut out, &config, format)
+        .and_then(|()| std::io::Write::flush(&mut out));
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

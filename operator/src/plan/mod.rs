@@ -13,7 +13,8 @@ mod render;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
+    fmt, io,
+    num::NonZero,
     path::{Path, PathBuf},
 };
 
@@ -22,7 +23,8 @@ use serde_json::Value;
 
 pub use load::Document;
 pub use render::{
-    all_objects, render_json, render_summary, render_yaml, write_json, write_summary, write_yaml,
+    Format, Rendered, all_objects, render_json, render_summary, render_yaml, write_json,
+    write_summary, write_yaml,
 };
 
 use crate::{
@@ -144,6 +146,26 @@ pub struct Tenants {
     tenants: Vec<Tenant>,
 }
 
+/// Tenants each thread plans and renders before the output is written.
+const SHARE: usize = 64;
+/// Threads to render with, at most.
+const MAX_THREADS: usize = 8;
+
+impl Tenant {
+    fn plan(&self, config: &OperatorConfig) -> TenantPlan {
+        let ctx = CompanyContext::new(&self.company, config, preview(self.company.status.as_ref()));
+        TenantPlan {
+            name: self.company.metadata.name.clone().unwrap_or_default(),
+            company: builders::build_company(&ctx),
+            developers: self
+                .developers
+                .iter()
+                .map(|(d, id)| builders::build_developer(&DeveloperContext::new(&ctx, d, *id)))
+                .collect(),
+        }
+    }
+}
+
 impl Tenants {
     /// Each tenant's plan, built when the iterator reaches it: a caller that
     /// renders and drops each one never holds more than one tenant's objects.
@@ -151,18 +173,7 @@ impl Tenants {
         &'a self,
         config: &'a OperatorConfig,
     ) -> impl Iterator<Item = TenantPlan> + 'a {
-        self.tenants.iter().map(move |t| {
-            let ctx = CompanyContext::new(&t.company, config, preview(t.company.status.as_ref()));
-            TenantPlan {
-                name: t.company.metadata.name.clone().unwrap_or_default(),
-                company: builders::build_company(&ctx),
-                developers: t
-                    .developers
-                    .iter()
-                    .map(|(d, id)| builders::build_developer(&DeveloperContext::new(&ctx, d, *id)))
-                    .collect(),
-            }
-        })
+        self.tenants.iter().map(move |t| t.plan(config))
     }
 
     /// The whole plan, held at once (for tests and small inputs).
@@ -170,6 +181,46 @@ impl Tenants {
         Plan {
             tenants: self.plans(config).collect(),
         }
+    }
+
+    /// Plans every tenant and writes it in `format`, on every core: each
+    /// thread plans and renders a share of a window of tenants, and the
+    /// shares are written in order, so the output is byte for byte that of
+    /// [`write_summary`], [`write_yaml`] or [`write_json`] while memory holds
+    /// one window's text.
+    pub fn write(
+        &self,
+        out: &mut impl io::Write,
+        config: &OperatorConfig,
+        format: Format,
+    ) -> io::Result<()> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, NonZero::get)
+            .min(MAX_THREADS);
+        let parts = self.tenants.chunks(SHARE * threads).flat_map(|window| {
+            std::thread::scope(|scope| {
+                let shares: Vec<_> = window
+                    .chunks(window.len().div_ceil(threads))
+                    .map(|share| {
+                        scope.spawn(move || {
+                            let mut part = Rendered::default();
+                            for t in share {
+                                format.render(&t.plan(config), &mut part)?;
+                            }
+                            Ok(part)
+                        })
+                    })
+                    .collect();
+                shares
+                    .into_iter()
+                    .map(|s| {
+                        s.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect::<Vec<io::Result<Rendered>>>()
+            })
+        });
+        format.write(out, parts)
     }
 }
 

@@ -145,6 +145,127 @@ impl Totals {
         self.actions +=
             t.company.actions.len() + t.developers.iter().map(|d| d.actions.len()).sum::<usize>();
     }
+
+    fn merge(&mut self, other: &Self) {
+        self.companies += other.companies;
+        self.developers += other.developers;
+        self.objects += other.objects;
+        self.policies += other.policies;
+        self.roles += other.roles;
+        self.actions += other.actions;
+    }
+}
+
+/// An output format of `enclave plan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The readable tree, with totals at the end.
+    Summary,
+    /// Every Kubernetes object, in apply order, as multi-document YAML.
+    Yaml,
+    /// Everything as one JSON document, for tools.
+    Json,
+}
+
+/// Consecutive tenants rendered: their text, each tenant (JSON) or object
+/// (YAML) preceded by its separator, and what they count.
+#[derive(Default)]
+pub struct Rendered {
+    text: String,
+    totals: Totals,
+}
+
+impl Format {
+    /// What precedes every part but the first.
+    fn separator(self) -> &'static str {
+        match self {
+            Self::Summary => "",
+            Self::Yaml => "---\n",
+            Self::Json => ",\n",
+        }
+    }
+
+    /// Appends one tenant to `into`.
+    pub fn render(self, t: &TenantPlan, into: &mut Rendered) -> io::Result<()> {
+        let out = &mut into.text;
+        match self {
+            Self::Summary => tenant(out, t),
+            Self::Yaml => {
+                for o in t.objects() {
+                    out.push_str(self.separator());
+                    serde_saphyr::to_fmt_writer(&mut *out, &o.to_json())
+                        .map_err(io::Error::other)?;
+                }
+            }
+            Self::Json => {
+                let text = serde_json::to_string_pretty(&tenant_json(t))?;
+                out.push_str(self.separator());
+                for (i, line) in text.lines().enumerate() {
+                    if i > 0 {
+                        out.push('\n');
+                    }
+                    let _ = write!(out, "    {line}");
+                }
+            }
+        }
+        into.totals.add(t);
+        Ok(())
+    }
+
+    /// Writes the rendered parts, in order, with what opens and closes the
+    /// output: the same bytes however the tenants were split into parts.
+    pub fn write(
+        self,
+        out: &mut impl io::Write,
+        parts: impl IntoIterator<Item = io::Result<Rendered>>,
+    ) -> io::Result<()> {
+        let mut totals = Totals::default();
+        let mut first = true;
+        for part in parts {
+            let part = part?;
+            let mut text = part.text.as_str();
+            if first && !text.is_empty() {
+                if self == Self::Json {
+                    out.write_all(b"{\n  \"tenants\": [\n")?;
+                }
+                text = text.strip_prefix(self.separator()).unwrap_or(text);
+                first = false;
+            }
+            out.write_all(text.as_bytes())?;
+            totals.merge(&part.totals);
+        }
+        match self {
+            Self::Summary => writeln!(
+                out,
+                "Plan: {} companies, {} developers, {} Kubernetes objects, {} Vault policies, {} Vault roles, {} external actions.\nDeveloper uid/gid are allocated by the operator and recorded in Developer status; names derived from a Company's uid (final snapshot, FSx request token) use a placeholder uid here.",
+                totals.companies,
+                totals.developers,
+                totals.objects,
+                totals.policies,
+                totals.roles,
+                totals.actions,
+            ),
+            Self::Yaml => Ok(()),
+            Self::Json if first => out.write_all(b"{\n  \"tenants\": []\n}"),
+            Self::Json => out.write_all(b"\n  ]\n}"),
+        }
+    }
+
+    /// Renders and writes `tenants` one at a time.
+    fn write_each<T: Borrow<TenantPlan>>(
+        self,
+        out: &mut impl io::Write,
+        tenants: impl IntoIterator<Item = T>,
+    ) -> io::Result<()> {
+        self.write(
+            out,
+            tenants.into_iter().map(|t| {
+                let mut part = Rendered::default();
+                self.render(t.borrow(), &mut part)?;
+                Ok(part)
+            }),
+        )
+    }
 }
 
 /// Writes the readable tree, tenant by tenant.
@@ -152,25 +273,7 @@ pub fn write_summary<T: Borrow<TenantPlan>>(
     out: &mut impl io::Write,
     tenants: impl IntoIterator<Item = T>,
 ) -> io::Result<()> {
-    let mut totals = Totals::default();
-    let mut text = String::new();
-    for t in tenants {
-        let t = t.borrow();
-        text.clear();
-        tenant(&mut text, t);
-        out.write_all(text.as_bytes())?;
-        totals.add(t);
-    }
-    writeln!(
-        out,
-        "Plan: {} companies, {} developers, {} Kubernetes objects, {} Vault policies, {} Vault roles, {} external actions.\nDeveloper uid/gid are allocated by the operator and recorded in Developer status; names derived from a Company's uid (final snapshot, FSx request token) use a placeholder uid here.",
-        totals.companies,
-        totals.developers,
-        totals.objects,
-        totals.policies,
-        totals.roles,
-        totals.actions,
-    )
+    Format::Summary.write_each(out, tenants)
 }
 
 /// Writes every Kubernetes object, in apply order, as multi-document YAML.
@@ -178,20 +281,7 @@ pub fn write_yaml<T: Borrow<TenantPlan>>(
     out: &mut impl io::Write,
     tenants: impl IntoIterator<Item = T>,
 ) -> io::Result<()> {
-    let mut first = true;
-    let mut text = String::new();
-    for t in tenants {
-        for o in t.borrow().objects() {
-            text.clear();
-            if !first {
-                text.push_str("---\n");
-            }
-            first = false;
-            serde_saphyr::to_fmt_writer(&mut text, &o.to_json()).map_err(io::Error::other)?;
-            out.write_all(text.as_bytes())?;
-        }
-    }
-    Ok(())
+    Format::Yaml.write_each(out, tenants)
 }
 
 /// Writes everything as one JSON document, for tools: the same bytes as
@@ -200,27 +290,7 @@ pub fn write_json<T: Borrow<TenantPlan>>(
     out: &mut impl io::Write,
     tenants: impl IntoIterator<Item = T>,
 ) -> io::Result<()> {
-    let mut first = true;
-    for t in tenants {
-        let text = serde_json::to_string_pretty(&tenant_json(t.borrow()))?;
-        out.write_all(if first {
-            b"{\n  \"tenants\": [\n"
-        } else {
-            b",\n"
-        })?;
-        first = false;
-        for (i, line) in text.lines().enumerate() {
-            if i > 0 {
-                out.write_all(b"\n")?;
-            }
-            write!(out, "    {line}")?;
-        }
-    }
-    out.write_all(if first {
-        b"{\n  \"tenants\": []\n}"
-    } else {
-        b"\n  ]\n}"
-    })
+    Format::Json.write_each(out, tenants)
 }
 
 fn tenant_json(t: &TenantPlan) -> Value {

@@ -6,7 +6,7 @@ use enclave::{
     plan::{all_objects, render_json, render_summary, render_yaml},
 };
 
-use crate::support::{enclave, examples_plan, root};
+use crate::support::{enclave, examples_plan, root, unique};
 
 #[test]
 fn summary_snapshot() {
@@ -34,6 +34,48 @@ fn cli_prints_the_same_summary_and_exits_zero() {
         String::from_utf8(out.stdout).unwrap(),
         render_summary(&examples_plan()).unwrap()
     );
+}
+
+/// The CLI plans and renders shares of the tenants on every core; what it
+/// writes is byte for byte what rendering them one at a time gives, over
+/// more tenants than one window holds.
+#[test]
+fn cli_renders_many_tenants_in_parallel_exactly_as_in_order() {
+    let dir = std::env::temp_dir().join(unique("enclave-many-"));
+    let status = std::process::Command::new("python3")
+        .arg(root().join("e2e/bench/tenants.py"))
+        .args(["300", "2"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tenants.py failed");
+    let plan = enclave::plan::plan_paths(
+        std::slice::from_ref(&dir),
+        &enclave::config::OperatorConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.tenants.len(), 300);
+    for (output, expected) in [
+        ("summary", render_summary(&plan).unwrap()),
+        ("yaml", render_yaml(&plan).unwrap()),
+        ("json", render_json(&plan).unwrap()),
+    ] {
+        let out = enclave()
+            .args(["plan", "--output", output, "-f"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8(out.stdout).unwrap() == expected,
+            "{output} differs"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The CLI writes one tenant at a time; what it writes is byte for byte
