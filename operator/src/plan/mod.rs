@@ -148,7 +148,9 @@ pub struct Tenants {
 
 /// Tenants each thread plans and renders before the output is written.
 const SHARE: usize = 64;
-/// Threads to render with, at most.
+/// Documents read before they are validated, a share per thread.
+const BATCH: usize = 2048;
+/// Threads to plan with, at most.
 const MAX_THREADS: usize = 8;
 
 impl Tenant {
@@ -194,9 +196,7 @@ impl Tenants {
         config: &OperatorConfig,
         format: Format,
     ) -> io::Result<()> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, NonZero::get)
-            .min(MAX_THREADS);
+        let threads = threads();
         let parts = self.tenants.chunks(SHARE * threads).flat_map(|window| {
             std::thread::scope(|scope| {
                 let shares: Vec<_> = window
@@ -259,20 +259,29 @@ pub fn plan_documents(
     Ok(resolve(collected, config)?.plan(config))
 }
 
-/// Validates the documents of `paths`, one file at a time (a file's parsed
-/// documents are dropped once converted), without planning them yet.
+/// Validates the documents of `paths`, a batch of [`BATCH`] at a time (the
+/// parsed documents are dropped once converted), without planning them yet.
 pub fn tenants_of_paths(
     paths: &[PathBuf],
     config: &OperatorConfig,
 ) -> Result<Tenants, Vec<Problem>> {
     let mut collected = Collected::new()?;
     let mut budget = load::Budget::default();
+    let mut batch = Vec::new();
     for file in load::files(paths)? {
         match load::read(&file, &mut budget) {
-            Ok(documents) => collected.add(documents),
-            Err(problem) => collected.problems.push(problem),
+            Ok(documents) => batch.extend(documents),
+            Err(problem) => {
+                // Problems stay in the order of the files.
+                collected.add(std::mem::take(&mut batch));
+                collected.problems.push(problem);
+            }
+        }
+        if batch.len() >= BATCH {
+            collected.add(std::mem::take(&mut batch));
         }
     }
+    collected.add(batch);
     resolve(collected, config)
 }
 
@@ -287,23 +296,47 @@ impl Collected {
         })
     }
 
-    /// Validates and converts `documents`, dropping their parsed content.
+    /// Validates and converts `documents`, dropping their parsed content;
+    /// shares of them on every core, the results kept in document order.
     fn add(&mut self, documents: Vec<Document>) {
-        for doc in documents {
-            self.add_one(doc);
+        let threads = threads();
+        let share = documents.len().div_ceil(threads).max(1);
+        let this = &*self;
+        let checked: Vec<Vec<Checked>> = std::thread::scope(|scope| {
+            let shares: Vec<_> = documents
+                .chunks(share)
+                .map(|docs| scope.spawn(move || docs.iter().map(|d| this.check(d)).collect()))
+                .collect();
+            shares
+                .into_iter()
+                .map(|s| {
+                    s.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        drop(documents);
+        for result in checked.into_iter().flatten() {
+            match result {
+                Checked::Company(c) => self.companies.push(*c),
+                Checked::Developer(d) => self.developers.push(*d),
+                Checked::Problems(p) => self.problems.extend(p),
+            }
         }
     }
 
-    fn add_one(&mut self, doc: Document) {
+    /// One document validated and converted, or its problems.
+    fn check(&self, doc: &Document) -> Checked {
         let api_version = format!("{GROUP}/{VERSION}");
         let origin = doc.origin();
+        let problem = |path: &str, message: String| {
+            Checked::Problems(vec![Problem::at(&origin, path, message)])
+        };
         let Some(map) = doc.value.as_object() else {
-            self.problems.push(Problem::at(
-                &origin,
+            return problem(
                 "",
-                "expected a Kubernetes object (a mapping with apiVersion and kind)",
-            ));
-            return;
+                "expected a Kubernetes object (a mapping with apiVersion and kind)".into(),
+            );
         };
         let version = map
             .get("apiVersion")
@@ -314,52 +347,61 @@ impl Collected {
             (true, "Company") => &self.company_validator,
             (true, "Developer") => &self.developer_validator,
             _ if version.starts_with(&format!("{GROUP}/")) && version != api_version => {
-                self.problems.push(Problem::at(
-                    &origin,
+                return problem(
                     "apiVersion",
                     format!("unsupported version {version:?}: use {api_version}"),
-                ));
-                return;
+                );
             }
             _ => {
-                self.problems.push(Problem::at(
-                    &origin,
+                return problem(
                     "kind",
-                    format!("unknown kind {kind:?} (apiVersion {version:?}): enclave plan reads {api_version} Company and Developer resources"),
-                ));
-                return;
+                    format!(
+                        "unknown kind {kind:?} (apiVersion {version:?}): enclave plan reads {api_version} Company and Developer resources"
+                    ),
+                );
             }
         };
         let found = validator.validate(&doc.value, None);
         if !found.is_empty() {
-            self.problems.extend(
+            return Checked::Problems(
                 found
                     .into_iter()
-                    .map(|p| Problem::at(&origin, p.path, p.message)),
+                    .map(|p| Problem::at(&origin, p.path, p.message))
+                    .collect(),
             );
-            return;
         }
-        let is_company = kind == "Company";
         let value = crate::validation::without_nulls(&doc.value);
-        drop(doc);
-        if is_company {
-            match serde_json::from_value::<Company>(value) {
-                Ok(object) => self.companies.push(Located {
-                    doc: origin,
+        let converted = if kind == "Company" {
+            serde_json::from_value::<Company>(value).map(|object| {
+                Checked::Company(Box::new(Located {
+                    doc: origin.clone(),
                     object,
-                }),
-                Err(e) => self.problems.push(Problem::at(&origin, "", e.to_string())),
-            }
+                }))
+            })
         } else {
-            match serde_json::from_value::<Developer>(value) {
-                Ok(object) => self.developers.push(Located {
-                    doc: origin,
+            serde_json::from_value::<Developer>(value).map(|object| {
+                Checked::Developer(Box::new(Located {
+                    doc: origin.clone(),
                     object,
-                }),
-                Err(e) => self.problems.push(Problem::at(&origin, "", e.to_string())),
-            }
-        }
+                }))
+            })
+        };
+        converted.unwrap_or_else(|e| problem("", e.to_string()))
     }
+}
+
+/// What [`Collected::check`] made of one document.
+enum Checked {
+    Company(Box<Located<Company>>),
+    Developer(Box<Located<Developer>>),
+    Problems(Vec<Problem>),
+}
+
+/// Threads to plan with: one per core, at most [`MAX_THREADS`].
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, NonZero::get)
+        .min(MAX_THREADS)
 }
 
 fn resolve(collected: Collected, config: &OperatorConfig) -> Result<Tenants, Vec<Problem>> {
