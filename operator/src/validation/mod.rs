@@ -70,6 +70,7 @@ pub struct CrdValidator {
     cel_schema: CompiledSchema,
     cel: Validator,
     name_rules: Vec<NameRule>,
+    root_rules: RootRules,
 }
 
 /// A root CEL rule of the form `self.metadata.name.matches('<regex>')`,
@@ -80,7 +81,12 @@ pub struct CrdValidator {
 struct NameRule {
     regex: regex::Regex,
     message: String,
+    /// Its position among the root rules, so problems keep the CRD's order.
+    index: usize,
 }
+
+/// The root rules' text, in the CRD's order.
+type RootRules = Vec<String>;
 
 impl NameRule {
     /// The rule's regex, when `rule` is exactly a name match against a
@@ -95,15 +101,24 @@ impl NameRule {
 
     /// Splits the root `x-kubernetes-validations` of `openapi` into the name
     /// rules and a schema holding the others, for the CEL compiler.
-    fn lift(openapi: &Value) -> Result<(Vec<Self>, Value), String> {
+    /// Only rules with nothing but a message and a field path are lifted:
+    /// anything else (a `messageExpression`, a `reason`) stays with CEL.
+    fn lift(openapi: &Value) -> Result<(Vec<Self>, RootRules, Value), String> {
         let mut rest = openapi.clone();
         let mut lifted = Vec::new();
+        let mut order = RootRules::new();
         if let Some(Value::Array(rules)) = rest.get_mut("x-kubernetes-validations") {
             let mut kept = Vec::new();
-            for rule in rules.drain(..) {
+            for (index, rule) in rules.drain(..).enumerate() {
                 let text = rule.get("rule").and_then(Value::as_str).unwrap_or_default();
-                match Self::pattern(text) {
+                order.push(text.to_owned());
+                let plain = rule.as_object().is_some_and(|r| {
+                    r.keys()
+                        .all(|k| matches!(k.as_str(), "rule" | "message" | "fieldPath"))
+                });
+                match Self::pattern(text).filter(|_| plain) {
                     Some(pattern) => lifted.push(Self {
+                        index,
                         regex: regex::Regex::new(pattern)
                             .map_err(|e| format!("rule {text:?} does not compile: {e}"))?,
                         message: rule
@@ -116,7 +131,7 @@ impl NameRule {
             }
             *rules = kept;
         }
-        Ok((lifted, rest))
+        Ok((lifted, order, rest))
     }
 }
 
@@ -134,7 +149,7 @@ impl CrdValidator {
         let openapi = serde_json::to_value(openapi).map_err(|e| e.to_string())?;
         let structural = jsonschema::validator_for(&schema::root_json_schema(&openapi))
             .map_err(|e| format!("CRD schema does not compile: {e}"))?;
-        let (name_rules, cel_rules) = NameRule::lift(&openapi)?;
+        let (name_rules, root_rules, cel_rules) = NameRule::lift(&openapi)?;
         let cel_schema = compile_schema(&cel_rules);
         if cel_schema.has_errors() {
             let errors: Vec<String> = cel_schema
@@ -155,6 +170,7 @@ impl CrdValidator {
             cel_schema,
             cel: Validator::new(),
             name_rules,
+            root_rules,
         })
     }
 
@@ -173,23 +189,36 @@ impl CrdValidator {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        for rule in &self.name_rules {
-            if !rule.regex.is_match(name) {
-                problems.push(FieldProblem::new("metadata.name", rule.message.clone()));
+        // Root rules' problems in the CRD's order, lifted or not, then the rest.
+        let mut root: Vec<(usize, FieldProblem)> = self
+            .name_rules
+            .iter()
+            .filter(|rule| !rule.regex.is_match(name))
+            .map(|rule| {
+                let problem = FieldProblem::new("metadata.name", rule.message.clone());
+                (rule.index, problem)
+            })
+            .collect();
+        let mut nested = Vec::new();
+        if let Err(errors) = self.cel.validate_compiled(&self.cel_schema, &object, old) {
+            for e in &errors {
+                // CEL reports a rule's fieldPath as written (`.metadata.name`);
+                // root rules can only check the name (metadata has no schema
+                // to attach a fieldPath to), so point the user at it.
+                let path = match e.field_path.trim_start_matches('.') {
+                    "" if e.rule.contains("self.metadata.name") => "metadata.name",
+                    path => path,
+                };
+                let problem = FieldProblem::new(path, e.message.clone());
+                match self.root_rules.iter().position(|r| *r == e.rule) {
+                    Some(index) => root.push((index, problem)),
+                    None => nested.push(problem),
+                }
             }
         }
-        if let Err(errors) = self.cel.validate_compiled(&self.cel_schema, &object, old) {
-            problems.extend(errors.iter().map(|e| {
-                // Root rules can only check the name (metadata has no schema
-                // to attach a fieldPath to); point the user at it.
-                let path = if e.field_path.is_empty() && e.rule.contains("self.metadata.name") {
-                    "metadata.name".to_owned()
-                } else {
-                    e.field_path.clone()
-                };
-                FieldProblem::new(path, e.message.clone())
-            }));
-        }
+        root.sort_by_key(|(index, _)| *index);
+        problems.extend(root.into_iter().map(|(_, p)| p));
+        problems.extend(nested);
         problems
     }
 
@@ -440,5 +469,41 @@ mod tests {
         ] {
             assert_eq!(NameRule::pattern(rule), None, "{rule}");
         }
+    }
+
+    #[test]
+    fn root_rules_report_at_metadata_name_in_the_crds_order() {
+        let v = CrdValidator::new(&Company::crd()).unwrap();
+        let mut object = company(&json!({}));
+        // Fails the size rule (declared first) and the lifted name rule.
+        object["metadata"]["name"] = json!(format!("1{}", "a".repeat(40)));
+        let problems = v.validate(&object, None);
+        assert_eq!(
+            paths(&problems),
+            ["metadata.name", "metadata.name"],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("at most 40"), "{problems:?}");
+        assert!(
+            problems[1]
+                .message
+                .contains("must start with a lowercase letter"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_name_rule_with_more_than_a_message_stays_with_cel() {
+        let schema = json!({"type": "object", "x-kubernetes-validations": [
+            {"rule": "self.metadata.name.matches('^a$')", "message": "m"},
+            {"rule": "self.metadata.name.matches('^b$')", "messageExpression": "'x'"},
+        ]});
+        let (lifted, order, rest) = NameRule::lift(&schema).unwrap();
+        assert_eq!(lifted.len(), 1);
+        assert_eq!(order.len(), 2);
+        assert_eq!(
+            rest["x-kubernetes-validations"].as_array().unwrap().len(),
+            1
+        );
     }
 }
