@@ -2,9 +2,21 @@
 //! maximum call rate (retries included), and retries of throttling and
 //! server errors with full-jitter exponential backoff. The SDK's own retries
 //! are off so that every attempt passes the gate.
+//!
+//! A reconcile must not hold one of the controller's workers while it waits
+//! for the gate: inside [`deferring`] (how the controllers run a reconcile)
+//! a call that cannot start at once answers [`Busy`] with the time to come
+//! back, and the reconcile is requeued for then. Once one of its calls was
+//! admitted, the reconcile's later calls wait their (short) turn instead, so
+//! that a step of several calls is not started over and over under load.
+//! Outside [`deferring`] (tests, the CLI) every call waits its turn.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    cell::Cell,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -12,10 +24,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use rand::{TryRng, rngs::SysRng};
-use tokio::{
-    sync::{Mutex, Semaphore},
-    time::Instant,
-};
+use tokio::{sync::Semaphore, time::Instant};
 
 /// Error codes AWS uses for throttling.
 const THROTTLING: &[&str] = &[
@@ -28,6 +37,39 @@ const THROTTLING: &[&str] = &[
     "RequestThrottled",
     "SlowDown",
 ];
+
+/// The longest a deferring reconcile sleeps in the gate: for its turn at
+/// the rate (at most one interval), or before retrying an attempt AWS
+/// throttled or failed (longer backoffs go back to the reconcile's own).
+const MAX_DEFERRING_WAIT: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// Whether a call of the current (deferring) reconcile was admitted.
+    static ADMITTED: Cell<bool>;
+}
+
+/// Runs `reconcile` so that the gates it calls answer [`Busy`] instead of
+/// waiting for a turn (see the module documentation).
+pub async fn deferring<F: Future>(reconcile: F) -> F::Output {
+    ADMITTED.scope(Cell::new(false), reconcile).await
+}
+
+/// Whether the current task defers: it runs in [`deferring`] and has had
+/// no call admitted yet.
+fn defers() -> bool {
+    ADMITTED
+        .try_with(|admitted| !admitted.get())
+        .unwrap_or(false)
+}
+
+/// Whether the current task runs in [`deferring`].
+fn in_reconcile() -> bool {
+    ADMITTED.try_with(|_| ()).is_ok()
+}
+
+fn mark_admitted() {
+    let _ = ADMITTED.try_with(|admitted| admitted.set(true));
+}
 
 /// Limits of one [`CallGate`].
 #[derive(Clone, Debug)]
@@ -63,26 +105,83 @@ pub struct CallStats {
     pub attempts: u64,
     /// Attempts answered with throttling or a server error, then retried.
     pub retried: u64,
+    /// Calls answered [`Busy`] (not sent): the reconcile comes back later.
+    pub deferred: u64,
+}
+
+impl CallStats {
+    /// What was counted since `earlier`.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            attempts: self.attempts.saturating_sub(earlier.attempts),
+            retried: self.retried.saturating_sub(earlier.retried),
+            deferred: self.deferred.saturating_sub(earlier.deferred),
+        }
+    }
+}
+
+/// A call the gate did not send because the service's budget is in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the operator's {service} call budget is in use (config aws.maxCallsPerSecond, aws.maxConcurrentCalls); the step runs again in {} ms",
+    retry_after.as_millis()
+)]
+pub struct Busy {
+    /// The AWS service.
+    pub service: &'static str,
+    /// When to come back.
+    pub retry_after: Duration,
+}
+
+/// Why a gated call failed.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the SDK's own error, returned as it was; boxing it would only move the size"
+)]
+pub enum GateError<E> {
+    /// Not sent: the budget is in use.
+    Busy(Busy),
+    /// Sent (after retries, if retryable), and AWS or the network failed it.
+    Sdk(SdkError<E, HttpResponse>),
+}
+
+/// Start times handed out at the gate's rate.
+struct Pace {
+    /// The earliest start of the next admitted call.
+    next: Instant,
+    /// The time the last deferred caller was told to come back: deferred
+    /// callers are spread at the rate instead of all coming back at once.
+    promised: Instant,
 }
 
 /// See the module documentation.
 pub struct CallGate {
+    service: &'static str,
     limits: CallLimits,
     in_flight: Semaphore,
-    next_start: Mutex<Instant>,
+    pace: Mutex<Pace>,
     attempts: AtomicU64,
     retried: AtomicU64,
+    deferred: AtomicU64,
 }
-
 impl CallGate {
-    /// A gate with `limits`.
-    pub fn new(limits: CallLimits) -> Self {
+    /// A gate for `service` (`RDS`, `FSx`: it names the service in
+    /// [`Busy`]) with `limits`.
+    pub fn new(service: &'static str, limits: CallLimits) -> Self {
+        let now = Instant::now();
         Self {
+            service,
             in_flight: Semaphore::new(limits.max_concurrent.max(1)),
             limits,
-            next_start: Mutex::new(Instant::now()),
+            pace: Mutex::new(Pace {
+                next: now,
+                promised: now,
+            }),
             attempts: AtomicU64::new(0),
             retried: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
         }
     }
 
@@ -91,21 +190,58 @@ impl CallGate {
         CallStats {
             attempts: self.attempts.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed),
         }
     }
 
-    /// Waits for the next start slot allowed by the rate.
-    async fn pace(&self) {
-        let interval = Duration::from_secs_f64(1.0 / self.limits.max_per_second.max(0.001));
-        let mut next = self.next_start.lock().await;
+    fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.limits.max_per_second.max(0.001))
+    }
+
+    /// The start of one attempt at the rate: at once or within one
+    /// interval when `defer` (a later turn is [`Busy`]), whenever it comes
+    /// otherwise.
+    fn turn(&self, defer: bool) -> Result<Instant, Busy> {
+        let interval = self.interval();
+        let mut pace = self
+            .pace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        if *next > now {
-            tokio::time::sleep_until(*next).await;
+        let start = pace.next.max(now);
+        if defer && start.duration_since(now) > interval.min(MAX_DEFERRING_WAIT) {
+            return Err(self.busy(&mut pace, now, start));
         }
-        *next = (*next).max(now) + interval;
+        pace.next = start + interval;
+        Ok(start)
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// [`Busy`] until the first turn not promised to an earlier deferred
+    /// caller after `free_at`.
+    fn busy(&self, pace: &mut Pace, now: Instant, free_at: Instant) -> Busy {
+        let at = pace.promised.max(free_at);
+        pace.promised = at + self.interval();
+        self.deferred.fetch_add(1, Ordering::Relaxed);
+        Busy {
+            service: self.service,
+            retry_after: at.duration_since(now),
+        }
+    }
+
+    /// [`Busy`] for a call that finds every concurrency slot taken: calls
+    /// take about an interval, so come back after the next one.
+    fn busy_in_flight(&self) -> Busy {
+        let mut pace = self
+            .pace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let free_at = pace.next.max(now) + self.interval();
+        self.busy(&mut pace, now, free_at)
+    }
+
+    /// The backoff before retry `attempt`, and its ceiling.
+    fn backoff(&self, attempt: u32) -> (Duration, Duration) {
         let exp = self
             .limits
             .base_backoff
@@ -119,12 +255,12 @@ impl CallGate {
             }
             Err(_) => 0.5,
         };
-        cap.mul_f64(fraction)
+        (cap.mul_f64(fraction), cap)
     }
 
     /// Runs `call` (one attempt per invocation) under the gate's limits,
     /// retrying throttling, 5xx, timeouts and broken connections.
-    pub async fn call<T, E, F, Fut>(&self, call: F) -> Result<T, SdkError<E, HttpResponse>>
+    pub async fn call<T, E, F, Fut>(&self, call: F) -> Result<T, GateError<E>>
     where
         E: ProvideErrorMetadata,
         F: FnMut() -> Fut,
@@ -137,10 +273,7 @@ impl CallGate {
     /// it (a throttled request was not processed). After a 5xx or a lost
     /// answer it may have taken effect, so its retry is the next reconcile,
     /// which looks before it creates.
-    pub async fn call_not_idempotent<T, E, F, Fut>(
-        &self,
-        call: F,
-    ) -> Result<T, SdkError<E, HttpResponse>>
+    pub async fn call_not_idempotent<T, E, F, Fut>(&self, call: F) -> Result<T, GateError<E>>
     where
         E: ProvideErrorMetadata,
         F: FnMut() -> Fut,
@@ -156,7 +289,7 @@ impl CallGate {
         &self,
         mut page: F,
         next: fn(&T) -> Option<&str>,
-    ) -> Result<Vec<T>, SdkError<E, HttpResponse>>
+    ) -> Result<Vec<T>, GateError<E>>
     where
         E: ProvideErrorMetadata,
         F: FnMut(Option<String>) -> Fut,
@@ -178,7 +311,7 @@ impl CallGate {
         &self,
         mut call: F,
         retry: fn(&SdkError<E, HttpResponse>) -> bool,
-    ) -> Result<T, SdkError<E, HttpResponse>>
+    ) -> Result<T, GateError<E>>
     where
         E: ProvideErrorMetadata,
         F: FnMut() -> Fut,
@@ -189,17 +322,33 @@ impl CallGate {
         loop {
             attempt += 1;
             let result = {
-                let _permit = self.in_flight.acquire().await;
-                self.pace().await;
+                let defer = defers();
+                let _permit = if defer {
+                    match self.in_flight.try_acquire() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return Err(GateError::Busy(self.busy_in_flight())),
+                    }
+                } else {
+                    // The semaphore is never closed, so this never fails.
+                    self.in_flight.acquire().await.ok()
+                };
+                let start = self.turn(defer).map_err(GateError::Busy)?;
+                mark_admitted();
+                tokio::time::sleep_until(start).await;
                 self.attempts.fetch_add(1, Ordering::Relaxed);
                 call().await
             };
             match result {
                 Err(e) if attempt < max_attempts && retry(&e) => {
+                    let (backoff, ceiling) = self.backoff(attempt);
+                    // A reconcile backs off in its own retry, not on a worker.
+                    if in_reconcile() && ceiling > MAX_DEFERRING_WAIT {
+                        return Err(GateError::Sdk(e));
+                    }
                     self.retried.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    tokio::time::sleep(backoff).await;
                 }
-                other => return other,
+                other => return other.map_err(GateError::Sdk),
             }
         }
     }
@@ -240,17 +389,195 @@ pub fn describe<E: ProvideErrorMetadata + std::fmt::Debug>(
 
 #[cfg(test)]
 mod tests {
-    use aws_smithy_runtime_api::client::result::SdkError;
-    use aws_smithy_types::error::ErrorMetadata;
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicU32, Ordering},
+        },
+        time::Duration,
+    };
 
-    use super::{CallGate, CallLimits};
+    use aws_smithy_runtime_api::{client::result::SdkError, http::StatusCode};
+    use aws_smithy_types::{body::SdkBody, error::ErrorMetadata};
+    use tokio::time::Instant;
+
+    use super::{CallGate, CallLimits, GateError, HttpResponse, deferring};
+
+    type Answer = Result<(), SdkError<ErrorMetadata, HttpResponse>>;
+
+    fn gate(per_second: f64, max_concurrent: usize) -> Arc<CallGate> {
+        Arc::new(CallGate::new(
+            "test",
+            CallLimits {
+                max_per_second: per_second,
+                max_concurrent,
+                ..CallLimits::default()
+            },
+        ))
+    }
+
+    #[allow(clippy::result_large_err, reason = "the SDK's error type")]
+    fn throttled() -> Answer {
+        let raw = HttpResponse::new(StatusCode::try_from(400).expect("status"), SdkBody::empty());
+        Err(SdkError::service_error(
+            ErrorMetadata::builder().code("Throttling").build(),
+            raw,
+        ))
+    }
+
+    /// One call through `gate` from a reconcile of its own; how long it
+    /// took and how it ended.
+    async fn reconcile_call(
+        gate: &Arc<CallGate>,
+        sent: &Arc<AtomicU32>,
+    ) -> (Duration, Result<(), GateError<ErrorMetadata>>) {
+        let started = Instant::now();
+        let result = deferring(gate.call(|| {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async { Answer::Ok(()) }
+        }))
+        .await;
+        (started.elapsed(), result)
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_is_told_when_to_come_back_instead_of_waiting_for_the_rate() {
+        // 2 calls per second: one call at once, the next within the
+        // interval (500 ms), any later one deferred, spread at the rate.
+        let gate = gate(2.0, 8);
+        let sent = Arc::new(AtomicU32::new(0));
+        let (first, second, third, fourth) = tokio::join!(
+            reconcile_call(&gate, &sent),
+            reconcile_call(&gate, &sent),
+            reconcile_call(&gate, &sent),
+            reconcile_call(&gate, &sent),
+        );
+        assert!(first.1.is_ok() && second.1.is_ok(), "{first:?} {second:?}");
+        assert!(second.0 >= Duration::from_millis(450), "{second:?}");
+        let busy = |r: &(Duration, Result<(), GateError<ErrorMetadata>>)| match &r.1 {
+            Err(GateError::Busy(busy)) => {
+                assert!(r.0 < Duration::from_millis(400), "answered at once: {r:?}");
+                busy.retry_after
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        };
+        let (third, fourth) = (busy(&third), busy(&fourth));
+        assert!(
+            (Duration::from_millis(700)..=Duration::from_secs(1)).contains(&third),
+            "the first free turn: {third:?}"
+        );
+        assert!(
+            (Duration::from_millis(1200)..=Duration::from_millis(1500)).contains(&fourth),
+            "the turn after that: {fourth:?}"
+        );
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            2,
+            "deferred calls are not sent"
+        );
+        assert_eq!(gate.stats().deferred, 2);
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_whose_call_was_admitted_waits_its_turn_for_the_next() {
+        let gate = gate(4.0, 8);
+        let sent = Arc::new(AtomicU32::new(0));
+        let started = Instant::now();
+        let calls = deferring(async {
+            for _ in 0..4 {
+                gate.call(|| {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    async { Answer::Ok(()) }
+                })
+                .await?;
+            }
+            Ok::<_, GateError<ErrorMetadata>>(())
+        })
+        .await;
+        assert!(calls.is_ok(), "{calls:?}");
+        assert_eq!(sent.load(Ordering::SeqCst), 4);
+        assert!(
+            started.elapsed() >= Duration::from_millis(700),
+            "paced at 4/s"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_is_deferred_while_every_concurrency_slot_is_taken() {
+        let gate = gate(100.0, 1);
+        let (release, hold) = tokio::sync::oneshot::channel::<()>();
+        let holder = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.call(|| async { Answer::Ok(()) }).await.ok();
+                let mut hold = Some(hold);
+                gate.call(move || {
+                    let hold = hold.take();
+                    async move {
+                        if let Some(hold) = hold {
+                            hold.await.ok();
+                        }
+                        Answer::Ok(())
+                    }
+                })
+                .await
+            }
+        });
+        // The holder's second call is in flight once its first is done.
+        while gate.stats().attempts < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sent = Arc::new(AtomicU32::new(0));
+        let (took, result) = reconcile_call(&gate, &sent).await;
+        assert!(matches!(result, Err(GateError::Busy(_))), "{result:?}");
+        assert!(
+            took < Duration::from_millis(400),
+            "answered at once: {took:?}"
+        );
+        assert_eq!(sent.load(Ordering::SeqCst), 0);
+        release.send(()).ok();
+        assert!(holder.await.expect("holder").is_ok());
+        let (_, result) = reconcile_call(&gate, &sent).await;
+        assert!(result.is_ok(), "a free slot admits it: {result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_retries_throttling_briefly_then_leaves_the_backoff_to_its_requeue() {
+        let limits = CallLimits {
+            max_per_second: 100.0,
+            base_backoff: Duration::from_millis(100),
+            ..CallLimits::default()
+        };
+        let gate = CallGate::new("test", limits);
+        let sent = AtomicU32::new(0);
+        let always_throttled = || {
+            sent.fetch_add(1, Ordering::SeqCst);
+            async { throttled() }
+        };
+        let result = deferring(gate.call(always_throttled)).await;
+        assert!(matches!(result, Err(GateError::Sdk(_))), "{result:?}");
+        // Backoff ceilings 200, 400, 800 ms stay on the worker; 1.6 s does not.
+        assert_eq!(sent.load(Ordering::SeqCst), 4);
+        assert_eq!(gate.stats().retried, 3);
+        sent.store(0, Ordering::SeqCst);
+        let outside = gate.call(always_throttled).await;
+        assert!(matches!(outside, Err(GateError::Sdk(_))));
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            6,
+            "outside a reconcile every attempt is made"
+        );
+    }
 
     #[tokio::test]
     async fn pages_follow_the_tokens_until_one_is_empty_or_absent() {
-        let gate = CallGate::new(CallLimits {
-            max_per_second: 1000.0,
-            ..CallLimits::default()
-        });
+        let gate = CallGate::new(
+            "test",
+            CallLimits {
+                max_per_second: 1000.0,
+                ..CallLimits::default()
+            },
+        );
         for last in [None, Some(String::new())] {
             let mut asked = Vec::new();
             let pages = gate

@@ -223,7 +223,7 @@ impl Outcome {
         for step in [self.vault.map(|()| None), database, self.storage] {
             match step {
                 Ok(delay) => retry = retry.into_iter().chain(delay).min(),
-                Err(e) if e.retry_class() == RetryClass::Polling => {
+                Err(e) if matches!(e.retry_class(), RetryClass::Polling | RetryClass::Deferred) => {
                     in_progress = in_progress.or(Some(e));
                 }
                 Err(e) => return Err(e),
@@ -416,10 +416,18 @@ async fn database_step<B: Backends>(
         status.database = Some(newer);
     }
     let result = ensure_database(ctx, build, status).await;
-    ctx.health.metrics.backend("database", result.is_ok());
     let state = match result {
-        Ok(state) => state,
+        // A call deferred by the budget is not an outcome: the condition stays.
+        Err(e) if e.retry_class() == RetryClass::Deferred => {
+            super::conditions::deferred(&mut status.conditions, "DatabaseReady", generation);
+            return Err(e);
+        }
+        Ok(state) => {
+            ctx.health.metrics.backend("database", true);
+            state
+        }
         Err(e) => {
+            ctx.health.metrics.backend("database", false);
             let message = e.to_string();
             set(
                 &mut status.conditions,

@@ -37,6 +37,22 @@ pub mod reasons {
     pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
 }
 
+/// A step deferred by the AWS call budget: a condition that is not there
+/// yet says it waits for its turn; one that is stays as it was (the pacing
+/// is not an outcome, and saying so on every turn would be a write each).
+pub fn deferred(conditions: &mut Vec<Condition>, type_: &str, generation: Option<i64>) {
+    if !conditions.iter().any(|c| c.type_ == type_) {
+        set(
+            conditions,
+            type_,
+            None,
+            reasons::WAITING,
+            "waiting for a turn within the operator's AWS call budget (aws.maxCallsPerSecond)",
+            generation,
+        );
+    }
+}
+
 /// Sets condition `type_` in `conditions`, keeping its transition time when
 /// its status is unchanged.
 pub fn set(

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::backends::aws_calls::CallStats;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -46,6 +48,7 @@ pub struct Metrics {
     backend_calls: Family<BackendLabels, Counter>,
     aws_requests: Family<ServiceLabels, Counter>,
     aws_retries: Family<ServiceLabels, Counter>,
+    aws_deferred: Family<ServiceLabels, Counter>,
     vault_writes: Counter,
     leader: Gauge,
 }
@@ -93,6 +96,12 @@ impl Default for Metrics {
             "AWS API requests answered with throttling or a server error and retried, by service",
             aws_retries.clone(),
         );
+        let aws_deferred = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "aws_deferred",
+            "AWS API calls not sent because the call budget was in use (the reconcile was requeued), by service",
+            aws_deferred.clone(),
+        );
         let vault_writes = Counter::default();
         registry.register(
             "vault_writes",
@@ -113,6 +122,7 @@ impl Default for Metrics {
             backend_calls,
             aws_requests,
             aws_retries,
+            aws_deferred,
             vault_writes,
             leader,
         }
@@ -147,12 +157,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Adds what a backend counted since the last sample: AWS requests and
-    /// retries of `service`.
-    pub fn aws(&self, service: &'static str, requests: u64, retries: u64) {
+    /// Adds what an AWS service's gate counted since the last sample.
+    pub fn aws(&self, service: &'static str, calls: &CallStats) {
         let labels = ServiceLabels { service };
-        self.aws_requests.get_or_create(&labels).inc_by(requests);
-        self.aws_retries.get_or_create(&labels).inc_by(retries);
+        self.aws_requests
+            .get_or_create(&labels)
+            .inc_by(calls.attempts);
+        self.aws_retries
+            .get_or_create(&labels)
+            .inc_by(calls.retried);
+        self.aws_deferred
+            .get_or_create(&labels)
+            .inc_by(calls.deferred);
     }
 
     /// Adds Vault writes counted since the last sample.

@@ -425,6 +425,9 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Finalizer(_) => "finalizer",
             Self::Waiting(_) | Self::CloudInProgress(_) => "waiting",
+            Self::Database(DatabaseError::Busy(_)) | Self::Storage(StorageError::Busy(_)) => {
+                "aws-deferred"
+            }
             Self::Vault(_) => "vault",
             Self::Database(_) => "database",
             Self::Storage(_) => "storage",
@@ -451,6 +454,16 @@ impl Error {
         }
     }
 
+    /// When a step deferred by the AWS call budget can run again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.step() {
+            Self::Database(e) => e.busy(),
+            Self::Storage(e) => e.busy(),
+            _ => None,
+        }
+        .map(|busy| busy.retry_after)
+    }
+
     /// How the error policy treats it.
     pub fn retry_class(&self) -> RetryClass {
         match self.step() {
@@ -458,6 +471,9 @@ impl Error {
             // wakes nothing: look again as for a pod that is stopping.
             Self::Waiting(_) | Self::WorkspaceOrphaned { .. } => RetryClass::Waiting,
             Self::CloudInProgress(_) => RetryClass::Polling,
+            Self::Database(DatabaseError::Busy(_)) | Self::Storage(StorageError::Busy(_)) => {
+                RetryClass::Deferred
+            }
             Self::DeletionProtected(_) | Self::StorageCleanup(_) | Self::InvalidSpec(_) => {
                 RetryClass::NeedsPerson
             }
@@ -534,6 +550,9 @@ pub enum RetryClass {
     /// A state a person must change: look again rarely (a change to the
     /// object triggers a reconcile at once anyway).
     NeedsPerson,
+    /// An AWS call was not sent because the operator's call budget is in
+    /// use: run again when the gate said (not a failure).
+    Deferred,
 }
 
 impl RetryClass {
@@ -545,6 +564,7 @@ impl RetryClass {
             Self::Transient => "transient",
             Self::Throttled => "throttled",
             Self::NeedsPerson => "needs-person",
+            Self::Deferred => "deferred",
         }
     }
 }
@@ -571,6 +591,9 @@ pub fn retry_delay(class: RetryClass, failures: u32) -> Duration {
         RetryClass::Transient => exponential(500, 300_000),
         RetryClass::Throttled => exponential(5_000, 600_000),
         RetryClass::NeedsPerson => Duration::from_mins(5),
+        // The error carries its own time (`Error::retry_after`); this is
+        // the fallback.
+        RetryClass::Deferred => exponential(1_000, 10_000),
     }
 }
 
@@ -581,6 +604,11 @@ where
     B: Backends,
 {
     let key = ObjectRef::from_obj(object.as_ref()).erase().to_string();
+    if let Some(delay) = error.retry_after() {
+        // Pacing, not a failure: no backoff, no Warning Event.
+        tracing::debug!(object = %key, %error, retry_in = ?delay, "deferred");
+        return Action::requeue(delay);
+    }
     let class = error.retry_class();
     let failures = {
         let mut failures = ctx

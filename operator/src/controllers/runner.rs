@@ -32,7 +32,11 @@ use super::{
     databases, developer, error_policy, http, lean::Lean, reset_failures, triggers,
 };
 use crate::{
-    backends::{storage::FsxFileSystems, vault::VaultClientBackend},
+    backends::{
+        aws_calls::{CallStats, deferring},
+        storage::FsxFileSystems,
+        vault::VaultClientBackend,
+    },
     config::OperatorConfig,
     crd::{Company, Developer},
     names::{CompanyNames, LABEL_COMPANY},
@@ -64,7 +68,8 @@ pub(super) async fn reconcile_company<B: Backends>(
 ) -> Result<Action, Error> {
     let span = tracing::info_span!("reconcile", kind = "Company", name = %company.name_any());
     let started = Instant::now();
-    let result = company::reconcile(company, Arc::clone(&ctx))
+    // AWS calls answer "busy, come back at T" instead of holding a worker.
+    let result = deferring(company::reconcile(company, Arc::clone(&ctx)))
         .instrument(span)
         .await;
     ctx.health
@@ -85,7 +90,7 @@ pub(super) async fn reconcile_developer<B: Backends>(
         name = %developer.name_any()
     );
     let started = Instant::now();
-    let result = developer::reconcile(developer, Arc::clone(&ctx))
+    let result = deferring(developer::reconcile(developer, Arc::clone(&ctx)))
         .instrument(span)
         .await;
     ctx.health
@@ -446,23 +451,15 @@ async fn keep_vault_token_fresh(vault: Arc<VaultClientBackend>) {
 /// Copies the backends' own request counters into the metrics every few
 /// seconds (they count every HTTP request, retries included).
 async fn sample_backend_counters(ctx: Arc<Context>) {
-    let (mut rds, mut fsx, mut vault) = ((0, 0), (0, 0), 0);
+    let (mut rds, mut fsx, mut vault) = (CallStats::default(), CallStats::default(), 0);
     loop {
         let metrics = &ctx.health.metrics;
         let now = ctx.databases.rds.calls();
-        metrics.aws(
-            "rds",
-            now.attempts.saturating_sub(rds.0),
-            now.retried.saturating_sub(rds.1),
-        );
-        rds = (now.attempts, now.retried);
+        metrics.aws("rds", &now.since(&rds));
+        rds = now;
         let now = ctx.file_systems.calls();
-        metrics.aws(
-            "fsx",
-            now.attempts.saturating_sub(fsx.0),
-            now.retried.saturating_sub(fsx.1),
-        );
-        fsx = (now.attempts, now.retried);
+        metrics.aws("fsx", &now.since(&fsx));
+        fsx = now;
         let now = ctx.vault.writes();
         metrics.vault_writes(now.saturating_sub(vault));
         vault = now;

@@ -136,6 +136,11 @@ async fn ensure_file_system<B: Backends>(
     generation: Option<i64>,
 ) -> Result<FileSystemState, Error> {
     let ensured = ctx.file_systems.ensure(req).await;
+    // A call deferred by the budget is not an outcome: the condition stays.
+    if let Err(e @ crate::backends::storage::StorageError::Busy(_)) = ensured {
+        super::conditions::deferred(&mut status.conditions, "StorageReady", generation);
+        return Err(e.into());
+    }
     ctx.health.metrics.backend("fsx", ensured.is_ok());
     ensured.map_err(|e| {
         let reason = if e.is_transient() {

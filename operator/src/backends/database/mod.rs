@@ -9,7 +9,7 @@ mod sql;
 
 use std::{fmt, future::Future, sync::Arc};
 
-pub use crate::backends::aws_calls::{CallGate, CallLimits, CallStats};
+pub use crate::backends::aws_calls::{Busy, CallGate, CallLimits, CallStats};
 pub use rds::RdsDatabase;
 pub use shared::SharedPostgres;
 pub use sql::{quote_ident, quote_literal};
@@ -139,6 +139,9 @@ pub enum DatabaseError {
         /// Throttling, 5xx or network: retrying later may help.
         transient: bool,
     },
+    /// Not sent: the operator's RDS call budget is in use.
+    #[error(transparent)]
+    Busy(#[from] Busy),
     /// A PostgreSQL statement failed.
     #[error("PostgreSQL {operation} failed: {source}")]
     Postgres {
@@ -162,8 +165,16 @@ impl DatabaseError {
         match self {
             Self::Aws { transient, .. } => *transient,
             Self::Vault(e) => e.is_transient(),
-            Self::Postgres { .. } | Self::Interrupted(_) => true,
+            Self::Postgres { .. } | Self::Interrupted(_) | Self::Busy(_) => true,
             Self::Conflict { .. } | Self::Unsafe { .. } | Self::Config(_) => false,
+        }
+    }
+
+    /// When the step can run again, if it was deferred by the call budget.
+    pub fn busy(&self) -> Option<&Busy> {
+        match self {
+            Self::Busy(busy) => Some(busy),
+            _ => None,
         }
     }
 }

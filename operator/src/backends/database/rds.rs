@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     backends::{
-        aws_calls::{CallStats, describe, is_retryable},
+        aws_calls::{CallStats, GateError, describe, is_retryable},
         vault::VaultBackend,
     },
     builders::DatabaseRequest,
@@ -31,11 +31,14 @@ pub struct RdsDatabase<V> {
 
 fn aws_error<E: aws_sdk_rds::error::ProvideErrorMetadata + std::fmt::Debug>(
     operation: &'static str,
-) -> impl FnOnce(SdkError<E>) -> DatabaseError {
-    move |e| DatabaseError::Aws {
-        operation,
-        transient: is_retryable(&e),
-        message: describe(&e),
+) -> impl FnOnce(GateError<E>) -> DatabaseError {
+    move |e| match e {
+        GateError::Busy(busy) => DatabaseError::Busy(busy),
+        GateError::Sdk(e) => DatabaseError::Aws {
+            operation,
+            transient: is_retryable(&e),
+            message: describe(&e),
+        },
     }
 }
 
@@ -50,7 +53,7 @@ impl<V: VaultBackend> RdsDatabase<V> {
         Self {
             rds: aws_sdk_rds::Client::from_conf(config),
             vault,
-            gate: CallGate::new(limits),
+            gate: CallGate::new("RDS", limits),
             crash: None,
         }
     }
@@ -79,7 +82,11 @@ impl<V: VaultBackend> RdsDatabase<V> {
             .await;
         match result {
             Ok(out) => Ok(out.db_instances().first().cloned()),
-            Err(SdkError::ServiceError(e)) if e.err().is_db_instance_not_found_fault() => Ok(None),
+            Err(GateError::Sdk(SdkError::ServiceError(e)))
+                if e.err().is_db_instance_not_found_fault() =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(aws_error("DescribeDBInstances")(e)),
         }
     }
@@ -187,7 +194,9 @@ impl<V: VaultBackend> RdsDatabase<V> {
                 transient: true,
             }),
             // A create that succeeded before a lost answer: the retry finds it.
-            Err(SdkError::ServiceError(e)) if e.err().is_db_instance_already_exists_fault() => {
+            Err(GateError::Sdk(SdkError::ServiceError(e)))
+                if e.err().is_db_instance_already_exists_fault() =>
+            {
                 let found = self
                     .find(&i.identifier)
                     .await?
@@ -310,7 +319,8 @@ impl<V: VaultBackend> DatabaseBackend for RdsDatabase<V> {
             .await;
         match result {
             Ok(_) => {}
-            Err(SdkError::ServiceError(e)) if e.err().is_db_instance_not_found_fault() => {}
+            Err(GateError::Sdk(SdkError::ServiceError(e)))
+                if e.err().is_db_instance_not_found_fault() => {}
             Err(e) => return Err(aws_error("DeleteDBInstance")(e)),
         }
         Ok(match self.find(&i.identifier).await? {

@@ -16,7 +16,7 @@ use aws_sdk_resourcegroupstagging::{
 
 use super::{FileSystemBackend, FileSystemState, FsDeletion, FsPhase, StorageError};
 use crate::{
-    backends::aws_calls::{CallGate, CallLimits, CallStats, describe, is_retryable},
+    backends::aws_calls::{CallGate, CallLimits, CallStats, GateError, describe, is_retryable},
     builders::FileSystemRequest,
     crd::{DeletionPolicy, FsxType},
     names::LABEL_COMPANY,
@@ -42,11 +42,14 @@ pub struct FsxFileSystems {
 
 fn aws<E: aws_sdk_fsx::error::ProvideErrorMetadata + std::fmt::Debug>(
     operation: &'static str,
-) -> impl FnOnce(SdkError<E>) -> StorageError {
-    move |e| StorageError::Aws {
-        operation,
-        transient: is_retryable(&e),
-        message: describe(&e),
+) -> impl FnOnce(GateError<E>) -> StorageError {
+    move |e| match e {
+        GateError::Busy(busy) => StorageError::Busy(busy),
+        GateError::Sdk(e) => StorageError::Aws {
+            operation,
+            transient: is_retryable(&e),
+            message: describe(&e),
+        },
     }
 }
 
@@ -147,7 +150,7 @@ impl FsxFileSystems {
         Self {
             fsx: aws_sdk_fsx::Client::new(&sdk),
             tagging: aws_sdk_resourcegroupstagging::Client::new(&sdk),
-            gate: CallGate::new(limits),
+            gate: CallGate::new("FSx", limits),
             crash_after_create: false,
         }
     }
@@ -266,7 +269,9 @@ impl FsxFileSystems {
                 .first()
                 .cloned()
                 .ok_or_else(|| StorageError::NotFound(id.to_owned())),
-            Err(SdkError::ServiceError(e)) if e.err().is_file_system_not_found() => {
+            Err(GateError::Sdk(SdkError::ServiceError(e)))
+                if e.err().is_file_system_not_found() =>
+            {
                 Err(StorageError::NotFound(id.to_owned()))
             }
             Err(e) => Err(aws("DescribeFileSystems")(e)),
@@ -400,7 +405,8 @@ impl FileSystemBackend for FsxFileSystems {
         };
         match self.gate.call(|| request.clone().send()).await {
             Ok(_) => {}
-            Err(SdkError::ServiceError(e)) if e.err().is_file_system_not_found() => {}
+            Err(GateError::Sdk(SdkError::ServiceError(e)))
+                if e.err().is_file_system_not_found() => {}
             Err(e) => return Err(aws("DeleteFileSystem")(e)),
         }
         Ok(match self.describe_existing(&id).await {

@@ -5,6 +5,7 @@ mod fsx;
 
 use std::future::Future;
 
+pub use crate::backends::aws_calls::Busy;
 pub use fsx::FsxFileSystems;
 use thiserror::Error;
 
@@ -93,6 +94,9 @@ pub enum StorageError {
         /// Retrying later may help.
         transient: bool,
     },
+    /// Not sent: the operator's FSx call budget is in use.
+    #[error(transparent)]
+    Busy(#[from] Busy),
     /// A crash was injected after creating (tests).
     #[error("interrupted after CreateFileSystem (injected crash)")]
     Interrupted,
@@ -103,8 +107,16 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Aws { transient, .. } => *transient,
-            Self::Interrupted => true,
+            Self::Interrupted | Self::Busy(_) => true,
             Self::Conflict { .. } | Self::Duplicate { .. } | Self::NotFound(_) => false,
+        }
+    }
+
+    /// When the step can run again, if it was deferred by the call budget.
+    pub fn busy(&self) -> Option<&Busy> {
+        match self {
+            Self::Busy(busy) => Some(busy),
+            _ => None,
         }
     }
 }

@@ -34,6 +34,8 @@ pub enum Behaviour {
     Unreachable,
     /// Refuses: a resource with Enclave's name is someone else's.
     Conflict,
+    /// Not sent: the AWS call budget is in use for this long.
+    Busy(std::time::Duration),
 }
 
 /// The fakes as [`Backends`].
@@ -67,7 +69,8 @@ impl FakeVault {
     fn call(&self, what: String) -> Result<(), VaultError> {
         lock(&self.calls).push(what.clone());
         match *lock(&self.behaviour) {
-            Behaviour::Works => Ok(()),
+            // Vault has no call budget.
+            Behaviour::Works | Behaviour::Busy(_) => Ok(()),
             Behaviour::Unreachable => Err(VaultError::Login(format!("{what}: connection refused"))),
             Behaviour::Conflict => Err(VaultError::NotOwned {
                 what: "policy",
@@ -310,6 +313,12 @@ impl FakeDatabase {
                 name: format!("enclave-{}", req.company),
                 reason: "another Company's uid in its tags".into(),
             }),
+            Behaviour::Busy(retry_after) => {
+                Err(DatabaseError::Busy(crate::backends::aws_calls::Busy {
+                    service: "RDS",
+                    retry_after,
+                }))
+            }
         }
     }
 }

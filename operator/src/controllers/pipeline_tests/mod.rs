@@ -376,6 +376,58 @@ async fn a_database_conflict_needs_a_person_and_waits_the_longest() {
 }
 
 #[tokio::test]
+async fn a_database_call_deferred_by_the_aws_budget_comes_back_when_told_and_is_no_failure() {
+    let h = harness(0);
+    h.create_company("acme");
+    let busy = Duration::from_millis(1500);
+    *h.ctx.databases.rds.behaviour.lock().expect("b") = Behaviour::Busy(busy);
+    let outcome = h.reconcile("acme").await;
+    assert_eq!(
+        retry_class(&outcome),
+        Some(RetryClass::Deferred),
+        "{outcome:?}"
+    );
+    let company = h.company("acme").expect("company");
+    let error = outcome.as_ref().expect_err("deferred");
+    for _ in 0..5 {
+        let delay = requeue_after(&error_policy(
+            Arc::clone(&company),
+            error,
+            Arc::clone(&h.ctx),
+        ));
+        assert_eq!(delay, busy, "when the gate said, with no backoff");
+    }
+    // A new Company's condition says it waits for its turn (one that was
+    // there would stay as it was: the pacing is not an outcome).
+    let (status, reason, message) = h.condition("acme", "DatabaseReady");
+    assert_eq!((status.as_str(), reason.as_str()), ("Unknown", "Waiting"));
+    assert!(message.contains("aws.maxCallsPerSecond"), "{message}");
+    assert_eq!(h.condition("acme", "VaultReady").0, "True");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let warnings: Vec<_> = h
+        .api
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "Warning")
+        .collect();
+    assert_eq!(warnings, Vec::<serde_json::Value>::new());
+    let metrics = h.ctx.health.metrics.render();
+    assert!(
+        metrics.contains(r#"category="aws-deferred",class="deferred""#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"system="database",outcome="error""#),
+        "{metrics}"
+    );
+
+    *h.ctx.databases.rds.behaviour.lock().expect("b") = Behaviour::Works;
+    let outcomes = h.converge("acme").await;
+    assert!(outcomes.last().is_some_and(Result::is_ok), "{outcomes:?}");
+    assert_eq!(h.condition("acme", "DatabaseReady").0, "True");
+}
+
+#[tokio::test]
 async fn a_database_being_created_is_polled_ever_more_slowly_not_failed() {
     let h = harness(3);
     h.create_company("acme");
