@@ -574,6 +574,7 @@ pub struct AwsConfig {
     /// Calls per second the operator starts against each AWS service (RDS,
     /// FSx), retries and status polls included. Keep it below the account's
     /// API rate for that service minus what other tools in the account use.
+    /// A reconcile whose call cannot start at once is requeued for its turn.
     pub max_calls_per_second: f64,
     /// Calls in flight at once per AWS service.
     pub max_concurrent_calls: usize,
