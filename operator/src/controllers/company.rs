@@ -747,17 +747,35 @@ async fn delete_developers<B: Backends>(
 ) -> Result<(), Error> {
     let (name, namespace) = (build.names.company(), build.names.namespace());
     let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
-    let remaining = developers.list(&ListParams::default()).await?.items;
+    // While the watch shows Developers, they are asked to go and waited
+    // for (each one gone wakes the Company); that none is left, the step
+    // after which the company's storage and namespace go, is the API's word.
+    let watched = ctx
+        .membership
+        .lock()
+        .ok()
+        .and_then(|m| m.members(namespace))
+        .filter(|members| !members.is_empty());
+    let remaining = match watched {
+        Some(members) => members,
+        None => developers
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|d| (d.name_any(), d.metadata.deletion_timestamp.is_some()))
+            .collect(),
+    };
     if remaining.is_empty() {
         return Ok(());
     }
-    for developer in remaining
-        .iter()
-        .filter(|d| d.metadata.deletion_timestamp.is_none())
-    {
-        developers
-            .delete(&developer.name_any(), &DeleteParams::default())
-            .await?;
+    for (developer, _) in remaining.iter().filter(|(_, deleting)| !deleting) {
+        match developers.delete(developer, &DeleteParams::default()).await {
+            Ok(_) => {}
+            // Gone since the watch saw it.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Err(Error::Waiting(format!(
         "{} Developer(s) of Company {name} to be removed first",

@@ -106,6 +106,19 @@ impl Membership {
             .then(|| self.members.get(namespace).map_or(0, HashMap::len))
     }
 
+    /// The Developers of `namespace` by name, each with whether it is being
+    /// deleted, once the watch has listed them.
+    pub fn members(&self, namespace: &str) -> Option<Vec<(String, bool)>> {
+        self.listed.then(|| {
+            self.members
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .map(|(name, (_, deleting))| (name.clone(), *deleting))
+                .collect()
+        })
+    }
+
     fn remove(&mut self, namespace: &str, name: &str) {
         if let Some(names) = self.members.get_mut(namespace) {
             names.remove(name);
@@ -208,6 +221,7 @@ mod tests {
     fn only_arrival_deletion_and_departure_reach_the_company() {
         let mut m = Membership::default();
         assert_eq!(m.count("company-a"), None, "not listed yet");
+        assert_eq!(m.members("company-a"), None);
         m.on(watcher::Event::Init);
         m.on(watcher::Event::InitDone);
         assert_eq!(m.count("company-a"), Some(0));
@@ -233,6 +247,8 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(m.count("company-a"), Some(1), "going, not gone");
+        assert_eq!(m.members("company-a"), Some(vec![("alice".into(), true)]));
+        assert_eq!(m.members("company-b"), Some(vec![]));
         assert_eq!(
             names(&m.on(watcher::Event::Delete(meta("alice", "u1", true, "7")))),
             ["alice"]

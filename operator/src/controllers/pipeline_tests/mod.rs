@@ -582,6 +582,87 @@ async fn deletion_removes_vault_the_database_and_the_namespace_then_the_finalize
 }
 
 #[tokio::test]
+async fn a_company_deletion_waits_for_its_developers_through_the_watch_and_lists_them_once() {
+    use kube::{api::ObjectMeta, runtime::watcher::Event};
+    let developer = |name: &str, deleting: bool| -> super::triggers::DeveloperMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("company-acme".into()),
+            uid: Some(format!("uid-{name}")),
+            deletion_timestamp: deleting.then_some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
+            ),
+            ..ObjectMeta::default()
+        }
+        .into()
+    };
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    h.create_developer("alice", None);
+    h.create_developer("bob", None);
+    {
+        let mut membership = h.ctx.membership.lock().expect("membership");
+        membership.on(Event::Init);
+        membership.on(Event::InitApply(developer("alice", false)));
+        membership.on(Event::InitApply(developer("bob", true)));
+        membership.on(Event::InitDone);
+    }
+    h.api.mark_deleted(&format!("{COMPANIES}/acme"));
+    h.api.clear_requests();
+    let outcome = h.reconcile("acme").await;
+    assert_eq!(
+        retry_class(&outcome),
+        Some(RetryClass::Waiting),
+        "{outcome:?}"
+    );
+    let developer_requests = || -> Vec<(Method, String)> {
+        h.api
+            .requests()
+            .into_iter()
+            .filter(|(_, path)| path.starts_with(DEVELOPERS))
+            .collect()
+    };
+    assert_eq!(
+        developer_requests(),
+        [(Method::DELETE, format!("{DEVELOPERS}/alice"))],
+        "the one not yet going is asked to go, and nothing is listed"
+    );
+    assert!(
+        !h.vault.policies.lock().expect("p").is_empty(),
+        "nothing else goes yet"
+    );
+
+    // The watch sees them gone: the API confirms it once, then the rest goes.
+    h.api.clear_requests();
+    {
+        let mut membership = h.ctx.membership.lock().expect("membership");
+        membership.on(Event::Delete(developer("alice", true)));
+        membership.on(Event::Delete(developer("bob", true)));
+    }
+    for name in ["alice", "bob"] {
+        let path = format!("{DEVELOPERS}/{name}");
+        if h.api.get(&path).is_some() {
+            h.api.mark_deleted(&path);
+        }
+    }
+    for _ in 0..10 {
+        if h.company("acme").is_none() {
+            break;
+        }
+        let _ = h.reconcile("acme").await;
+        h.api.finish_namespaces();
+    }
+    assert!(h.company("acme").is_none(), "the Company is gone");
+    let lists: Vec<_> = developer_requests()
+        .into_iter()
+        .filter(|(method, _)| *method == Method::GET)
+        .collect();
+    assert_eq!(lists.len(), 1, "one LIST to confirm: {lists:?}");
+}
+
+#[tokio::test]
 async fn an_api_failure_while_applying_stops_before_the_external_systems() {
     let h = harness(0);
     h.create_company("acme");
