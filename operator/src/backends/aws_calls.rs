@@ -6,10 +6,14 @@
 //! A reconcile must not hold one of the controller's workers while it waits
 //! for the gate: inside [`deferring`] (how the controllers run a reconcile)
 //! a call that cannot start at once answers [`Busy`] with the time to come
-//! back, and the reconcile is requeued for then. Once one of its calls was
-//! admitted, the reconcile's later calls wait their (short) turn instead, so
-//! that a step of several calls is not started over and over under load.
-//! Outside [`deferring`] (tests, the CLI) every call waits its turn.
+//! back, and the reconcile is requeued for then. Once one of its calls to a
+//! service was admitted, the reconcile's later calls to that service wait
+//! their turn instead, so that a step of several calls is not started over
+//! and over under load: at most one interval each, plus the turns of the
+//! other reconciles admitted at the same time (one per controller worker).
+//! A call AWS still throttles after the in-place retries (backoffs of up
+//! to a second) is [`Busy`] too: it was not processed. Outside
+//! [`deferring`] (tests, the CLI) every call waits its turn.
 
 use std::{
     cell::Cell,
@@ -44,21 +48,22 @@ const THROTTLING: &[&str] = &[
 const MAX_DEFERRING_WAIT: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
-    /// Whether a call of the current (deferring) reconcile was admitted.
-    static ADMITTED: Cell<bool>;
+    /// The gates (one bit each) at which the current, deferring reconcile
+    /// had a call admitted.
+    static ADMITTED: Cell<u64>;
 }
 
 /// Runs `reconcile` so that the gates it calls answer [`Busy`] instead of
 /// waiting for a turn (see the module documentation).
 pub async fn deferring<F: Future>(reconcile: F) -> F::Output {
-    ADMITTED.scope(Cell::new(false), reconcile).await
+    ADMITTED.scope(Cell::new(0), reconcile).await
 }
 
-/// Whether the current task defers: it runs in [`deferring`] and has had
-/// no call admitted yet.
-fn defers() -> bool {
+/// Whether the current task defers at the gate with bit `gate`: it runs in
+/// [`deferring`] and has had no call admitted there yet.
+fn defers(gate: u64) -> bool {
     ADMITTED
-        .try_with(|admitted| !admitted.get())
+        .try_with(|admitted| admitted.get() & gate == 0)
         .unwrap_or(false)
 }
 
@@ -67,8 +72,14 @@ fn in_reconcile() -> bool {
     ADMITTED.try_with(|_| ()).is_ok()
 }
 
-fn mark_admitted() {
-    let _ = ADMITTED.try_with(|admitted| admitted.set(true));
+fn mark_admitted(gate: u64) {
+    let _ = ADMITTED.try_with(|admitted| admitted.set(admitted.get() | gate));
+}
+
+/// The bit of the next gate created (gates are few: one per AWS service).
+fn next_gate_bit() -> u64 {
+    static GATES: AtomicU64 = AtomicU64::new(0);
+    1 << (GATES.fetch_add(1, Ordering::Relaxed) % 64)
 }
 
 /// Limits of one [`CallGate`].
@@ -121,15 +132,20 @@ impl CallStats {
     }
 }
 
-/// A call the gate did not send because the service's budget is in use.
+/// Why a call was [`Busy`].
+pub const BUDGET_IN_USE: &str =
+    "the operator's call budget is in use (config aws.maxCallsPerSecond, aws.maxConcurrentCalls)";
+/// Why a call was [`Busy`].
+pub const THROTTLED_BY_AWS: &str = "AWS throttled it after retries (other tools share the account's API rate: lower aws.maxCallsPerSecond if this persists)";
+
+/// A call not sent, or not processed: its step runs again later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the operator's {service} call budget is in use (config aws.maxCallsPerSecond, aws.maxConcurrentCalls); the step runs again in {} ms",
-    retry_after.as_millis()
-)]
+#[error("{service} call paced: {cause}; the step runs again in {} ms", retry_after.as_millis())]
 pub struct Busy {
     /// The AWS service.
     pub service: &'static str,
+    /// [`BUDGET_IN_USE`] or [`THROTTLED_BY_AWS`].
+    pub cause: &'static str,
     /// When to come back.
     pub retry_after: Duration,
 }
@@ -159,6 +175,8 @@ struct Pace {
 /// See the module documentation.
 pub struct CallGate {
     service: &'static str,
+    /// This gate's bit in [`ADMITTED`].
+    bit: u64,
     limits: CallLimits,
     in_flight: Semaphore,
     pace: Mutex<Pace>,
@@ -173,6 +191,7 @@ impl CallGate {
         let now = Instant::now();
         Self {
             service,
+            bit: next_gate_bit(),
             in_flight: Semaphore::new(limits.max_concurrent.max(1)),
             limits,
             pace: Mutex::new(Pace {
@@ -224,6 +243,7 @@ impl CallGate {
         self.deferred.fetch_add(1, Ordering::Relaxed);
         Busy {
             service: self.service,
+            cause: BUDGET_IN_USE,
             retry_after: at.duration_since(now),
         }
     }
@@ -238,6 +258,33 @@ impl CallGate {
         let now = Instant::now();
         let free_at = pace.next.max(now) + self.interval();
         self.busy(&mut pace, now, free_at)
+    }
+
+    /// Takes this reconcile's place at the gate before a step that must not
+    /// stop between its first change and its first call (a credential
+    /// rotation written to Vault before the database applies it): [`Busy`]
+    /// unless a call could start within one interval. Its calls then wait
+    /// their turn. Outside [`deferring`] it always succeeds.
+    pub fn reserve(&self) -> Result<(), Busy> {
+        if !defers(self.bit) {
+            return Ok(());
+        }
+        let interval = self.interval();
+        let mut pace = self
+            .pace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let start = pace.next.max(now);
+        if self.in_flight.available_permits() == 0 {
+            let free_at = start + interval;
+            return Err(self.busy(&mut pace, now, free_at));
+        }
+        if start.duration_since(now) > interval.min(MAX_DEFERRING_WAIT) {
+            return Err(self.busy(&mut pace, now, start));
+        }
+        mark_admitted(self.bit);
+        Ok(())
     }
 
     /// The backoff before retry `attempt`, and its ceiling.
@@ -322,7 +369,7 @@ impl CallGate {
         loop {
             attempt += 1;
             let result = {
-                let defer = defers();
+                let defer = defers(self.bit);
                 let _permit = if defer {
                     match self.in_flight.try_acquire() {
                         Ok(permit) => Some(permit),
@@ -333,7 +380,7 @@ impl CallGate {
                     self.in_flight.acquire().await.ok()
                 };
                 let start = self.turn(defer).map_err(GateError::Busy)?;
-                mark_admitted();
+                mark_admitted(self.bit);
                 tokio::time::sleep_until(start).await;
                 self.attempts.fetch_add(1, Ordering::Relaxed);
                 call().await
@@ -341,9 +388,19 @@ impl CallGate {
             match result {
                 Err(e) if attempt < max_attempts && retry(&e) => {
                     let (backoff, ceiling) = self.backoff(attempt);
-                    // A reconcile backs off in its own retry, not on a worker.
+                    // A reconcile backs off in its own retry, not on a
+                    // worker; AWS's throttling (the request was not
+                    // processed) is pacing, like the gate's own.
                     if in_reconcile() && ceiling > MAX_DEFERRING_WAIT {
-                        return Err(GateError::Sdk(e));
+                        if !is_throttling(&e) {
+                            return Err(GateError::Sdk(e));
+                        }
+                        self.deferred.fetch_add(1, Ordering::Relaxed);
+                        return Err(GateError::Busy(Busy {
+                            service: self.service,
+                            cause: THROTTLED_BY_AWS,
+                            retry_after: ceiling,
+                        }));
                     }
                     self.retried.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
@@ -401,7 +458,9 @@ mod tests {
     use aws_smithy_types::{body::SdkBody, error::ErrorMetadata};
     use tokio::time::Instant;
 
-    use super::{CallGate, CallLimits, GateError, HttpResponse, deferring};
+    use super::{
+        BUDGET_IN_USE, CallGate, CallLimits, GateError, HttpResponse, THROTTLED_BY_AWS, deferring,
+    };
 
     type Answer = Result<(), SdkError<ErrorMetadata, HttpResponse>>;
 
@@ -440,7 +499,7 @@ mod tests {
         (started.elapsed(), result)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_reconcile_is_told_when_to_come_back_instead_of_waiting_for_the_rate() {
         // 2 calls per second: one call at once, the next within the
         // interval (500 ms), any later one deferred, spread at the rate.
@@ -453,23 +512,17 @@ mod tests {
             reconcile_call(&gate, &sent),
         );
         assert!(first.1.is_ok() && second.1.is_ok(), "{first:?} {second:?}");
-        assert!(second.0 >= Duration::from_millis(450), "{second:?}");
+        assert_eq!(second.0, Duration::from_millis(500), "its turn");
         let busy = |r: &(Duration, Result<(), GateError<ErrorMetadata>>)| match &r.1 {
             Err(GateError::Busy(busy)) => {
-                assert!(r.0 < Duration::from_millis(400), "answered at once: {r:?}");
+                assert_eq!(r.0, Duration::ZERO, "answered at once: {r:?}");
+                assert_eq!(busy.cause, BUDGET_IN_USE);
                 busy.retry_after
             }
             other => panic!("expected Busy, got {other:?}"),
         };
-        let (third, fourth) = (busy(&third), busy(&fourth));
-        assert!(
-            (Duration::from_millis(700)..=Duration::from_secs(1)).contains(&third),
-            "the first free turn: {third:?}"
-        );
-        assert!(
-            (Duration::from_millis(1200)..=Duration::from_millis(1500)).contains(&fourth),
-            "the turn after that: {fourth:?}"
-        );
+        assert_eq!(busy(&third), Duration::from_secs(1), "the first free turn");
+        assert_eq!(busy(&fourth), Duration::from_millis(1500), "the next");
         assert_eq!(
             sent.load(Ordering::SeqCst),
             2,
@@ -478,31 +531,72 @@ mod tests {
         assert_eq!(gate.stats().deferred, 2);
     }
 
-    #[tokio::test]
-    async fn a_reconcile_whose_call_was_admitted_waits_its_turn_for_the_next() {
-        let gate = gate(4.0, 8);
-        let sent = Arc::new(AtomicU32::new(0));
-        let started = Instant::now();
-        let calls = deferring(async {
-            for _ in 0..4 {
-                gate.call(|| {
-                    sent.fetch_add(1, Ordering::SeqCst);
-                    async { Answer::Ok(()) }
-                })
-                .await?;
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_whose_call_was_admitted_waits_its_turn_for_the_next_at_that_gate_only() {
+        let (rds, fsx) = (gate(4.0, 8), gate(4.0, 8));
+        let ok = || async { Answer::Ok(()) };
+        let result = deferring(async {
+            rds.call(ok).await?;
+            // Others took the next three turns at each gate.
+            for _ in 0..3 {
+                rds.turn(false).expect("a turn");
             }
-            Ok::<_, GateError<ErrorMetadata>>(())
+            let before = Instant::now();
+            rds.call(ok).await?;
+            let waited = before.elapsed();
+            for _ in 0..3 {
+                fsx.turn(false).expect("a turn");
+            }
+            // Not admitted at the other gate yet: told to come back.
+            let other = fsx.call(ok).await;
+            Ok::<_, GateError<ErrorMetadata>>((waited, other))
         })
         .await;
-        assert!(calls.is_ok(), "{calls:?}");
-        assert_eq!(sent.load(Ordering::SeqCst), 4);
+        let (waited, other) = result.expect("the admitted reconcile's calls go through");
+        assert_eq!(
+            waited,
+            Duration::from_secs(1),
+            "after the three turns taken"
+        );
+        assert!(matches!(other, Err(GateError::Busy(_))), "{other:?}");
+        // A reconcile with nothing admitted is deferred at the same moment.
+        let sent = Arc::new(AtomicU32::new(0));
+        rds.turn(false).expect("a turn");
+        rds.turn(false).expect("a turn");
+        let (_, fresh) = reconcile_call(&rds, &sent).await;
+        assert!(matches!(fresh, Err(GateError::Busy(_))), "{fresh:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_is_reserved_before_a_change_its_call_must_follow() {
+        let gate = gate(2.0, 8);
+        let ok = || async { Answer::Ok(()) };
+        let taken = deferring(async {
+            gate.reserve()?;
+            gate.turn(false).expect("another's turn");
+            gate.turn(false).expect("another's turn");
+            // Reserved: the call waits its turn instead of being deferred.
+            gate.call(ok).await.map_err(|e| match e {
+                GateError::Busy(busy) => busy,
+                GateError::Sdk(_) => unreachable!("the call succeeds"),
+            })
+        })
+        .await;
+        assert!(taken.is_ok(), "{taken:?}");
+        gate.turn(false).expect("another's turn");
+        gate.turn(false).expect("another's turn");
+        let refused = deferring(async { gate.reserve() }).await;
         assert!(
-            started.elapsed() >= Duration::from_millis(700),
-            "paced at 4/s"
+            matches!(refused, Err(ref b) if b.retry_after > Duration::from_millis(500)),
+            "{refused:?}"
+        );
+        assert!(
+            gate.reserve().is_ok(),
+            "outside a reconcile nothing is deferred"
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_reconcile_is_deferred_while_every_concurrency_slot_is_taken() {
         let gate = gate(100.0, 1);
         let (release, hold) = tokio::sync::oneshot::channel::<()>();
@@ -530,10 +624,7 @@ mod tests {
         let sent = Arc::new(AtomicU32::new(0));
         let (took, result) = reconcile_call(&gate, &sent).await;
         assert!(matches!(result, Err(GateError::Busy(_))), "{result:?}");
-        assert!(
-            took < Duration::from_millis(400),
-            "answered at once: {took:?}"
-        );
+        assert_eq!(took, Duration::ZERO, "answered at once");
         assert_eq!(sent.load(Ordering::SeqCst), 0);
         release.send(()).ok();
         assert!(holder.await.expect("holder").is_ok());
@@ -541,8 +632,8 @@ mod tests {
         assert!(result.is_ok(), "a free slot admits it: {result:?}");
     }
 
-    #[tokio::test]
-    async fn a_reconcile_retries_throttling_briefly_then_leaves_the_backoff_to_its_requeue() {
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_retries_throttling_briefly_then_is_paced_by_its_requeue() {
         let limits = CallLimits {
             max_per_second: 100.0,
             base_backoff: Duration::from_millis(100),
@@ -555,8 +646,15 @@ mod tests {
             async { throttled() }
         };
         let result = deferring(gate.call(always_throttled)).await;
-        assert!(matches!(result, Err(GateError::Sdk(_))), "{result:?}");
-        // Backoff ceilings 200, 400, 800 ms stay on the worker; 1.6 s does not.
+        // Backoff ceilings 200, 400, 800 ms stay on the worker; 1.6 s does
+        // not, and AWS's throttling (not processed) is pacing, not failure.
+        match result {
+            Err(GateError::Busy(busy)) => {
+                assert_eq!(busy.cause, THROTTLED_BY_AWS);
+                assert_eq!(busy.retry_after, Duration::from_millis(1600));
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
         assert_eq!(sent.load(Ordering::SeqCst), 4);
         assert_eq!(gate.stats().retried, 3);
         sent.store(0, Ordering::SeqCst);
@@ -567,38 +665,5 @@ mod tests {
             6,
             "outside a reconcile every attempt is made"
         );
-    }
-
-    #[tokio::test]
-    async fn pages_follow_the_tokens_until_one_is_empty_or_absent() {
-        let gate = CallGate::new(
-            "test",
-            CallLimits {
-                max_per_second: 1000.0,
-                ..CallLimits::default()
-            },
-        );
-        for last in [None, Some(String::new())] {
-            let mut asked = Vec::new();
-            let pages = gate
-                .pages(
-                    |token: Option<String>| {
-                        asked.push(token.clone());
-                        let next = match token.as_deref() {
-                            None => Some("a".to_owned()),
-                            Some("a") => Some("b".to_owned()),
-                            _ => last.clone(),
-                        };
-                        async move {
-                            Ok::<_, SdkError<ErrorMetadata, super::HttpResponse>>((token, next))
-                        }
-                    },
-                    |(_, next): &(Option<String>, Option<String>)| next.as_deref(),
-                )
-                .await
-                .expect("pages");
-            assert_eq!(pages.len(), 3);
-            assert_eq!(asked, [None, Some("a".into()), Some("b".into())]);
-        }
     }
 }

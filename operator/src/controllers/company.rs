@@ -164,9 +164,10 @@ async fn apply<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Actio
 
     // Status, then any failed step goes up: the error policy chooses the
     // retry by its category.
+    let pending = outcome.pending(&status.conditions);
     set_ready(
         &mut status.conditions,
-        &outcome.pending(),
+        &pending,
         "the tenant's namespace, Vault, database and storage are in place",
         generation,
     );
@@ -194,16 +195,44 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// What the Company still waits for.
-    fn pending(&self) -> Vec<&'static str> {
+    /// What the Company still waits for. A step deferred by the AWS call
+    /// budget is as its condition says (it did not run): a ready Company
+    /// stays Ready while its periodic check waits for a turn.
+    fn pending(
+        &self,
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ) -> Vec<&'static str> {
+        let as_before = |e: &Error, type_: &str| {
+            e.retry_class() == RetryClass::Deferred
+                && conditions
+                    .iter()
+                    .any(|c| c.type_ == type_ && c.status == "True")
+        };
         [
             ("Vault", self.vault.is_ok()),
-            ("the database", matches!(self.database, Ok(true))),
-            ("storage", matches!(self.storage, Ok(None))),
+            (
+                "the database",
+                match &self.database {
+                    Ok(available) => *available,
+                    Err(e) => as_before(e, "DatabaseReady"),
+                },
+            ),
+            (
+                "storage",
+                match &self.storage {
+                    Ok(retry) => retry.is_none(),
+                    Err(e) => as_before(e, "StorageReady"),
+                },
+            ),
         ]
         .into_iter()
         .filter_map(|(what, ok)| (!ok).then_some(what))
         .collect()
+    }
+
+    /// Whether every step ran and found its system ready.
+    fn converged(&self) -> bool {
+        self.vault.is_ok() && matches!(self.database, Ok(true)) && matches!(self.storage, Ok(None))
     }
 
     /// The first failed step as the reconcile's error, before a cloud
@@ -268,7 +297,7 @@ async fn external_systems<B: Backends>(
         database: database_step(ctx, company, build, status).await,
         storage: storage_step(ctx, company, build, status).await,
     };
-    if outcome.pending().is_empty() {
+    if outcome.converged() {
         ctx.mark_checked(&key);
     }
     outcome
@@ -598,6 +627,11 @@ async fn ensure_database<B: Backends>(
     if rotation_due(build.company, status)
         && let Some(applied) = applied
     {
+        // Not deferred between the new version and the database applying it.
+        match req.mode {
+            DatabaseMode::Dedicated => databases.rds.reserve()?,
+            DatabaseMode::Shared => databases.shared.reserve()?,
+        }
         let vault = &ctx.vault;
         let current = vault
             .ensure_credentials(&req.credentials_path, &req.username)
@@ -922,7 +956,7 @@ mod tests {
             database: Ok(false),
             storage: Err(conflict()),
         };
-        assert_eq!(outcome.pending(), ["the database", "storage"]);
+        assert_eq!(outcome.pending(&[]), ["the database", "storage"]);
         let error = outcome.next(RESYNC).unwrap_err();
         assert_eq!(error.retry_class(), RetryClass::NeedsPerson, "{error}");
     }
@@ -952,7 +986,7 @@ mod tests {
             database: Ok(true),
             storage: Ok(None),
         };
-        assert!(converged.pending().is_empty());
+        assert!(converged.pending(&[]).is_empty() && converged.converged());
         assert_eq!(converged.next(RESYNC).unwrap(), Action::requeue(RESYNC));
     }
 
@@ -963,7 +997,7 @@ mod tests {
             database: Ok(true),
             storage: Ok(None),
         };
-        assert_eq!(outcome.pending(), ["Vault"]);
+        assert_eq!(outcome.pending(&[]), ["Vault"]);
         assert!(matches!(outcome.next(RESYNC), Err(Error::InvalidSpec(_))));
     }
 }

@@ -59,7 +59,7 @@ impl Default for Metrics {
         let reconciles = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "reconciles",
-            "Reconciles finished, by kind and outcome (success, error)",
+            "Reconciles finished, by kind and outcome (success, error, deferred: an AWS call waited for its turn)",
             reconciles.clone(),
         );
         let failures = Family::<FailureLabels, Counter>::default();
@@ -132,11 +132,17 @@ impl Default for Metrics {
 impl Metrics {
     /// Records one finished reconcile of `kind`.
     pub fn reconciled(&self, kind: &'static str, took: Duration, error: Option<&super::Error>) {
-        let outcome = if error.is_some() { "error" } else { "success" };
+        // A step deferred by the AWS call budget is pacing, not a failure.
+        let deferred = error.is_some_and(|e| e.retry_class() == super::RetryClass::Deferred);
+        let outcome = match error {
+            None => "success",
+            Some(_) if deferred => "deferred",
+            Some(_) => "error",
+        };
         self.reconciles
             .get_or_create(&OutcomeLabels { kind, outcome })
             .inc();
-        if let Some(error) = error {
+        if let Some(error) = error.filter(|_| !deferred) {
             let labels = FailureLabels {
                 kind,
                 category: error.category(),

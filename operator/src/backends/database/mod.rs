@@ -194,6 +194,12 @@ pub trait DatabaseBackend: Send + Sync {
         &self,
         req: &DatabaseRequest,
     ) -> impl Future<Output = Result<Deletion, DatabaseError>> + Send;
+    /// Takes the reconcile's place at the backend's call budget before a
+    /// change that its next `ensure` must follow at once (a rotation
+    /// written to Vault); [`DatabaseError::Busy`] when it would wait.
+    fn reserve(&self) -> Result<(), DatabaseError> {
+        Ok(())
+    }
 }
 
 pub(crate) fn checkpoint(hook: Option<&CrashHook>, step: Step) -> Result<(), DatabaseError> {

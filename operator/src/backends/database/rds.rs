@@ -290,6 +290,10 @@ impl<V: VaultBackend> DatabaseBackend for RdsDatabase<V> {
         Ok(Self::state(req, &after, Some(creds.version), unapplied))
     }
 
+    fn reserve(&self) -> Result<(), DatabaseError> {
+        Ok(self.gate.reserve()?)
+    }
+
     async fn delete(&self, req: &DatabaseRequest) -> Result<Deletion, DatabaseError> {
         let i = &req.instance;
         let snapshot =

@@ -316,6 +316,7 @@ impl FakeDatabase {
             Behaviour::Busy(retry_after) => {
                 Err(DatabaseError::Busy(crate::backends::aws_calls::Busy {
                     service: "RDS",
+                    cause: crate::backends::aws_calls::BUDGET_IN_USE,
                     retry_after,
                 }))
             }

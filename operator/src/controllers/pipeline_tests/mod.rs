@@ -413,18 +413,37 @@ async fn a_database_call_deferred_by_the_aws_budget_comes_back_when_told_and_is_
     assert_eq!(warnings, Vec::<serde_json::Value>::new());
     let metrics = h.ctx.health.metrics.render();
     assert!(
-        metrics.contains(r#"category="aws-deferred",class="deferred""#),
+        metrics.contains(r#"kind="Company",outcome="deferred""#),
         "{metrics}"
     );
-    assert!(
-        !metrics.contains(r#"system="database",outcome="error""#),
-        "{metrics}"
-    );
+    for failure in [
+        r#"category="aws-deferred""#,
+        r#"system="database",outcome="error""#,
+    ] {
+        assert!(!metrics.contains(failure), "{failure} in {metrics}");
+    }
 
     *h.ctx.databases.rds.behaviour.lock().expect("b") = Behaviour::Works;
     let outcomes = h.converge("acme").await;
     assert!(outcomes.last().is_some_and(Result::is_ok), "{outcomes:?}");
     assert_eq!(h.condition("acme", "DatabaseReady").0, "True");
+
+    // Converged, then deferred at its next check: it stays Ready, and its
+    // status is not written.
+    let ready = h.condition("acme", "Ready");
+    assert_eq!(ready.0, "True");
+    h.ctx.checked.lock().expect("checked").clear();
+    *h.ctx.databases.rds.behaviour.lock().expect("b") = Behaviour::Busy(busy);
+    h.api.clear_requests();
+    let outcome = h.reconcile("acme").await;
+    assert_eq!(
+        retry_class(&outcome),
+        Some(RetryClass::Deferred),
+        "{outcome:?}"
+    );
+    assert_eq!(h.condition("acme", "Ready"), ready);
+    assert_eq!(h.condition("acme", "DatabaseReady").0, "True");
+    assert_eq!(h.writes(), [], "nothing written");
 }
 
 #[tokio::test]
@@ -660,6 +679,43 @@ async fn a_company_deletion_waits_for_its_developers_through_the_watch_and_lists
         .filter(|(method, _)| *method == Method::GET)
         .collect();
     assert_eq!(lists.len(), 1, "one LIST to confirm: {lists:?}");
+}
+
+#[tokio::test]
+async fn a_developer_the_watch_has_not_seen_yet_is_found_by_the_confirming_list() {
+    use kube::runtime::watcher::Event;
+    let h = harness(0);
+    h.converged_company(&[]).await;
+    h.create_developer("carol", None);
+    {
+        // Listed before carol arrived: the watch shows no one.
+        let mut membership = h.ctx.membership.lock().expect("membership");
+        membership.on(Event::Init);
+        membership.on(Event::InitDone);
+    }
+    h.api.mark_deleted(&format!("{COMPANIES}/acme"));
+    h.api.clear_requests();
+    let outcome = h.reconcile("acme").await;
+    assert_eq!(
+        retry_class(&outcome),
+        Some(RetryClass::Waiting),
+        "{outcome:?}"
+    );
+    let deletes: Vec<_> = h
+        .api
+        .requests()
+        .into_iter()
+        .filter(|(method, _)| *method == Method::DELETE)
+        .collect();
+    assert_eq!(
+        deletes,
+        [(Method::DELETE, format!("{DEVELOPERS}/carol"))],
+        "carol is asked to go before anything else"
+    );
+    assert!(
+        !h.vault.policies.lock().expect("p").is_empty(),
+        "nothing else goes yet"
+    );
 }
 
 #[tokio::test]
