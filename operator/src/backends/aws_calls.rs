@@ -210,21 +210,28 @@ impl CallGate {
         Duration::from_secs_f64(1.0 / self.limits.max_per_second.max(0.001))
     }
 
-    /// The start of one attempt at the rate: at once or within one
-    /// interval when `defer` (a later turn is [`Busy`]), whenever it comes
-    /// otherwise.
-    fn turn(&self, defer: bool) -> Result<Instant, Busy> {
-        let interval = self.interval();
-        let mut pace = self
-            .pace
+    fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
+        self.pace
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The start of the next turn at the rate; [`Busy`] when `defer` and it
+    /// is more than one interval away.
+    fn next_turn(&self, pace: &mut Pace, defer: bool) -> Result<Instant, Busy> {
         let now = Instant::now();
         let start = pace.next.max(now);
-        if defer && start.duration_since(now) > interval.min(MAX_DEFERRING_WAIT) {
-            return Err(self.busy(&mut pace, now, start));
+        if defer && start.duration_since(now) > self.interval().min(MAX_DEFERRING_WAIT) {
+            return Err(self.busy(pace, now, start));
         }
-        pace.next = start + interval;
+        Ok(start)
+    }
+
+    /// Takes the next turn (see [`CallGate::next_turn`]).
+    fn turn(&self, defer: bool) -> Result<Instant, Busy> {
+        let mut pace = self.pace();
+        let start = self.next_turn(&mut pace, defer)?;
+        pace.next = start + self.interval();
         Ok(start)
     }
 
@@ -244,10 +251,7 @@ impl CallGate {
     /// [`Busy`] for a call that finds every concurrency slot taken: calls
     /// take about an interval, so come back after the next one.
     fn busy_in_flight(&self) -> Busy {
-        let mut pace = self
-            .pace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pace = self.pace();
         let now = Instant::now();
         let free_at = pace.next.max(now) + self.interval();
         self.busy(&mut pace, now, free_at)
@@ -262,20 +266,10 @@ impl CallGate {
         if !defers() {
             return Ok(());
         }
-        let interval = self.interval();
-        let mut pace = self
-            .pace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        let start = pace.next.max(now);
         if self.in_flight.available_permits() == 0 {
-            let free_at = start + interval;
-            return Err(self.busy(&mut pace, now, free_at));
+            return Err(self.busy_in_flight());
         }
-        if start.duration_since(now) > interval.min(MAX_DEFERRING_WAIT) {
-            return Err(self.busy(&mut pace, now, start));
-        }
+        self.next_turn(&mut self.pace(), true)?;
         mark_admitted();
         Ok(())
     }

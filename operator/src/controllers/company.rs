@@ -203,10 +203,7 @@ impl Outcome {
         conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     ) -> Vec<&'static str> {
         let as_before = |e: &Error, type_: &str| {
-            e.retry_class() == RetryClass::Deferred
-                && conditions
-                    .iter()
-                    .any(|c| c.type_ == type_ && c.status == "True")
+            e.retry_class() == RetryClass::Deferred && super::conditions::is_true(conditions, type_)
         };
         [
             ("Vault", self.vault.is_ok()),

@@ -37,6 +37,13 @@ pub mod reasons {
     pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
 }
 
+/// Whether condition `type_` is True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
 /// A step deferred by the AWS call budget: a condition that is not there
 /// yet says it waits for its turn; one that is stays as it was (the pacing
 /// is not an outcome, and saying so on every turn would be a write each).

@@ -596,7 +596,7 @@ async fn apply<B: Backends>(developer: Arc<Developer>, ctx: &Context<B>) -> Resu
     // Status, then a failed step goes up.
     let pending: Vec<&str> = ["StorageReady", "VaultReady", "WorkspaceReady"]
         .into_iter()
-        .filter(|t| !condition_true(&status.conditions, t))
+        .filter(|t| !super::conditions::is_true(&status.conditions, t))
         .collect();
     set_ready(
         &mut status.conditions,
@@ -609,7 +609,7 @@ async fn apply<B: Backends>(developer: Arc<Developer>, ctx: &Context<B>) -> Resu
     // Unfinished work is woken by its watches (the StatefulSet, the Job,
     // the Company); the requeue only guards against a missed event. A
     // converged Developer is looked at again at the resync interval.
-    let workspace_ready = condition_true(&status.conditions, "WorkspaceReady");
+    let workspace_ready = super::conditions::is_true(&status.conditions, "WorkspaceReady");
     let retry = [
         storage_retry,
         (!workspace_ready).then_some(WATCHED_FALLBACK),
@@ -684,13 +684,6 @@ async fn ready_company<B: Backends>(
     );
     write_status(ctx, developer, status).await?;
     Ok(Err(Action::requeue(retry)))
-}
-
-/// Whether condition `type_` is True.
-fn condition_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 /// The Developer's uid/gid: allocated once and recorded in its status
@@ -883,7 +876,8 @@ async fn vault_step<B: Backends>(
     let checked_key = format!("Developer/{namespace}/{}", developer.name_any());
     let generation = developer.metadata.generation;
     let converged = developer.status.as_ref().is_some_and(|s| {
-        s.observed_generation == generation && condition_true(&s.conditions, "VaultReady")
+        s.observed_generation == generation
+            && super::conditions::is_true(&s.conditions, "VaultReady")
     }) && ctx.checked_recently(&checked_key);
     if converged {
         return Ok(());

@@ -424,10 +424,8 @@ impl Error {
         match self.step() {
             Self::Kube(_) => "kube",
             Self::Finalizer(_) => "finalizer",
+            step if step.retry_after().is_some() => "aws-deferred",
             Self::Waiting(_) | Self::CloudInProgress(_) => "waiting",
-            Self::Database(DatabaseError::Busy(_)) | Self::Storage(StorageError::Busy(_)) => {
-                "aws-deferred"
-            }
             Self::Vault(_) => "vault",
             Self::Database(_) => "database",
             Self::Storage(_) => "storage",
@@ -471,9 +469,7 @@ impl Error {
             // wakes nothing: look again as for a pod that is stopping.
             Self::Waiting(_) | Self::WorkspaceOrphaned { .. } => RetryClass::Waiting,
             Self::CloudInProgress(_) => RetryClass::Polling,
-            Self::Database(DatabaseError::Busy(_)) | Self::Storage(StorageError::Busy(_)) => {
-                RetryClass::Deferred
-            }
+            step if step.retry_after().is_some() => RetryClass::Deferred,
             Self::DeletionProtected(_) | Self::StorageCleanup(_) | Self::InvalidSpec(_) => {
                 RetryClass::NeedsPerson
             }

@@ -600,52 +600,59 @@ async fn deletion_removes_vault_the_database_and_the_namespace_then_the_finalize
     );
 }
 
+/// A Developer of `acme` as the Company controller's watch sees it.
+fn watched_developer(name: &str, deleting: bool) -> super::triggers::DeveloperMeta {
+    kube::api::ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("company-acme".into()),
+        uid: Some(format!("uid-{name}")),
+        deletion_timestamp: deleting.then_some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        ),
+        ..kube::api::ObjectMeta::default()
+    }
+    .into()
+}
+
+impl Harness {
+    /// Deletes the converged Company `acme` once its Developers' watch has
+    /// listed `watched` (name, being deleted), and reconciles it once,
+    /// with the requests counted from there.
+    async fn delete_company_watching(&self, watched: &[(&str, bool)]) -> Result<Action, Error> {
+        use kube::runtime::watcher::Event;
+        {
+            let mut membership = self.ctx.membership.lock().expect("membership");
+            membership.on(Event::Init);
+            for (name, deleting) in watched {
+                membership.on(Event::InitApply(watched_developer(name, *deleting)));
+            }
+            membership.on(Event::InitDone);
+        }
+        self.api.mark_deleted(&format!("{COMPANIES}/acme"));
+        self.api.clear_requests();
+        self.reconcile("acme").await
+    }
+}
+
 #[tokio::test]
 async fn a_company_deletion_waits_for_its_developers_through_the_watch_and_lists_them_once() {
-    use kube::{api::ObjectMeta, runtime::watcher::Event};
-    let developer = |name: &str, deleting: bool| -> super::triggers::DeveloperMeta {
-        ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("company-acme".into()),
-            uid: Some(format!("uid-{name}")),
-            deletion_timestamp: deleting.then_some(
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-                ),
-            ),
-            ..ObjectMeta::default()
-        }
-        .into()
-    };
     let h = harness(0);
     h.converged_company(&[]).await;
     h.create_developer("alice", None);
     h.create_developer("bob", None);
-    {
-        let mut membership = h.ctx.membership.lock().expect("membership");
-        membership.on(Event::Init);
-        membership.on(Event::InitApply(developer("alice", false)));
-        membership.on(Event::InitApply(developer("bob", true)));
-        membership.on(Event::InitDone);
-    }
-    h.api.mark_deleted(&format!("{COMPANIES}/acme"));
-    h.api.clear_requests();
-    let outcome = h.reconcile("acme").await;
+    let outcome = h
+        .delete_company_watching(&[("alice", false), ("bob", true)])
+        .await;
     assert_eq!(
         retry_class(&outcome),
         Some(RetryClass::Waiting),
         "{outcome:?}"
     );
-    let developer_requests = || -> Vec<(Method, String)> {
-        h.api
-            .requests()
-            .into_iter()
-            .filter(|(_, path)| path.starts_with(DEVELOPERS))
-            .collect()
-    };
     assert_eq!(
-        developer_requests(),
-        [(Method::DELETE, format!("{DEVELOPERS}/alice"))],
+        (h.methods(DEVELOPERS), h.deletes(DEVELOPERS)),
+        (vec![Method::DELETE], vec![format!("{DEVELOPERS}/alice")]),
         "the one not yet going is asked to go, and nothing is listed"
     );
     assert!(
@@ -656,9 +663,10 @@ async fn a_company_deletion_waits_for_its_developers_through_the_watch_and_lists
     // The watch sees them gone: the API confirms it once, then the rest goes.
     h.api.clear_requests();
     {
+        use kube::runtime::watcher::Event;
         let mut membership = h.ctx.membership.lock().expect("membership");
-        membership.on(Event::Delete(developer("alice", true)));
-        membership.on(Event::Delete(developer("bob", true)));
+        membership.on(Event::Delete(watched_developer("alice", true)));
+        membership.on(Event::Delete(watched_developer("bob", true)));
     }
     for name in ["alice", "bob"] {
         let path = format!("{DEVELOPERS}/{name}");
@@ -674,42 +682,29 @@ async fn a_company_deletion_waits_for_its_developers_through_the_watch_and_lists
         h.api.finish_namespaces();
     }
     assert!(h.company("acme").is_none(), "the Company is gone");
-    let lists: Vec<_> = developer_requests()
+    let lists: Vec<_> = h
+        .methods(DEVELOPERS)
         .into_iter()
-        .filter(|(method, _)| *method == Method::GET)
+        .filter(|method| *method == Method::GET)
         .collect();
     assert_eq!(lists.len(), 1, "one LIST to confirm: {lists:?}");
 }
 
 #[tokio::test]
 async fn a_developer_the_watch_has_not_seen_yet_is_found_by_the_confirming_list() {
-    use kube::runtime::watcher::Event;
     let h = harness(0);
     h.converged_company(&[]).await;
     h.create_developer("carol", None);
-    {
-        // Listed before carol arrived: the watch shows no one.
-        let mut membership = h.ctx.membership.lock().expect("membership");
-        membership.on(Event::Init);
-        membership.on(Event::InitDone);
-    }
-    h.api.mark_deleted(&format!("{COMPANIES}/acme"));
-    h.api.clear_requests();
-    let outcome = h.reconcile("acme").await;
+    // Listed before carol arrived: the watch shows no one.
+    let outcome = h.delete_company_watching(&[]).await;
     assert_eq!(
         retry_class(&outcome),
         Some(RetryClass::Waiting),
         "{outcome:?}"
     );
-    let deletes: Vec<_> = h
-        .api
-        .requests()
-        .into_iter()
-        .filter(|(method, _)| *method == Method::DELETE)
-        .collect();
     assert_eq!(
-        deletes,
-        [(Method::DELETE, format!("{DEVELOPERS}/carol"))],
+        h.deletes(""),
+        [format!("{DEVELOPERS}/carol")],
         "carol is asked to go before anything else"
     );
     assert!(
