@@ -55,11 +55,24 @@ impl Verified {
         }
     }
 
-    /// Forgets `key` and every key below it (`key/…`).
+    /// Forgets `key` and every key below it (`key/…`): sorted, they are
+    /// one range, so a deletion does not scan every tenant's entries.
     pub(super) fn forget_below(&self, key: &str) {
         if let Ok(mut seen) = self.seen.lock() {
+            seen.remove(key);
             let below = format!("{key}/");
-            seen.retain(|k, _| k != key && !k.starts_with(&below));
+            let gone: Vec<String> = seen
+                .range::<str, _>((
+                    std::ops::Bound::Included(below.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .map(|(k, _)| k)
+                .take_while(|k| k.starts_with(&below))
+                .cloned()
+                .collect();
+            for k in gone {
+                seen.remove(&k);
+            }
         }
     }
 
@@ -80,16 +93,22 @@ mod tests {
         verified.record("policy:a".into(), digest(&"hcl"));
         verified.record("kv:companies/x/owner".into(), digest(&"uid"));
         verified.record("kv:companies/xy".into(), digest(&"uid"));
+        verified.record("kv:companies/x-y".into(), digest(&"uid"));
+        verified.record("kv:companies/x0".into(), digest(&"uid"));
+        verified.record("kv:companies/x/a/b".into(), digest(&"uid"));
         assert!(verified.holds("policy:a", digest(&"hcl")));
         assert!(!verified.holds("policy:a", digest(&"other hcl")));
         assert!(!verified.holds("policy:b", digest(&"hcl")));
         verified.forget_below("kv:companies/x");
         assert!(!verified.holds("kv:companies/x/owner", digest(&"uid")));
-        assert!(
-            verified.holds("kv:companies/xy", digest(&"uid")),
-            "a sibling with the same prefix stays"
-        );
-        assert_eq!(verified.len(), 2);
+        assert!(!verified.holds("kv:companies/x/a/b", digest(&"uid")));
+        for sibling in ["kv:companies/xy", "kv:companies/x-y", "kv:companies/x0"] {
+            assert!(
+                verified.holds(sibling, digest(&"uid")),
+                "{sibling}: a sibling with the same prefix stays (sorted before and after `x/`)"
+            );
+        }
+        assert_eq!(verified.len(), 4);
 
         let expired = Verified::new(Duration::from_millis(1));
         expired.record("policy:a".into(), digest(&"hcl"));
