@@ -55,24 +55,14 @@ impl Verified {
         }
     }
 
-    /// Forgets `key` and every key below it (`key/…`): sorted, they are
-    /// one range, so a deletion does not scan every tenant's entries.
+    /// Forgets `key` and every key below it (`key/…`). Those are exactly
+    /// the keys in `key/` .. `key0` (`0` follows `/`): one sorted range, so
+    /// a deletion does not scan every tenant's entries.
     pub(super) fn forget_below(&self, key: &str) {
         if let Ok(mut seen) = self.seen.lock() {
             seen.remove(key);
-            let below = format!("{key}/");
-            let gone: Vec<String> = seen
-                .range::<str, _>((
-                    std::ops::Bound::Included(below.as_str()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .map(|(k, _)| k)
-                .take_while(|k| k.starts_with(&below))
-                .cloned()
-                .collect();
-            for k in gone {
-                seen.remove(&k);
-            }
+            let (below, after) = (format!("{key}/"), format!("{key}0"));
+            seen.extract_if(below..after, |_, _| true).for_each(drop);
         }
     }
 
