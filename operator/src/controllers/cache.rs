@@ -65,10 +65,14 @@ struct Entry {
     stopping: u32,
 }
 
-/// Whether an entry's `stopping` mark (see [`Entry::stopping`]) is set and
-/// younger than [`STOPPING_TRUSTED`] at `now` (in [`seconds`]).
-fn trusted_stopping(stopping: u32, now: u32) -> bool {
-    stopping != 0 && u64::from(now.saturating_sub(stopping - 1)) < STOPPING_TRUSTED.as_secs()
+/// Whether an entry's `stopping` mark (see [`Entry::stopping`]) is set,
+/// younger than [`STOPPING_TRUSTED`] at `now`, and set after the last
+/// failure of its kind's watch (`failed`, 0: none); all in [`seconds`],
+/// plus one.
+fn trusted_stopping(stopping: u32, failed: u32, now: u32) -> bool {
+    stopping != 0
+        && failed < stopping
+        && u64::from(now.saturating_sub(stopping - 1)) < STOPPING_TRUSTED.as_secs()
 }
 
 /// Seconds since the process first asked: a clock of four bytes.
@@ -79,9 +83,13 @@ fn seconds() -> u32 {
 }
 
 /// How long a workspace seen stopping is believed to be still stopping
-/// without a read: a watch that stopped delivering (its access revoked)
-/// must not hold a deletion forever.
-const STOPPING_TRUSTED: std::time::Duration = std::time::Duration::from_mins(2);
+/// without a read. A watch that fails (its access revoked, its connection
+/// dead: kube's watcher gives up on a silent one after five minutes) ends
+/// the trust at once; this bounds what no error reports. A read that finds
+/// it still stopping sets the mark again: at 10,000 Developers whose
+/// workspaces the garbage collector takes an hour to delete, one read each
+/// per ten minutes, where a read per retry starved the collector.
+const STOPPING_TRUSTED: std::time::Duration = std::time::Duration::from_mins(10);
 
 /// What a watch event says of one object.
 #[derive(Clone, Copy, Debug, Default)]
@@ -113,6 +121,8 @@ struct Inner {
     listed: HashSet<&'static str>,
     /// The keys of the objects each owner (uid hash) owns.
     owned: HashMap<u64, HashSet<u64>>,
+    /// When each kind's watch last failed, in [`seconds`] plus one.
+    failed: HashMap<&'static str, u32>,
 }
 
 impl Inner {
@@ -292,16 +302,39 @@ impl WatchCache {
     }
 
     /// Whether the watch saw the object being deleted in the foreground
-    /// (its dependents first), less than [`STOPPING_TRUSTED`] ago, and not
-    /// yet gone.
+    /// (its dependents first), and not yet gone, with its mark trusted
+    /// (see [`trusted_stopping`]).
     pub fn stopping(&self, kind: &str, namespace: &str, name: &str) -> bool {
         let Ok(inner) = self.inner.read() else {
             return false;
         };
+        let failed = inner.failed.get(kind).copied().unwrap_or(0);
         inner
             .entries
             .get(&key(kind, namespace, name))
-            .is_some_and(|e| e.observed != 0 && trusted_stopping(e.stopping, seconds()))
+            .is_some_and(|e| e.observed != 0 && trusted_stopping(e.stopping, failed, seconds()))
+    }
+
+    /// Records that a read found the object still being deleted in the
+    /// foreground: its watch-seen mark counts from now (irreversible, so a
+    /// fresh read can only be late, never wrong). Nothing for an object the
+    /// watch has not seen stopping.
+    pub fn still_stopping(&self, kind: &str, namespace: &str, name: &str) {
+        if let Ok(mut inner) = self.inner.write()
+            && let Some(entry) = inner.entries.get_mut(&key(kind, namespace, name))
+            && entry.observed != 0
+            && entry.stopping != 0
+        {
+            entry.stopping = seconds().saturating_add(1);
+        }
+    }
+
+    /// Records that the watch of `kind` failed: what it said may be stale
+    /// until it delivers again.
+    fn watch_failed(&self, kind: &'static str) {
+        if let Ok(mut inner) = self.inner.write() {
+            inner.failed.insert(kind, seconds().saturating_add(1));
+        }
     }
 
     /// A namespace's company label and uid annotation, if the namespace
@@ -546,7 +579,10 @@ async fn follow<W>(
                 cache.relist_done(kind);
                 pass(Passed::Relisted);
             }
-            Err(error) => tracing::debug!(%error, kind, "watch of managed objects interrupted"),
+            Err(error) => {
+                tracing::debug!(%error, kind, "watch of managed objects interrupted");
+                cache.watch_failed(kind);
+            }
         }
     }
 }
@@ -598,7 +634,10 @@ async fn follow_namespaces(client: Client, cache: Arc<WatchCache>) {
                 }
                 cache.relist_done(Namespace::KIND);
             }
-            Err(error) => tracing::debug!(%error, "watch of namespaces interrupted"),
+            Err(error) => {
+                tracing::debug!(%error, "watch of namespaces interrupted");
+                cache.watch_failed(Namespace::KIND);
+            }
         }
     }
 }
@@ -681,6 +720,11 @@ impl WatchCache {
         if let Ok(mut inner) = self.inner.write() {
             inner.listed.insert(kind);
         }
+    }
+
+    /// Records that the watch of `kind` failed.
+    pub(super) fn saw_failure(&self, kind: &'static str) {
+        self.watch_failed(kind);
     }
 
     /// Records that the watch saw `name` being deleted in the foreground.
@@ -814,19 +858,70 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_stays_small_and_a_stopping_mark_is_trusted_for_two_minutes() {
+    fn an_entry_stays_small_and_a_stopping_mark_is_trusted_for_ten_minutes_or_until_its_watch_fails()
+     {
         // About 13 entries per Developer: 130,000 at 10,000 Developers.
         assert!(std::mem::size_of::<Entry>() <= 56);
-        assert!(!super::trusted_stopping(0, 5), "not seen stopping");
+        assert!(!super::trusted_stopping(0, 0, 5), "not seen stopping");
         assert!(
-            super::trusted_stopping(1, 0),
+            super::trusted_stopping(1, 0, 0),
             "seen at second 0, asked then"
         );
-        assert!(super::trusted_stopping(11, 129), "seen at 10, asked at 129");
         assert!(
-            !super::trusted_stopping(11, 130),
-            "seen at 10, asked at 130"
+            super::trusted_stopping(11, 0, 609),
+            "seen at 10, asked at 609"
         );
+        assert!(
+            !super::trusted_stopping(11, 0, 610),
+            "seen at 10, asked at 610"
+        );
+        assert!(
+            super::trusted_stopping(11, 10, 20),
+            "the watch failed at 9, before it saw it at 10"
+        );
+        assert!(
+            !super::trusted_stopping(11, 11, 20),
+            "the watch failed at 10: perhaps after it saw it"
+        );
+        assert!(
+            !super::trusted_stopping(11, 16, 20),
+            "the watch failed at 15: it may have missed its going"
+        );
+    }
+
+    #[test]
+    fn a_read_that_finds_a_workspace_still_stopping_marks_it_again() {
+        let cache = WatchCache::default();
+        let k = key("StatefulSet", "ns", "workspace-pat");
+        cache.still_stopping("StatefulSet", "ns", "workspace-pat");
+        assert!(
+            !cache.inner.read().expect("lock").entries.contains_key(&k),
+            "never seen: nothing to mark"
+        );
+        cache.observe("StatefulSet", "ns", "workspace-pat", seen(3, 1, 1, 0));
+        cache.still_stopping("StatefulSet", "ns", "workspace-pat");
+        assert!(
+            !cache.stopping("StatefulSet", "ns", "workspace-pat"),
+            "not seen stopping: a read alone does not mark it"
+        );
+        cache.saw_stopping("StatefulSet", "ns", "workspace-pat");
+        // A mark from long ago (no real mark is ever this large).
+        cache
+            .inner
+            .write()
+            .expect("lock")
+            .entries
+            .get_mut(&k)
+            .expect("entry")
+            .stopping = u32::MAX;
+        let before = super::seconds();
+        cache.still_stopping("StatefulSet", "ns", "workspace-pat");
+        let mark = cache.inner.read().expect("lock").entries[&k].stopping;
+        assert!(
+            (before + 1..=super::seconds() + 1).contains(&mark),
+            "marked as of now: {mark}"
+        );
+        assert!(cache.stopping("StatefulSet", "ns", "workspace-pat"));
     }
 
     #[test]

@@ -371,7 +371,11 @@ async fn stop_workspace<B: Backends>(
         // asked again, so that no pod outlives it).
         let stopping = set.metadata.deletion_timestamp.is_some()
             && set.finalizers().iter().any(|f| f == "foregroundDeletion");
-        if !stopping {
+        if stopping {
+            // Read now: the watch's mark is good for another while.
+            ctx.cache
+                .still_stopping(StatefulSet::KIND, namespace, &names.workspace());
+        } else {
             match sets
                 .delete(&names.workspace(), &DeleteParams::foreground())
                 .await

@@ -1483,6 +1483,41 @@ async fn a_workspace_the_watch_saw_stopping_is_waited_for_without_a_read() {
 }
 
 #[tokio::test]
+async fn a_failed_watch_ends_the_trust_in_a_stopping_workspace_and_a_read_renews_it() {
+    let h = harness(0);
+    let set_path = h.converged_workspace("bob").await;
+    let set_name = h.api.names(SETS)[0].clone();
+    // Its foreground deletion under way, as the API holds it.
+    let mut set = h.api.get(&set_path).expect("workspace");
+    set["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+    set["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:01Z");
+    h.api.insert_raw(&set_path, set);
+    h.ctx
+        .cache
+        .saw_stopping("StatefulSet", "company-acme", &set_name);
+    // The watch then failed: it may have missed the workspace's going.
+    h.ctx.cache.saw_failure("StatefulSet");
+    h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
+    // Marks count in whole seconds: a read in the failure's second is
+    // not trusted to be after it.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    h.api.clear_requests();
+    for (pass, reads) in [("first", vec![Method::GET]), ("second", vec![])] {
+        let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
+            .await
+            .expect_err("waits for it to go");
+        assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
+        assert!(error.to_string().contains("to stop"), "{error}");
+        assert_eq!(
+            h.methods(SETS),
+            reads,
+            "{pass} pass: read once the watch failed, then trusted again"
+        );
+        h.api.clear_requests();
+    }
+}
+
+#[tokio::test]
 async fn a_workspace_pod_that_outlives_its_statefulset_holds_the_cleanup() {
     let h = harness(0);
     let set_path = h.converged_workspace("bob").await;
