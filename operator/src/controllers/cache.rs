@@ -331,7 +331,7 @@ impl WatchCache {
 
     /// Records that the watch of `kind` failed: what it said may be stale
     /// until it delivers again.
-    fn watch_failed(&self, kind: &'static str) {
+    pub(super) fn watch_failed(&self, kind: &'static str) {
         if let Ok(mut inner) = self.inner.write() {
             inner.failed.insert(kind, seconds().saturating_add(1));
         }
@@ -720,11 +720,6 @@ impl WatchCache {
         if let Ok(mut inner) = self.inner.write() {
             inner.listed.insert(kind);
         }
-    }
-
-    /// Records that the watch of `kind` failed.
-    pub(super) fn saw_failure(&self, kind: &'static str) {
-        self.watch_failed(kind);
     }
 
     /// Records that the watch saw `name` being deleted in the foreground.

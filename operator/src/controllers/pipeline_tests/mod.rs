@@ -774,6 +774,16 @@ impl Harness {
         Arc::new(serde_json::from_value(value).expect("a Developer"))
     }
 
+    /// Reconciles Developer `name`, being deleted, which must wait for its
+    /// workspace (StatefulSet or pod) to stop.
+    async fn waits_for_its_workspace(&self, name: &str) {
+        let error = reconcile_developer(self.developer(name), Arc::clone(&self.ctx))
+            .await
+            .expect_err("waits for its workspace to go");
+        assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
+        assert!(error.to_string().contains("to stop"), "{error}");
+    }
+
     fn developer_condition(&self, name: &str, type_: &str) -> (String, String, String) {
         let d = self.developer(name);
         let c = d
@@ -1470,11 +1480,7 @@ async fn a_workspace_the_watch_saw_stopping_is_waited_for_without_a_read() {
         .saw_stopping("StatefulSet", "company-acme", &set_name);
     h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
     h.api.clear_requests();
-    let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
-        .await
-        .expect_err("waits for it to go");
-    assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
-    assert!(error.to_string().contains("to stop"), "{error}");
+    h.waits_for_its_workspace("bob").await;
     assert_eq!(
         h.methods(SETS),
         Vec::<Method>::new(),
@@ -1496,18 +1502,14 @@ async fn a_failed_watch_ends_the_trust_in_a_stopping_workspace_and_a_read_renews
         .cache
         .saw_stopping("StatefulSet", "company-acme", &set_name);
     // The watch then failed: it may have missed the workspace's going.
-    h.ctx.cache.saw_failure("StatefulSet");
+    h.ctx.cache.watch_failed("StatefulSet");
     h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
     // Marks count in whole seconds: a read in the failure's second is
     // not trusted to be after it.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     h.api.clear_requests();
     for (pass, reads) in [("first", vec![Method::GET]), ("second", vec![])] {
-        let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
-            .await
-            .expect_err("waits for it to go");
-        assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
-        assert!(error.to_string().contains("to stop"), "{error}");
+        h.waits_for_its_workspace("bob").await;
         assert_eq!(
             h.methods(SETS),
             reads,
@@ -1540,11 +1542,8 @@ async fn a_workspace_pod_that_outlives_its_statefulset_holds_the_cleanup() {
     );
     h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
     h.api.clear_requests();
-    let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
-        .await
-        .expect_err("waits for the garbage collector");
-    assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
-    assert!(error.to_string().contains("to stop"), "{error}");
+    // Waits for the garbage collector.
+    h.waits_for_its_workspace("bob").await;
     // Orphaned (`--cascade=orphan`): nothing will delete it; a person must.
     h.api.insert(&pod_path, pod(json!([])));
     let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
