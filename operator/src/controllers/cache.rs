@@ -59,9 +59,10 @@ struct Entry {
     content: u64,
     /// A hash of its controller owner's uid (0: none known).
     owner: u64,
-    /// Since when it is seen being deleted in the foreground (dependents
-    /// first): irreversible, so never wrong, only perhaps late. In
-    /// [`seconds`], plus one (0: not seen stopping).
+    /// Since when it is seen being deleted its dependents first (a
+    /// StatefulSet in the foreground, a namespace always): irreversible, so
+    /// never wrong, only perhaps late. In [`seconds`], plus one (0: not
+    /// seen stopping).
     stopping: u32,
 }
 
@@ -82,8 +83,8 @@ fn seconds() -> u32 {
     u32::try_from(START.elapsed().as_secs()).unwrap_or(u32::MAX)
 }
 
-/// How long a workspace seen stopping is believed to be still stopping
-/// without a read. A watch that fails (its access revoked, its connection
+/// How long a workspace (or a namespace) seen stopping is believed to be
+/// still stopping without a read. A watch that fails (its access revoked, its connection
 /// dead: kube's watcher gives up on a silent one after five minutes) ends
 /// the trust at once; this bounds what no error reports. A read that finds
 /// it still stopping sets the mark again: at 10,000 Developers whose
@@ -102,7 +103,7 @@ struct Seen {
     content: u64,
     /// See [`Entry::owner`].
     owner: u64,
-    /// Being deleted in the foreground (see [`Entry::stopping`]).
+    /// Being deleted its dependents first (see [`Entry::stopping`]).
     stopping: bool,
 }
 
@@ -301,8 +302,8 @@ impl WatchCache {
             .map(|e| e.ready)
     }
 
-    /// Whether the watch saw the object being deleted in the foreground
-    /// (its dependents first), and not yet gone, with its mark trusted
+    /// Whether the watch saw the object being deleted its dependents
+    /// first, and not yet gone, with its mark trusted
     /// (see [`trusted_stopping`]).
     pub fn stopping(&self, kind: &str, namespace: &str, name: &str) -> bool {
         let Ok(inner) = self.inner.read() else {
@@ -315,8 +316,8 @@ impl WatchCache {
             .is_some_and(|e| e.observed != 0 && trusted_stopping(e.stopping, failed, seconds()))
     }
 
-    /// Records that a read found the object still being deleted in the
-    /// foreground: its watch-seen mark counts from now (irreversible, so a
+    /// Records that a read found the object still being deleted its
+    /// dependents first: its watch-seen mark counts from now (irreversible, so a
     /// fresh read can only be late, never wrong). Nothing for an object the
     /// watch has not seen stopping.
     pub fn still_stopping(&self, kind: &str, namespace: &str, name: &str) {
@@ -622,6 +623,8 @@ async fn follow_namespaces(client: Client, cache: Arc<WatchCache>) {
                         &ns.name_any(),
                         Seen {
                             version: version(ns.resource_version().as_deref()),
+                            // A namespace always goes its content first.
+                            stopping: ns.metadata.deletion_timestamp.is_some(),
                             ..Seen::default()
                         },
                     );
@@ -722,7 +725,8 @@ impl WatchCache {
         }
     }
 
-    /// Records that the watch saw `name` being deleted in the foreground.
+    /// Records that the watch saw `name` being deleted its dependents
+    /// first.
     pub(super) fn saw_stopping(&self, kind: &'static str, namespace: &str, name: &str) {
         self.observe(
             kind,
@@ -734,6 +738,17 @@ impl WatchCache {
                 ..Seen::default()
             },
         );
+    }
+
+    /// Records that the namespace watch saw `name` marked as `company`'s
+    /// (label and uid annotation).
+    pub(super) fn saw_namespace_of(&self, name: &str, company: &str, uid: &str) {
+        self.observe_namespace(name, (Some(company.into()), Some(uid.into())));
+    }
+
+    /// Records that the watch saw `name` deleted.
+    pub(super) fn saw_gone(&self, kind: &'static str, namespace: &str, name: &str) {
+        self.forget(kind, namespace, name);
     }
 }
 

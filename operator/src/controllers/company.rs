@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use k8s_openapi::Resource as _;
 use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, ResourceExt,
@@ -908,23 +909,33 @@ async fn delete_namespace<B: Backends>(
     build: &CompanyContext<'_>,
 ) -> Result<(), Error> {
     let (name, namespace) = (build.names.company(), build.names.namespace());
-    let api: Api<Namespace> = Api::all(ctx.client.clone());
-    if api
-        .get_opt(namespace)
-        .await?
-        .is_some_and(|ns| ns.metadata.deletion_timestamp.is_none())
-    {
-        api.delete(namespace, &DeleteParams::default()).await?;
-        let why = format!("namespace {namespace} deleted with the Company");
-        ctx.audit(company, name, "NamespaceDeleted", &why, true)
-            .await;
+    let waiting = || Error::Waiting(format!("namespace {namespace} to be deleted"));
+    // Seen going (the namespace controller empties it first, which takes a
+    // while at scale): nothing to read on every retry meanwhile.
+    if ctx.cache.stopping(Namespace::KIND, "", namespace) {
+        return Err(waiting());
     }
-    if api.get_opt(namespace).await?.is_some() {
-        return Err(Error::Waiting(format!(
-            "namespace {namespace} to be deleted"
-        )));
+    // Read, not cached, before it is asked to go and to confirm it gone:
+    // a watch that lags behind must neither leave it nor end the wait.
+    let api: Api<Lean<Namespace>> = Api::all(ctx.client.clone());
+    match api.get_opt(namespace).await? {
+        None => return Ok(()),
+        Some(ns) if ns.metadata.deletion_timestamp.is_some() => {
+            // Read now: the watch's mark is good for another while.
+            ctx.cache.still_stopping(Namespace::KIND, "", namespace);
+        }
+        Some(_) => {
+            match api.delete(namespace, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            let why = format!("namespace {namespace} deleted with the Company");
+            ctx.audit(company, name, "NamespaceDeleted", &why, true)
+                .await;
+        }
     }
-    Ok(())
+    Err(waiting())
 }
 
 #[cfg(test)]

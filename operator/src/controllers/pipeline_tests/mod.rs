@@ -600,6 +600,53 @@ async fn deletion_removes_vault_the_database_and_the_namespace_then_the_finalize
     );
 }
 
+#[tokio::test]
+async fn a_namespace_the_watch_saw_going_is_waited_for_without_a_read() {
+    let h = harness(0);
+    h.create_company("acme");
+    h.converge("acme").await;
+    h.api.mark_deleted(&format!("{COMPANIES}/acme"));
+    let path = format!("{NAMESPACES}/company-acme");
+    let reads = |h: &Harness| {
+        h.api
+            .requests()
+            .into_iter()
+            .filter(|(method, p)| *method == Method::GET && *p == path)
+            .count()
+    };
+    let going = |h: &Harness| {
+        h.api
+            .get(&path)
+            .is_some_and(|n| n["metadata"]["deletionTimestamp"].is_string())
+    };
+    let mut outcomes = Vec::new();
+    while !going(&h) && outcomes.len() < 10 {
+        outcomes.push(h.reconcile("acme").await);
+    }
+    assert!(going(&h), "the namespace is asked to go: {outcomes:?}");
+    // The watch sees it, the Company's, terminating: the retries that wait
+    // read nothing.
+    let uid = h.company("acme").and_then(|c| c.metadata.uid.clone());
+    let uid = uid.expect("a uid");
+    h.ctx.cache.saw_namespace_of("company-acme", "acme", &uid);
+    h.ctx.cache.saw_stopping("Namespace", "", "company-acme");
+    h.api.clear_requests();
+    for _ in 0..3 {
+        let error = h.reconcile("acme").await.expect_err("waits");
+        assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
+        assert!(error.to_string().contains("to be deleted"), "{error}");
+    }
+    assert_eq!(reads(&h), 0, "its going ends the wait: nothing to read");
+    // Gone, as the watch then says: one read confirms it, and the
+    // Company's finalizer goes.
+    h.api.finish_namespaces();
+    h.ctx.cache.saw_gone("Namespace", "", "company-acme");
+    let outcome = h.reconcile("acme").await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(h.company("acme").is_none(), "the finalizer is removed");
+    assert_eq!(reads(&h), 1, "gone is confirmed by one read");
+}
+
 /// A Developer of `acme` as the Company controller's watch sees it.
 fn watched_developer(name: &str, deleting: bool) -> super::triggers::DeveloperMeta {
     kube::api::ObjectMeta {
