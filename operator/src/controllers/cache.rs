@@ -41,11 +41,10 @@ use super::lean::Lean;
 use crate::names::{ANNOTATION_COMPANY_UID, LABEL_COMPANY};
 
 /// One object as the cache knows it: one per object the operator manages
-/// (about 13 per Developer), so kept to 56 bytes.
+/// (about 7 per Developer: 6 of its own and 12 per Company of 10), so
+/// kept to 48 bytes (its kind is its table's).
 #[derive(Clone, Copy, Debug, Default)]
 struct Entry {
-    /// Its kind, as an index into [`Inner::kinds`].
-    kind: u8,
     /// The version the watch last saw (0: not seen, or gone).
     observed: u64,
     /// The version an apply last found as desired (0: never).
@@ -112,9 +111,9 @@ type Owner = (Option<String>, Option<String>);
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<u64, Entry>,
-    /// The kinds entries name, in the order first seen.
-    kinds: Vec<&'static str>,
+    /// Each kind's objects by key, one table per kind: an entry need not
+    /// carry its kind, and a relist looks only at its own kind's.
+    tables: HashMap<&'static str, HashMap<u64, Entry>>,
     namespaces: HashMap<String, Owner>,
     /// Keys seen during a kind's relist.
     relisting: HashMap<&'static str, HashSet<u64>>,
@@ -127,32 +126,22 @@ struct Inner {
 }
 
 impl Inner {
-    /// The index of `kind` in [`Inner::kinds`], added if new.
-    fn kind_id(&mut self, kind: &'static str) -> u8 {
-        let at = self
-            .kinds
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or_else(|| {
-                self.kinds.push(kind);
-                self.kinds.len() - 1
-            });
-        // A dozen kinds are watched; more than 256 is a bug caught in tests.
-        debug_assert!(u8::try_from(at).is_ok(), "too many kinds");
-        u8::try_from(at).unwrap_or(u8::MAX)
+    fn get(&self, kind: &str, k: u64) -> Option<&Entry> {
+        self.tables.get(kind)?.get(&k)
     }
 
-    /// A new entry of `kind`, or the one at `k`.
-    fn entry(&mut self, k: u64, kind: &'static str) -> &mut Entry {
-        let kind = self.kind_id(kind);
-        self.entries.entry(k).or_insert(Entry {
-            kind,
-            ..Entry::default()
-        })
+    fn get_mut(&mut self, kind: &str, k: u64) -> Option<&mut Entry> {
+        self.tables.get_mut(kind)?.get_mut(&k)
     }
+
+    /// The entry of `kind` at `k`, new if need be.
+    fn entry(&mut self, kind: &'static str, k: u64) -> &mut Entry {
+        self.tables.entry(kind).or_default().entry(k).or_default()
+    }
+
     /// Records `owner` as the owner of `k` (moving it from another).
-    fn own(&mut self, k: u64, owner: u64) {
-        let Some(entry) = self.entries.get_mut(&k) else {
+    fn own(&mut self, kind: &str, k: u64, owner: u64) {
+        let Some(entry) = self.get_mut(kind, k) else {
             return;
         };
         let before = std::mem::replace(&mut entry.owner, owner);
@@ -220,8 +209,7 @@ impl WatchCache {
             return false;
         };
         inner
-            .entries
-            .get(&key(kind, namespace, name))
+            .get(kind, key(kind, namespace, name))
             .is_some_and(|e| e.observed != 0 && e.observed == e.verified && e.intent == intent)
     }
 
@@ -238,10 +226,10 @@ impl WatchCache {
         let name = meta.name.as_deref().unwrap_or_default();
         if let Ok(mut inner) = self.inner.write() {
             let k = key(kind, namespace, name);
-            let entry = inner.entry(k, kind);
+            let entry = inner.entry(kind, k);
             entry.verified = version(resource_version);
             entry.intent = intent;
-            inner.own(k, owner_of(meta));
+            inner.own(kind, k, owner_of(meta));
         }
     }
 
@@ -271,8 +259,10 @@ impl WatchCache {
                 .into_iter()
                 .flatten()
                 .filter(|k| !keep.contains(*k))
-                .filter_map(|k| inner.entries.get(k))
-                .filter_map(|e| inner.kinds.get(usize::from(e.kind)).copied())
+                .filter_map(|k| {
+                    let mut tables = inner.tables.iter();
+                    tables.find_map(|(kind, table)| table.contains_key(k).then_some(*kind))
+                })
                 .collect(),
         )
     }
@@ -287,8 +277,7 @@ impl WatchCache {
         };
         inner.listed.contains(kind)
             && inner
-                .entries
-                .get(&key(kind, namespace, name))
+                .get(kind, key(kind, namespace, name))
                 .is_none_or(|e| e.observed == 0)
     }
 
@@ -296,8 +285,7 @@ impl WatchCache {
     pub fn ready_replicas(&self, namespace: &str, name: &str) -> Option<i32> {
         let inner = self.inner.read().ok()?;
         inner
-            .entries
-            .get(&key(StatefulSet::KIND, namespace, name))
+            .get(StatefulSet::KIND, key(StatefulSet::KIND, namespace, name))
             .filter(|e| e.observed != 0)
             .map(|e| e.ready)
     }
@@ -311,8 +299,7 @@ impl WatchCache {
         };
         let failed = inner.failed.get(kind).copied().unwrap_or(0);
         inner
-            .entries
-            .get(&key(kind, namespace, name))
+            .get(kind, key(kind, namespace, name))
             .is_some_and(|e| e.observed != 0 && trusted_stopping(e.stopping, failed, seconds()))
     }
 
@@ -322,7 +309,7 @@ impl WatchCache {
     /// watch has not seen stopping.
     pub fn still_stopping(&self, kind: &str, namespace: &str, name: &str) {
         if let Ok(mut inner) = self.inner.write()
-            && let Some(entry) = inner.entries.get_mut(&key(kind, namespace, name))
+            && let Some(entry) = inner.get_mut(kind, key(kind, namespace, name))
             && entry.observed != 0
             && entry.stopping != 0
         {
@@ -362,7 +349,7 @@ impl WatchCache {
             if let Some(seen) = inner.relisting.get_mut(kind) {
                 seen.insert(k);
             }
-            let entry = inner.entry(k, kind);
+            let entry = inner.entry(kind, k);
             if content != 0
                 && entry.content == content
                 && entry.observed != 0
@@ -378,14 +365,14 @@ impl WatchCache {
                 (true, 0) => seconds().saturating_add(1),
                 (true, since) => since,
             };
-            inner.own(k, owner);
+            inner.own(kind, k, owner);
         }
     }
 
     fn forget(&self, kind: &'static str, namespace: &str, name: &str) {
         if let Ok(mut inner) = self.inner.write() {
             let k = key(kind, namespace, name);
-            if let Some(entry) = inner.entries.remove(&k) {
+            if let Some(entry) = inner.tables.get_mut(kind).and_then(|t| t.remove(&k)) {
                 inner.disown(k, entry.owner);
             }
             if kind == Namespace::KIND {
@@ -405,15 +392,17 @@ impl WatchCache {
     fn relist_done(&self, kind: &'static str) {
         if let Ok(mut inner) = self.inner.write() {
             let seen = inner.relisting.remove(kind).unwrap_or_default();
-            let id = inner.kind_id(kind);
-            let gone: Vec<(u64, u64)> = inner
-                .entries
-                .iter()
-                .filter(|(k, e)| e.kind == id && !seen.contains(*k))
-                .map(|(k, e)| (*k, e.owner))
-                .collect();
+            let mut gone = Vec::new();
+            if let Some(table) = inner.tables.get_mut(kind) {
+                table.retain(|k, e| {
+                    let kept = seen.contains(k);
+                    if !kept {
+                        gone.push((*k, e.owner));
+                    }
+                    kept
+                });
+            }
             for (k, owner) in gone {
-                inner.entries.remove(&k);
                 inner.disown(k, owner);
             }
             inner.listed.insert(kind);
@@ -870,8 +859,8 @@ mod tests {
     #[test]
     fn an_entry_stays_small_and_a_stopping_mark_is_trusted_for_ten_minutes_or_until_its_watch_fails()
      {
-        // About 13 entries per Developer: 130,000 at 10,000 Developers.
-        assert!(std::mem::size_of::<Entry>() <= 56);
+        // About 7 entries per Developer: 72,000 at 1,000 x 10.
+        assert!(std::mem::size_of::<Entry>() <= 48);
         assert!(!super::trusted_stopping(0, 0, 5), "not seen stopping");
         assert!(
             super::trusted_stopping(1, 0, 0),
@@ -905,7 +894,12 @@ mod tests {
         let k = key("StatefulSet", "ns", "workspace-pat");
         cache.still_stopping("StatefulSet", "ns", "workspace-pat");
         assert!(
-            !cache.inner.read().expect("lock").entries.contains_key(&k),
+            cache
+                .inner
+                .read()
+                .expect("lock")
+                .get("StatefulSet", k)
+                .is_none(),
             "never seen: nothing to mark"
         );
         cache.observe("StatefulSet", "ns", "workspace-pat", seen(3, 1, 1, 0));
@@ -920,13 +914,18 @@ mod tests {
             .inner
             .write()
             .expect("lock")
-            .entries
-            .get_mut(&k)
+            .get_mut("StatefulSet", k)
             .expect("entry")
             .stopping = u32::MAX;
         let before = super::seconds();
         cache.still_stopping("StatefulSet", "ns", "workspace-pat");
-        let mark = cache.inner.read().expect("lock").entries[&k].stopping;
+        let mark = cache
+            .inner
+            .read()
+            .expect("lock")
+            .get("StatefulSet", k)
+            .map(|e| e.stopping);
+        let mark = mark.expect("entry");
         assert!(
             (before + 1..=super::seconds() + 1).contains(&mark),
             "marked as of now: {mark}"
