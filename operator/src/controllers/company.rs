@@ -715,16 +715,16 @@ async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Act
     }
     // The database and the file system per their deletion policies,
     // before anything else goes.
-    carry_out_data_policies(ctx, company, &build).await?;
-    // The company's Vault policy and role go; its secrets per policy.
-    let root = build.names.kv_company_root();
-    let removed = delete_tenant(ctx.vault.as_ref(), &build_company(&build), &root, false).await?;
-    if removed.contains(&Change::Deleted) {
-        let why = "the company controller's Vault role and policy removed with the Company";
-        ctx.audit(company, &name, "VaultPoliciesDeleted", why, true)
-            .await;
+    let mut status = carry_out_data_policies(ctx, company, &build).await?;
+    // The company's Vault policy and role go, its secrets per policy: once,
+    // like the data policies, so the passes that wait for the namespace
+    // neither read Vault nor claim again the ownership record the secrets
+    // policy has just removed (a write and a delete per retry otherwise).
+    if !carried_out(&status, "vault") {
+        remove_vault_data(ctx, company, &build).await?;
+        status.carried_out.push("vault".into());
+        write_status(ctx, company, &status).await?;
     }
-    delete_secrets(ctx, company, &build).await?;
     if ours {
         delete_namespace(ctx, company, &build).await?; // never one not ours
     }
@@ -732,22 +732,44 @@ async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Act
     Ok(Action::await_change())
 }
 
-/// The database's and the file system's deletion policies, each once: what
-/// was carried out is recorded in status, so the passes that follow (while
-/// the namespace goes) neither repeat it nor report it again.
-async fn carry_out_data_policies<B: Backends>(
+/// Whether the deletion step `what` was carried out and recorded in status.
+fn carried_out(status: &CompanyStatus, what: &str) -> bool {
+    status.carried_out.iter().any(|d| d == what)
+}
+
+/// The company's Vault role and policy, and its secrets per the secrets
+/// deletion policy.
+async fn remove_vault_data<B: Backends>(
     ctx: &Context<B>,
     company: &Company,
     build: &CompanyContext<'_>,
 ) -> Result<(), Error> {
+    let root = build.names.kv_company_root();
+    let removed = delete_tenant(ctx.vault.as_ref(), &build_company(build), &root, false).await?;
+    if removed.contains(&Change::Deleted) {
+        let why = "the company controller's Vault role and policy removed with the Company";
+        let name = build.names.company();
+        ctx.audit(company, name, "VaultPoliciesDeleted", why, true)
+            .await;
+    }
+    delete_secrets(ctx, company, build).await
+}
+
+/// The database's and the file system's deletion policies, each once: what
+/// was carried out is recorded in status (returned), so the passes that
+/// follow (while the namespace goes) neither repeat it nor report it again.
+async fn carry_out_data_policies<B: Backends>(
+    ctx: &Context<B>,
+    company: &Company,
+    build: &CompanyContext<'_>,
+) -> Result<CompanyStatus, Error> {
     let mut status = company.status.clone().unwrap_or_default();
-    let done = |status: &CompanyStatus, what: &str| status.carried_out.iter().any(|d| d == what);
-    if !done(&status, "database") {
+    if !carried_out(&status, "database") {
         delete_database(ctx, company, build).await?;
         status.carried_out.push("database".into());
         write_status(ctx, company, &status).await?;
     }
-    if !done(&status, "storage") {
+    if !carried_out(&status, "storage") {
         if let Some(why) = storage::cleanup_company(ctx, build).await? {
             let name = build.names.company();
             ctx.audit(company, name, "FileSystemDeletionPolicyApplied", &why, true)
@@ -756,7 +778,7 @@ async fn carry_out_data_policies<B: Backends>(
         status.carried_out.push("storage".into());
         write_status(ctx, company, &status).await?;
     }
-    Ok(())
+    Ok(status)
 }
 
 /// Whether the Company's namespace is not its own and its status records

@@ -381,8 +381,8 @@ pub struct CompanyStatus {
     /// The deletion policies in force (the storage default depends on its kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policies: Option<DeletionPolicies>,
-    /// During deletion: the deletion policies already carried out
-    /// (`database`, `storage`), so a later pass does not repeat them.
+    /// During deletion: the deletion steps already carried out
+    /// (`database`, `storage`, `vault`), so a later pass does not repeat them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carried_out: Vec<String>,
 }

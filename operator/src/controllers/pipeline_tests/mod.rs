@@ -631,12 +631,25 @@ async fn a_namespace_the_watch_saw_going_is_waited_for_without_a_read() {
     h.ctx.cache.saw_namespace_of("company-acme", "acme", &uid);
     h.ctx.cache.saw_stopping("Namespace", "", "company-acme");
     h.api.clear_requests();
+    h.vault.calls.lock().expect("calls").clear();
     for _ in 0..3 {
         let error = h.reconcile("acme").await.expect_err("waits");
         assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
         assert!(error.to_string().contains("to be deleted"), "{error}");
     }
     assert_eq!(reads(&h), 0, "its going ends the wait: nothing to read");
+    // Its Vault data went once, before the namespace was asked to go: the
+    // waiting passes neither read nor claim anything there again.
+    assert_eq!(
+        h.vault_calls(),
+        Vec::<String>::new(),
+        "no Vault call while waiting"
+    );
+    assert!(
+        h.writes().is_empty(),
+        "nothing written while waiting: {:?}",
+        h.writes()
+    );
     // Gone, as the watch then says: one read confirms it, and the
     // Company's finalizer goes.
     h.api.finish_namespaces();
