@@ -710,7 +710,18 @@ async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Act
     // its own directory and removes its Vault role while the company's
     // file system and namespace still exist.
     let ours = matches!(owner, NamespaceOwner::Ours);
-    if ours {
+    // Once the Vault data went (after the Developers were confirmed gone)
+    // and the namespace is seen going, only the namespace is waited for: a
+    // terminating namespace takes no new Developer and the namespace
+    // controller removes any left, so no LIST per retry meanwhile.
+    let only_namespace_left = company
+        .status
+        .as_ref()
+        .is_some_and(|s| carried_out(s, "vault"))
+        && ctx
+            .cache
+            .stopping(Namespace::KIND, "", build.names.namespace());
+    if ours && !only_namespace_left {
         delete_developers(ctx, &build).await?;
     }
     // The database and the file system per their deletion policies,

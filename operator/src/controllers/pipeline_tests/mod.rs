@@ -638,6 +638,11 @@ async fn a_namespace_the_watch_saw_going_is_waited_for_without_a_read() {
         assert!(error.to_string().contains("to be deleted"), "{error}");
     }
     assert_eq!(reads(&h), 0, "its going ends the wait: nothing to read");
+    assert_eq!(
+        h.api.requests(),
+        Vec::new(),
+        "no API request while waiting (its Developers were confirmed gone before)"
+    );
     // Its Vault data went once, before the namespace was asked to go: the
     // waiting passes neither read nor claim anything there again.
     assert_eq!(
