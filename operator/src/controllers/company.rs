@@ -717,25 +717,14 @@ async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Act
     let only_namespace_left = company
         .status
         .as_ref()
-        .is_some_and(|s| carried_out(s, "vault"))
+        .is_some_and(|s| carried_out(s, DeletionStep::Vault))
         && ctx
             .cache
             .stopping(Namespace::KIND, "", build.names.namespace());
     if ours && !only_namespace_left {
         delete_developers(ctx, &build).await?;
     }
-    // The database and the file system per their deletion policies,
-    // before anything else goes.
-    let mut status = carry_out_data_policies(ctx, company, &build).await?;
-    // The company's Vault policy and role go, its secrets per policy: once,
-    // like the data policies, so the passes that wait for the namespace
-    // neither read Vault nor claim again the ownership record the secrets
-    // policy has just removed (a write and a delete per retry otherwise).
-    if !carried_out(&status, "vault") {
-        remove_vault_data(ctx, company, &build).await?;
-        status.carried_out.push("vault".into());
-        write_status(ctx, company, &status).await?;
-    }
+    carry_out_deletion_steps(ctx, company, &build).await?;
     if ours {
         delete_namespace(ctx, company, &build).await?; // never one not ours
     }
@@ -743,9 +732,66 @@ async fn cleanup<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Act
     Ok(Action::await_change())
 }
 
-/// Whether the deletion step `what` was carried out and recorded in status.
-fn carried_out(status: &CompanyStatus, what: &str) -> bool {
-    status.carried_out.iter().any(|d| d == what)
+/// A step of a Company's deletion that reaches outside the cluster, carried
+/// out once and recorded in `status.carriedOut`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeletionStep {
+    /// The database, per its deletion policy.
+    Database,
+    /// The file system (or the company's storage), per its deletion policy.
+    Storage,
+    /// The company's Vault role and policy, its secrets per policy.
+    Vault,
+}
+
+impl DeletionStep {
+    /// In order: the data before the Vault role and policy that guard it.
+    const ALL: [Self; 3] = [Self::Database, Self::Storage, Self::Vault];
+
+    /// Its name in `status.carriedOut`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Storage => "storage",
+            Self::Vault => "vault",
+        }
+    }
+}
+
+/// Whether the deletion step was carried out and recorded in status.
+fn carried_out(status: &CompanyStatus, step: DeletionStep) -> bool {
+    status.carried_out.iter().any(|d| d == step.as_str())
+}
+
+/// The deletion steps not yet carried out, each recorded in status once
+/// done, so the passes that follow (while the namespace goes) neither repeat
+/// one nor report it again: no Vault read, and no new claim of the ownership
+/// record the secrets policy has just removed, per retry.
+async fn carry_out_deletion_steps<B: Backends>(
+    ctx: &Context<B>,
+    company: &Company,
+    build: &CompanyContext<'_>,
+) -> Result<(), Error> {
+    let mut status = company.status.clone().unwrap_or_default();
+    for step in DeletionStep::ALL {
+        if carried_out(&status, step) {
+            continue;
+        }
+        match step {
+            DeletionStep::Database => delete_database(ctx, company, build).await?,
+            DeletionStep::Storage => {
+                if let Some(why) = storage::cleanup_company(ctx, build).await? {
+                    let name = build.names.company();
+                    ctx.audit(company, name, "FileSystemDeletionPolicyApplied", &why, true)
+                        .await;
+                }
+            }
+            DeletionStep::Vault => remove_vault_data(ctx, company, build).await?,
+        }
+        status.carried_out.push(step.as_str().into());
+        write_status(ctx, company, &status).await?;
+    }
+    Ok(())
 }
 
 /// The company's Vault role and policy, and its secrets per the secrets
@@ -764,32 +810,6 @@ async fn remove_vault_data<B: Backends>(
             .await;
     }
     delete_secrets(ctx, company, build).await
-}
-
-/// The database's and the file system's deletion policies, each once: what
-/// was carried out is recorded in status (returned), so the passes that
-/// follow (while the namespace goes) neither repeat it nor report it again.
-async fn carry_out_data_policies<B: Backends>(
-    ctx: &Context<B>,
-    company: &Company,
-    build: &CompanyContext<'_>,
-) -> Result<CompanyStatus, Error> {
-    let mut status = company.status.clone().unwrap_or_default();
-    if !carried_out(&status, "database") {
-        delete_database(ctx, company, build).await?;
-        status.carried_out.push("database".into());
-        write_status(ctx, company, &status).await?;
-    }
-    if !carried_out(&status, "storage") {
-        if let Some(why) = storage::cleanup_company(ctx, build).await? {
-            let name = build.names.company();
-            ctx.audit(company, name, "FileSystemDeletionPolicyApplied", &why, true)
-                .await;
-        }
-        status.carried_out.push("storage".into());
-        write_status(ctx, company, &status).await?;
-    }
-    Ok(status)
 }
 
 /// Whether the Company's namespace is not its own and its status records
