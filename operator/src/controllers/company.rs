@@ -862,7 +862,7 @@ async fn delete_developers<B: Backends>(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Waiting(format!(
+    Err(Error::WaitingWatched(format!(
         "{} Developer(s) of Company {name} to be removed first",
         remaining.len()
     )))
@@ -962,7 +962,7 @@ async fn delete_namespace<B: Backends>(
     build: &CompanyContext<'_>,
 ) -> Result<(), Error> {
     let (name, namespace) = (build.names.company(), build.names.namespace());
-    let waiting = || Error::Waiting(format!("namespace {namespace} to be deleted"));
+    let waiting = || Error::WaitingWatched(format!("namespace {namespace} to be deleted"));
     // Seen going (the namespace controller empties it first, which takes a
     // while at scale): nothing to read on every retry meanwhile.
     if ctx.cache.stopping(Namespace::KIND, "", namespace) {

@@ -350,7 +350,7 @@ async fn stop_workspace<B: Backends>(
     let names =
         CompanyNames::new(company, None).developer(&developer.name_any(), &developer.spec.subject);
     let waiting = || {
-        Error::Waiting(format!(
+        Error::WaitingWatched(format!(
             "workspace {} of Developer {} to stop",
             names.workspace(),
             developer.name_any()

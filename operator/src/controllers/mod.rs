@@ -365,9 +365,15 @@ pub enum Error {
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// Deletion waits for something in the cluster (the namespace to go).
+    /// Deletion waits for something in the cluster that no watch of the
+    /// operator reports done (a pod to stop, a RoleBinding to come back).
     #[error("waiting: {0}")]
     Waiting(String),
+    /// Deletion waits for something a watch reports done, which wakes the
+    /// reconcile (its Developers gone, its namespace gone, a workspace
+    /// StatefulSet stopped, a storage Job finished).
+    #[error("waiting: {0}")]
+    WaitingWatched(String),
     /// A cloud resource (an RDS instance, a file system) is being created
     /// or deleted.
     #[error("waiting: {0}")]
@@ -425,7 +431,7 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Finalizer(_) => "finalizer",
             step if step.retry_after().is_some() => "aws-deferred",
-            Self::Waiting(_) | Self::CloudInProgress(_) => "waiting",
+            Self::Waiting(_) | Self::WaitingWatched(_) | Self::CloudInProgress(_) => "waiting",
             Self::Vault(_) => "vault",
             Self::Database(_) => "database",
             Self::Storage(_) => "storage",
@@ -441,7 +447,7 @@ impl Error {
         match self.step() {
             Self::Kube(_) => "KubernetesRequestFailed",
             Self::Finalizer(_) => "FinalizerFailed",
-            Self::Waiting(_) | Self::CloudInProgress(_) => "Waiting",
+            Self::Waiting(_) | Self::WaitingWatched(_) | Self::CloudInProgress(_) => "Waiting",
             Self::Vault(_) => "VaultFailed",
             Self::Database(_) => "DatabaseFailed",
             Self::Storage(_) => "StorageFailed",
@@ -468,6 +474,7 @@ impl Error {
             // An orphaned pod waits for a person, but their deleting it
             // wakes nothing: look again as for a pod that is stopping.
             Self::Waiting(_) | Self::WorkspaceOrphaned { .. } => RetryClass::Waiting,
+            Self::WaitingWatched(_) => RetryClass::Watched,
             Self::CloudInProgress(_) => RetryClass::Polling,
             step if step.retry_after().is_some() => RetryClass::Deferred,
             Self::DeletionProtected(_) | Self::StorageCleanup(_) | Self::InvalidSpec(_) => {
@@ -536,6 +543,10 @@ pub(crate) fn finalized(
 pub enum RetryClass {
     /// Something in the cluster is still in progress: look again shortly.
     Waiting,
+    /// Something in the cluster is still in progress and a watch wakes the
+    /// reconcile when it is done: the retry only guards against a missed
+    /// event.
+    Watched,
     /// A cloud resource is being created or deleted: poll, more slowly
     /// the longer it takes.
     Polling,
@@ -556,6 +567,7 @@ impl RetryClass {
     pub fn label(self) -> &'static str {
         match self {
             Self::Waiting => "waiting",
+            Self::Watched => "watched",
             Self::Polling => "polling",
             Self::Transient => "transient",
             Self::Throttled => "throttled",
@@ -575,10 +587,15 @@ pub fn retry_delay(class: RetryClass, failures: u32) -> Duration {
         Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
     };
     match class {
-        // What deletion waits for (Developers, a workspace, a namespace, a
-        // Job) is watched and wakes it as soon as it is done; the retry only
-        // guards against a missed event, so it backs off to 30 s.
+        // A wait no watch ends (a pod to stop, a RoleBinding restored by
+        // the Company) is looked at again within 30 s.
         RetryClass::Waiting => exponential(1_000, 30_000),
+        // What deletion waits for through a watch (Developers, a workspace,
+        // a namespace, a Job) wakes it as soon as it is done; the retry only
+        // guards against a missed event, so it backs off to 5 minutes. At
+        // 1,000 x 10 the garbage collector and the namespace controller
+        // take half an hour, and a 30 s ceiling was 61 retries per Developer.
+        RetryClass::Watched => exponential(1_000, 300_000),
         // An RDS instance or a file system takes minutes to create or
         // delete: polls slow down the longer it takes (one Describe per
         // resource every 10-20 s at most, well inside the AWS call budget
@@ -613,7 +630,10 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Waiting for something in progress is counted apart: it is not a
         // failure that should lengthen the backoff of a real one.
-        let counter = if matches!(class, RetryClass::Waiting | RetryClass::Polling) {
+        let counter = if matches!(
+            class,
+            RetryClass::Waiting | RetryClass::Watched | RetryClass::Polling
+        ) {
             waiting_key(&key)
         } else {
             key.clone()
@@ -625,7 +645,11 @@ where
     let delay = retry_delay(class, failures);
     // An orphaned workspace pod waits like a stopping one, but for a person.
     let for_a_person = matches!(error.step(), Error::WorkspaceOrphaned { .. });
-    if matches!(class, RetryClass::Waiting | RetryClass::Polling) && !for_a_person {
+    if matches!(
+        class,
+        RetryClass::Waiting | RetryClass::Watched | RetryClass::Polling
+    ) && !for_a_person
+    {
         tracing::info!(object = %key, %error, retry_in = ?delay, "waiting");
     } else {
         tracing::warn!(object = %key, category = error.category(), ?class, failures, retry_in = ?delay, %error, "reconcile failed");
@@ -740,6 +764,9 @@ mod tests {
         assert!(retry_delay(RetryClass::Waiting, 1) <= Duration::from_secs(1));
         let later = retry_delay(RetryClass::Waiting, 30);
         assert!((Duration::from_secs(15)..=Duration::from_secs(30)).contains(&later));
+        assert!(retry_delay(RetryClass::Watched, 1) <= Duration::from_secs(1));
+        let later = retry_delay(RetryClass::Watched, 30);
+        assert!((Duration::from_secs(150)..=Duration::from_mins(5)).contains(&later));
         let polls: Vec<Duration> = (1..=8)
             .map(|n| retry_delay(RetryClass::Polling, n))
             .collect();

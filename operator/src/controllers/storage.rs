@@ -473,7 +473,7 @@ pub async fn cleanup_developer<B: Backends>(
                 match run_job(ctx, &job).await? {
                     JobOutcome::Succeeded => {}
                     JobOutcome::Running => {
-                        return Err(Error::Waiting(format!(
+                        return Err(Error::WaitingWatched(format!(
                             "Job {} to {} the directory of Developer {developer}",
                             job.name_any(),
                             action.map_or("", PrepAction::as_arg)

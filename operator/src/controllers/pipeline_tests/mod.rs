@@ -575,7 +575,7 @@ async fn deletion_removes_vault_the_database_and_the_namespace_then_the_finalize
     assert!(
         polls
             .iter()
-            .all(|c| matches!(c, RetryClass::Polling | RetryClass::Waiting)),
+            .all(|c| matches!(c, RetryClass::Polling | RetryClass::Watched)),
         "the deletion only waits: {outcomes:?}"
     );
     assert!(
@@ -634,7 +634,7 @@ async fn a_namespace_the_watch_saw_going_is_waited_for_without_a_read() {
     h.vault.calls.lock().expect("calls").clear();
     for _ in 0..3 {
         let error = h.reconcile("acme").await.expect_err("waits");
-        assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
+        assert_eq!(error.retry_class(), RetryClass::Watched, "{error}");
         assert!(error.to_string().contains("to be deleted"), "{error}");
     }
     assert_eq!(reads(&h), 0, "its going ends the wait: nothing to read");
@@ -712,7 +712,7 @@ async fn a_company_deletion_waits_for_its_developers_through_the_watch_and_lists
         .await;
     assert_eq!(
         retry_class(&outcome),
-        Some(RetryClass::Waiting),
+        Some(RetryClass::Watched),
         "{outcome:?}"
     );
     assert_eq!(
@@ -764,7 +764,7 @@ async fn a_developer_the_watch_has_not_seen_yet_is_found_by_the_confirming_list(
     let outcome = h.delete_company_watching(&[]).await;
     assert_eq!(
         retry_class(&outcome),
-        Some(RetryClass::Waiting),
+        Some(RetryClass::Watched),
         "{outcome:?}"
     );
     assert_eq!(
@@ -840,12 +840,13 @@ impl Harness {
     }
 
     /// Reconciles Developer `name`, being deleted, which must wait for its
-    /// workspace (StatefulSet or pod) to stop.
-    async fn waits_for_its_workspace(&self, name: &str) {
+    /// workspace (StatefulSet or pod) to stop: a StatefulSet's going wakes
+    /// it through the watch, a pod's does not.
+    async fn waits_for_its_workspace(&self, name: &str, class: RetryClass) {
         let error = reconcile_developer(self.developer(name), Arc::clone(&self.ctx))
             .await
             .expect_err("waits for its workspace to go");
-        assert_eq!(error.retry_class(), RetryClass::Waiting, "{error}");
+        assert_eq!(error.retry_class(), class, "{error}");
         assert!(error.to_string().contains("to stop"), "{error}");
     }
 
@@ -1545,7 +1546,7 @@ async fn a_workspace_the_watch_saw_stopping_is_waited_for_without_a_read() {
         .saw_stopping("StatefulSet", "company-acme", &set_name);
     h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
     h.api.clear_requests();
-    h.waits_for_its_workspace("bob").await;
+    h.waits_for_its_workspace("bob", RetryClass::Watched).await;
     assert_eq!(
         h.methods(SETS),
         Vec::<Method>::new(),
@@ -1574,7 +1575,7 @@ async fn a_failed_watch_ends_the_trust_in_a_stopping_workspace_and_a_read_renews
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     h.api.clear_requests();
     for (pass, reads) in [("first", vec![Method::GET]), ("second", vec![])] {
-        h.waits_for_its_workspace("bob").await;
+        h.waits_for_its_workspace("bob", RetryClass::Watched).await;
         assert_eq!(
             h.methods(SETS),
             reads,
@@ -1607,8 +1608,8 @@ async fn a_workspace_pod_that_outlives_its_statefulset_holds_the_cleanup() {
     );
     h.api.mark_deleted(&format!("{DEVELOPERS}/bob"));
     h.api.clear_requests();
-    // Waits for the garbage collector.
-    h.waits_for_its_workspace("bob").await;
+    // Waits for the garbage collector (no watch of pods wakes it).
+    h.waits_for_its_workspace("bob", RetryClass::Waiting).await;
     // Orphaned (`--cascade=orphan`): nothing will delete it; a person must.
     h.api.insert(&pod_path, pod(json!([])));
     let error = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx))
@@ -1709,7 +1710,7 @@ async fn a_deleted_developer_stops_its_workspace_before_anything_else_goes() {
     let outcome = reconcile_developer(h.developer("bob"), Arc::clone(&h.ctx)).await;
     let error = outcome.expect_err("waits for the pod");
     assert!(error.to_string().contains("to stop"), "{error}");
-    assert_eq!(error.retry_class(), RetryClass::Waiting);
+    assert_eq!(error.retry_class(), RetryClass::Watched, "{error}");
     assert!(
         h.api.get(&set_path).expect("terminating")["metadata"]["deletionTimestamp"].is_string()
     );
