@@ -28,7 +28,7 @@ use kube::{
 };
 
 use super::{
-    Backends, Context, Error, apply_status,
+    Backends, Context, Error, WATCHED_FALLBACK, apply_status,
     conditions::{reasons, set, set_outcome, set_ready},
     lean::Lean,
     prune::{Owner, prune},
@@ -107,13 +107,6 @@ async fn write_status<B: Backends>(
     );
     Ok(apply_status(&api, &developer.name_any(), &status).await?)
 }
-
-/// How soon work that a watch wakes (its Company's readiness, its
-/// StatefulSet's ready replica, its storage Job) is looked at anyway: only
-/// a guard against a missed event, which a watch's relist reports. At
-/// 1,000 × 10 a Developer can wait minutes for its Company or its pod, and
-/// a shorter guard would reconcile it again for nothing.
-pub(super) const WATCHED_FALLBACK: Duration = Duration::from_mins(5);
 
 /// Whether the Company's namespace and Vault are in place, which every
 /// Developer step builds on.

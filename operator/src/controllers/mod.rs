@@ -577,36 +577,44 @@ impl RetryClass {
     }
 }
 
+/// How soon work that a watch wakes (a Company's readiness, a
+/// StatefulSet's ready replica, a storage Job, Developers or a namespace
+/// going) is looked at anyway: only a guard against a missed event, which a
+/// watch's relist reports. At 1,000 × 10 a Developer can wait minutes for
+/// its Company or its pod, and the garbage collector and the namespace
+/// controller take half an hour to delete everything: a shorter guard
+/// reconciles the waiting objects again for nothing.
+pub(crate) const WATCHED_FALLBACK: Duration = Duration::from_mins(5);
+
 /// The delay before retry number `failures` (1-based) of `class`.
 pub fn retry_delay(class: RetryClass, failures: u32) -> Duration {
-    let exponential = |base_ms: u64, cap_ms: u64| {
-        let ms = base_ms
+    let exponential = |base: Duration, cap: Duration| {
+        let ceiling = base
             .saturating_mul(1 << failures.saturating_sub(1).min(16))
-            .min(cap_ms);
+            .min(cap);
         // Full jitter in the upper half: spread retries of many objects.
-        Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
+        ceiling / 2 + ceiling.mul_f64(rand::random_range(0.0..=0.5))
     };
+    let second = Duration::from_secs(1);
     match class {
         // A wait no watch ends (a pod to stop, a RoleBinding restored by
         // the Company) is looked at again within 30 s.
-        RetryClass::Waiting => exponential(1_000, 30_000),
-        // What deletion waits for through a watch (Developers, a workspace,
-        // a namespace, a Job) wakes it as soon as it is done; the retry only
-        // guards against a missed event, so it backs off to 5 minutes. At
-        // 1,000 x 10 the garbage collector and the namespace controller
-        // take half an hour, and a 30 s ceiling was 61 retries per Developer.
-        RetryClass::Watched => exponential(1_000, 300_000),
+        RetryClass::Waiting => exponential(second, Duration::from_secs(30)),
+        // What a watch ends wakes it as soon as it is done; the retry backs
+        // off to the missed-event guard (a 30 s ceiling was 61 retries per
+        // Developer during a deletion at 1,000 x 10).
+        RetryClass::Watched => exponential(second, WATCHED_FALLBACK),
         // An RDS instance or a file system takes minutes to create or
         // delete: polls slow down the longer it takes (one Describe per
         // resource every 10-20 s at most, well inside the AWS call budget
         // even for dozens of tenants at once).
-        RetryClass::Polling => exponential(2_000, 20_000),
-        RetryClass::Transient => exponential(500, 300_000),
-        RetryClass::Throttled => exponential(5_000, 600_000),
+        RetryClass::Polling => exponential(2 * second, Duration::from_secs(20)),
+        RetryClass::Transient => exponential(second / 2, Duration::from_mins(5)),
+        RetryClass::Throttled => exponential(5 * second, Duration::from_mins(10)),
         RetryClass::NeedsPerson => Duration::from_mins(5),
         // The error carries its own time (`Error::retry_after`); this is
         // the fallback.
-        RetryClass::Deferred => exponential(1_000, 10_000),
+        RetryClass::Deferred => exponential(second, Duration::from_secs(10)),
     }
 }
 

@@ -329,7 +329,7 @@ pub async fn ensure_developer<B: Backends>(
             "waiting for the company's file system",
             generation,
         );
-        return Ok(Some(super::developer::WATCHED_FALLBACK));
+        return Ok(Some(super::WATCHED_FALLBACK));
     }
     let volume_name = volume.as_ref().map(kube::ResourceExt::name_any);
     if let Some(volume) = volume {
@@ -381,7 +381,7 @@ async fn prepare_directory<B: Backends>(
                 ctx.config.operator_namespace,
                 job.name_any()
             ),
-            Some(super::developer::WATCHED_FALLBACK),
+            Some(super::WATCHED_FALLBACK),
         ),
         JobOutcome::Failed(why) => (
             Some(false),
