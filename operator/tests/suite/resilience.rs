@@ -94,17 +94,24 @@ async fn tenant_volumes(h: &Harness, name: &str) -> Vec<PersistentVolume> {
         .collect()
 }
 
-/// Waits (30 s at most) until no volume of tenant `name` is being
-/// deleted: a deleted volume goes only once the volume-protection
-/// controller sees its claim gone, which may be after the Company. A
-/// volume nobody deleted is still counted as left behind.
+/// Waits (90 s at most) until no volume of tenant `name` is going: being
+/// deleted (it goes once the volume controller has released it from its
+/// claim and the volume-protection controller sees that, which may be
+/// after the Company: three controllers, one of which resyncs every 15 s),
+/// or released with reclaim policy Delete (its provisioner deletes it
+/// next). A volume nobody deleted is still counted as left behind.
 async fn volumes_deleted(h: &Harness, name: &str) {
-    for _ in 0..60 {
-        let volumes = tenant_volumes(h, name).await;
-        if volumes
-            .iter()
-            .all(|v| v.metadata.deletion_timestamp.is_none())
-        {
+    let going = |v: &PersistentVolume| {
+        let released = v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+        let reclaimed = v
+            .spec
+            .as_ref()
+            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+            == Some("Delete");
+        v.metadata.deletion_timestamp.is_some() || (released && reclaimed)
+    };
+    for _ in 0..180 {
+        if !tenant_volumes(h, name).await.iter().any(going) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -288,6 +295,20 @@ async fn crash_campaign_converges_with_no_orphans_duplicates_or_broken_credentia
         if left != Footprint::default() {
             orphans += 1;
             eprintln!("run {run}: left behind {left:?}");
+            for v in tenant_volumes(&h, &name).await {
+                eprintln!(
+                    "run {run}: volume {} created at {:?} phase {:?} deleted at {:?} finalizers {:?} claim {:?}",
+                    v.name_any(),
+                    v.metadata.creation_timestamp,
+                    v.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    v.metadata.deletion_timestamp,
+                    v.metadata.finalizers,
+                    v.spec
+                        .as_ref()
+                        .and_then(|s| s.claim_ref.as_ref())
+                        .map(|c| (&c.namespace, &c.name)),
+                );
+            }
         }
     }
     println!(
