@@ -563,6 +563,12 @@ pub enum RetryClass {
 }
 
 impl RetryClass {
+    /// Whether it waits for something in progress rather than retrying a
+    /// failure: counted apart from failures and logged as information.
+    pub fn is_wait(self) -> bool {
+        matches!(self, Self::Waiting | Self::Watched | Self::Polling)
+    }
+
     /// The class as a metrics label.
     pub fn label(self) -> &'static str {
         match self {
@@ -638,10 +644,7 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Waiting for something in progress is counted apart: it is not a
         // failure that should lengthen the backoff of a real one.
-        let counter = if matches!(
-            class,
-            RetryClass::Waiting | RetryClass::Watched | RetryClass::Polling
-        ) {
+        let counter = if class.is_wait() {
             waiting_key(&key)
         } else {
             key.clone()
@@ -653,11 +656,7 @@ where
     let delay = retry_delay(class, failures);
     // An orphaned workspace pod waits like a stopping one, but for a person.
     let for_a_person = matches!(error.step(), Error::WorkspaceOrphaned { .. });
-    if matches!(
-        class,
-        RetryClass::Waiting | RetryClass::Watched | RetryClass::Polling
-    ) && !for_a_person
-    {
+    if class.is_wait() && !for_a_person {
         tracing::info!(object = %key, %error, retry_in = ?delay, "waiting");
     } else {
         tracing::warn!(object = %key, category = error.category(), ?class, failures, retry_in = ?delay, %error, "reconcile failed");
