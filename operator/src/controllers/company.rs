@@ -177,7 +177,7 @@ async fn apply<B: Backends>(company: &Company, ctx: &Context<B>) -> Result<Actio
     // this reconcile (a database endpoint, a credentials version): new
     // facts mean building again now. The Company's own status writes do
     // not wake it (the watch passes spec and metadata changes only).
-    let next = outcome.next(ctx.resync())?;
+    let next = outcome.next()?;
     if crate::builders::Observed::recorded(Some(&status))
         != crate::builders::Observed::recorded(company.status.as_ref())
     {
@@ -236,8 +236,8 @@ impl Outcome {
     /// The first failed step as the reconcile's error, before a cloud
     /// resource still being created (polled ever more slowly by the error
     /// policy); otherwise unfinished work is looked at again soon, a
-    /// converged tenant at the resync interval.
-    fn next(self, resync: Duration) -> Result<Action, Error> {
+    /// converged tenant at the periodic resync (or at a change).
+    fn next(self) -> Result<Action, Error> {
         let database = match self.database {
             Ok(true) => Ok(None),
             Ok(false) => Err(Error::CloudInProgress(
@@ -259,7 +259,7 @@ impl Outcome {
         if let Some(e) = in_progress {
             return Err(e);
         }
-        Ok(Action::requeue(retry.unwrap_or(resync)))
+        Ok(retry.map_or_else(Action::await_change, Action::requeue))
     }
 }
 
@@ -1008,8 +1008,6 @@ mod tests {
         })
     }
 
-    const RESYNC: Duration = Duration::from_mins(10);
-
     #[test]
     fn a_failed_step_goes_up_before_a_cloud_resource_in_progress() {
         let outcome = Outcome {
@@ -1018,18 +1016,18 @@ mod tests {
             storage: Err(conflict()),
         };
         assert_eq!(outcome.pending(&[]), ["the database", "storage"]);
-        let error = outcome.next(RESYNC).unwrap_err();
+        let error = outcome.next().unwrap_err();
         assert_eq!(error.retry_class(), RetryClass::NeedsPerson, "{error}");
     }
 
     #[test]
-    fn a_database_in_progress_is_polled_and_a_converged_tenant_waits_for_the_resync() {
+    fn a_database_in_progress_is_polled_and_a_converged_tenant_waits_for_a_change_or_the_resync() {
         let creating = Outcome {
             vault: Ok(()),
             database: Ok(false),
             storage: Ok(None),
         };
-        let error = creating.next(RESYNC).unwrap_err();
+        let error = creating.next().unwrap_err();
         assert_eq!(error.retry_class(), RetryClass::Polling);
         assert!(error.to_string().contains("DatabaseReady"), "{error}");
 
@@ -1039,7 +1037,7 @@ mod tests {
             storage: Ok(Some(Duration::from_secs(2))),
         };
         assert_eq!(
-            recording.next(RESYNC).unwrap(),
+            recording.next().unwrap(),
             Action::requeue(Duration::from_secs(2))
         );
         let converged = Outcome {
@@ -1048,7 +1046,7 @@ mod tests {
             storage: Ok(None),
         };
         assert!(converged.pending(&[]).is_empty() && converged.converged());
-        assert_eq!(converged.next(RESYNC).unwrap(), Action::requeue(RESYNC));
+        assert_eq!(converged.next().unwrap(), Action::await_change());
     }
 
     #[test]
@@ -1059,6 +1057,6 @@ mod tests {
             storage: Ok(None),
         };
         assert_eq!(outcome.pending(&[]), ["Vault"]);
-        assert!(matches!(outcome.next(RESYNC), Err(Error::InvalidSpec(_))));
+        assert!(matches!(outcome.next(), Err(Error::InvalidSpec(_))));
     }
 }

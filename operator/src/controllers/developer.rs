@@ -609,7 +609,7 @@ async fn apply<B: Backends>(developer: Arc<Developer>, ctx: &Context<B>) -> Resu
     vault?;
     // Unfinished work is woken by its watches (the StatefulSet, the Job,
     // the Company); the requeue only guards against a missed event. A
-    // converged Developer is looked at again at the resync interval.
+    // converged Developer waits for a change, or for the periodic resync.
     let workspace_ready = super::conditions::is_true(&status.conditions, "WorkspaceReady");
     let retry = [
         storage_retry,
@@ -618,7 +618,7 @@ async fn apply<B: Backends>(developer: Arc<Developer>, ctx: &Context<B>) -> Resu
     .into_iter()
     .flatten()
     .min();
-    Ok(retry.map_or_else(|| Action::requeue(ctx.resync()), Action::requeue))
+    Ok(retry.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Refuses what only the Company can allow (an image outside its

@@ -92,11 +92,13 @@ pub struct Context<B: Backends = Real> {
     pub allocation: Allocation,
     /// Metrics and readiness.
     pub health: Arc<http::Health>,
-    /// Objects pruned since start (see [`Context::pruned_since_start`]).
-    pub pruned: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Objects pruned since start (see [`Context::pruned_since_start`]),
+    /// by [`hash_of`] their key: one per object, so no copy of its name.
+    pub pruned: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// When each object's external resources were last all as desired
-    /// (memory only: after a start everything is checked once).
-    pub checked: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// (memory only: after a start everything is checked once), by
+    /// [`hash_of`] its key.
+    pub checked: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
     /// Audit lines and Events.
     pub audit: audit::Audit,
     /// Consecutive failures per object, for the backoff (memory only: a
@@ -137,12 +139,18 @@ impl Default for Allocation {
     }
 }
 
+/// A 64-bit hash of `value`, stable within the process: what the
+/// operator's per-object memory keeps instead of copies of names (at 10,000
+/// Developers a key's strings cost more than the entry; two keys sharing a
+/// hash is a chance of about one in 10^11).
+pub(crate) fn hash_of(value: &(impl std::hash::Hash + ?Sized)) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(value)
+}
+
 impl Allocation {
     fn pair(key: &str, uid: i64) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (key, uid).hash(&mut hasher);
-        hasher.finish()
+        hash_of(&(key, uid))
     }
 
     /// Whether the record of person `key` was seen to hold `uid`.
@@ -163,11 +171,8 @@ impl Allocation {
 impl<B: Backends> Context<B> {
     /// The lock that serialises uid/gid allocation in `namespace`.
     pub fn allocation_lock(&self, namespace: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        namespace.hash(&mut hasher);
         let stripes = &self.allocation.stripes;
-        let index = usize::try_from(hasher.finish() % stripes.len() as u64).unwrap_or(0);
+        let index = usize::try_from(hash_of(namespace) % stripes.len() as u64).unwrap_or(0);
         &stripes[index]
     }
 
@@ -184,11 +189,11 @@ impl<B: Backends> Context<B> {
     /// Whether `key`'s external resources were all checked within half
     /// the resync interval (so the periodic resync always checks them).
     pub fn checked_recently(&self, key: &str) -> bool {
-        let half = Duration::from_secs(self.config.controller.resync_seconds.max(1)) / 2;
+        let half = self.resync_interval() / 2;
         self.checked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
+            .get(&hash_of(key))
             .is_some_and(|at| at.elapsed() < half)
     }
 
@@ -215,7 +220,7 @@ impl<B: Backends> Context<B> {
         self.checked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key.to_owned(), std::time::Instant::now());
+            .insert(hash_of(key), std::time::Instant::now());
     }
 
     /// Whether `key`'s children were pruned since this process started
@@ -226,7 +231,7 @@ impl<B: Backends> Context<B> {
             .pruned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key.to_owned())
+            .insert(hash_of(key))
     }
 
     /// Applies `object` (server-side apply), counted in the metrics.
@@ -314,13 +319,10 @@ impl<B: Backends> Context<B> {
             .await;
     }
 
-    /// When a converged object is checked for drift again: the configured
-    /// interval with ±10 % jitter.
-    pub fn resync(&self) -> Duration {
-        let base = self.config.controller.resync_seconds.max(1) * 1000;
-        let spread = base / 10;
-        let jitter = rand::random_range(0..=2 * spread);
-        Duration::from_millis(base - spread + jitter)
+    /// How often a converged object is checked for drift again (each
+    /// object once per interval, spread over it: see the runner).
+    pub fn resync_interval(&self) -> Duration {
+        Duration::from_secs(self.config.controller.resync_seconds.max(1))
     }
 }
 

@@ -17,7 +17,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource as _, ResourceExt,
     runtime::{
-        Controller, Predicate, PredicateConfig, WatchStreamExt,
+        Controller, Predicate, WatchStreamExt,
         controller::{self, Action},
         predicates,
         reflector::{self, ObjectRef, reflector},
@@ -159,18 +159,55 @@ where
         + Sync
         + 'static,
 {
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(unread_dropped)
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation
-                .combine(predicates::annotations)
-                .combine(predicates::labels)
-                .combine(|o: &K| Some(u64::from(o.meta().deletion_timestamp.is_some()))),
-            PredicateConfig::default(),
-        )
+    changed(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(unread_dropped)
+            .reflect(writer)
+            .applied_objects(),
+        predicates::generation
+            .combine(predicates::annotations)
+            .combine(predicates::labels)
+            .combine(|o: &K| Some(u64::from(o.meta().deletion_timestamp.is_some()))),
+    )
+}
+
+/// How long [`changed`] remembers an object it has not seen since: an
+/// object seen again after that passes (as with kube's predicate filter).
+const CHANGED_TTL: Duration = Duration::from_hours(1);
+
+/// The objects of `stream` whose `predicate` value changed since it last
+/// passed one of them (the first sight of each passes; so does every object
+/// the predicate has no value for). kube's `predicate_filter` does the
+/// same, but keys its memory by copies of each object's name, namespace and
+/// uid: about 200 bytes per object, here 32 (a hash of them).
+fn changed<K, P>(
+    stream: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    predicate: P,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Send + 'static,
+    P: Predicate<K> + Send + 'static,
+{
+    let mut seen: HashMap<u64, (u64, Instant)> = HashMap::new();
+    let mut evicted = Instant::now();
+    stream.filter(move |item| {
+        let pass = match item {
+            Ok(object) => predicate.hash_property(object).is_none_or(|value| {
+                let now = Instant::now();
+                if now.duration_since(evicted) >= CHANGED_TTL {
+                    seen.retain(|_, (_, at)| now.duration_since(*at) < CHANGED_TTL);
+                    evicted = now;
+                }
+                let meta = object.meta();
+                let key = super::hash_of(&(&meta.namespace, &meta.name, &meta.uid));
+                seen.insert(key, (value, now))
+                    .is_none_or(|(last, at)| last != value || now.duration_since(at) >= CHANGED_TTL)
+            }),
+            Err(_) => true,
+        };
+        futures::future::ready(pass)
+    })
 }
 
 /// Drops from an object kept in a store what no reconcile reads: at
@@ -306,6 +343,7 @@ async fn company_controller(client: Client, config: controller::Config, ctx: Arc
     // A Developer added, going or gone changes its Company (its count, its
     // cleanup); its spec and status patches do not, and are not passed on.
     let known_companies = controller.store();
+    let (resync_store, resync_every) = (controller.store(), ctx.resync_interval());
     let settled = Arc::clone(&ctx);
     let developers = triggers::membership_changes(
         watcher::watcher(
@@ -341,6 +379,7 @@ async fn company_controller(client: Client, config: controller::Config, ctx: Arc
             },
         )
         .reconcile_all_on(resync_signal(Arc::clone(&settled)))
+        .reconcile_on(periodic_resync(resync_store, resync_every))
         .shutdown_on_signal()
         .run(reconcile_company, error_policy, ctx)
         .for_each(|result| {
@@ -368,20 +407,20 @@ async fn developer_controller(
     // storage becoming ready, its spec) reaches them at once; its other
     // status patches do not.
     let known = controller.store();
+    let (resync_store, resync_every) = (controller.store(), ctx.resync_interval());
     let settled = Arc::clone(&ctx);
     let companies = ctx.companies.clone();
-    let company_events = reflector(
-        writer,
-        watcher(
-            Api::<Company>::all(client.clone()),
-            watcher::Config::default(),
+    let company_events = changed(
+        reflector(
+            writer,
+            watcher(
+                Api::<Company>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .modify(unread_dropped),
         )
-        .modify(unread_dropped),
-    )
-    .touched_objects()
-    .predicate_filter(
+        .touched_objects(),
         |c: &Company| Some(triggers::company_view(c)),
-        PredicateConfig::default(),
     );
     let operator_namespace = ctx.config.operator_namespace.clone();
     controller
@@ -411,6 +450,7 @@ async fn developer_controller(
             move |job| triggers::developer_of_job(job.labels(), &companies),
         )
         .reconcile_all_on(resync_signal(Arc::clone(&settled)))
+        .reconcile_on(periodic_resync(resync_store, resync_every))
         .shutdown_on_signal()
         .run(reconcile_developer, error_policy, ctx)
         .for_each(|result| {
@@ -465,6 +505,52 @@ async fn sample_backend_counters(ctx: Arc<Context>) {
         vault = now;
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+}
+
+/// In how many slices [`periodic_resync`] spreads one resync interval (at
+/// most: a slice lasts at least [`RESYNC_SLICE_MIN`]).
+const RESYNC_SLOTS: u32 = 60;
+
+/// The shortest slice of [`periodic_resync`]: a short interval (a test's)
+/// is cut in fewer slices rather than shorter ones.
+const RESYNC_SLICE_MIN: Duration = Duration::from_millis(100);
+
+/// Every object of `store` once per `every`, spread evenly over it (each
+/// in the slice its uid hashes to): the periodic resync of converged
+/// objects. A per-object requeue would do the same, at the price of an
+/// entry in the controller's scheduler per object (about 770 bytes: two
+/// copies of its reference, four strings each) for as long as it is
+/// converged.
+fn periodic_resync<K>(
+    store: reflector::Store<K>,
+    every: Duration,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let slots = u32::try_from(every.as_millis() / RESYNC_SLICE_MIN.as_millis())
+        .unwrap_or(u32::MAX)
+        .clamp(1, RESYNC_SLOTS);
+    let tick = every / slots;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    futures::stream::unfold((ticks, 0), move |(mut ticks, slot)| {
+        let store = store.clone();
+        async move {
+            ticks.tick().await;
+            let due: Vec<ObjectRef<K>> = store
+                .state()
+                .iter()
+                .filter(|o| super::hash_of(&o.meta().uid) % u64::from(slots) == slot)
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect();
+            Some((
+                futures::stream::iter(due),
+                (ticks, (slot + 1) % u64::from(slots)),
+            ))
+        }
+    })
+    .flatten()
 }
 
 /// Yields on each SIGHUP: every object is reconciled at once, as when its
@@ -750,5 +836,102 @@ mod tests {
         .collect()
         .await;
         assert_eq!(woken, ["a", "a", "a", "a", "a", "c", "c", "a"]);
+    }
+
+    /// Developer `name` with `uid`, at `generation`.
+    fn developer(name: &str, uid: &str, generation: i64) -> Developer {
+        serde_json::from_value(
+            json!({"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
+            "metadata": {"name": name, "namespace": "company-acme", "uid": uid,
+                "generation": generation},
+            "spec": {"subject": name}}),
+        )
+        .expect("a Developer")
+    }
+
+    #[tokio::test]
+    async fn only_changes_pass_and_a_new_object_of_the_same_name_is_news() {
+        use kube::runtime::predicates;
+        let seen = [
+            developer("a", "u1", 1), // first sight
+            developer("a", "u1", 1), // a status patch
+            developer("b", "u2", 1), // another object
+            developer("a", "u1", 2), // its spec changed
+            developer("a", "u1", 2), // again nothing new
+            developer("a", "u3", 2), // deleted and re-created: a new uid
+        ];
+        let passed: Vec<(String, String, i64)> =
+            super::changed(futures::stream::iter(seen.map(Ok)), predicates::generation)
+                .map(|d| {
+                    let d = d.expect("no watch error");
+                    let m = d.metadata;
+                    (m.name.unwrap(), m.uid.unwrap(), m.generation.unwrap())
+                })
+                .collect()
+                .await;
+        let expected = [
+            ("a", "u1", 1),
+            ("b", "u2", 1),
+            ("a", "u1", 2),
+            ("a", "u3", 2),
+        ]
+        .map(|(n, u, g)| (n.to_owned(), u.to_owned(), g));
+        assert_eq!(passed, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_periodic_resync_brings_every_object_once_per_interval_spread_over_it() {
+        use std::time::Duration;
+
+        use kube::runtime::{reflector, watcher::Event};
+        let (store, mut writer) = reflector::store::<Developer>();
+        writer.apply_watcher_event(&Event::Init);
+        for i in 0..300 {
+            writer.apply_watcher_event(&Event::InitApply(developer(
+                &format!("d{i}"),
+                &format!("uid-{i}"),
+                1,
+            )));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        for (every, slots) in [(Duration::from_mins(10), 60), (Duration::from_secs(5), 50)] {
+            resyncs_once_per_interval(store.clone(), every, slots).await;
+        }
+    }
+
+    /// Two intervals of [`super::periodic_resync`] of the 300 `store` holds.
+    async fn resyncs_once_per_interval(
+        store: kube::runtime::reflector::Store<Developer>,
+        every: std::time::Duration,
+        slots: u32,
+    ) {
+        use std::collections::HashMap;
+        let mut resync = std::pin::pin!(super::periodic_resync(store, every));
+        let start = tokio::time::Instant::now();
+        let mut seen: HashMap<String, Vec<std::time::Duration>> = HashMap::new();
+        let mut first_slice = 0;
+        // Two intervals.
+        while let Ok(Some(object)) = tokio::time::timeout_at(start + 2 * every, resync.next()).await
+        {
+            let at = start.elapsed();
+            if at <= every / slots {
+                first_slice += 1;
+            }
+            seen.entry(object.name).or_default().push(at);
+        }
+        assert_eq!(seen.len(), 300, "every object comes");
+        for (name, times) in &seen {
+            assert_eq!(times.len(), 2, "{name} comes once per interval: {times:?}");
+            assert_eq!(
+                times[1].checked_sub(times[0]),
+                Some(every),
+                "{name}: {times:?}"
+            );
+        }
+        // Spread: the first slice brings no more than a few times its share.
+        assert!(
+            first_slice > 0 && first_slice < 4 * 300 / slots,
+            "{first_slice} objects in the first of {slots} slices of {every:?}"
+        );
     }
 }
