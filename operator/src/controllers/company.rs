@@ -199,10 +199,7 @@ impl Outcome {
     /// What the Company still waits for. A step deferred by the AWS call
     /// budget is as its condition says (it did not run): a ready Company
     /// stays Ready while its periodic check waits for a turn.
-    fn pending(
-        &self,
-        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    ) -> Vec<&'static str> {
+    fn pending(&self, conditions: &[crate::crd::Condition]) -> Vec<&'static str> {
         let as_before = |e: &Error, type_: &str| {
             e.retry_class() == RetryClass::Deferred && super::conditions::is_true(conditions, type_)
         };

@@ -1,7 +1,9 @@
 //! Conditions, built in one place; a transition time changes only when the
 //! status does, so an unchanged state writes an identical status.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::crd::Condition;
 
 /// Reasons, as constants a user can search for.
 pub mod reasons {
@@ -81,10 +83,10 @@ pub fn set(
         _ => Time(k8s_openapi::jiff::Timestamp::now()),
     };
     let condition = Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message: message.to_owned(),
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
         observed_generation: generation,
         last_transition_time,
     };
@@ -144,7 +146,7 @@ pub fn set_stalled(conditions: &mut Vec<Condition>, generation: Option<i64>) {
             c.type_ != "Ready"
                 && c.type_ != "Stalled"
                 && c.status == "False"
-                && TERMINAL.contains(&c.reason.as_str())
+                && TERMINAL.contains(&&*c.reason)
         })
         .map(|c| (c.reason.clone(), format!("{}: {}", c.type_, c.message)));
     match terminal {
@@ -221,7 +223,7 @@ mod tests {
         set_stalled(&mut conditions, Some(2));
         let stalled = conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
         assert_eq!(
-            (stalled.status.as_str(), stalled.reason.as_str()),
+            (&*stalled.status, &*stalled.reason),
             ("True", reasons::IMAGE_NOT_ALLOWED)
         );
         assert!(

@@ -16,7 +16,6 @@ use k8s_openapi::{
         core::v1::{Namespace, Pod, ServiceAccount},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
     Api, CustomResourceExt, ResourceExt,
@@ -37,7 +36,7 @@ use super::{
 use crate::{
     backends::vault::{Change, VaultBackend, ensure_developer},
     builders::{DeveloperContext, DeveloperPlan, KubeObject, build_developer},
-    crd::{Company, DeletionPolicy, Developer, DeveloperStatus},
+    crd::{Company, Condition, DeletionPolicy, Developer, DeveloperStatus},
     names::{CompanyNames, DeveloperNames},
     posix_ids,
 };

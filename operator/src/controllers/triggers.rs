@@ -148,7 +148,9 @@ pub fn company_view(company: &Company) -> u64 {
     if let Some(status) = &company.status {
         for c in &status.conditions {
             if c.type_ == "StorageReady" {
-                c.status.hash(&mut hasher);
+                // The text, not its (interned) address: this hash outlives
+                // the object.
+                (*c.status).hash(&mut hasher);
             }
         }
         // Only the company's own objects use its database facts.

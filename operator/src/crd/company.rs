@@ -1,10 +1,11 @@
-use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
     DeletionPolicy, POSITIVE_QUANTITY, POSITIVE_QUANTITY_MESSAGE, ResourceSettings,
 };
+use super::condition::Condition;
 
 /// A customer company: one isolated tenant with its own namespace, database,
 /// file system and Vault paths.

@@ -1,8 +1,9 @@
-use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{POSITIVE_QUANTITY, POSITIVE_QUANTITY_MESSAGE, ResourceSettings};
+use super::condition::Condition;
 
 /// A person working for a company: one isolated workspace pod, a private
 /// directory and Vault secrets only they can read. The company is the

@@ -9,6 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 
 mod common;
 mod company;
+mod condition;
 mod developer;
 
 pub use common::{DeletionPolicy, ResourceSettings};
@@ -17,6 +18,7 @@ pub use company::{
     DatabaseStatus, DeletionPolicies, EgressRule, FsxSpec, FsxType, NetworkSpec, QuotaSpec,
     SecretsSpec, StorageSpec, StorageStatus, VolumeSpec, WorkspaceDefaults,
 };
+pub use condition::{Condition, Text};
 pub use developer::{
     Developer, DeveloperGit, DeveloperRole, DeveloperSpec, DeveloperStatus, DeveloperStorage,
     DeveloperWorkspace,

@@ -406,9 +406,7 @@ async fn converge(
     times
 }
 
-fn is_ready(
-    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
-) -> bool {
+fn is_ready(conditions: Option<&Vec<enclave::crd::Condition>>) -> bool {
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 

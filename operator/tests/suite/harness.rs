@@ -465,7 +465,7 @@ pub fn condition(company: &Company, type_: &str) -> Option<(String, String)> {
         .conditions
         .iter()
         .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
+        .map(|c| (c.status.to_string(), c.reason.to_string()))
 }
 
 /// Waits until condition `type_` of the Developer `name` is True.
@@ -496,9 +496,7 @@ pub fn require_root() {
     );
 }
 
-fn ready(
-    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
-) -> bool {
+fn ready(conditions: Option<&Vec<enclave::crd::Condition>>) -> bool {
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 

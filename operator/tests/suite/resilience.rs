@@ -503,9 +503,7 @@ async fn the_operator_keeps_a_short_lived_vault_token_alive() {
 }
 
 /// Whether `conditions` say deletion is held by deletion protection.
-fn deletion_protected(
-    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-) -> bool {
+fn deletion_protected(conditions: &[enclave::crd::Condition]) -> bool {
     conditions.iter().any(|c| c.reason == "DeletionProtected")
 }
 

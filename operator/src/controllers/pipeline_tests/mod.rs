@@ -858,7 +858,11 @@ impl Harness {
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_).cloned())
             .unwrap_or_else(|| panic!("no {type_} condition on {name}"));
-        (c.status, c.reason, c.message)
+        (
+            c.status.to_string(),
+            c.reason.to_string(),
+            c.message.to_string(),
+        )
     }
 
     /// Plays the kubelet and the Job and namespace controllers: every

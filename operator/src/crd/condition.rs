@@ -1,0 +1,96 @@
+//! A status condition: `metav1.Condition` on the wire and in the CRDs, its
+//! texts interned in memory.
+//!
+//! The watches hold every Company and Developer. At 10,000 Developers the
+//! same few types, statuses, reasons and messages would be copied into each
+//! of them (about 20 strings, 1 KB a Developer); interned, a condition's
+//! texts are four pointers to one shared copy, freed with its last user.
+
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as WireCondition, Time};
+use serde::{Deserialize, Serialize};
+
+/// An interned text: compares by address, dereferences to `str`.
+///
+/// Its `Hash` hashes the address, which stays the same only while someone
+/// holds the text: a hash kept beyond the object (a predicate's) must hash
+/// the `str` instead (`&*text`).
+pub type Text = internment::ArcIntern<str>;
+
+/// One condition (`metav1.Condition`). The fields are in the order
+/// k8s-openapi serializes them, so the JSON is the same.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// When the status last changed.
+    pub last_transition_time: Time,
+    /// What a person reads: the detail of `reason`.
+    pub message: Text,
+    /// The generation the condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Why, in one CamelCase word.
+    pub reason: Text,
+    /// `True`, `False` or `Unknown`.
+    pub status: Text,
+    /// What the condition is about (`Ready`, `StorageReady`, ...).
+    #[serde(rename = "type")]
+    pub type_: Text,
+}
+
+/// The CRDs declare `metav1.Condition`'s own schema.
+impl schemars::JsonSchema for Condition {
+    fn schema_name() -> Cow<'static, str> {
+        WireCondition::schema_name()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        WireCondition::schema_id()
+    }
+
+    fn inline_schema() -> bool {
+        WireCondition::inline_schema()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        WireCondition::json_schema(generator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_is_metav1_conditions_and_equal_texts_are_shared() {
+        let json = serde_json::json!([
+            {"lastTransitionTime": "2026-12-07T00:00:00Z", "message": "the workspace is running",
+             "observedGeneration": 2, "reason": "Ready", "status": "True", "type": "WorkspaceReady"},
+            {"lastTransitionTime": "2026-12-07T00:00:01Z", "message": "the workspace is running",
+             "reason": "Ready", "status": "True", "type": "Ready"},
+        ]);
+        let ours: Vec<Condition> = serde_json::from_value(json.clone()).expect("conditions");
+        let wire: Vec<WireCondition> = serde_json::from_value(json.clone()).expect("conditions");
+        assert_eq!(serde_json::to_value(&ours).expect("json"), json);
+        assert_eq!(
+            serde_json::to_value(&ours).expect("json"),
+            serde_json::to_value(&wire).expect("json")
+        );
+        assert_eq!(ours[0].message, "the workspace is running");
+        assert_eq!(ours[0].observed_generation, Some(2));
+        assert_eq!(ours[1].observed_generation, None);
+        // One copy of each text, however many conditions carry it.
+        assert_eq!(ours[0].message.as_ptr(), ours[1].message.as_ptr());
+        assert_eq!(ours[0].status.as_ptr(), ours[1].status.as_ptr());
+        assert_ne!(ours[0].type_.as_ptr(), ours[1].type_.as_ptr());
+    }
+
+    #[test]
+    fn the_schema_is_metav1_conditions() {
+        assert_eq!(
+            schemars::schema_for!(Vec<Condition>),
+            schemars::schema_for!(Vec<WireCondition>)
+        );
+    }
+}
