@@ -65,8 +65,9 @@ pub struct OperatorConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ControllerConfig {
-    /// Seconds between drift checks of a converged tenant (±10 % jitter,
-    /// so thousands of tenants do not resync at once).
+    /// Seconds between drift checks of a converged tenant (each once per
+    /// interval, the tenants spread over it so that thousands do not
+    /// resync at once).
     pub resync_seconds: u64,
     /// Reconciles in flight at once, per kind.
     pub max_concurrent_reconciles: u16,

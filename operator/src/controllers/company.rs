@@ -263,6 +263,11 @@ impl Outcome {
 /// Vault, the database and the file system, with their conditions: at the
 /// resync interval, on a spec change and while anything is not ready; other
 /// events (a Developer's status, a namespace edit) do not repeat them.
+/// The Company's key in [`Context::checked`].
+pub(super) fn checked_key(company: &Company) -> String {
+    format!("Company/{}", company.name_any())
+}
+
 async fn external_systems<B: Backends>(
     ctx: &Context<B>,
     company: &Company,
@@ -270,7 +275,7 @@ async fn external_systems<B: Backends>(
     plan: &CompanyPlan,
     status: &mut CompanyStatus,
 ) -> Outcome {
-    let key = format!("Company/{}", company.name_any());
+    let key = checked_key(company);
     if external_systems_converged(ctx, company, status, &key) {
         return Outcome {
             vault: Ok(()),

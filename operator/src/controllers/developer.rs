@@ -510,6 +510,15 @@ async fn secrets_cleanup<B: Backends>(
     Ok(())
 }
 
+/// The Developer's key in [`Context::checked`].
+pub(super) fn checked_key(developer: &Developer) -> String {
+    format!(
+        "Developer/{}/{}",
+        developer.namespace().unwrap_or_default(),
+        developer.name_any()
+    )
+}
+
 /// The person's JWT-auth role as the status records it: (mount, role).
 fn recorded_person_role(status: &DeveloperStatus) -> Option<(&str, &str)> {
     Some((
@@ -872,8 +881,7 @@ async fn vault_step<B: Backends>(
     plan: &DeveloperPlan,
     status: &mut DeveloperStatus,
 ) -> Result<(), Error> {
-    let namespace = developer.namespace().unwrap_or_default();
-    let checked_key = format!("Developer/{namespace}/{}", developer.name_any());
+    let checked_key = checked_key(developer);
     let generation = developer.metadata.generation;
     let converged = developer.status.as_ref().is_some_and(|s| {
         s.observed_generation == generation

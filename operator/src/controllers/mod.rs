@@ -139,6 +139,11 @@ impl Default for Allocation {
     }
 }
 
+/// How the failure counters and Warning Events name `object`.
+fn object_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
+    ObjectRef::from_obj(object).erase().to_string()
+}
+
 /// A 64-bit hash of `value`, stable within the process: what the
 /// operator's per-object memory keeps instead of copies of names (at 10,000
 /// Developers a key's strings cost more than the entry; two keys sharing a
@@ -187,7 +192,8 @@ impl<B: Backends> Context<B> {
     }
 
     /// Whether `key`'s external resources were all checked within half
-    /// the resync interval (so the periodic resync always checks them).
+    /// the resync interval (the periodic resync forgets the mark first:
+    /// see [`Context::resync_due`]).
     pub fn checked_recently(&self, key: &str) -> bool {
         let half = self.resync_interval() / 2;
         self.checked
@@ -213,6 +219,29 @@ impl<B: Backends> Context<B> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(uid.to_owned(), status.clone());
+    }
+
+    /// Whether the periodic resync should reconcile `object` now: not
+    /// while it is in a failure's backoff (its retries pace it, as before
+    /// it failed). When it is due, its external resources (`checked_key`)
+    /// are checked again however recently a change looked at them.
+    pub fn resync_due<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        checked_key: &str,
+    ) -> bool {
+        let failing = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&object_key(object));
+        if !failing {
+            self.checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&hash_of(checked_key));
+        }
+        !failing
     }
 
     /// Records that `key`'s external resources were all found as desired.
@@ -632,7 +661,7 @@ where
     K: kube::Resource<DynamicType = ()>,
     B: Backends,
 {
-    let key = ObjectRef::from_obj(object.as_ref()).erase().to_string();
+    let key = object_key(object.as_ref());
     if let Some(delay) = error.retry_after() {
         // Pacing, not a failure: no backoff, no Warning Event.
         tracing::debug!(object = %key, %error, retry_in = ?delay, "deferred");

@@ -343,7 +343,14 @@ async fn company_controller(client: Client, config: controller::Config, ctx: Arc
     // A Developer added, going or gone changes its Company (its count, its
     // cleanup); its spec and status patches do not, and are not passed on.
     let known_companies = controller.store();
-    let (resync_store, resync_every) = (controller.store(), ctx.resync_interval());
+    let resync = {
+        let ctx = Arc::clone(&ctx);
+        periodic_resync(
+            controller.store(),
+            ctx.resync_interval(),
+            move |c: &Company| ctx.resync_due(c, &company::checked_key(c)),
+        )
+    };
     let settled = Arc::clone(&ctx);
     let developers = triggers::membership_changes(
         watcher::watcher(
@@ -379,7 +386,7 @@ async fn company_controller(client: Client, config: controller::Config, ctx: Arc
             },
         )
         .reconcile_all_on(resync_signal(Arc::clone(&settled)))
-        .reconcile_on(periodic_resync(resync_store, resync_every))
+        .reconcile_on(resync)
         .shutdown_on_signal()
         .run(reconcile_company, error_policy, ctx)
         .for_each(|result| {
@@ -407,7 +414,14 @@ async fn developer_controller(
     // storage becoming ready, its spec) reaches them at once; its other
     // status patches do not.
     let known = controller.store();
-    let (resync_store, resync_every) = (controller.store(), ctx.resync_interval());
+    let resync = {
+        let ctx = Arc::clone(&ctx);
+        periodic_resync(
+            controller.store(),
+            ctx.resync_interval(),
+            move |d: &Developer| ctx.resync_due(d, &developer::checked_key(d)),
+        )
+    };
     let settled = Arc::clone(&ctx);
     let companies = ctx.companies.clone();
     let company_events = changed(
@@ -450,7 +464,7 @@ async fn developer_controller(
             move |job| triggers::developer_of_job(job.labels(), &companies),
         )
         .reconcile_all_on(resync_signal(Arc::clone(&settled)))
-        .reconcile_on(periodic_resync(resync_store, resync_every))
+        .reconcile_on(resync)
         .shutdown_on_signal()
         .run(reconcile_developer, error_policy, ctx)
         .for_each(|result| {
@@ -515,15 +529,17 @@ const RESYNC_SLOTS: u32 = 60;
 /// is cut in fewer slices rather than shorter ones.
 const RESYNC_SLICE_MIN: Duration = Duration::from_millis(100);
 
-/// Every object of `store` once per `every`, spread evenly over it (each
-/// in the slice its uid hashes to): the periodic resync of converged
-/// objects. A per-object requeue would do the same, at the price of an
-/// entry in the controller's scheduler per object (about 770 bytes: two
-/// copies of its reference, four strings each) for as long as it is
-/// converged.
+/// Every object of `store` for which `due` says so, once per `every`,
+/// spread evenly over it (each in the slice its uid hashes to): the
+/// periodic resync of converged objects. The first pass starts one
+/// interval after the start, which reconciles every object anyway. A
+/// per-object requeue would do the same, at the price of an entry in the
+/// controller's scheduler per object (about 770 bytes: two copies of its
+/// reference, four strings each) for as long as it is converged.
 fn periodic_resync<K>(
     store: reflector::Store<K>,
     every: Duration,
+    due: impl Fn(&K) -> bool + Send + Sync + 'static,
 ) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
 where
     K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
@@ -532,20 +548,22 @@ where
         .unwrap_or(u32::MAX)
         .clamp(1, RESYNC_SLOTS);
     let tick = every / slots;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let due = Arc::new(due);
     futures::stream::unfold((ticks, 0), move |(mut ticks, slot)| {
-        let store = store.clone();
+        let (store, due) = (store.clone(), Arc::clone(&due));
         async move {
             ticks.tick().await;
-            let due: Vec<ObjectRef<K>> = store
+            let now: Vec<ObjectRef<K>> = store
                 .state()
                 .iter()
                 .filter(|o| super::hash_of(&o.meta().uid) % u64::from(slots) == slot)
+                .filter(|o| due(o))
                 .map(|o| ObjectRef::from_obj(o.as_ref()))
                 .collect();
             Some((
-                futures::stream::iter(due),
+                futures::stream::iter(now),
                 (ticks, (slot + 1) % u64::from(slots)),
             ))
         }
@@ -899,27 +917,33 @@ mod tests {
         }
     }
 
-    /// Two intervals of [`super::periodic_resync`] of the 300 `store` holds.
+    /// Three intervals of [`super::periodic_resync`] of the 300 `store` holds.
     async fn resyncs_once_per_interval(
         store: kube::runtime::reflector::Store<Developer>,
         every: std::time::Duration,
         slots: u32,
     ) {
         use std::collections::HashMap;
-        let mut resync = std::pin::pin!(super::periodic_resync(store, every));
+        // One object is not due (in error backoff, say): it never comes.
+        let mut resync = std::pin::pin!(super::periodic_resync(store, every, |d: &Developer| {
+            d.metadata.name.as_deref() != Some("d7")
+        }));
         let start = tokio::time::Instant::now();
         let mut seen: HashMap<String, Vec<std::time::Duration>> = HashMap::new();
         let mut first_slice = 0;
-        // Two intervals.
-        while let Ok(Some(object)) = tokio::time::timeout_at(start + 2 * every, resync.next()).await
-        {
+        // Three intervals less half a slice: the first passes in silence
+        // (the start itself reconciles everything), then two passes.
+        let end = start + 3 * every - every / (2 * slots);
+        while let Ok(Some(object)) = tokio::time::timeout_at(end, resync.next()).await {
             let at = start.elapsed();
-            if at <= every / slots {
+            assert!(at >= every, "{} came {at:?} after the start", object.name);
+            if at <= every + every / slots {
                 first_slice += 1;
             }
             seen.entry(object.name).or_default().push(at);
         }
-        assert_eq!(seen.len(), 300, "every object comes");
+        assert_eq!(seen.len(), 299, "every object but the one not due comes");
+        assert!(!seen.contains_key("d7"));
         for (name, times) in &seen {
             assert_eq!(times.len(), 2, "{name} comes once per interval: {times:?}");
             assert_eq!(

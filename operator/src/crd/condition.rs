@@ -2,9 +2,11 @@
 //! texts interned in memory.
 //!
 //! The watches hold every Company and Developer. At 10,000 Developers the
-//! same few types, statuses, reasons and messages would be copied into each
-//! of them (about 20 strings, 1 KB a Developer); interned, a condition's
-//! texts are four pointers to one shared copy, freed with its last user.
+//! same types, statuses and reasons, and mostly the same messages, would be
+//! copied into each of them (about 20 strings, 1 KB a Developer); interned,
+//! a condition's texts are four pointers to one shared copy, freed with its
+//! last user. A message that names its object (a few do) is not shared and
+//! costs a little more than a `String`.
 
 use std::borrow::Cow;
 
@@ -19,23 +21,27 @@ use serde::{Deserialize, Serialize};
 pub type Text = internment::ArcIntern<str>;
 
 /// One condition (`metav1.Condition`). The fields are in the order
-/// k8s-openapi serializes them, so the JSON is the same.
+/// k8s-openapi serializes them, so the JSON is the same; a text missing
+/// from the JSON reads as empty, as k8s-openapi reads it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// When the status last changed.
     pub last_transition_time: Time,
     /// What a person reads: the detail of `reason`.
+    #[serde(default)]
     pub message: Text,
     /// The generation the condition was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Why, in one CamelCase word.
+    #[serde(default)]
     pub reason: Text,
     /// `True`, `False` or `Unknown`.
+    #[serde(default)]
     pub status: Text,
     /// What the condition is about (`Ready`, `StorageReady`, ...).
-    #[serde(rename = "type")]
+    #[serde(default, rename = "type")]
     pub type_: Text,
 }
 

@@ -435,7 +435,7 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
 
     // Steady state: three resyncs of the unchanged tenants (their
     // quantities written in non-canonical form) write nothing. A Company's
-    // cycle is its resync (5 s ± 10 %) plus the 1 s debounce plus the
+    // cycle is its resync (5 s, at its slice of the interval) plus the 1 s debounce plus the
     // reconcile itself, so the window waits for the count rather than for
     // a fixed time; the deadline allows twice the slowest cycle.
     let before = Counts::take(&h).await;
@@ -457,7 +457,7 @@ async fn examples_converge_and_each_workspace_reads_only_its_own_secrets() {
     let after = Counts::take(&h).await;
     let resync = after.since(&before);
     println!(
-        "steady state ({:.1} s, resync interval 5 s ± 10 %): {resync}",
+        "steady state ({:.1} s, resync interval 5 s): {resync}",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(
