@@ -166,6 +166,34 @@ fn retry_class(outcome: &Result<Action, Error>) -> Option<RetryClass> {
 }
 
 #[tokio::test]
+async fn the_periodic_resync_checks_external_systems_again_but_leaves_a_failing_object_alone() {
+    let h = harness(0);
+    h.create_company("acme");
+    let outcomes = h.converge("acme").await;
+    assert!(outcomes.last().is_some_and(Result::is_ok), "{outcomes:?}");
+    let company = h.company("acme").expect("the Company");
+    let key = super::company::checked_key(&company);
+    // A change-triggered reconcile right after the check: Vault is not
+    // asked again.
+    let calls = h.vault_calls().len();
+    h.reconcile("acme").await.expect("a reconcile");
+    assert_eq!(h.vault_calls().len(), calls, "{:?}", h.vault_calls());
+    // Its slice of the periodic resync comes: everything is checked again.
+    assert!(h.ctx.resync_due(company.as_ref(), &key));
+    h.reconcile("acme").await.expect("a reconcile");
+    assert!(h.vault_calls().len() > calls, "{:?}", h.vault_calls());
+    // In a failure's backoff it is left to its retries, and what was
+    // checked stays checked.
+    error_policy(
+        Arc::clone(&company),
+        &Error::InvalidSpec("x".into()),
+        Arc::clone(&h.ctx),
+    );
+    assert!(!h.ctx.resync_due(company.as_ref(), &key));
+    assert!(h.ctx.checked_recently(&key));
+}
+
+#[tokio::test]
 async fn a_new_company_converges_step_by_step_and_a_resync_writes_nothing() {
     let h = harness(0);
     h.create_company("acme");
