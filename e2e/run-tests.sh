@@ -64,10 +64,6 @@ install_deps() {
   fi
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 wait_tcp() { # name port
   for _ in $(seq 1 100); do
     if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $2), 0.2)" 2>/dev/null; then return 0; fi
@@ -99,8 +95,9 @@ start_services() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
 
-  local bao_port moto_port pg_port
-  bao_port=$(free_port)
+  local ports bao_port moto_port pg_port
+  mapfile -t ports < <("$ROOT/e2e/free-port" 3)
+  bao_port=${ports[0]}; moto_port=${ports[1]}; pg_port=${ports[2]}
   # OpenBao only takes audit devices from configuration; tests read this log
   # to count the requests Enclave really sent.
   cat >"$STATE/openbao-audit.hcl" <<HCL
@@ -115,11 +112,9 @@ HCL
     -dev-listen-address="127.0.0.1:$bao_port" >"$STATE/openbao.log" 2>&1 &
   PIDS+=($!)
 
-  moto_port=$(free_port)
   "$SERVICES_VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$STATE/moto.log" 2>&1 &
   PIDS+=($!)
 
-  pg_port=$(free_port)
   mkdir -p "$STATE/pg"
   echo postgres >"$STATE/pgpass"
   if [ "$(id -u)" = 0 ]; then chown -R postgres "$STATE/pg" "$STATE/pgpass"; chmod 755 "$STATE"; fi

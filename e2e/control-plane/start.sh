@@ -24,10 +24,6 @@ mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 : >"$DIR/pids"
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 fail() {
   echo "control plane in $DIR: $*" >&2
   for log in "$DIR"/*.log; do [ "$(basename "$log")" = audit.log ] || { echo "--- $log (tail)" >&2; tail -n 15 "$log" >&2; }; done
@@ -64,9 +60,6 @@ spawn() { # name command...
 }
 
 pki
-ETCD_PORT=$(free_port); PEER_PORT=$(free_port); API_PORT=$(free_port)
-KCM_PORT=$(free_port); SCHED_PORT=$(free_port)
-API="https://127.0.0.1:$API_PORT"
 
 cat >"$DIR/audit-policy.yaml" <<'EOF'
 apiVersion: audit.k8s.io/v1
@@ -76,7 +69,19 @@ rules:
 - level: Metadata
 EOF
 
-cat >"$DIR/kubeconfig" <<EOF
+kubectl() { "$BIN/kubectl" --kubeconfig="$DIR/kubeconfig" "$@"; }
+
+# Starts etcd and kube-apiserver on fresh ports (e2e/free-port) and waits
+# until the API server is ready. Returns 2 when one of them could not bind
+# its port (another test's server took it between the pick and the bind):
+# the caller starts again on new ports.
+serve_api() {
+  local ports pid name
+  mapfile -t ports < <("$HERE/../free-port" 3)
+  ETCD_PORT=${ports[0]}; PEER_PORT=${ports[1]}; API_PORT=${ports[2]}
+  API="https://127.0.0.1:$API_PORT"
+
+  cat >"$DIR/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -95,40 +100,52 @@ contexts:
 current-context: enclave-test
 EOF
 
-spawn etcd "$BIN/etcd" --name=enclave-test --data-dir="$DIR/etcd" \
-  --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
-  --listen-peer-urls="http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$PEER_PORT" \
-  --initial-cluster="enclave-test=http://127.0.0.1:$PEER_PORT" \
-  --unsafe-no-fsync=true --quota-backend-bytes=8589934592 --log-level=warn
+  spawn etcd "$BIN/etcd" --name=enclave-test --data-dir="$DIR/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$PEER_PORT" \
+    --initial-cluster="enclave-test=http://127.0.0.1:$PEER_PORT" \
+    --unsafe-no-fsync=true --quota-backend-bytes=8589934592 --log-level=warn
 
-# The audit log is never rotated (a maxsize of 0 means lumberjack's 100 MB):
-# tests and the benchmark count requests in it, and 100 x 10 tenants fill
-# 100 MB before their deletion is done.
-# Not --advertise-address=127.0.0.1: endpoint validation refuses loopback.
-# The address chosen instead exists only as API data (the `kubernetes`
-# Service's endpoints); nothing connects to it.
-spawn kube-apiserver "$BIN/kube-apiserver" \
-  --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-  --bind-address=127.0.0.1 --secure-port="$API_PORT" \
-  --tls-cert-file="$DIR/apiserver.crt" --tls-private-key-file="$DIR/apiserver.key" \
-  --client-ca-file="$DIR/ca.crt" \
-  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-  --service-account-key-file="$DIR/sa.pub" --service-account-signing-key-file="$DIR/sa.key" \
-  --service-cluster-ip-range=10.96.0.0/16 \
-  --authorization-mode=RBAC \
-  --audit-policy-file="$DIR/audit-policy.yaml" --audit-log-path="$DIR/audit.log" \
-  --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=1000000 \
-  --profiling=false --v=0
+  # The audit log is never rotated (a maxsize of 0 means lumberjack's 100 MB):
+  # tests and the benchmark count requests in it, and 100 x 10 tenants fill
+  # 100 MB before their deletion is done.
+  # Not --advertise-address=127.0.0.1: endpoint validation refuses loopback.
+  # The address chosen instead exists only as API data (the `kubernetes`
+  # Service's endpoints); nothing connects to it.
+  spawn kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --secure-port="$API_PORT" \
+    --tls-cert-file="$DIR/apiserver.crt" --tls-private-key-file="$DIR/apiserver.key" \
+    --client-ca-file="$DIR/ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$DIR/sa.pub" --service-account-signing-key-file="$DIR/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --authorization-mode=RBAC \
+    --audit-policy-file="$DIR/audit-policy.yaml" --audit-log-path="$DIR/audit.log" \
+    --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=1000000 \
+    --profiling=false --v=0
 
-kubectl() { "$BIN/kubectl" --kubeconfig="$DIR/kubeconfig" "$@"; }
+  for _ in $(seq 1 600); do
+    if kubectl get --raw /readyz >/dev/null 2>&1; then return 0; fi
+    while read -r pid name; do
+      kill -0 "$pid" 2>/dev/null && continue
+      grep -qs "address already in use" "$DIR/etcd.log" "$DIR/kube-apiserver.log" && return 2
+      fail "$name exited"
+    done <"$DIR/pids"
+    sleep 0.1
+  done
+  fail "kube-apiserver not ready after 60 s"
+}
 
-ready=
-for _ in $(seq 1 600); do
-  if kubectl get --raw /readyz >/dev/null 2>&1; then ready=1; break; fi
-  while read -r pid name; do kill -0 "$pid" 2>/dev/null || fail "$name exited"; done <"$DIR/pids"
-  sleep 0.1
+for attempt in 1 2 3; do
+  status=0
+  serve_api || status=$?
+  [ "$status" = 0 ] && break
+  [ "$attempt" = 3 ] && fail "a port was taken at each of 3 attempts"
+  echo "control plane in $DIR: a port was taken; starting again on new ports" >&2
+  "$HERE/stop.sh" "$DIR"
+  rm -rf "$DIR/etcd" "$DIR/audit.log" "$DIR/etcd.log" "$DIR/kube-apiserver.log"
 done
-[ -n "$ready" ] || fail "kube-apiserver not ready after 60 s"
 
 # Not the node lifecycle controller: with no kubelet heartbeat it would taint
 # the Node and evict every pod.
@@ -140,16 +157,18 @@ CONTROLLERS+=,persistentvolumeclaim-protection-controller,root-ca-certificate-pu
 # The default admin, edit and view ClusterRoles are aggregated by this one;
 # without it they are empty and binding them is no escalation at all.
 CONTROLLERS+=,clusterrole-aggregation-controller
+# --secure-port=0 here and for the scheduler: nothing reads their health
+# endpoints, and each port served is one more that can collide.
 spawn kube-controller-manager "$BIN/kube-controller-manager" \
   --kubeconfig="$DIR/kubeconfig" --authentication-kubeconfig="$DIR/kubeconfig" --authorization-kubeconfig="$DIR/kubeconfig" \
-  --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --leader-elect=false \
+  --secure-port=0 --leader-elect=false \
   --controllers="$CONTROLLERS" \
   --service-account-private-key-file="$DIR/sa.key" --root-ca-file="$DIR/ca.crt" \
   --concurrent-gc-syncs=5 --kube-api-qps=200 --kube-api-burst=400 --v=0
 
 spawn kube-scheduler "$BIN/kube-scheduler" \
   --kubeconfig="$DIR/kubeconfig" --authentication-kubeconfig="$DIR/kubeconfig" --authorization-kubeconfig="$DIR/kubeconfig" \
-  --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" --leader-elect=false \
+  --secure-port=0 --leader-elect=false \
   --kube-api-qps=200 --kube-api-burst=400 --v=0
 
 # (Started only once the API server is ready: both exit when it refuses

@@ -319,13 +319,20 @@ impl Drop for Harness {
     }
 }
 
-/// A free loopback port.
+/// A free loopback port from below the kernel's ephemeral range, like
+/// `e2e/free-port`: a port 0 bind picks is free only until some outgoing
+/// connection takes it as its source port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    loop {
+        let port = rand::random_range(10000..low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Harness {
