@@ -319,20 +319,19 @@ impl Drop for Harness {
     }
 }
 
-/// A free loopback port from below the kernel's ephemeral range, like
-/// `e2e/free-port`: a port 0 bind picks is free only until some outgoing
-/// connection takes it as its source port.
+/// A free loopback port, from `e2e/free-port` (below the kernel's
+/// ephemeral range: a port 0 bind picks is free only until some outgoing
+/// connection takes it as its source port).
 pub fn free_port() -> u16 {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    loop {
-        let port = rand::random_range(10000..low);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    let out = std::process::Command::new(crate::support::root().join("e2e/free-port"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "e2e/free-port failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 impl Harness {
