@@ -518,12 +518,12 @@ impl VaultBackend for VaultClientBackend {
             .await?
             .and_then(|(data, _)| data.get("uid").cloned())
         {
-            self.verified.record(key, digest(&uid.as_str()));
+            self.verified.record(&key, digest(&uid.as_str()));
             return Ok(uid);
         }
         let data = HashMap::from([("uid", owner.to_owned())]);
         if self.write_kv(path, &data, 0).await?.is_some() {
-            self.verified.record(key, digest(&owner));
+            self.verified.record(&key, digest(&owner));
             return Ok(owner.to_owned());
         }
         let recorded = self
@@ -548,7 +548,7 @@ impl VaultBackend for VaultClientBackend {
         }
         let change = match self.read_policy(&policy.name).await? {
             Some(current) if current == policy.hcl => {
-                self.verified.record(key, wanted);
+                self.verified.record(&key, wanted);
                 return Ok(Change::Unchanged);
             }
             Some(current) if !current.starts_with(OWNERSHIP_MARKER) => {
@@ -568,7 +568,7 @@ impl VaultBackend for VaultClientBackend {
             Some(body),
         )
         .await?;
-        self.verified.record(key, wanted);
+        self.verified.record(&key, wanted);
         Ok(change)
     }
 
@@ -616,7 +616,7 @@ impl VaultBackend for VaultClientBackend {
                 && c["token_max_ttl"].as_u64() == Some(u64::from(role.token_max_ttl))
         });
         if matches {
-            self.verified.record(key, wanted);
+            self.verified.record(&key, wanted);
             return Ok(Change::Unchanged);
         }
         self.wrote();
@@ -640,7 +640,7 @@ impl VaultBackend for VaultClientBackend {
             "write role",
             &Self::role_path_in(mount, &role.name),
         ))?;
-        self.verified.record(key, wanted);
+        self.verified.record(&key, wanted);
         Ok(if current.is_some() {
             Change::Updated
         } else {
@@ -676,7 +676,7 @@ impl VaultBackend for VaultClientBackend {
                 && c["token_max_ttl"].as_u64() == Some(u64::from(role.token_max_ttl))
         });
         if matches {
-            self.verified.record(key, wanted);
+            self.verified.record(&key, wanted);
             return Ok(Change::Unchanged);
         }
         self.wrote();
@@ -701,7 +701,7 @@ impl VaultBackend for VaultClientBackend {
             "write role",
             &Self::role_path_in(mount, &role.name),
         ))?;
-        self.verified.record(key, wanted);
+        self.verified.record(&key, wanted);
         Ok(if current.is_some() {
             Change::Updated
         } else {

@@ -5,18 +5,43 @@
 //! changes or deletes itself updates the entry at once.
 
 use std::{
-    collections::BTreeMap,
+    collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 /// Digests of what Vault holds, by key (`policy:…`, `role:…`, `kv:…`).
+///
+/// Keys are kept as their 64-bit hashes: at 10,000 Developers (three keys
+/// each) the paths themselves, in a sorted map, cost about 450 bytes a
+/// Developer; a hash and a mark cost about 40. Two keys whose hashes
+/// collide (about one chance in 10^10 at that size) would also need equal
+/// digests to be confused.
 #[derive(Debug, Default)]
 pub(super) struct Verified {
     /// How long an entry is trusted; zero trusts nothing (every ensure reads).
     every: Duration,
-    seen: Mutex<BTreeMap<String, (u64, Instant)>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// What was seen at each key (by its hash).
+    seen: HashMap<u64, Mark>,
+    /// Keys forgotten with everything below them (by hash), and when: an
+    /// entry below one, recorded before, is not trusted. Kept for one
+    /// interval, after which every entry it could hide has expired.
+    forgotten: HashMap<u64, Instant>,
+    /// When expired entries and markers were last dropped.
+    swept: Option<Instant>,
+}
+
+/// A digest and when Vault was seen holding it.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    digest: u64,
+    at: Instant,
 }
 
 /// A digest of `value` (stable within the process, which is all it needs).
@@ -26,11 +51,18 @@ pub(super) fn digest(value: &impl Hash) -> u64 {
     hasher.finish()
 }
 
+/// `key` and each of its ancestors (`a/b/c`: `a`, `a/b`, `a/b/c`).
+fn key_and_ancestors(key: &str) -> impl Iterator<Item = &str> {
+    key.match_indices('/')
+        .map(|(at, _)| &key[..at])
+        .chain(std::iter::once(key))
+}
+
 impl Verified {
     pub(super) fn new(every: Duration) -> Self {
         Self {
             every,
-            seen: Mutex::default(),
+            inner: Mutex::default(),
         }
     }
 
@@ -39,37 +71,71 @@ impl Verified {
         if self.every.is_zero() {
             return false;
         }
-        self.seen.lock().is_ok_and(|seen| {
-            seen.get(key)
-                .is_some_and(|(d, at)| *d == digest && at.elapsed() < self.every)
+        self.inner.lock().is_ok_and(|inner| {
+            inner.seen.get(&self::digest(&key)).is_some_and(|mark| {
+                mark.digest == digest
+                    && mark.at.elapsed() < self.every
+                    && !key_and_ancestors(key).any(|k| {
+                        inner
+                            .forgotten
+                            .get(&self::digest(&k))
+                            .is_some_and(|at| *at >= mark.at)
+                    })
+            })
         })
     }
 
     /// Vault holds `digest` at `key` now (just read or written).
-    pub(super) fn record(&self, key: String, digest: u64) {
+    pub(super) fn record(&self, key: &str, digest: u64) {
         if self.every.is_zero() {
             return;
         }
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.insert(key, (digest, Instant::now()));
+        if let Ok(mut inner) = self.inner.lock() {
+            let now = Instant::now();
+            inner
+                .seen
+                .insert(self::digest(&key), Mark { digest, at: now });
+            self.sweep(&mut inner, now);
         }
     }
 
-    /// Forgets `key` and every key below it (`key/…`). Those are exactly
-    /// the keys in `key/` .. `key0` (`0` follows `/`): one sorted range, so
-    /// a deletion does not scan every tenant's entries.
+    /// Forgets `key` and every key below it (`key/…`): a deletion's
+    /// entries are not trusted again, and their memory goes with the next
+    /// sweep.
     pub(super) fn forget_below(&self, key: &str) {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.remove(key);
-            let (below, after) = (format!("{key}/"), format!("{key}0"));
-            seen.extract_if(below..after, |_, _| true).for_each(drop);
+        if let Ok(mut inner) = self.inner.lock() {
+            let now = Instant::now();
+            inner.seen.remove(&digest(&key));
+            inner.forgotten.insert(digest(&key), now);
+            self.sweep(&mut inner, now);
         }
     }
 
-    /// Entries held (a gauge of its memory).
+    /// Drops what has expired, once per interval: a long-running operator
+    /// whose tenants come and go keeps only what it can still trust.
+    fn sweep(&self, inner: &mut Inner, now: Instant) {
+        if inner
+            .swept
+            .is_some_and(|at| now.duration_since(at) < self.every)
+        {
+            return;
+        }
+        let every = self.every;
+        inner
+            .seen
+            .retain(|_, mark| now.duration_since(mark.at) < every);
+        inner
+            .forgotten
+            .retain(|_, at| now.duration_since(*at) < every);
+        inner.swept = Some(now);
+    }
+
+    /// Entries and markers held (a gauge of its memory).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.seen.lock().map_or(0, |s| s.len())
+        self.inner
+            .lock()
+            .map_or(0, |inner| inner.seen.len() + inner.forgotten.len())
     }
 }
 
@@ -80,12 +146,12 @@ mod tests {
     #[test]
     fn holds_what_was_recorded_until_it_expires_or_is_forgotten() {
         let verified = Verified::new(Duration::from_mins(1));
-        verified.record("policy:a".into(), digest(&"hcl"));
-        verified.record("kv:companies/x/owner".into(), digest(&"uid"));
-        verified.record("kv:companies/xy".into(), digest(&"uid"));
-        verified.record("kv:companies/x-y".into(), digest(&"uid"));
-        verified.record("kv:companies/x0".into(), digest(&"uid"));
-        verified.record("kv:companies/x/a/b".into(), digest(&"uid"));
+        verified.record("policy:a", digest(&"hcl"));
+        verified.record("kv:companies/x/owner", digest(&"uid"));
+        verified.record("kv:companies/xy", digest(&"uid"));
+        verified.record("kv:companies/x-y", digest(&"uid"));
+        verified.record("kv:companies/x0", digest(&"uid"));
+        verified.record("kv:companies/x/a/b", digest(&"uid"));
         assert!(verified.holds("policy:a", digest(&"hcl")));
         assert!(!verified.holds("policy:a", digest(&"other hcl")));
         assert!(!verified.holds("policy:b", digest(&"hcl")));
@@ -95,21 +161,46 @@ mod tests {
         for sibling in ["kv:companies/xy", "kv:companies/x-y", "kv:companies/x0"] {
             assert!(
                 verified.holds(sibling, digest(&"uid")),
-                "{sibling}: a sibling with the same prefix stays (sorted before and after `x/`)"
+                "{sibling}: a sibling with the same prefix stays"
             );
         }
-        assert_eq!(verified.len(), 4);
+        // Written again after the deletion: trusted again.
+        verified.record("kv:companies/x/owner", digest(&"uid 2"));
+        assert!(verified.holds("kv:companies/x/owner", digest(&"uid 2")));
+        assert!(!verified.holds("kv:companies/x/a/b", digest(&"uid")));
+        // A key is forgotten with itself, not only below.
+        verified.forget_below("policy:a");
+        assert!(!verified.holds("policy:a", digest(&"hcl")));
 
         let expired = Verified::new(Duration::from_millis(1));
-        expired.record("policy:a".into(), digest(&"hcl"));
+        expired.record("policy:a", digest(&"hcl"));
         std::thread::sleep(Duration::from_millis(5));
         assert!(!expired.holds("policy:a", digest(&"hcl")));
     }
 
     #[test]
+    fn what_has_expired_is_dropped_and_a_deletion_frees_its_entries() {
+        let every = Duration::from_millis(50);
+        let verified = Verified::new(every);
+        for developer in 0..100 {
+            verified.record(&format!("kv:companies/x/{developer}"), digest(&"uid"));
+        }
+        verified.forget_below("kv:companies/x");
+        assert_eq!(
+            verified.len(),
+            101,
+            "dropped at the next sweep, not at once"
+        );
+        std::thread::sleep(every * 2);
+        verified.record("policy:a", digest(&"hcl"));
+        assert_eq!(verified.len(), 1, "only the fresh entry is left");
+        assert!(verified.holds("policy:a", digest(&"hcl")));
+    }
+
+    #[test]
     fn an_interval_of_zero_trusts_nothing() {
         let verified = Verified::new(Duration::ZERO);
-        verified.record("policy:a".into(), digest(&"hcl"));
+        verified.record("policy:a", digest(&"hcl"));
         assert!(!verified.holds("policy:a", digest(&"hcl")));
         assert_eq!(verified.len(), 0);
     }
