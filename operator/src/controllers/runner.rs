@@ -229,33 +229,39 @@ fn workspace_changes(
 ) -> impl futures::Stream<Item = Result<StatefulSet, watcher::Error>> + Send + 'static {
     /// What was last passed on of one StatefulSet: its generation and
     /// ready replicas (the StatefulSet controller's other status counters
-    /// are not news), and its name, namespace and owning Developer, to wake
+    /// are not news), and its namespace, name and owning Developer, to wake
     /// that Developer should a relist find it gone. One per Developer: kept
-    /// small (a whole `ObjectMeta` is most of a kilobyte).
+    /// small (a whole `ObjectMeta` is most of a kilobyte; three strings,
+    /// about 150 bytes).
     struct Last {
         generation: Option<i64>,
         ready: i32,
-        name: Option<String>,
-        namespace: Option<String>,
-        developer: Option<String>,
+        /// `namespace/name/developer` (none of them holds a `/`; a missing
+        /// one is empty).
+        who: Box<str>,
     }
     // The synthetic StatefulSet that stands for one gone: what `owns_stream`
     // reads (its name too: kube makes an object reference of it first).
-    let gone_set = |l: Last| StatefulSet {
-        metadata: ObjectMeta {
-            name: l.name,
-            namespace: l.namespace,
-            owner_references: l.developer.map(|name| {
-                vec![OwnerReference {
-                    api_version: Developer::api_version(&()).into_owned(),
-                    kind: Developer::kind(&()).into_owned(),
-                    name,
-                    ..OwnerReference::default()
-                }]
-            }),
-            ..ObjectMeta::default()
-        },
-        ..StatefulSet::default()
+    let gone_set = |l: Last| {
+        let mut who = l.who.splitn(3, '/').map(str::to_owned);
+        let (namespace, name, developer) = (who.next(), who.next(), who.next());
+        let given = |s: Option<String>| s.filter(|s| !s.is_empty());
+        StatefulSet {
+            metadata: ObjectMeta {
+                name: given(name),
+                namespace: given(namespace),
+                owner_references: given(developer).map(|name| {
+                    vec![OwnerReference {
+                        api_version: Developer::api_version(&()).into_owned(),
+                        kind: Developer::kind(&()).into_owned(),
+                        name,
+                        ..OwnerReference::default()
+                    }]
+                }),
+                ..ObjectMeta::default()
+            },
+            ..StatefulSet::default()
+        }
     };
     let mut last: HashMap<u64, Last> = HashMap::new();
     let mut relisted: Option<std::collections::HashSet<u64>> = None;
@@ -306,15 +312,18 @@ fn workspace_changes(
                         o.kind == Developer::kind(&())
                             && o.api_version == Developer::api_version(&())
                     })
-                    .map(|o| o.name.clone());
+                    .map_or("", |o| o.name.as_str());
+                let who = format!(
+                    "{}/{}/{developer}",
+                    set.metadata.namespace.as_deref().unwrap_or_default(),
+                    set.metadata.name.as_deref().unwrap_or_default(),
+                );
                 let previous = last.insert(
                     k,
                     Last {
                         generation: now.0,
                         ready,
-                        name: set.metadata.name.clone(),
-                        namespace: set.metadata.namespace.clone(),
-                        developer,
+                        who: who.into_boxed_str(),
                     },
                 );
                 let previous = previous.map(|l| (l.generation, l.ready));
@@ -780,7 +789,7 @@ mod tests {
 
     /// The workspace of Developer `name`.
     fn set(name: &str, generation: i64, ready: i32, deleting: bool) -> StatefulSet {
-        let mut set = json!({"metadata": {"name": name, "namespace": "company-acme",
+        let mut set = json!({"metadata": {"name": format!("ws-{name}"), "namespace": "company-acme",
                 "generation": generation,
                 "ownerReferences": [{"apiVersion": "enclave.dev/v1alpha1", "kind": "Developer",
                     "name": name, "uid": "u", "controller": true}]},
@@ -828,6 +837,7 @@ mod tests {
                         .map(|o| o.name)
                         .unwrap_or_default();
                     assert_eq!(s.metadata.namespace.as_deref(), Some("company-acme"));
+                    assert_eq!(s.metadata.name, Some(format!("ws-{developer}")));
                     (developer, s.metadata.generation, ready)
                 })
                 .collect()
