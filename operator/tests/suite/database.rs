@@ -586,6 +586,73 @@ async fn shared_credentials_reach_only_their_own_database() {
         before,
         "an unchanged company costs no statements"
     );
+    assert_eq!(db.connections(), 1, "one admin connection, kept");
+}
+
+#[tokio::test]
+async fn the_admin_connection_is_renewed_when_its_credentials_change_or_it_drops() {
+    let env = pg().await;
+    let db = env.backend();
+    db.ensure(&shared(&tag()), None).await.unwrap();
+    assert_eq!(db.connections(), 1);
+
+    // The platform rotates the admin to another role: the next call logs
+    // in as that one.
+    let admin = format!("admin_{}", tag().replace('-', "_"));
+    env.admin
+        .batch_execute(&format!(
+            "CREATE ROLE {admin} SUPERUSER LOGIN PASSWORD 'rotated-password'"
+        ))
+        .await
+        .unwrap();
+    let token = service("ENCLAVE_TEST_VAULT_TOKEN", "the OpenBao root token");
+    let addr = service("ENCLAVE_TEST_VAULT_ADDR", "an OpenBao server");
+    let root = crate::support::vault_client(&addr, &token);
+    let creds = BTreeMap::from([
+        ("username", admin.as_str()),
+        ("password", "rotated-password"),
+    ]);
+    vaultrs::kv2::set(
+        &root,
+        "secret",
+        &env.settings.admin_credentials_path,
+        &creds,
+    )
+    .await
+    .unwrap();
+    let b = shared(&format!("{}-b", tag()));
+    db.ensure(&b, None).await.unwrap();
+    assert_eq!(db.connections(), 2);
+    let sessions = "SELECT count(*) FROM pg_stat_activity WHERE usename = $1";
+    assert_eq!(
+        env.count(sessions, &admin).await,
+        1,
+        "the new admin's session is kept"
+    );
+
+    // Its session ends (a restart, a failover): the next call connects again.
+    env.admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&admin],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.ensure(&b, Some(1))
+        .await
+        .expect("a dropped connection is replaced, not reported");
+    assert_eq!(db.connections(), 3);
+
+    drop(db);
+    let _ = env
+        .admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&admin],
+        )
+        .await;
+    let _ = env.admin.batch_execute(&format!("DROP ROLE {admin}")).await;
 }
 
 #[tokio::test]

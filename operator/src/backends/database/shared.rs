@@ -2,8 +2,9 @@
 //! operator's shared PostgreSQL (or RDS) instance.
 
 use std::{
+    hash::{DefaultHasher, Hash, Hasher},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -17,7 +18,7 @@ use super::{
     sql::{check_identifier, quote_ident, quote_literal},
 };
 use crate::{
-    backends::vault::{VaultBackend, VaultError},
+    backends::vault::{StoredCredentials, VaultBackend, VaultError},
     builders::DatabaseRequest,
     config::SharedDatabase,
     crd::DeletionPolicy,
@@ -29,6 +30,10 @@ pub struct SharedPostgres<V> {
     settings: SharedDatabase,
     crash: Option<CrashHook>,
     statements: AtomicU64,
+    /// The connection to the maintenance database, kept between calls,
+    /// with a digest of the admin credentials it logged in with.
+    admin: Mutex<Option<(u64, Arc<Client>)>>,
+    connections: AtomicU64,
 }
 
 fn pg(operation: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> DatabaseError {
@@ -52,6 +57,8 @@ impl<V: VaultBackend> SharedPostgres<V> {
             settings,
             crash: None,
             statements: AtomicU64::new(0),
+            admin: Mutex::default(),
+            connections: AtomicU64::new(0),
         }
     }
 
@@ -67,16 +74,80 @@ impl<V: VaultBackend> SharedPostgres<V> {
         self.statements.load(Ordering::Relaxed)
     }
 
-    async fn connect(&self, dbname: &str) -> Result<Client, DatabaseError> {
+    /// Connections opened so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The admin's username and password, as Vault holds them now.
+    async fn admin_credentials(&self) -> Result<(String, String), DatabaseError> {
         let path = &self.settings.admin_credentials_path;
-        let admin = self.vault.read_platform_secret(path).await?;
-        let (Some(user), Some(password)) = (admin.get("username"), admin.get("password")) else {
+        let mut admin = self.vault.read_platform_secret(path).await?;
+        let (Some(user), Some(password)) = (admin.remove("username"), admin.remove("password"))
+        else {
             return Err(VaultError::Malformed {
                 path: path.clone(),
                 reason: "needs username and password".into(),
             }
             .into());
         };
+        Ok((user, password))
+    }
+
+    /// A connection to the maintenance database as the admin Vault names
+    /// now: the one kept from an earlier call while it is open and the
+    /// credentials are the same, a new one otherwise. A new connection
+    /// costs PostgreSQL a backend process and both sides 4,096 rounds of
+    /// SCRAM; one per Company reconcile was most of the operator's
+    /// PostgreSQL cost. Callers use it concurrently (tokio-postgres
+    /// pipelines their statements) and [`Self::discard`] it after an error.
+    async fn admin(&self) -> Result<Arc<Client>, DatabaseError> {
+        let (user, password) = self.admin_credentials().await?;
+        let login = {
+            let mut hasher = DefaultHasher::new();
+            (&user, &password).hash(&mut hasher);
+            hasher.finish()
+        };
+        let kept = self.admin.lock().ok().and_then(|slot| {
+            slot.as_ref()
+                .filter(|(l, client)| *l == login && !client.is_closed())
+                .map(|(_, client)| Arc::clone(client))
+        });
+        if let Some(client) = kept {
+            return Ok(client);
+        }
+        let client = Arc::new(self.connect_as(&user, &password, "postgres").await?);
+        if let Ok(mut slot) = self.admin.lock() {
+            *slot = Some((login, Arc::clone(&client)));
+        }
+        Ok(client)
+    }
+
+    /// Stops keeping `client` (if it is the one kept): after an error its
+    /// session's state is unknown, and the next call connects afresh.
+    fn discard(&self, client: &Arc<Client>) {
+        if let Ok(mut slot) = self.admin.lock()
+            && slot
+                .as_ref()
+                .is_some_and(|(_, kept)| Arc::ptr_eq(kept, client))
+        {
+            *slot = None;
+        }
+    }
+
+    /// A new connection to `dbname` as the admin.
+    async fn connect(&self, dbname: &str) -> Result<Client, DatabaseError> {
+        let (user, password) = self.admin_credentials().await?;
+        self.connect_as(&user, &password, dbname).await
+    }
+
+    async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        dbname: &str,
+    ) -> Result<Client, DatabaseError> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.settings.host)
@@ -193,21 +264,16 @@ impl<V: VaultBackend> SharedPostgres<V> {
     }
 }
 
-impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
-    async fn ensure(
+impl<V: VaultBackend> SharedPostgres<V> {
+    /// [`DatabaseBackend::ensure`] once the credentials are in Vault, on
+    /// the admin connection `admin`.
+    async fn ensure_on(
         &self,
+        admin: &Client,
         req: &DatabaseRequest,
         applied_version: Option<u64>,
+        creds: &StoredCredentials,
     ) -> Result<DatabaseState, DatabaseError> {
-        Self::check_names(req)?;
-        // Write ahead: the password is in Vault before the role has it.
-        let creds = self
-            .vault
-            .ensure_credentials(&req.credentials_path, &req.username)
-            .await?;
-        checkpoint(self.crash.as_ref(), Step::CredentialsWritten)?;
-
-        let admin = self.connect("postgres").await?;
         let role = quote_ident(&req.username);
         let database = quote_ident(&req.database_name);
         // The SCRAM verifier, computed here, never the password: statement
@@ -216,15 +282,18 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
         // rounds of HMAC, and a converged Company's check needs none.
         let password = || quote_literal(&scram_sha_256(creds.password.expose().as_bytes()));
         let mut version = applied_version;
-        match Self::role_marker(&admin, &req.username).await? {
+        match Self::role_marker(admin, &req.username).await? {
             None => {
                 // One transaction: the role never exists without its marker.
+                // Statements sent as one simple query commit together or not
+                // at all, and a failure leaves the kept session idle (an
+                // explicit BEGIN would leave it in an aborted transaction).
                 let sql = format!(
-                    "BEGIN; CREATE ROLE {role} LOGIN PASSWORD {}; COMMENT ON ROLE {role} IS {}; COMMIT;",
+                    "CREATE ROLE {role} LOGIN PASSWORD {}; COMMENT ON ROLE {role} IS {};",
                     password(),
                     quote_literal(&marker(req))
                 );
-                self.execute(&admin, &sql, "create the login role").await?;
+                self.execute(admin, &sql, "create the login role").await?;
                 version = Some(creds.version);
                 checkpoint(self.crash.as_ref(), Step::RoleCreated)?;
             }
@@ -237,7 +306,7 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
             }
             Some(_) if applied_version != Some(creds.version) => {
                 self.execute(
-                    &admin,
+                    admin,
                     &format!("ALTER ROLE {role} WITH LOGIN PASSWORD {}", password()),
                     "set the role's password",
                 )
@@ -247,10 +316,10 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
             }
             Some(_) => {}
         }
-        match Self::database_owner(&admin, &req.database_name).await? {
+        match Self::database_owner(admin, &req.database_name).await? {
             None => {
                 self.execute(
-                    &admin,
+                    admin,
                     &format!("CREATE DATABASE {database} OWNER {role}"),
                     "create the database",
                 )
@@ -277,7 +346,7 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
             .get(0);
         if public {
             self.execute(
-                &admin,
+                admin,
                 &format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"),
                 "revoke PUBLIC's access",
             )
@@ -296,15 +365,16 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
         })
     }
 
-    async fn delete(&self, req: &DatabaseRequest) -> Result<Deletion, DatabaseError> {
-        Self::check_names(req)?;
-        if req.deletion_policy == DeletionPolicy::Retain {
-            return Ok(Deletion::Retained);
-        }
-        let admin = self.connect("postgres").await?;
+    /// [`DatabaseBackend::delete`] of a role and database not retained, on
+    /// the admin connection `admin`.
+    async fn delete_on(
+        &self,
+        admin: &Client,
+        req: &DatabaseRequest,
+    ) -> Result<Deletion, DatabaseError> {
         let role = quote_ident(&req.username);
         let database = quote_ident(&req.database_name);
-        let role_exists = match Self::role_marker(&admin, &req.username).await? {
+        let role_exists = match Self::role_marker(admin, &req.username).await? {
             Some(comment) if comment.as_deref() != Some(marker(req).as_str()) => {
                 return Err(Self::not_ours(
                     "role",
@@ -314,7 +384,7 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
             }
             found => found.is_some(),
         };
-        let owner = Self::database_owner(&admin, &req.database_name).await?;
+        let owner = Self::database_owner(admin, &req.database_name).await?;
         match req.deletion_policy {
             DeletionPolicy::Snapshot => {
                 if role_exists {
@@ -330,7 +400,7 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
                         )
                         .await?;
                     }
-                    self.execute(&admin, &format!("DROP ROLE {role}"), "drop the login role")
+                    self.execute(admin, &format!("DROP ROLE {role}"), "drop the login role")
                         .await?;
                 }
                 Ok(Deletion::RoleDropped)
@@ -341,7 +411,7 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
                     // one handed over earlier (Snapshot) is no longer Enclave's.
                     Some(owner) if owner == req.username => {
                         self.execute(
-                            &admin,
+                            admin,
                             &format!("DROP DATABASE {database} WITH (FORCE)"),
                             "drop the database",
                         )
@@ -357,11 +427,47 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
                     None => {}
                 }
                 if role_exists {
-                    self.execute(&admin, &format!("DROP ROLE {role}"), "drop the login role")
+                    self.execute(admin, &format!("DROP ROLE {role}"), "drop the login role")
                         .await?;
                 }
                 Ok(Deletion::Deleted { snapshot: None })
             }
         }
+    }
+}
+
+impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
+    async fn ensure(
+        &self,
+        req: &DatabaseRequest,
+        applied_version: Option<u64>,
+    ) -> Result<DatabaseState, DatabaseError> {
+        Self::check_names(req)?;
+        // Write ahead: the password is in Vault before the role has it.
+        let creds = self
+            .vault
+            .ensure_credentials(&req.credentials_path, &req.username)
+            .await?;
+        checkpoint(self.crash.as_ref(), Step::CredentialsWritten)?;
+
+        let admin = self.admin().await?;
+        let ensured = self.ensure_on(&admin, req, applied_version, &creds).await;
+        if ensured.is_err() {
+            self.discard(&admin);
+        }
+        ensured
+    }
+
+    async fn delete(&self, req: &DatabaseRequest) -> Result<Deletion, DatabaseError> {
+        Self::check_names(req)?;
+        if req.deletion_policy == DeletionPolicy::Retain {
+            return Ok(Deletion::Retained);
+        }
+        let admin = self.admin().await?;
+        let deleted = self.delete_on(&admin, req).await;
+        if deleted.is_err() {
+            self.discard(&admin);
+        }
+        deleted
     }
 }
