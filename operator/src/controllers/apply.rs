@@ -22,6 +22,7 @@ use serde_json::Value;
 use super::{
     cache::{self, WatchCache},
     lean::Lean,
+    unmanaged::Unmanaged,
 };
 use crate::builders::KubeObject;
 
@@ -122,7 +123,7 @@ fn why_apply(live: &Value, desired: &Value) -> Option<String> {
 }
 
 async fn apply<K>(
-    (api, lean): (Api<K>, Api<Lean<K>>),
+    (api, lean): (Api<Unmanaged<K>>, Api<Lean<K>>),
     cache: &WatchCache,
     object: &K,
 ) -> Result<bool, kube::Error>
@@ -146,7 +147,7 @@ where
     };
     if let Some(live) = live {
         let version = live.resource_version();
-        let live = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?;
+        let live = serde_json::to_value(&live.0).map_err(kube::Error::SerdeError)?;
         match why_apply(&live, &desired) {
             None => {
                 cache.verified(kind, object.meta(), version.as_deref(), intent);
@@ -176,16 +177,17 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-/// A cluster-scoped kind's API, whole and [`Lean`].
-fn cluster<K>(client: &Client) -> (Api<K>, Api<Lean<K>>)
+/// A cluster-scoped kind's API, whole (without field managers) and [`Lean`].
+fn cluster<K>(client: &Client) -> (Api<Unmanaged<K>>, Api<Lean<K>>)
 where
     K: Resource<Scope = ClusterResourceScope, DynamicType = ()>,
 {
     (Api::all(client.clone()), Api::all(client.clone()))
 }
 
-/// `object`'s namespace's API of its kind, whole and [`Lean`].
-fn namespaced<K>(client: &Client, object: &K) -> (Api<K>, Api<Lean<K>>)
+/// `object`'s namespace's API of its kind, whole (without field managers)
+/// and [`Lean`].
+fn namespaced<K>(client: &Client, object: &K) -> (Api<Unmanaged<K>>, Api<Lean<K>>)
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
 {

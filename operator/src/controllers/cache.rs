@@ -37,7 +37,10 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::lean::Lean;
+use super::{
+    lean::Lean,
+    unmanaged::{Unmanaged, unwrapped},
+};
 use crate::names::{ANNOTATION_COMPANY_UID, LABEL_COMPANY};
 
 /// One object as the cache knows it: one per object the operator manages
@@ -518,20 +521,26 @@ pub enum Passed<W> {
 /// their Developers from the cache's watch, not from a second one.
 pub type PassOn<W> = futures::channel::mpsc::UnboundedSender<Passed<W>>;
 
-/// Follows one kind (`whole`: whole objects, see [`Whole`]).
+/// The watch of Enclave's objects of one kind.
+fn managed<W>(api: Api<W>) -> impl futures::Stream<Item = watcher::Result<watcher::Event<W>>>
+where
+    W: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    W::DynamicType: Default,
+{
+    watcher(api, watcher::Config::default().labels(MANAGED))
+}
+
+/// Follows one kind's `events` (`whole`: whole objects, see [`Whole`]).
 async fn follow<W>(
-    api: Api<W>,
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<W>>> + Send + 'static,
     kind: &'static str,
     cache: Arc<WatchCache>,
     whole: Option<Whole<W>>,
     pass_on: Option<PassOn<W>>,
 ) where
-    W: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    W::DynamicType: Default,
+    W: Resource + Clone + Debug + Send + 'static,
 {
-    let mut events = watcher(api, watcher::Config::default().labels(MANAGED))
-        .default_backoff()
-        .boxed();
+    let mut events = events.default_backoff().boxed();
     let pass = |o: Passed<W>| {
         if let Some(to) = &pass_on {
             // Fails only once the receiving controller is gone (the
@@ -641,7 +650,7 @@ pub async fn run(client: Client, cache: Arc<WatchCache>, workspaces: PassOn<Stat
     macro_rules! meta {
         ($kind:ty) => {
             Box::pin(follow(
-                Api::<Lean<$kind>>::all(client.clone()),
+                managed(Api::<Lean<$kind>>::all(client.clone())),
                 <$kind>::KIND,
                 Arc::clone(&cache),
                 None,
@@ -650,7 +659,7 @@ pub async fn run(client: Client, cache: Arc<WatchCache>, workspaces: PassOn<Stat
         };
     }
     let sets = Box::pin(follow(
-        Api::<StatefulSet>::all(client.clone()),
+        unwrapped(managed(Api::<Unmanaged<StatefulSet>>::all(client.clone()))),
         StatefulSet::KIND,
         Arc::clone(&cache),
         Some(Whole {
@@ -666,7 +675,9 @@ pub async fn run(client: Client, cache: Arc<WatchCache>, workspaces: PassOn<Stat
     )) as futures::future::BoxFuture<'static, ()>;
     // A quota's usage changes with every pod and claim in its namespace.
     let quotas = Box::pin(follow(
-        Api::<ResourceQuota>::all(client.clone()),
+        unwrapped(managed(Api::<Unmanaged<ResourceQuota>>::all(
+            client.clone(),
+        ))),
         ResourceQuota::KIND,
         Arc::clone(&cache),
         Some(Whole {
@@ -678,7 +689,9 @@ pub async fn run(client: Client, cache: Arc<WatchCache>, workspaces: PassOn<Stat
     // A claim's binding changes its annotations and volume name, then its
     // status: none of it is what an apply wrote.
     let claims = Box::pin(follow(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
+        unwrapped(managed(Api::<Unmanaged<PersistentVolumeClaim>>::all(
+            client.clone(),
+        ))),
         PersistentVolumeClaim::KIND,
         Arc::clone(&cache),
         Some(Whole {

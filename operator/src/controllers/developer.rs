@@ -32,6 +32,7 @@ use super::{
     lean::Lean,
     prune::{Owner, prune},
     storage,
+    unmanaged::Unmanaged,
 };
 use crate::{
     backends::vault::{Change, VaultBackend, ensure_developer},
@@ -140,12 +141,13 @@ async fn allocate_id<B: Backends>(
     let vault = &ctx.vault;
     // Read from the API server, not a cache: the uid the previous
     // allocation recorded in a status must be seen here.
-    let peers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
+    let peers: Api<Unmanaged<Developer>> = Api::namespaced(ctx.client.clone(), namespace);
     let live: BTreeMap<String, i64> = peers
         .list(&ListParams::default())
         .await?
         .items
         .iter()
+        .map(|d| &d.0)
         .filter_map(|d| {
             let key = company
                 .developer(&d.name_any(), &d.spec.subject)

@@ -24,6 +24,7 @@ mod prune;
 mod runner;
 mod storage;
 mod triggers;
+mod unmanaged;
 
 pub use developer::FINALIZER as DEVELOPER_FINALIZER;
 

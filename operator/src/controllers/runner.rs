@@ -28,8 +28,14 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tracing::Instrument;
 
 use super::{
-    Backends, Context, Error, audit::Audit, aws_config, cache::Passed, company, connect_vault,
-    databases, developer, error_policy, http, lean::Lean, reset_failures, triggers,
+    Backends, Context, Error,
+    audit::Audit,
+    aws_config,
+    cache::Passed,
+    company, connect_vault, databases, developer, error_policy, http,
+    lean::Lean,
+    reset_failures, triggers,
+    unmanaged::{Unmanaged, unwrapped},
 };
 use crate::{
     backends::{
@@ -147,7 +153,7 @@ where
 /// finalizer additions do not wake it again (it adds its finalizer and goes
 /// on in the same reconcile; deletion bumps the generation).
 fn own_changes<K>(
-    api: Api<K>,
+    api: Api<Unmanaged<K>>,
     writer: reflector::store::Writer<K>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
@@ -160,7 +166,7 @@ where
         + 'static,
 {
     changed(
-        watcher(api, watcher::Config::default())
+        unwrapped(watcher(api, watcher::Config::default()))
             .default_backoff()
             .modify(unread_dropped)
             .reflect(writer)
@@ -346,7 +352,7 @@ fn workspace_changes(
 async fn company_controller(client: Client, config: controller::Config, ctx: Arc<Context>) {
     let (reader, writer) = reflector::store();
     let controller = Controller::for_stream(
-        own_changes(Api::<Company>::all(client.clone()), writer),
+        own_changes(Api::<Unmanaged<Company>>::all(client.clone()), writer),
         reader,
     );
     // A Developer added, going or gone changes its Company (its count, its
@@ -416,7 +422,7 @@ async fn developer_controller(
 ) {
     let (reader, developers) = reflector::store();
     let controller = Controller::for_stream(
-        own_changes(Api::<Developer>::all(client.clone()), developers),
+        own_changes(Api::<Unmanaged<Developer>>::all(client.clone()), developers),
         reader,
     );
     // A Company's change that its Developers build on (its namespace or
@@ -436,10 +442,10 @@ async fn developer_controller(
     let company_events = changed(
         reflector(
             writer,
-            watcher(
-                Api::<Company>::all(client.clone()),
+            unwrapped(watcher(
+                Api::<Unmanaged<Company>>::all(client.clone()),
                 watcher::Config::default(),
-            )
+            ))
             .modify(unread_dropped),
         )
         .touched_objects(),
