@@ -638,10 +638,24 @@ async fn the_admin_connection_is_renewed_when_its_credentials_change_or_it_drops
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // At once: the call may find out only when its statement fails, and
+    // then runs again on a new connection.
     db.ensure(&b, Some(1))
         .await
         .expect("a dropped connection is replaced, not reported");
+    assert_eq!(db.connections(), 3);
+    // A conflict is the request's, not the session's: the session stays.
+    let foreign = shared(&format!("{}-foreign", tag()));
+    env.admin
+        .batch_execute(&format!("CREATE ROLE {} LOGIN", foreign.username))
+        .await
+        .unwrap();
+    let err = db
+        .ensure(&foreign, None)
+        .await
+        .expect_err("a role not ours");
+    assert!(matches!(err, DatabaseError::Conflict { .. }), "{err}");
+    db.ensure(&b, Some(1)).await.unwrap();
     assert_eq!(db.connections(), 3);
 
     drop(db);

@@ -100,7 +100,7 @@ impl<V: VaultBackend> SharedPostgres<V> {
     /// costs PostgreSQL a backend process and both sides 4,096 rounds of
     /// SCRAM; one per Company reconcile was most of the operator's
     /// PostgreSQL cost. Callers use it concurrently (tokio-postgres
-    /// pipelines their statements) and [`Self::discard`] it after an error.
+    /// pipelines their statements) and [`Self::discard_after`] an error.
     async fn admin(&self) -> Result<Arc<Client>, DatabaseError> {
         let (user, password) = self.admin_credentials().await?;
         let login = {
@@ -123,9 +123,13 @@ impl<V: VaultBackend> SharedPostgres<V> {
         Ok(client)
     }
 
-    /// Stops keeping `client` (if it is the one kept): after an error its
-    /// session's state is unknown, and the next call connects afresh.
-    fn discard(&self, client: &Arc<Client>) {
+    /// Stops keeping `client` (if it is the one kept) after an error from
+    /// PostgreSQL: its session's state is unknown, and the next call
+    /// connects afresh. A conflict or a refused name leaves it kept.
+    fn discard_after<T>(&self, client: &Arc<Client>, result: &Result<T, DatabaseError>) {
+        if !matches!(result, Err(DatabaseError::Postgres { .. })) {
+            return;
+        }
         if let Ok(mut slot) = self.admin.lock()
             && slot
                 .as_ref()
@@ -133,6 +137,13 @@ impl<V: VaultBackend> SharedPostgres<V> {
         {
             *slot = None;
         }
+    }
+
+    /// Whether `result` failed because the kept session had ended (a
+    /// restart, an idle timeout) before the call knew: then it runs once
+    /// more, on a new connection (every call is safe to repeat).
+    fn session_ended<T>(result: &Result<T, DatabaseError>) -> bool {
+        matches!(result, Err(DatabaseError::Postgres { source, .. }) if source.is_closed())
     }
 
     /// A new connection to `dbname` as the admin.
@@ -156,7 +167,13 @@ impl<V: VaultBackend> SharedPostgres<V> {
             .password(password)
             .dbname(dbname)
             .application_name("enclave")
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10))
+            // A kept session whose server went silent (a failover, a
+            // dropped route) is found dead in about half a minute, not
+            // after the kernel's 15 minutes of retransmissions.
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .tcp_user_timeout(Duration::from_secs(30));
         let target = format!("{}:{}/{dbname}", self.settings.host, self.settings.port);
         let client = if self.settings.tls {
             config.ssl_mode(SslMode::Require);
@@ -174,8 +191,13 @@ impl<V: VaultBackend> SharedPostgres<V> {
             tokio::spawn(connection);
             client
         };
+        // One statement stuck on a lock must not hold up the other
+        // Companies' statements queued behind it on the kept session.
         client
-            .batch_execute("SET standard_conforming_strings = on")
+            .batch_execute(
+                "SET standard_conforming_strings = on; \
+                 SET lock_timeout = '30s'; SET statement_timeout = '5min'",
+            )
             .await
             .map_err(pg("configure the session"))?;
         Ok(client)
@@ -451,9 +473,12 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
         checkpoint(self.crash.as_ref(), Step::CredentialsWritten)?;
 
         let admin = self.admin().await?;
-        let ensured = self.ensure_on(&admin, req, applied_version, &creds).await;
-        if ensured.is_err() {
-            self.discard(&admin);
+        let mut ensured = self.ensure_on(&admin, req, applied_version, &creds).await;
+        self.discard_after(&admin, &ensured);
+        if Self::session_ended(&ensured) {
+            let admin = self.admin().await?;
+            ensured = self.ensure_on(&admin, req, applied_version, &creds).await;
+            self.discard_after(&admin, &ensured);
         }
         ensured
     }
@@ -464,9 +489,12 @@ impl<V: VaultBackend> DatabaseBackend for SharedPostgres<V> {
             return Ok(Deletion::Retained);
         }
         let admin = self.admin().await?;
-        let deleted = self.delete_on(&admin, req).await;
-        if deleted.is_err() {
-            self.discard(&admin);
+        let mut deleted = self.delete_on(&admin, req).await;
+        self.discard_after(&admin, &deleted);
+        if Self::session_ended(&deleted) {
+            let admin = self.admin().await?;
+            deleted = self.delete_on(&admin, req).await;
+            self.discard_after(&admin, &deleted);
         }
         deleted
     }
