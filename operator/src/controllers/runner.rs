@@ -216,10 +216,10 @@ where
     })
 }
 
-/// Drops from an object kept in a store what no reconcile reads: at
-/// 10,000 Developers the field managers alone would double the store.
+/// Drops from an object kept in a store what no reconcile reads: a copy
+/// of the whole object that `kubectl apply` leaves (its field managers are
+/// not read at all: the watches read [`Unmanaged`] objects).
 fn unread_dropped<K: kube::Resource>(o: &mut K) {
-    o.managed_fields_mut().clear();
     o.annotations_mut()
         .remove("kubectl.kubernetes.io/last-applied-configuration");
 }

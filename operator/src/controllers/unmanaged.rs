@@ -111,17 +111,13 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Skipping<D> {
     type Error = D::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_any(Skipped {
-            inner: visitor,
-            at: self.at,
-        })
+        self.inner
+            .deserialize_any(Skipped::reading(visitor, self.at))
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_map(Skipped {
-            inner: visitor,
-            at: self.at,
-        })
+        self.inner
+            .deserialize_map(Skipped::reading(visitor, self.at))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -130,21 +126,13 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Skipping<D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_struct(
-            name,
-            fields,
-            Skipped {
-                inner: visitor,
-                at: self.at,
-            },
-        )
+        self.inner
+            .deserialize_struct(name, fields, Skipped::reading(visitor, self.at))
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_option(Skipped {
-            inner: visitor,
-            at: self.at,
-        })
+        self.inner
+            .deserialize_option(Skipped::reading(visitor, self.at))
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
@@ -152,13 +140,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Skipping<D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.inner.deserialize_newtype_struct(
-            name,
-            Skipped {
-                inner: visitor,
-                at: self.at,
-            },
-        )
+        self.inner
+            .deserialize_newtype_struct(name, Skipped::reading(visitor, self.at))
     }
 
     fn is_human_readable(&self) -> bool {
@@ -177,6 +160,13 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Skipping<D> {
 struct Skipped<V> {
     inner: V,
     at: Level,
+}
+
+impl<V> Skipped<V> {
+    /// `visitor`, reading at level `at`.
+    fn reading(inner: V, at: Level) -> Self {
+        Self { inner, at }
+    }
 }
 
 impl<'de, V: Visitor<'de>> Visitor<'de> for Skipped<V> {
