@@ -7,6 +7,7 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use rustify::{
@@ -381,8 +382,9 @@ impl VaultClientBackend {
     ) -> Result<Change, VaultError> {
         let record_path = Self::record_path(company, name);
         check_kv_path(&record_path)?;
-        self.verified
-            .forget_below(&Self::role_key(company, mount, name));
+        let _forgetting = self
+            .verified
+            .forgetting(Self::role_key(company, mount, name));
         let path = Self::role_path_in(mount, name);
         let exists = self.read_raw(&path).await?.is_some();
         let owned = self.read_kv(&record_path).await?.is_some();
@@ -512,18 +514,19 @@ impl VaultBackend for VaultClientBackend {
         if self.verified.holds(&key, digest(&owner)) {
             return Ok(owner.to_owned());
         }
+        let since = Instant::now();
         // Read first: a resync of a claimed tenant writes nothing.
         if let Some(uid) = self
             .read_kv(path)
             .await?
             .and_then(|(data, _)| data.get("uid").cloned())
         {
-            self.verified.record(&key, digest(&uid.as_str()));
+            self.verified.record(&key, digest(&uid.as_str()), since);
             return Ok(uid);
         }
         let data = HashMap::from([("uid", owner.to_owned())]);
         if self.write_kv(path, &data, 0).await?.is_some() {
-            self.verified.record(&key, digest(&owner));
+            self.verified.record(&key, digest(&owner), since);
             return Ok(owner.to_owned());
         }
         let recorded = self
@@ -546,9 +549,10 @@ impl VaultBackend for VaultClientBackend {
         if self.verified.holds(&key, wanted) {
             return Ok(Change::Unchanged);
         }
+        let since = Instant::now();
         let change = match self.read_policy(&policy.name).await? {
             Some(current) if current == policy.hcl => {
-                self.verified.record(&key, wanted);
+                self.verified.record(&key, wanted, since);
                 return Ok(Change::Unchanged);
             }
             Some(current) if !current.starts_with(OWNERSHIP_MARKER) => {
@@ -568,12 +572,12 @@ impl VaultBackend for VaultClientBackend {
             Some(body),
         )
         .await?;
-        self.verified.record(&key, wanted);
+        self.verified.record(&key, wanted, since);
         Ok(change)
     }
 
     async fn delete_policy(&self, name: &str) -> Result<Change, VaultError> {
-        self.verified.forget_below(&format!("policy:{name}"));
+        let _forgetting = self.verified.forgetting(format!("policy:{name}"));
         match self.read_policy(name).await? {
             None => Ok(Change::Unchanged),
             Some(current) if !current.starts_with(OWNERSHIP_MARKER) => Err(VaultError::NotOwned {
@@ -605,6 +609,7 @@ impl VaultBackend for VaultClientBackend {
         if self.verified.holds(&key, wanted) {
             return Ok(Change::Unchanged);
         }
+        let since = Instant::now();
         let current = self.claim_role(company, mount, &role.name).await?;
         let matches = current.as_ref().is_some_and(|c| {
             sorted_strings(c, "bound_service_account_names") == role.bound_service_account_names
@@ -616,7 +621,7 @@ impl VaultBackend for VaultClientBackend {
                 && c["token_max_ttl"].as_u64() == Some(u64::from(role.token_max_ttl))
         });
         if matches {
-            self.verified.record(&key, wanted);
+            self.verified.record(&key, wanted, since);
             return Ok(Change::Unchanged);
         }
         self.wrote();
@@ -640,7 +645,7 @@ impl VaultBackend for VaultClientBackend {
             "write role",
             &Self::role_path_in(mount, &role.name),
         ))?;
-        self.verified.record(&key, wanted);
+        self.verified.record(&key, wanted, since);
         Ok(if current.is_some() {
             Change::Updated
         } else {
@@ -665,6 +670,7 @@ impl VaultBackend for VaultClientBackend {
         if self.verified.holds(&key, wanted) {
             return Ok(Change::Unchanged);
         }
+        let since = Instant::now();
         let current = self.claim_role(company, mount, &role.name).await?;
         let matches = current.as_ref().is_some_and(|c| {
             c["role_type"].as_str() == Some("jwt")
@@ -676,7 +682,7 @@ impl VaultBackend for VaultClientBackend {
                 && c["token_max_ttl"].as_u64() == Some(u64::from(role.token_max_ttl))
         });
         if matches {
-            self.verified.record(&key, wanted);
+            self.verified.record(&key, wanted, since);
             return Ok(Change::Unchanged);
         }
         self.wrote();
@@ -701,7 +707,7 @@ impl VaultBackend for VaultClientBackend {
             "write role",
             &Self::role_path_in(mount, &role.name),
         ))?;
-        self.verified.record(&key, wanted);
+        self.verified.record(&key, wanted, since);
         Ok(if current.is_some() {
             Change::Updated
         } else {
@@ -790,7 +796,7 @@ impl VaultBackend for VaultClientBackend {
 
     async fn delete_secrets(&self, prefix: &str) -> Result<usize, VaultError> {
         check_kv_path(prefix)?;
-        self.verified.forget_below(&format!("kv:{prefix}"));
+        let _forgetting = self.verified.forgetting(format!("kv:{prefix}"));
         let mount = &self.settings.kv_mount;
         let mut deleted = 0;
         // The prefix itself may be a secret, a folder, or both.

@@ -37,6 +37,19 @@ struct Inner {
     swept: Option<Instant>,
 }
 
+/// Forgets its key once more when dropped (see [`Verified::forgetting`]).
+#[must_use = "the key is forgotten again when this is dropped: hold it across the deletion"]
+pub(super) struct Forgetting<'a> {
+    verified: &'a Verified,
+    key: String,
+}
+
+impl Drop for Forgetting<'_> {
+    fn drop(&mut self) {
+        self.verified.forget_below(&self.key);
+    }
+}
+
 /// A digest and when Vault was seen holding it.
 #[derive(Clone, Copy, Debug)]
 struct Mark {
@@ -85,29 +98,42 @@ impl Verified {
         })
     }
 
-    /// Vault holds `digest` at `key` now (just read or written).
-    pub(super) fn record(&self, key: &str, digest: u64) {
+    /// Vault held `digest` at `key` when asked by a request sent at `since`
+    /// (taken before the read or write, not after its answer: a deletion
+    /// that overlapped the request leaves a later marker, and the entry is
+    /// not trusted).
+    pub(super) fn record(&self, key: &str, digest: u64, since: Instant) {
         if self.every.is_zero() {
             return;
         }
         if let Ok(mut inner) = self.inner.lock() {
-            let now = Instant::now();
             inner
                 .seen
-                .insert(self::digest(&key), Mark { digest, at: now });
-            self.sweep(&mut inner, now);
+                .insert(self::digest(&key), Mark { digest, at: since });
+            self.sweep(&mut inner, Instant::now());
         }
     }
 
     /// Forgets `key` and every key below it (`key/…`): a deletion's
     /// entries are not trusted again, and their memory goes with the next
     /// sweep.
-    pub(super) fn forget_below(&self, key: &str) {
+    fn forget_below(&self, key: &str) {
         if let Ok(mut inner) = self.inner.lock() {
             let now = Instant::now();
             inner.seen.remove(&digest(&key));
             inner.forgotten.insert(digest(&key), now);
             self.sweep(&mut inner, now);
+        }
+    }
+
+    /// Forgets `key` and everything below it now and again when the guard
+    /// is dropped: held across a deletion, it also distrusts what a read
+    /// sent while the deletion ran saw, whichever way the deletion ends.
+    pub(super) fn forgetting(&self, key: String) -> Forgetting<'_> {
+        self.forget_below(&key);
+        Forgetting {
+            verified: self,
+            key,
         }
     }
 
@@ -146,12 +172,12 @@ mod tests {
     #[test]
     fn holds_what_was_recorded_until_it_expires_or_is_forgotten() {
         let verified = Verified::new(Duration::from_mins(1));
-        verified.record("policy:a", digest(&"hcl"));
-        verified.record("kv:companies/x/owner", digest(&"uid"));
-        verified.record("kv:companies/xy", digest(&"uid"));
-        verified.record("kv:companies/x-y", digest(&"uid"));
-        verified.record("kv:companies/x0", digest(&"uid"));
-        verified.record("kv:companies/x/a/b", digest(&"uid"));
+        verified.record("policy:a", digest(&"hcl"), Instant::now());
+        verified.record("kv:companies/x/owner", digest(&"uid"), Instant::now());
+        verified.record("kv:companies/xy", digest(&"uid"), Instant::now());
+        verified.record("kv:companies/x-y", digest(&"uid"), Instant::now());
+        verified.record("kv:companies/x0", digest(&"uid"), Instant::now());
+        verified.record("kv:companies/x/a/b", digest(&"uid"), Instant::now());
         assert!(verified.holds("policy:a", digest(&"hcl")));
         assert!(!verified.holds("policy:a", digest(&"other hcl")));
         assert!(!verified.holds("policy:b", digest(&"hcl")));
@@ -165,7 +191,7 @@ mod tests {
             );
         }
         // Written again after the deletion: trusted again.
-        verified.record("kv:companies/x/owner", digest(&"uid 2"));
+        verified.record("kv:companies/x/owner", digest(&"uid 2"), Instant::now());
         assert!(verified.holds("kv:companies/x/owner", digest(&"uid 2")));
         assert!(!verified.holds("kv:companies/x/a/b", digest(&"uid")));
         // A key is forgotten with itself, not only below.
@@ -173,7 +199,7 @@ mod tests {
         assert!(!verified.holds("policy:a", digest(&"hcl")));
 
         let expired = Verified::new(Duration::from_millis(1));
-        expired.record("policy:a", digest(&"hcl"));
+        expired.record("policy:a", digest(&"hcl"), Instant::now());
         std::thread::sleep(Duration::from_millis(5));
         assert!(!expired.holds("policy:a", digest(&"hcl")));
     }
@@ -183,7 +209,11 @@ mod tests {
         let every = Duration::from_millis(50);
         let verified = Verified::new(every);
         for developer in 0..100 {
-            verified.record(&format!("kv:companies/x/{developer}"), digest(&"uid"));
+            verified.record(
+                &format!("kv:companies/x/{developer}"),
+                digest(&"uid"),
+                Instant::now(),
+            );
         }
         verified.forget_below("kv:companies/x");
         assert_eq!(
@@ -192,15 +222,36 @@ mod tests {
             "dropped at the next sweep, not at once"
         );
         std::thread::sleep(every * 2);
-        verified.record("policy:a", digest(&"hcl"));
+        verified.record("policy:a", digest(&"hcl"), Instant::now());
         assert_eq!(verified.len(), 1, "only the fresh entry is left");
         assert!(verified.holds("policy:a", digest(&"hcl")));
     }
 
     #[test]
+    fn what_a_request_overlapping_a_deletion_saw_is_not_trusted() {
+        let verified = Verified::new(Duration::from_mins(1));
+        // Sent before the deletion started, answered after it ended.
+        let before = Instant::now();
+        drop(verified.forgetting("kv:companies/x".to_owned()));
+        verified.record("kv:companies/x/owner", digest(&"uid"), before);
+        assert!(!verified.holds("kv:companies/x/owner", digest(&"uid")));
+        // Sent while the deletion ran (it may have seen the old secret).
+        let deleting = verified.forgetting("kv:companies/x".to_owned());
+        let during = Instant::now();
+        verified.record("kv:companies/x/owner", digest(&"uid"), during);
+        drop(deleting);
+        assert!(!verified.holds("kv:companies/x/owner", digest(&"uid")));
+        // Sent after it ended: trusted (a moment later: an equal instant
+        // is not trusted).
+        std::thread::sleep(Duration::from_millis(2));
+        verified.record("kv:companies/x/owner", digest(&"uid"), Instant::now());
+        assert!(verified.holds("kv:companies/x/owner", digest(&"uid")));
+    }
+
+    #[test]
     fn an_interval_of_zero_trusts_nothing() {
         let verified = Verified::new(Duration::ZERO);
-        verified.record("policy:a", digest(&"hcl"));
+        verified.record("policy:a", digest(&"hcl"), Instant::now());
         assert!(!verified.holds("policy:a", digest(&"hcl")));
         assert_eq!(verified.len(), 0);
     }
