@@ -49,8 +49,10 @@ pub struct DeveloperSpec {
     pub role: DeveloperRole,
 
     /// Overrides of the company's workspace defaults.
+    // Boxed: most Developers have none, and the watch holds every one
+    // (120 bytes less each).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace: Option<DeveloperWorkspace>,
+    pub workspace: Option<Box<DeveloperWorkspace>>,
 
     /// Git settings of the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
