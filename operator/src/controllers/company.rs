@@ -19,6 +19,7 @@ use super::{
     lean::Lean,
     prune::{Owner, prune},
     storage,
+    unmanaged::Unmanaged,
 };
 use crate::{
     backends::{
@@ -45,7 +46,12 @@ pub async fn reconcile<B: Backends>(
     ctx: Arc<Context<B>>,
 ) -> Result<Action, Error> {
     let api: Api<Company> = Api::all(ctx.client.clone());
-    let company = super::with_finalizer(&api, FINALIZER, company).await?;
+    let company = super::with_finalizer(
+        &Api::<Unmanaged<Company>>::all(ctx.client.clone()),
+        FINALIZER,
+        company,
+    )
+    .await?;
     // Boxed: the pipeline's future is large (backend calls inside).
     let result = Box::pin(finalizer(&api, FINALIZER, company, |event| async {
         match event {
@@ -361,12 +367,8 @@ async fn developer_count<B: Backends>(
     let count = if let Some(count) = watched {
         count
     } else {
-        let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
-        developers
-            .list_metadata(&ListParams::default())
-            .await?
-            .items
-            .len()
+        let developers: Api<Lean<Developer>> = Api::namespaced(ctx.client.clone(), namespace);
+        developers.list(&ListParams::default()).await?.items.len()
     };
     Ok(i32::try_from(count).ok())
 }
@@ -833,7 +835,7 @@ async fn delete_developers<B: Backends>(
     build: &CompanyContext<'_>,
 ) -> Result<(), Error> {
     let (name, namespace) = (build.names.company(), build.names.namespace());
-    let developers: Api<Developer> = Api::namespaced(ctx.client.clone(), namespace);
+    let developers: Api<Lean<Developer>> = Api::namespaced(ctx.client.clone(), namespace);
     // While the watch shows Developers, they are asked to go and waited
     // for (each one gone wakes the Company); that none is left, the step
     // after which the company's storage and namespace go, is the API's word.
@@ -846,7 +848,7 @@ async fn delete_developers<B: Backends>(
     let remaining = match watched {
         Some(members) => members,
         None => developers
-            .list_metadata(&ListParams::default())
+            .list(&ListParams::default())
             .await?
             .items
             .into_iter()

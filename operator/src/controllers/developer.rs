@@ -194,11 +194,14 @@ pub async fn reconcile<B: Backends>(
     developer: Arc<Developer>,
     ctx: Arc<Context<B>>,
 ) -> Result<Action, Error> {
-    let api: Api<Developer> = Api::namespaced(
-        ctx.client.clone(),
-        &developer.namespace().unwrap_or_default(),
-    );
-    let developer = super::with_finalizer(&api, FINALIZER, developer).await?;
+    let namespace = developer.namespace().unwrap_or_default();
+    let api: Api<Developer> = Api::namespaced(ctx.client.clone(), &namespace);
+    let developer = super::with_finalizer(
+        &Api::<Unmanaged<Developer>>::namespaced(ctx.client.clone(), &namespace),
+        FINALIZER,
+        developer,
+    )
+    .await?;
     let result = Box::pin(finalizer(&api, FINALIZER, developer, |event| async {
         match event {
             Event::Apply(developer) => Box::pin(apply(developer, &ctx)).await,

@@ -528,9 +528,10 @@ impl Error {
 /// `object` with finalizer `name`, added first when it is missing and the
 /// object is not being deleted: the reconcile goes on in the same pass
 /// instead of waiting for the watch to bring its own change back. The patch
-/// carries the resourceVersion, so a stale cached copy gets a Conflict.
+/// carries the resourceVersion, so a stale cached copy gets a Conflict; its
+/// answer is read without field managers.
 pub(crate) async fn with_finalizer<K>(
-    api: &kube::Api<K>,
+    api: &kube::Api<unmanaged::Unmanaged<K>>,
     name: &str,
     object: Arc<K>,
 ) -> Result<Arc<K>, Error>
@@ -554,7 +555,7 @@ where
             &kube::api::Patch::Merge(&patch),
         )
         .await?;
-    Ok(Arc::new(patched))
+    Ok(Arc::new(patched.0))
 }
 
 /// The outcome of kube-runtime's finalizer helper as a reconcile result.
