@@ -739,14 +739,15 @@ fn aws_service(action: &str) -> &'static str {
     }
 }
 
-/// The most calls of each AWS service that started within one second.
-fn busiest_second(seen: &[crate::aws_proxy::Seen]) -> BTreeMap<&'static str, usize> {
+/// The most calls of each AWS service that reached the proxy within
+/// `window`.
+fn busiest(seen: &[crate::aws_proxy::Seen], window: Duration) -> BTreeMap<&'static str, usize> {
     let mut most = BTreeMap::new();
     for (i, first) in seen.iter().enumerate() {
         let service = aws_service(&first.action);
         let within = seen[i..]
             .iter()
-            .take_while(|s| s.at.duration_since(first.at) < Duration::from_secs(1))
+            .take_while(|s| s.at.duration_since(first.at) < window)
             .filter(|s| aws_service(&s.action) == service)
             .count();
         let entry = most.entry(service).or_insert(0);
@@ -893,16 +894,23 @@ async fn deleting_thirty_companies_with_rds_and_fsx_stays_within_the_aws_call_bu
     for s in deletion {
         *per_service.entry(aws_service(&s.action)).or_default() += 1;
     }
-    let busiest = busiest_second(&seen);
+    // The gate starts calls 1/BUDGET s apart; they reach the proxy after
+    // their latency, which varies by up to about half a second while the
+    // suite loads both cores (one second's window once held BUDGET + 2
+    // arrivals). So a window of `window_seconds` holds at most
+    // (window_seconds + 0.5) x BUDGET + 1 calls, over creation and deletion alike;
+    // an unpaced gate, or one 20 % too fast, exceeds it.
+    let window_seconds: u64 = 5;
+    let most_in_a_second = busiest(&seen, Duration::from_secs(1));
+    let most_in_a_window = busiest(&seen, Duration::from_secs(window_seconds));
     println!(
-        "deleted {COMPANIES} companies in {took:?}: {per_service:?} AWS calls; busiest second over creation and deletion {busiest:?} (budget {BUDGET}/s per service)"
+        "deleted {COMPANIES} companies in {took:?}: {per_service:?} AWS calls; over creation and deletion the busiest second {most_in_a_second:?}, the busiest {window_seconds} s {most_in_a_window:?} (budget {BUDGET}/s per service)"
     );
-    // Paced starts 1/BUDGET s apart: at most BUDGET (+1 at a window's
-    // edge) in any second, over creation and deletion alike.
-    for (service, most) in &busiest {
+    let bound = (usize::try_from(window_seconds).unwrap() * 2 + 1) * BUDGET / 2 + 1;
+    for (service, most) in &most_in_a_window {
         assert!(
-            *most <= BUDGET + 1,
-            "{service}: {most} calls within one second, budget {BUDGET}/s"
+            *most <= bound,
+            "{service}: {most} calls within {window_seconds} s, budget {BUDGET}/s (at most {bound} with latency's jitter)"
         );
     }
     for (service, calls) in &per_service {
