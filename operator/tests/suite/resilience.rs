@@ -4,7 +4,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use crate::kube_proxy::Fault;
 use enclave::crd::{Company, Developer};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, ResourceQuota};
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
@@ -94,12 +96,16 @@ async fn tenant_volumes(h: &Harness, name: &str) -> Vec<PersistentVolume> {
         .collect()
 }
 
-/// Waits (90 s at most) until no volume of tenant `name` is going: being
-/// deleted (it goes once the volume controller has released it from its
-/// claim and the volume-protection controller sees that, which may be
-/// after the Company: three controllers, one of which resyncs every 15 s),
-/// or released with reclaim policy Delete (its provisioner deletes it
-/// next). A volume nobody deleted is still counted as left behind.
+/// Waits until no volume of tenant `name` is going: being deleted (it goes
+/// once the volume controller has released it from its claim and the
+/// volume-protection controller sees that, which may be after the Company:
+/// three controllers, one of which resyncs every 15 s), or released with
+/// reclaim policy Delete (its provisioner deletes it next). 90 s at most
+/// while a going volume's claim is still there and not being deleted (the
+/// operator's part: it deletes the claims); 240 s while only the
+/// controller-manager's part is left (claims gone or going: under load its
+/// chain of pod, claim and volume protection takes minutes). A volume
+/// nobody deleted is still counted as left behind.
 async fn volumes_deleted(h: &Harness, name: &str) {
     let going = |v: &PersistentVolume| {
         let released = v.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
@@ -110,8 +116,43 @@ async fn volumes_deleted(h: &Harness, name: &str) {
             == Some("Delete");
         v.metadata.deletion_timestamp.is_some() || (released && reclaimed)
     };
-    for _ in 0..180 {
-        if !tenant_volumes(h, name).await.iter().any(going) {
+    let started = std::time::Instant::now();
+    loop {
+        let volumes: Vec<_> = tenant_volumes(h, name)
+            .await
+            .into_iter()
+            .filter(going)
+            .collect();
+        if volumes.is_empty() {
+            return;
+        }
+        let mut claims_left = Vec::new();
+        for v in &volumes {
+            let Some(claim) = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+                continue;
+            };
+            let (Some(namespace), Some(claim_name)) = (&claim.namespace, &claim.name) else {
+                continue;
+            };
+            let live = Api::<PersistentVolumeClaim>::namespaced(h.client.clone(), namespace)
+                .get_opt(claim_name)
+                .await
+                .unwrap()
+                .filter(|c| c.metadata.uid == claim.uid && c.metadata.deletion_timestamp.is_none());
+            if live.is_some() {
+                claims_left.push(format!("{namespace}/{claim_name}"));
+            }
+        }
+        let limit = Duration::from_secs(if claims_left.is_empty() { 240 } else { 90 });
+        if started.elapsed() > limit {
+            eprintln!(
+                "{name}: after {:?}, volumes still going: {:?}; their claims not being deleted: {claims_left:?}",
+                started.elapsed(),
+                volumes
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect::<Vec<_>>()
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
