@@ -13,7 +13,10 @@
 # convergence and resync rows are printed before the deletion starts.
 # ENCLAVE_BENCH_BASELINE=SECONDS skips the baseline (and the deletion of its
 # namespaces) and compares with that all-Ready time from an earlier run at
-# the same size: at 1,000 x 10 the baseline phase takes 40 minutes. Not a
+# the same size: at 1,000 x 10 the baseline phase takes 40 minutes.
+# ENCLAVE_BENCH_RECONCILES=N runs the operator with N reconciles in flight
+# per kind (controller.maxConcurrentReconciles; default 8, as many as the
+# baseline's applies in flight). Not a
 # test: it prints numbers. The suite runs the same
 # benchmark at 2 x 3 as a smoke check.
 set -euo pipefail

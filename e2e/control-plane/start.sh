@@ -123,7 +123,7 @@ EOF
     --authorization-mode=RBAC \
     --audit-policy-file="$DIR/audit-policy.yaml" --audit-log-path="$DIR/audit.log" \
     --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=1000000 \
-    --profiling=false --v=0
+    --profiling="${ENCLAVE_TEST_APISERVER_PROFILING:-false}" --v=0
 
   for _ in $(seq 1 600); do
     if kubectl get --raw /readyz >/dev/null 2>&1; then return 0; fi
