@@ -16,9 +16,8 @@
 # the same size: at 1,000 x 10 the baseline phase takes 40 minutes.
 # ENCLAVE_BENCH_RECONCILES=N runs the operator with N reconciles in flight
 # per kind (controller.maxConcurrentReconciles; default 8, as many as the
-# baseline's applies in flight). Not a
-# test: it prints numbers. The suite runs the same
-# benchmark at 2 x 3 as a smoke check.
+# baseline's applies in flight). Not a test: it prints numbers. The suite
+# runs the same benchmark at 2 x 3 as a smoke check.
 set -euo pipefail
 
 companies=${1:?usage: e2e/bench.sh COMPANIES DEVELOPERS}

@@ -126,37 +126,50 @@ async fn volumes_deleted(h: &Harness, name: &str) {
         if volumes.is_empty() {
             return;
         }
-        let mut claims_left = Vec::new();
-        for v in &volumes {
-            let Some(claim) = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
-                continue;
-            };
-            let (Some(namespace), Some(claim_name)) = (&claim.namespace, &claim.name) else {
-                continue;
-            };
-            let live = Api::<PersistentVolumeClaim>::namespaced(h.client.clone(), namespace)
-                .get_opt(claim_name)
-                .await
-                .unwrap()
-                .filter(|c| c.metadata.uid == claim.uid && c.metadata.deletion_timestamp.is_none());
-            if live.is_some() {
-                claims_left.push(format!("{namespace}/{claim_name}"));
+        // Within 90 s both limits agree; past them, whose part is left
+        // decides (each claim read only then).
+        if started.elapsed() > Duration::from_secs(90) {
+            let claims_left = live_claims(h, &volumes).await;
+            let limit = Duration::from_secs(if claims_left.is_empty() { 240 } else { 90 });
+            if started.elapsed() > limit {
+                eprintln!(
+                    "{name}: after {:?}, volumes still going: {:?}; their claims not being deleted: {claims_left:?}",
+                    started.elapsed(),
+                    volumes
+                        .iter()
+                        .map(ResourceExt::name_any)
+                        .collect::<Vec<_>>()
+                );
+                return;
             }
-        }
-        let limit = Duration::from_secs(if claims_left.is_empty() { 240 } else { 90 });
-        if started.elapsed() > limit {
-            eprintln!(
-                "{name}: after {:?}, volumes still going: {:?}; their claims not being deleted: {claims_left:?}",
-                started.elapsed(),
-                volumes
-                    .iter()
-                    .map(ResourceExt::name_any)
-                    .collect::<Vec<_>>()
-            );
-            return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The claims of `volumes` that are still there and not being deleted
+/// (`namespace/name`): the operator's part of their deletion is not done.
+async fn live_claims(h: &Harness, volumes: &[PersistentVolume]) -> Vec<String> {
+    let mut live = Vec::new();
+    for v in volumes {
+        let Some(claim) = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+            continue;
+        };
+        let (Some(namespace), Some(claim_name)) = (&claim.namespace, &claim.name) else {
+            continue;
+        };
+        let there = Api::<PersistentVolumeClaim>::namespaced(h.client.clone(), namespace)
+            .get_opt(claim_name)
+            .await
+            .unwrap()
+            .is_some_and(|c| {
+                c.metadata.uid == claim.uid && c.metadata.deletion_timestamp.is_none()
+            });
+        if there {
+            live.push(format!("{namespace}/{claim_name}"));
+        }
+    }
+    live
 }
 
 async fn footprint(h: &Harness, name: &str) -> Footprint {
